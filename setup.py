@@ -1,0 +1,37 @@
+"""Packaging for lxmert-pipeline: raw images to LXMERT answers."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+
+def read_requirements(name: str) -> list[str]:
+    lines = (HERE / name).read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+setup(
+    name="lxmert-pipeline",
+    version="0.1.0",
+    description="Bottom-up-attention Faster R-CNN features and LXMERT answers from raw images",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["detector", "encoder", "pipeline", "weights", "shapesworld"],
+    package_data={
+        "detector": ["data/*"],
+        "encoder": ["data/*"],
+        "weights": ["shipped/*"],
+    },
+    install_requires=read_requirements("requirements.txt"),
+    extras_require={"test": read_requirements("requirements-test.txt")},
+    entry_points={
+        "console_scripts": [
+            "extract_features=pipeline.cli:main",
+            "answer=pipeline.answer_cli:main",
+        ]
+    },
+)
