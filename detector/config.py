@@ -105,9 +105,7 @@ class DetectorConfig:
                 f"need 1 <= min_boxes <= max_boxes, got {self.min_boxes}..{self.max_boxes}"
             )
         if self.min_size <= 0 or self.max_size < self.min_size:
-            raise ValueError(
-                f"need 0 < min_size <= max_size, got {self.min_size}/{self.max_size}"
-            )
+            raise ValueError(f"need 0 < min_size <= max_size, got {self.min_size}/{self.max_size}")
         if not self.max_class_nms_thresholds:
             raise ValueError("max_class_nms_thresholds must not be empty")
 

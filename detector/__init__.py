@@ -1,0 +1,20 @@
+"""Bottom-up-attention Faster R-CNN (ResNet-101 C4, Visual Genome) on torchvision ops.
+
+Raw image in, :class:`RegionFeatures` out. Never imports transformers.
+"""
+
+from detector.checkpoint import load_detector, save_detector
+from detector.config import PRESETS, DetectorConfig, get_preset
+from detector.model import Detector, build_detector
+from detector.structures import RegionFeatures
+
+__all__ = [
+    "PRESETS",
+    "Detector",
+    "DetectorConfig",
+    "RegionFeatures",
+    "build_detector",
+    "get_preset",
+    "load_detector",
+    "save_detector",
+]

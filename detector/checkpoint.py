@@ -1,0 +1,200 @@
+"""Reading and writing detector checkpoints in their real layouts.
+
+Supported layouts, all with Detectron2's key names (``backbone.res2.0.conv1.norm.weight`` ...):
+
+- Hugging Face ``unc-nlp/frcnn-vg-finetuned`` ``pytorch_model.bin`` (640 tensors, with
+  ``num_batches_tracked`` and ``proposal_generator.anchor_generator.cell_anchors.0``);
+- Detectron2 ``faster_rcnn_from_caffe_attr.pkl``: ``{"model": {name: ndarray}}``, no
+  ``num_batches_tracked``, read with the restricted unpickler of :mod:`weights.io`;
+- our own safetensors, whose metadata records the full :class:`DetectorConfig`.
+
+Key remapping is a pure function; every tensor must be consumed and match in shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detector.config import DetectorConfig, get_preset
+from detector.model import Detector, build_detector
+from detector.vocab import load_names
+
+ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
+#: Keys a checkpoint may omit: the model computes them itself.
+OPTIONAL_KEYS = frozenset({ANCHORS_KEY})
+CONFIG_METADATA_KEY = "lxmert_pipeline.detector_config"
+
+_ALIASES = ((re.compile(r"\.gamma$"), ".weight"), (re.compile(r"\.beta$"), ".bias"))
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not match the model built from its preset."""
+
+
+def remap_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a checkpoint's keys onto our module names.
+
+    Drops ``num_batches_tracked`` (statistics of no use to frozen BN), strips a DataParallel
+    ``module.`` prefix, and renames BN ``gamma``/``beta`` aliases to ``weight``/``bias``.
+    """
+    remapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        new_key = key.removeprefix("module.")
+        for pattern, replacement in _ALIASES:
+            new_key = pattern.sub(replacement, new_key)
+        if new_key in remapped:
+            raise CheckpointMismatchError(
+                f"two checkpoint keys map to {new_key!r} (one is {key!r})"
+            )
+        remapped[new_key] = value
+    return remapped
+
+
+def _listing(keys: set[str], limit: int = 30) -> str:
+    ordered = sorted(keys)
+    shown = "\n  ".join(ordered[:limit])
+    more = f"\n  ... and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+def load_into(model: Detector, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Copy every tensor of ``state`` (already remapped) into ``model``, strictly.
+
+    Raises:
+        CheckpointMismatchError: listing missing keys, unexpected keys or shape mismatches,
+            naming ``source`` and the preset the model was built from.
+    """
+    if model.bn_folded:
+        raise CheckpointMismatchError("load checkpoints before folding batch norm")
+    own = model.state_dict()
+    missing = set(own) - set(state) - OPTIONAL_KEYS
+    unexpected = set(state) - set(own)
+    hint = (
+        f"\nThe model was built from preset {model.config.name!r}; pick the preset that matches "
+        "the checkpoint with --preset."
+    )
+    if missing or unexpected:
+        parts = [f"checkpoint {source} does not match the detector:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}):{_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}):{_listing(unexpected)}")
+        raise CheckpointMismatchError("\n".join(parts) + hint)
+    wrong = {
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+        for key, value in state.items()
+        if tuple(value.shape) != tuple(own[key].shape)
+    }
+    if wrong:
+        raise CheckpointMismatchError(
+            f"checkpoint {source} has tensors of the wrong shape:{_listing(wrong)}{hint}"
+        )
+    if ANCHORS_KEY in state and not torch.allclose(
+        state[ANCHORS_KEY].float(), own[ANCHORS_KEY], atol=1e-3
+    ):
+        raise CheckpointMismatchError(
+            f"checkpoint {source} was trained with other anchors than preset "
+            f"{model.config.name!r} makes ({model.config.anchor_sizes} x "
+            f"{model.config.anchor_ratios}).{hint}"
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(torch.as_tensor(value).to(own[key].dtype))
+
+
+def read_config_metadata(path: str | os.PathLike[str]) -> DetectorConfig | None:
+    """The :class:`DetectorConfig` stored in our safetensors' metadata, if any."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if CONFIG_METADATA_KEY not in metadata:
+        return None
+    return config_from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+
+
+def config_from_dict(fields: Mapping[str, Any]) -> DetectorConfig:
+    """Inverse of :meth:`DetectorConfig.to_dict` (lists become tuples)."""
+    known = DetectorConfig.__dataclass_fields__
+    unknown = set(fields) - set(known)
+    if unknown:
+        raise ValueError(f"unknown detector config fields: {sorted(unknown)}")
+    return DetectorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def save_detector(detector: Detector, path: str | os.PathLike[str]) -> Path:
+    """Write ``detector`` as safetensors with its full config in the metadata."""
+    from weights.io import save_safetensors
+
+    if detector.bn_folded:
+        raise ValueError("save the detector before optimize_for_inference() folds its batch norm")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
+    save_safetensors(
+        state, path, metadata={CONFIG_METADATA_KEY: json.dumps(detector.config.to_dict())}
+    )
+    return path
+
+
+def load_detector(
+    name_or_path: str | os.PathLike[str],
+    *,
+    preset: str | None = None,
+    device: str | torch.device = "cpu",
+    overrides: Mapping[str, Any] | None = None,
+    optimize: bool = True,
+) -> Detector:
+    """A detector from a registry name or a checkpoint file in any supported layout.
+
+    Args:
+        name_or_path: registry name (``vg-r101-c4-attr``, ``shapes-detector``) or a path to a
+            ``.bin``/``.pth``/``.pkl``/``.safetensors`` checkpoint.
+        preset: config preset; default: the one stored in the checkpoint, else the registry's,
+            else ``vg-r101-c4-attr``.
+        device: ``cpu``, ``cuda`` or ``cuda:i``.
+        overrides: :class:`DetectorConfig` fields to change (selection, box counts, sizes...).
+        optimize: fold BN and pick the memory format for inference.
+    """
+    from weights import get_record, resolve_checkpoint
+    from weights.io import load_state_dict
+
+    path = resolve_checkpoint(name_or_path)
+    record = None
+    try:
+        record = get_record(str(name_or_path))
+    except KeyError:
+        pass
+    if preset is not None:
+        config = get_preset(preset)
+    else:
+        config = read_config_metadata(path) or get_preset(
+            record.preset if record is not None else "vg-r101-c4-attr"
+        )
+    if overrides:
+        config = config.replace(**overrides)
+    object_names, attribute_names = load_names(path.parent, config)
+    detector = build_detector(
+        config, seed=None, object_names=object_names, attribute_names=attribute_names
+    )
+    load_into(detector, remap_keys(load_state_dict(path)), source=str(path))
+    from weights import sha256_file
+
+    detector.checkpoint_name = record.name if record is not None else path.name
+    detector.checkpoint_path = str(path)
+    detector.checkpoint_sha256 = sha256_file(path)
+    detector.to(torch.device(device))
+    if optimize:
+        detector.optimize_for_inference()
+    return detector.eval()

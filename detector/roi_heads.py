@@ -1,0 +1,155 @@
+"""Res5 RoI head of the C4 model: RoIPool 14x14, res5 (stride 1, dilation 2), mean pool, predictors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_pool
+
+from detector.backbone import make_stage
+
+
+class BoxPredictor(nn.Module):
+    """Class scores (background LAST), class-specific box deltas, and the attribute head.
+
+    The attribute head embeds the argmax class (over all classes, background included),
+    concatenates it with the pooled feature, then fc -> ReLU -> attribute logits ("no attribute"
+    last). Layer names follow the converted bottom-up-attention checkpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        num_attributes: int,
+        embed_dim: int,
+        hidden_dim: int,
+    ) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+        self.cls_embedding = nn.Embedding(num_classes + 1, embed_dim)
+        self.fc_attr = nn.Linear(in_channels + embed_dim, hidden_dim)
+        self.attr_score = nn.Linear(hidden_dim, num_attributes + 1)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.constant_(self.cls_score.bias, 0.0)
+        nn.init.constant_(self.bbox_pred.bias, 0.0)
+
+    def forward(
+        self, features: torch.Tensor, attr_classes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pooled ``[R, D]`` -> (class logits ``[R, C+1]``, deltas ``[R, 4C]``, attr logits ``[R, A+1]``).
+
+        ``attr_classes`` (``[R]`` int64) overrides the argmax class fed to the attribute head;
+        training passes the ground-truth classes there.
+        """
+        class_logits = self.cls_score(features)
+        deltas = self.bbox_pred(features)
+        if attr_classes is None:
+            attr_classes = class_logits.argmax(dim=1)
+        hidden = torch.cat([features, self.cls_embedding(attr_classes)], dim=1)
+        attr_logits = self.attr_score(F.relu(self.fc_attr(hidden)))
+        return class_logits, deltas, attr_logits
+
+
+@dataclass(frozen=True, eq=False)
+class RoIHeadOutput:
+    """Per-proposal outputs for a batch, proposals of all images concatenated in order.
+
+    Attributes:
+        features: ``Tensor[R, D]`` mean-pooled res5 output (the region features).
+        class_logits: ``Tensor[R, C+1]``, background last.
+        deltas: ``Tensor[R, 4C]`` class-specific box deltas (weights 10, 10, 5, 5).
+        attr_logits: ``Tensor[R, A+1]``, "no attribute" last.
+    """
+
+    features: torch.Tensor
+    class_logits: torch.Tensor
+    deltas: torch.Tensor
+    attr_logits: torch.Tensor
+
+    @staticmethod
+    def fields() -> tuple[str, ...]:
+        return ("features", "class_logits", "deltas", "attr_logits")
+
+
+class Res5RoIHeads(nn.Module):
+    """RoIPool on res4, res5 per region, mean pool, predictors."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        num_blocks: int,
+        dilation: int,
+        pooler_resolution: int,
+        spatial_scale: float,
+        num_classes: int,
+        num_attributes: int,
+        attr_embed_dim: int,
+        attr_hidden_dim: int,
+        eps: float = 1e-5,
+        chunk_size: int = 100,
+    ) -> None:
+        super().__init__()
+        self.pooler_resolution = pooler_resolution
+        self.spatial_scale = spatial_scale
+        # Regions go through res5 in chunks so no [R, 2048, 14, 14] tensor for all R at once.
+        self.chunk_size = chunk_size
+        # Set by Detector.optimize_for_inference when channels_last was measured to help.
+        self.channels_last = False
+        self.res5 = make_stage(
+            num_blocks=num_blocks,
+            in_channels=in_channels,
+            bottleneck_channels=bottleneck_channels,
+            out_channels=out_channels,
+            first_stride=1,
+            dilation=dilation,
+            eps=eps,
+        )
+        self.box_predictor = BoxPredictor(
+            in_channels=out_channels,
+            num_classes=num_classes,
+            num_attributes=num_attributes,
+            embed_dim=attr_embed_dim,
+            hidden_dim=attr_hidden_dim,
+        )
+
+    def pool(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """RoIPool (Caffe rounding) of res4 over per-image boxes (resized pixels), fp32."""
+        return roi_pool(
+            features.float(),
+            [b.float() for b in boxes],
+            output_size=self.pooler_resolution,
+            spatial_scale=self.spatial_scale,
+        )
+
+    def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[R, C4, S, S]`` pooled regions -> ``[R, D]`` mean of res5's output."""
+        if pooled.shape[0] == 0:
+            return pooled.new_zeros((0, self.box_predictor.cls_score.in_features))
+        chunks = [
+            self.res5(chunk).mean(dim=(2, 3)) for chunk in pooled.split(self.chunk_size, dim=0)
+        ]
+        return torch.cat(chunks, dim=0).float()
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        boxes: list[torch.Tensor],
+        attr_classes: torch.Tensor | None = None,
+    ) -> RoIHeadOutput:
+        pooled = self.pool(features, boxes)
+        if self.channels_last:
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        region = self.region_features(pooled)
+        del pooled
+        class_logits, deltas, attr_logits = self.box_predictor(region, attr_classes)
+        return RoIHeadOutput(region, class_logits.float(), deltas.float(), attr_logits.float())

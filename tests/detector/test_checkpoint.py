@@ -1,0 +1,159 @@
+"""Checkpoint layouts: the real HF key list, the Detectron2 pickle, our safetensors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector import build_detector, get_preset, load_detector, save_detector
+from detector.checkpoint import CheckpointMismatchError, remap_keys
+from detector.rpn import cell_anchors
+
+KEYS_TSV = Path(__file__).parents[2] / "detector" / "data" / "frcnn-vg-finetuned.keys.tsv"
+
+
+def real_key_list() -> list[tuple[str, tuple[int, ...], str]]:
+    rows = []
+    for line in KEYS_TSV.read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
+        rows.append((key, dims, dtype))
+    return rows
+
+
+def random_real_layout(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors with exactly the keys, shapes and dtypes of frcnn-vg-finetuned."""
+    generator = torch.Generator().manual_seed(seed)
+    config = get_preset("vg-r101-c4-attr")
+    state = {}
+    for key, shape, dtype in real_key_list():
+        if dtype == "torch.int64":
+            state[key] = torch.tensor(7, dtype=torch.int64).reshape(shape)
+        elif key.endswith("cell_anchors.0"):
+            state[key] = cell_anchors(config.anchor_sizes, config.anchor_ratios)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=generator) * 0.01
+    return state
+
+
+@pytest.fixture(scope="module")
+def real_state() -> dict[str, torch.Tensor]:
+    return random_real_layout()
+
+
+def test_key_list_is_the_real_one() -> None:
+    rows = real_key_list()
+    assert len(rows) == 640
+    model_keys = set(build_detector(get_preset("vg-r101-c4-attr"), seed=None).state_dict())
+    checkpoint_keys = {key for key, _, _ in rows if not key.endswith("num_batches_tracked")}
+    assert model_keys == checkpoint_keys
+
+
+def assert_loaded(detector, state: dict[str, torch.Tensor]) -> None:
+    own = detector.state_dict()
+    for key, value in remap_keys(state).items():
+        torch.testing.assert_close(own[key], torch.as_tensor(value).float(), rtol=0, atol=0)
+
+
+def test_hf_bin_round_trip(tmp_path: Path, real_state: dict[str, torch.Tensor]) -> None:
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(real_state, path)
+    detector = load_detector(path, optimize=False)
+    assert detector.config.name == "vg-r101-c4-attr"
+    assert_loaded(detector, real_state)
+    assert len(detector.object_names) == 1600 and detector.object_names[0] == "yolk"
+
+
+def test_hf_bin_without_optional_keys(tmp_path: Path, real_state: dict[str, torch.Tensor]) -> None:
+    state = {
+        k: v
+        for k, v in real_state.items()
+        if not k.endswith(("num_batches_tracked", "cell_anchors.0"))
+    }
+    path = tmp_path / "model.pth"
+    torch.save({"model": state}, path)
+    assert_loaded(load_detector(path, optimize=False), state)
+
+
+def test_detectron2_pickle_with_gamma_beta(
+    tmp_path: Path, real_state: dict[str, torch.Tensor]
+) -> None:
+    arrays = {}
+    for key, value in real_state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        key = key.replace("norm.weight", "norm.gamma").replace("norm.bias", "norm.beta")
+        arrays[key] = value.numpy()
+    path = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
+    with path.open("wb") as handle:
+        pickle.dump({"model": arrays, "__author__": "test"}, handle)
+    detector = load_detector(path, optimize=False)
+    assert_loaded(detector, real_state)
+
+
+def test_missing_and_unexpected_keys_are_listed(
+    tmp_path: Path, real_state: dict[str, torch.Tensor]
+) -> None:
+    state = dict(real_state)
+    del state["roi_heads.box_predictor.attr_score.bias"]
+    state["roi_heads.box_predictor.extra.weight"] = torch.zeros(3)
+    path = tmp_path / "broken.bin"
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_detector(path)
+    message = str(error.value)
+    assert "roi_heads.box_predictor.attr_score.bias" in message
+    assert "roi_heads.box_predictor.extra.weight" in message
+    assert str(path) in message
+
+
+def test_wrong_shape_names_the_key(tmp_path: Path, real_state: dict[str, torch.Tensor]) -> None:
+    state = dict(real_state)
+    state["roi_heads.box_predictor.cls_score.bias"] = torch.zeros(81)
+    path = tmp_path / "coco.bin"
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError, match=r"cls_score\.bias.*\(81,\)"):
+        load_detector(path)
+
+
+def test_safetensors_round_trip_keeps_config(tmp_path: Path) -> None:
+    config = get_preset("tiny").replace(name="tiny-custom", num_classes=5, max_boxes=7)
+    detector = build_detector(config, seed=3)
+    path = save_detector(detector, tmp_path / "det.safetensors")
+    loaded = load_detector(path, optimize=False)
+    assert loaded.config == config
+    for key, value in detector.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_remap_keys_is_pure_and_strict() -> None:
+    state = {
+        "module.backbone.stem.conv1.norm.gamma": torch.ones(2),
+        "backbone.stem.conv1.norm.num_batches_tracked": torch.tensor(1),
+    }
+    assert set(remap_keys(state)) == {"backbone.stem.conv1.norm.weight"}
+    assert set(state) == {
+        "module.backbone.stem.conv1.norm.gamma",
+        "backbone.stem.conv1.norm.num_batches_tracked",
+    }
+    with pytest.raises(CheckpointMismatchError, match="two checkpoint keys"):
+        remap_keys({"a.gamma": torch.ones(1), "a.weight": torch.ones(1)})
+
+
+def test_numpy_scalars_in_pickle_load(tmp_path: Path) -> None:
+    detector = build_detector(get_preset("tiny"), seed=1)
+    arrays = {k: v.numpy().astype(np.float32) for k, v in detector.state_dict().items()}
+    path = tmp_path / "tiny.pkl"
+    with path.open("wb") as handle:
+        pickle.dump({"model": arrays}, handle, protocol=2)
+    loaded = load_detector(path, preset="tiny", optimize=False)
+    torch.testing.assert_close(
+        loaded.state_dict()["backbone.stem.conv1.weight"],
+        detector.state_dict()["backbone.stem.conv1.weight"],
+    )
