@@ -12,7 +12,7 @@ from torch import nn
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """Batch norm with fixed statistics and affine parameters: y = (x - mean) / sqrt(var + eps) * w + b.
+    """Batch norm with fixed statistics: y = (x - mean) / sqrt(var + eps) * weight + bias.
 
     ``weight`` and ``bias`` are parameters that do not require grad (training code may unfreeze
     them); ``running_mean`` and ``running_var`` are buffers, as in Detectron2.

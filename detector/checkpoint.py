@@ -13,6 +13,7 @@ Key remapping is a pure function; every tensor must be consumed and match in sha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -172,10 +173,8 @@ def load_detector(
 
     path = resolve_checkpoint(name_or_path)
     record = None
-    try:
+    with contextlib.suppress(KeyError):
         record = get_record(str(name_or_path))
-    except KeyError:
-        pass
     if preset is not None:
         config = get_preset(preset)
     else:

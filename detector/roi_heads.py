@@ -1,4 +1,4 @@
-"""Res5 RoI head of the C4 model: RoIPool 14x14, res5 (stride 1, dilation 2), mean pool, predictors."""
+"""Res5 RoI head of the C4 model: RoIPool 14x14, res5 (stride 1, dilation 2), mean pool, heads."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class BoxPredictor(nn.Module):
     def forward(
         self, features: torch.Tensor, attr_classes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pooled ``[R, D]`` -> (class logits ``[R, C+1]``, deltas ``[R, 4C]``, attr logits ``[R, A+1]``).
+        """Pooled ``[R, D]`` -> (class logits ``[R, C+1]``, deltas ``[R, 4C]``, attrs ``[R, A+1]``).
 
         ``attr_classes`` (``[R]`` int64) overrides the argmax class fed to the attribute head;
         training passes the ground-truth classes there.

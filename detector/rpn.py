@@ -1,4 +1,4 @@
-"""Region proposal network on res4, with Detectron2's anchors, head layout and proposal filtering."""
+"""Region proposal network on res4: Detectron2's anchors, head layout and proposal filtering."""
 
 from __future__ import annotations
 
