@@ -24,7 +24,7 @@ setup(
     package_data={
         "detector": ["data/*"],
         "encoder": ["data/*"],
-        "weights": ["shipped/*"],
+        "weights": ["shipped/**/*"],
     },
     install_requires=read_requirements("requirements.txt"),
     extras_require={"test": read_requirements("requirements-test.txt")},

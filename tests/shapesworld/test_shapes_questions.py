@@ -1,0 +1,123 @@
+"""Questions: answers re-derived independently from the ground truth, vocabularies, balance."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shapesworld.questions import make_questions
+from shapesworld.scenes import make_split
+from shapesworld.vocab import ANSWERS, COLORS, QUESTION_KINDS, QUESTION_WORDS, SHAPES
+
+BERT_VOCAB = (
+    Path(__file__).resolve().parents[2] / "encoder" / "data" / "bert-base-uncased-vocab.txt"
+)
+PLURAL = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star"}
+PLURAL |= {"diamonds": "diamond", "crosses": "cross"}
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return make_split("train", 300) + make_split("test", 200)
+
+
+@pytest.fixture(scope="module")
+def bert_words():
+    return set(BERT_VOCAB.read_text(encoding="utf-8").splitlines())
+
+
+def _resolve(phrase, objects):
+    """The one object that a phrase like "circle" or "red circle" names; fails if not unique."""
+    words = phrase.split()
+    if len(words) == 1:
+        found = [o for o in objects if o.shape == words[0]]
+    else:
+        found = [o for o in objects if (o.color, o.shape) == (words[0], words[1])]
+    assert len(found) == 1, (phrase, objects)
+    return found[0]
+
+
+def _expected(question, scene):
+    """Answer computed from the objects by a plain reading of the question text."""
+    objs, text = scene.objects, question.text
+    if m := re.fullmatch(r"what color is the (\w+)\?", text):
+        assert question.kind == "color"
+        return _resolve(m[1], objs).color
+    if m := re.fullmatch(r"what shape is the (\w+) object\?", text):
+        assert question.kind == "shape"
+        found = [o for o in objs if o.color == m[1]]
+        assert len(found) == 1
+        return found[0].shape
+    if m := re.fullmatch(r"how many (\w+) are there\?", text):
+        assert question.kind == "count"
+        return str(sum(o.shape == PLURAL[m[1]] for o in objs))
+    if m := re.fullmatch(r"is there (a|an) (\w+) (\w+)\?", text):
+        assert question.kind == "exist"
+        assert m[1] == ("an" if m[2][0] in "aeiou" else "a")
+        return "yes" if any((o.color, o.shape) == (m[2], m[3]) for o in objs) else "no"
+    rel = r"is the (\w+(?: \w+)?) (left of|right of|above|below) the (\w+(?: \w+)?)\?"
+    if m := re.fullmatch(rel, text):
+        assert question.kind == "spatial"
+        a, b = _resolve(m[1], objs), _resolve(m[3], objs)
+        ax, ay = (a.box[0] + a.box[2]) / 2, (a.box[1] + a.box[3]) / 2
+        bx, by = (b.box[0] + b.box[2]) / 2, (b.box[1] + b.box[3]) / 2
+        horizontal = m[2] in ("left of", "right of")
+        delta = bx - ax if horizontal else by - ay  # > 0: a is left of / above b
+        side = scene.width if horizontal else scene.height
+        assert abs(delta) >= 0.1 * side, "spatial question without a clear margin"
+        holds = delta > 0 if m[2] in ("left of", "above") else delta < 0
+        return "yes" if holds else "no"
+    raise AssertionError(f"question matches no known form: {text!r}")
+
+
+def test_answers_match_independent_reading(scenes):
+    for scene in scenes:
+        for q in scene.questions:
+            assert q.answer == _expected(q, scene), (scene.seed, q)
+
+
+def test_words_in_bert_vocab_and_answers_in_answer_vocab(scenes, bert_words):
+    assert "?" in bert_words
+    assert QUESTION_WORDS.issubset(bert_words)
+    assert set(ANSWERS).issubset(bert_words)
+    assert len(set(ANSWERS)) == len(ANSWERS)
+    for scene in scenes:
+        for q in scene.questions:
+            assert q.text == q.text.lower() and q.text.endswith("?")
+            words = q.text[:-1].split(" ")
+            assert set(words) <= QUESTION_WORDS, q.text
+            assert q.answer in ANSWERS
+            assert q.kind in QUESTION_KINDS
+
+
+def test_kinds_answers_and_no_duplicates(scenes):
+    kinds = Counter(q.kind for s in scenes for q in s.questions)
+    assert set(kinds) == set(QUESTION_KINDS)
+    # Every kind is asked in most scenes.
+    assert min(kinds.values()) >= 0.75 * len(scenes)
+    answers = Counter(q.answer for s in scenes for q in s.questions)
+    assert set(SHAPES) | set(COLORS) | {"yes", "no", "0", "1", "2", "3"} <= set(answers)
+    for scene in scenes:
+        texts = [q.text for q in scene.questions]
+        assert len(texts) == len(set(texts))
+        order = [QUESTION_KINDS.index(q.kind) for q in scene.questions]
+        assert order == sorted(order)
+
+
+@pytest.mark.parametrize("kind", ["exist", "spatial"])
+def test_yes_no_balanced(scenes, kind):
+    answers = Counter(q.answer for s in scenes for q in s.questions if q.kind == kind)
+    assert set(answers) == {"yes", "no"}
+    share = answers["yes"] / (answers["yes"] + answers["no"])
+    assert 0.45 <= share <= 0.55, answers
+
+
+def test_questions_reproducible_from_ground_truth(scenes):
+    for scene in scenes[:50]:
+        again = make_questions(
+            scene.objects, width=scene.width, height=scene.height, seed=scene.seed
+        )
+        assert again == scene.questions
