@@ -1,0 +1,124 @@
+"""``python -m weights``: run as a real subprocess, offline, against temporary caches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from weights import ENV_VAR, LOCK_FILE_NAME, REGISTRY, load_state_dict
+from weights.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    # The autouse fixture has already set HF_HOME/HF_HUB_OFFLINE in os.environ.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "weights", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_list_prints_every_entry() -> None:
+    result = _run("list")
+    assert result.returncode == 0, result.stderr
+    for record in REGISTRY.values():
+        assert record.name in result.stdout
+        assert record.hf_repo is None or record.hf_repo in result.stdout
+    assert "faster_rcnn_from_caffe_attr.pkl" in result.stdout
+    assert ENV_VAR in result.stdout
+
+
+def test_list_json_matches_the_registry() -> None:
+    result = _run("list", "--json")
+    assert result.returncode == 0, result.stderr
+    entries = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    assert set(entries) == set(REGISTRY)
+    for name, record in REGISTRY.items():
+        assert entries[name]["files"] == list(record.files)
+        assert entries[name]["kind"] == record.kind
+        assert entries[name]["preset"] == record.preset
+
+
+def test_help_documents_the_commands_and_the_env_var() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for word in ("list", "fetch", "verify", "path", ENV_VAR, "HF_HUB_OFFLINE"):
+        assert word in result.stdout
+
+
+def test_path_not_found_exits_1_without_traceback() -> None:
+    result = _run("path", "lxmert-vqa")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "python -m weights fetch lxmert-vqa" in result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_name_exits_1() -> None:
+    result = _run("verify", "no-such-model")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "vg-r101-c4-attr" in result.stderr
+
+
+def test_usage_error_exits_2() -> None:
+    assert _run("frobnicate").returncode == 2
+
+
+def test_path_and_verify_on_a_hub_cache(
+    isolated_env: Path, make_hub_cache: Callable[..., Path]
+) -> None:
+    data = b"weights" * 100
+    snapshot = make_hub_cache(
+        isolated_env, "unc-nlp/frcnn-vg-finetuned", {"pytorch_model.bin": data}
+    )
+    result = _run("path", "vg-r101-c4-attr")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(snapshot / "pytorch_model.bin")
+
+    result = _run("verify", "vg-r101-c4-attr")
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(data).hexdigest() in result.stdout
+
+    (snapshot / "pytorch_model.bin").resolve().write_bytes(b"changed")
+    result = _run("verify", "vg-r101-c4-attr")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(isolated_env / LOCK_FILE_NAME) in result.stderr
+
+
+def test_convert_pickle_to_safetensors(tmp_path: Path) -> None:
+    arrays = {"a.weight": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    src = tmp_path / "model.pkl"
+    src.write_bytes(pickle.dumps({"model": arrays}, protocol=2))
+    dest = tmp_path / "model.safetensors"
+    # In-process (the subprocess tests above cover the entry point; this one needs torch).
+    assert main(["convert", str(src), str(dest)]) == 0
+    np.testing.assert_array_equal(load_state_dict(dest)["a.weight"].numpy(), arrays["a.weight"])
+
+
+def test_convert_refuses_an_unsafe_pickle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "evil.pkl"
+    target = tmp_path / "pwned"
+    src.write_bytes(b"cbuiltins\nopen\n(V" + str(target).encode() + b"\nVw\ntR.")
+    assert main(["convert", str(src), str(tmp_path / "out.safetensors")]) == 1
+    assert "builtins.open" in capsys.readouterr().err
+    assert not target.exists()
+    assert not (tmp_path / "out.safetensors").exists()

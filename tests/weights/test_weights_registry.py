@@ -1,0 +1,87 @@
+"""weights.registry: the records are complete and consistent; lookups fail helpfully."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from weights import REGISTRY, CheckpointRecord, UnknownCheckpointError, get_record
+
+EXPECTED = {
+    "vg-r101-c4-attr": ("detector", "unc-nlp/frcnn-vg-finetuned"),
+    "lxmert-vqa": ("encoder", "unc-nlp/lxmert-vqa-uncased"),
+    "lxmert-gqa": ("encoder", "unc-nlp/lxmert-gqa-uncased"),
+    "lxmert-base": ("encoder", "unc-nlp/lxmert-base-uncased"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_required_entries(name: str) -> None:
+    record = get_record(name)
+    assert (record.kind, record.hf_repo) == EXPECTED[name]
+    if record.kind == "encoder":
+        assert set(record.files) == {"config.json", "pytorch_model.bin"}
+    else:
+        assert record.files[0] == "pytorch_model.bin"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_record_is_complete(name: str) -> None:
+    record = REGISTRY[name]
+    assert record.name == name
+    assert record.license and record.description and record.preset
+    for digest in record.sha256.values():
+        assert len(digest) == 64 and int(digest, 16) >= 0
+    for url in record.urls.values():
+        assert url.startswith(("https://", "http://"))
+
+
+def test_detector_alternative_pickle() -> None:
+    record = get_record("vg-r101-c4-attr")
+    assert record.weights_files == ("pytorch_model.bin", "faster_rcnn_from_caffe_attr.pkl")
+    assert record.urls["faster_rcnn_from_caffe_attr.pkl"].endswith(
+        "/faster_rcnn_from_caffe_attr.pkl"
+    )
+    assert "MIT" in record.license and "CC BY 4.0" in record.license
+
+
+def test_unknown_name_lists_the_valid_ones() -> None:
+    with pytest.raises(UnknownCheckpointError) as info:
+        get_record("lxmert-vq")
+    assert isinstance(info.value, KeyError)
+    message = str(info.value)
+    assert message.startswith("unknown checkpoint 'lxmert-vq'")
+    assert all(name in message for name in REGISTRY)
+
+
+def test_records_and_registry_are_immutable() -> None:
+    record = get_record("lxmert-vqa")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.name = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        REGISTRY["x"] = record  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"kind": "tokenizer"}, "kind"),
+        ({"files": ()}, "at least one file"),
+        ({"hf_repo": None}, "needs a source"),
+        ({"sha256": {"other.bin": "0" * 64}}, "unknown files"),
+    ],
+)
+def test_invalid_records_are_rejected(changes: dict[str, object], match: str) -> None:
+    fields: dict[str, object] = {
+        "name": "t",
+        "kind": "detector",
+        "preset": "p",
+        "license": "l",
+        "description": "d",
+        "hf_repo": "org/t",
+        "files": ("pytorch_model.bin",),
+        **changes,
+    }
+    with pytest.raises(ValueError, match=match):
+        CheckpointRecord(**fields)  # type: ignore[arg-type]

@@ -1,0 +1,161 @@
+"""Command line for the checkpoint registry: ``python -m weights list | fetch | verify | path``.
+
+Exit codes: 0 success; 1 checkpoint not found, checksum mismatch, unknown name or unreadable
+file (message on stderr, no traceback); 2 bad command line (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from weights.registry import REGISTRY, CheckpointRecord, UnknownCheckpointError
+from weights.resolve import (
+    ENV_VAR,
+    CheckpointNotFoundError,
+    ChecksumError,
+    hub_cache_dir,
+    locate_checkpoint,
+    lock_file_path,
+    resolve_checkpoint,
+    verify,
+)
+
+_EPILOG = f"""\
+where checkpoints are looked for, in order:
+  an explicit path; weights/shipped/ (small shipped models); ${ENV_VAR}/<name>/<file>;
+  the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub);
+  a download from the Hugging Face hub (not with HF_HUB_OFFLINE=1).
+checksums not known to the registry are pinned on first use in <hub cache>/lxmert-pipeline-
+checksums.json and checked on every later use.
+
+exit codes: 0 ok, 1 not found / checksum mismatch / unreadable, 2 usage error.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (CheckpointNotFoundError, ChecksumError, UnknownCheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, TypeError) as err:  # unreadable/unsafe files
+        print(f"error: {err}", file=sys.stderr)
+    return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m weights",
+        description="List, download, locate and verify the named checkpoints of lxmert-pipeline.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="print every registered checkpoint")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.set_defaults(run=_cmd_list)
+
+    p = sub.add_parser("fetch", help="make a checkpoint available locally (downloads it if needed)")
+    p.add_argument("name", metavar="NAME", help="registry name, see `list`")
+    p.set_defaults(run=_cmd_fetch)
+
+    p = sub.add_parser("verify", help="hash the local files of a checkpoint and check them")
+    p.add_argument("name", metavar="NAME", help="registry name, see `list`")
+    p.set_defaults(run=_cmd_verify)
+
+    p = sub.add_parser("path", help="print the local path of a checkpoint (never downloads)")
+    p.add_argument("name", metavar="NAME", help="registry name, see `list`")
+    p.set_defaults(run=_cmd_path)
+
+    p = sub.add_parser(
+        "convert",
+        help="rewrite a checkpoint (.bin/.pth/.pkl) as .safetensors, read safely",
+    )
+    p.add_argument("source", metavar="SOURCE", help="registry name of a detector, or a file")
+    p.add_argument("dest", metavar="DEST", type=Path, help="output .safetensors file")
+    p.set_defaults(run=_cmd_convert)
+    return parser
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    records = sorted(REGISTRY.values(), key=lambda r: (r.kind, r.name))
+    if args.json:
+        print(json.dumps([_as_json(r) for r in records], indent=2))
+        return 0
+    wrap = textwrap.TextWrapper(width=98, initial_indent="    ", subsequent_indent="    ")
+    for record in records:
+        print(f"{record.name:<18} {record.kind:<9} preset={record.preset:<18} {_source(record)}")
+        print(wrap.fill(record.description))
+        print(wrap.fill(f"license: {record.license}"))
+        for file, url in record.urls.items():
+            print(wrap.fill(f"alternative {file}: {url}"))
+    print(f"\n${ENV_VAR} directory: <dir>/<name>/<file>; Hugging Face cache: {hub_cache_dir()}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    found = locate_checkpoint(args.name, download=True)
+    print(found.path)
+    print(f"(found via {found.source})", file=sys.stderr)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    digests = verify(args.name)
+    record = REGISTRY[args.name]
+    for file, digest in digests.items():
+        origin = "registry" if file in record.sha256 else f"pinned in {lock_file_path()}"
+        print(f"{digest}  {file}  (matches {origin})")
+    return 0
+
+
+def _cmd_path(args: argparse.Namespace) -> int:
+    print(resolve_checkpoint(args.name, download=False))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from weights.io import load_state_dict, save_safetensors
+
+    source = resolve_checkpoint(args.source, download=False)
+    if source.is_dir():
+        raise ValueError(f"{source} is a directory; convert takes a single weights file")
+    state = load_state_dict(source)
+    save_safetensors(state, args.dest, metadata={"converted_from": source.name})
+    print(f"{args.dest}: {len(state)} tensors from {source}")
+    return 0
+
+
+def _source(record: CheckpointRecord) -> str:
+    if record.shipped_dir is not None:
+        return f"shipped:{record.shipped_dir} [{', '.join(record.files)}]"
+    if record.hf_repo is not None:
+        return f"hf:{record.hf_repo} [{', '.join(record.files)}]"
+    return "url only"
+
+
+def _as_json(record: CheckpointRecord) -> dict[str, object]:
+    return {
+        "name": record.name,
+        "kind": record.kind,
+        "preset": record.preset,
+        "license": record.license,
+        "description": record.description,
+        "hf_repo": record.hf_repo,
+        "files": list(record.files),
+        "sha256": dict(record.sha256),
+        "urls": dict(record.urls),
+        "shipped_dir": record.shipped_dir,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The registry of named checkpoints: where each comes from, what it needs, under which terms.
+
+One :class:`CheckpointRecord` per checkpoint. A record says which files make up the checkpoint,
+where to get them (a Hugging Face hub repository and/or direct URLs), their sha256 where it is
+known, the license as far as it is known, and the detector or encoder preset the weights expect.
+``weights.resolve`` turns a name into local files; nothing here touches the disk or the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+CheckpointKind = Literal["detector", "encoder"]
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One named checkpoint.
+
+    Attributes:
+        name: registry name, e.g. ``"vg-r101-c4-attr"``; also the sub-directory name under
+            ``$LXMERT_PIPELINE_WEIGHTS``.
+        kind: ``"detector"`` (resolves to one weights file) or ``"encoder"`` (resolves to a
+            directory holding ``config.json`` and the weights, as ``from_pretrained`` wants).
+        preset: name of the detector preset (``detector``) or encoder preset (``encoder``)
+            whose architecture and preprocessing these weights expect.
+        license: what is known about the terms of the weights and the data they were trained on.
+        description: one or two sentences for ``python -m weights list``.
+        hf_repo: Hugging Face hub model repository id, or None when there is none.
+        files: file names inside ``hf_repo`` (and inside ``$LXMERT_PIPELINE_WEIGHTS/<name>/``)
+            that make up the checkpoint. For detectors the first one is the weights file.
+        sha256: file name -> lowercase hex sha256, for the files whose digest is known.
+            Files without an entry are pinned on first use in a lock file (see weights.resolve).
+        urls: file name -> direct download URL of an alternative copy (for detectors, another
+            weights file accepted in place of ``files[0]``, e.g. the Detectron2 pickle).
+        shipped_dir: for small models that ship inside the package, the directory holding
+            ``files``, relative to ``weights/shipped/``; None otherwise.
+    """
+
+    name: str
+    kind: CheckpointKind
+    preset: str
+    license: str
+    description: str
+    hf_repo: str | None
+    files: tuple[str, ...]
+    sha256: Mapping[str, str] = field(default_factory=dict)
+    urls: Mapping[str, str] = field(default_factory=dict)
+    shipped_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("detector", "encoder"):
+            raise ValueError(f"checkpoint {self.name!r}: kind must be 'detector' or 'encoder'")
+        if not self.files:
+            raise ValueError(f"checkpoint {self.name!r}: files must name at least one file")
+        if self.hf_repo is None and self.shipped_dir is None and not self.urls:
+            raise ValueError(
+                f"checkpoint {self.name!r}: needs a source (hf_repo, urls or shipped_dir)"
+            )
+        unknown = sorted(set(self.sha256) - set(self.files) - set(self.urls))
+        if unknown:
+            raise ValueError(f"checkpoint {self.name!r}: sha256 given for unknown files {unknown}")
+
+    @property
+    def weights_files(self) -> tuple[str, ...]:
+        """Detector weights files accepted, in order of preference: ``files[0]``, then the
+        alternative copies named in ``urls``. For encoders: ``files`` (all are needed)."""
+        if self.kind == "encoder":
+            return self.files
+        return (self.files[0], *(name for name in self.urls if name != self.files[0]))
+
+
+class UnknownCheckpointError(KeyError):
+    """A name that is not in the registry; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted, as a repr
+        return str(self.args[0]) if self.args else ""
+
+
+_LXMERT_LICENSE = (
+    "LXMERT code: MIT (airsplay/lxmert). License of the weights on the unc-nlp hub "
+    "repository: not verified here, see its model card. Trained on COCO, Visual Genome "
+    "(CC BY 4.0), VQA v2, GQA and VG-QA data, each under its own terms."
+)
+
+_RECORDS: tuple[CheckpointRecord, ...] = (
+    CheckpointRecord(
+        name="vg-r101-c4-attr",
+        kind="detector",
+        preset="vg-r101-c4-attr",
+        license=(
+            "bottom-up-attention model and code: MIT (peteanderson80/bottom-up-attention); "
+            "Detectron2 port: Apache-2.0 (airsplay/py-bottom-up-attention). License of the "
+            "converted weights on the unc-nlp hub repository: not verified here, see its model "
+            "card. Trained on Visual Genome (CC BY 4.0)."
+        ),
+        description=(
+            "Bottom-up-attention Faster R-CNN, ResNet-101 C4, Visual Genome 1600 objects + "
+            "400 attributes, converted from the original Caffe model (the 'alternative "
+            "pretrained model', trained with 36 boxes per image) to Detectron2 layout."
+        ),
+        hf_repo="unc-nlp/frcnn-vg-finetuned",
+        files=("pytorch_model.bin",),
+        urls={
+            # The Detectron2 pickle named in the py-bottom-up-attention README; that README
+            # itself notes the backup links may no longer answer.
+            "faster_rcnn_from_caffe_attr.pkl": (
+                "https://nlp1.cs.unc.edu/models/faster_rcnn_from_caffe_attr.pkl"
+            ),
+        },
+    ),
+    CheckpointRecord(
+        name="lxmert-vqa",
+        kind="encoder",
+        preset="lxmert-vqa",
+        license=_LXMERT_LICENSE,
+        description="LXMERT fine-tuned on VQA v2 (3129 answers).",
+        hf_repo="unc-nlp/lxmert-vqa-uncased",
+        files=("config.json", "pytorch_model.bin"),
+    ),
+    CheckpointRecord(
+        name="lxmert-gqa",
+        kind="encoder",
+        preset="lxmert-gqa",
+        license=_LXMERT_LICENSE,
+        description="LXMERT fine-tuned on GQA (1842 answers).",
+        hf_repo="unc-nlp/lxmert-gqa-uncased",
+        files=("config.json", "pytorch_model.bin"),
+    ),
+    CheckpointRecord(
+        name="lxmert-base",
+        kind="encoder",
+        preset="lxmert-base",
+        license=_LXMERT_LICENSE,
+        description=(
+            "LXMERT pretrained (masked LM, masked objects, matching, QA over 9500 answers); "
+            "no task head fine-tuning."
+        ),
+        hf_repo="unc-nlp/lxmert-base-uncased",
+        files=("config.json", "pytorch_model.bin"),
+    ),
+)
+
+REGISTRY: Mapping[str, CheckpointRecord] = MappingProxyType({r.name: r for r in _RECORDS})
+
+
+def get_record(
+    name: str, *, registry: Mapping[str, CheckpointRecord] | None = None
+) -> CheckpointRecord:
+    """Look up a checkpoint by name.
+
+    Args:
+        name: registry name, e.g. ``"lxmert-vqa"``.
+        registry: the registry to search; defaults to :data:`REGISTRY` (tests pass their own).
+
+    Raises:
+        UnknownCheckpointError (a KeyError): ``name`` is not registered; lists the valid names.
+    """
+    table = REGISTRY if registry is None else registry
+    try:
+        return table[name]
+    except KeyError:
+        valid = ", ".join(sorted(table))
+        raise UnknownCheckpointError(
+            f"unknown checkpoint {name!r}; registered names: {valid}"
+        ) from None

@@ -1,0 +1,460 @@
+"""Turn a checkpoint name (or path) into local files, and check that they are the right files.
+
+Resolution order for ``resolve_checkpoint(x)``:
+
+1. ``x`` is an explicit path (a ``PathLike``, or a string that is not a registry name, or one
+   containing a path separator) to an existing file or directory: returned as it is.
+2. ``x`` is a registry name (see ``python -m weights list``):
+   a. models shipped inside the package: ``weights/shipped/<record.shipped_dir>/``;
+   b. ``$LXMERT_PIPELINE_WEIGHTS/<name>/<file>``: a directory you fill by hand, e.g. on a
+      machine without internet (detectors also accept the alternative files of ``urls``,
+      e.g. ``$LXMERT_PIPELINE_WEIGHTS/vg-r101-c4-attr/faster_rcnn_from_caffe_attr.pkl``);
+   c. the Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+      ``~/.cache/huggingface/hub`` (read when called, not when imported);
+   d. a download with ``huggingface_hub.hf_hub_download`` into that cache, unless
+      ``download=False`` or ``HF_HUB_OFFLINE`` is set.
+   Nothing found: :class:`CheckpointNotFoundError` naming every place looked and what to do.
+
+Detectors resolve to their weights *file*, encoders to the *directory* holding
+``config.json`` and the weights (a hub snapshot directory).
+
+Checksums: every file of a registry checkpoint is hashed. Files whose sha256 the registry
+knows must match it. The others are pinned the first time they are seen, in
+``<hub cache>/lxmert-pipeline-checksums.json``, and must match that pin afterwards. Shipped
+models without a registry sha256 are not pinned: they travel with the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from weights.registry import REGISTRY, CheckpointRecord, get_record
+
+ENV_VAR = "LXMERT_PIPELINE_WEIGHTS"
+LOCK_FILE_NAME = "lxmert-pipeline-checksums.json"
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+Source = Literal["path", "shipped", "env", "hf-cache", "download"]
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A checkpoint is not on this machine (and could not be downloaded).
+
+    The message names the checkpoint, every place looked, the command that fetches it on a
+    machine with internet, and the flag that points at a local copy instead.
+    """
+
+    def __str__(self) -> str:  # FileNotFoundError would print "[Errno None] None: ..."
+        return str(self.args[0]) if self.args else ""
+
+
+class ChecksumError(ValueError):
+    """A checkpoint file's sha256 differs from the registry's or from the pinned one."""
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """Where a checkpoint was found.
+
+    Attributes:
+        path: what :func:`resolve_checkpoint` returns (weights file for detectors, directory
+            for encoders, the given path for explicit paths).
+        files: file name -> local path of every file of the checkpoint (empty for paths).
+        source: which step found it: ``path``, ``shipped``, ``env``, ``hf-cache``, ``download``.
+        record: the registry record, None for explicit paths.
+    """
+
+    path: Path
+    files: Mapping[str, Path]
+    source: Source
+    record: CheckpointRecord | None
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache directory, from the environment as it is now.
+
+    ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub`` (the same rules as
+    huggingface_hub, which reads them once at import).
+    """
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return _expand(os.environ[var])
+    if os.environ.get("HF_HOME"):
+        return _expand(os.environ["HF_HOME"]) / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return _expand(xdg) / "huggingface" / "hub"
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to 1/true/yes/on."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in _TRUE
+
+
+def default_shipped_root() -> Path:
+    """``weights/shipped/``: the directory of models that ship inside the package."""
+    return Path(__file__).resolve().parent / "shipped"
+
+
+def lock_file_path() -> Path:
+    """The checksum lock file: ``<hub cache>/lxmert-pipeline-checksums.json``."""
+    return hub_cache_dir() / LOCK_FILE_NAME
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Lowercase hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike[str],
+    *,
+    download: bool = True,
+    verify_checksums: bool = True,
+    registry: Mapping[str, CheckpointRecord] | None = None,
+    shipped_root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Local path of a checkpoint; see the module docstring for the order and the checks.
+
+    Args:
+        name_or_path: registry name (``"vg-r101-c4-attr"``, ``"lxmert-vqa"``...) or a path.
+        download: allow step (d), a download from the Hugging Face hub.
+        verify_checksums: hash the files and compare with the registry or the lock file.
+        registry: records to use instead of :data:`weights.registry.REGISTRY`.
+        shipped_root: directory holding shipped models instead of ``weights/shipped/``.
+
+    Returns:
+        Detectors: the weights file. Encoders: the directory with ``config.json`` + weights.
+        Explicit paths: the path itself.
+
+    Raises:
+        CheckpointNotFoundError: not found anywhere (the message says where it looked and how
+            to get the checkpoint), or a path that does not exist and is no registry name.
+        ChecksumError: a file's sha256 differs from the registry's or the pinned one.
+    """
+    return locate_checkpoint(
+        name_or_path,
+        download=download,
+        verify_checksums=verify_checksums,
+        registry=registry,
+        shipped_root=shipped_root,
+    ).path
+
+
+def locate_checkpoint(
+    name_or_path: str | os.PathLike[str],
+    *,
+    download: bool = True,
+    verify_checksums: bool = True,
+    registry: Mapping[str, CheckpointRecord] | None = None,
+    shipped_root: str | os.PathLike[str] | None = None,
+) -> ResolvedCheckpoint:
+    """Like :func:`resolve_checkpoint`, but also says which files were found and where."""
+    table = REGISTRY if registry is None else registry
+    if _is_explicit_path(name_or_path, table):
+        path = Path(name_or_path).expanduser()
+        if path.exists():
+            return ResolvedCheckpoint(path=path, files={}, source="path", record=None)
+        raise CheckpointNotFoundError(
+            f"{str(name_or_path)!r} is neither an existing file or directory nor a registered "
+            f"checkpoint name (registered: {', '.join(sorted(table))})"
+        )
+    record = get_record(str(name_or_path), registry=table)
+    looked: list[str] = []
+    root = Path(shipped_root) if shipped_root is not None else default_shipped_root()
+    found = (
+        _from_shipped(record, root, looked)
+        or _from_env_dir(record, looked)
+        or _from_hub_cache(record, looked)
+        or _from_download(record, download, looked)
+    )
+    if found is None:
+        raise CheckpointNotFoundError(_not_found_message(record, looked))
+    if verify_checksums:
+        _check_files(record, found.files, pin=found.source != "shipped")
+    return found
+
+
+def fetch(
+    name: str,
+    *,
+    registry: Mapping[str, CheckpointRecord] | None = None,
+    shipped_root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Make a registry checkpoint available locally (downloading it if needed), verified.
+
+    Returns what :func:`resolve_checkpoint` returns. Raises like it.
+    """
+    return resolve_checkpoint(name, download=True, registry=registry, shipped_root=shipped_root)
+
+
+def verify(
+    name: str,
+    *,
+    registry: Mapping[str, CheckpointRecord] | None = None,
+    shipped_root: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
+    """Hash the local files of a registry checkpoint and check them; never downloads.
+
+    Returns:
+        file name -> sha256 of every file of the checkpoint. Files without a known or pinned
+        sha256 are pinned in the lock file by this call.
+
+    Raises:
+        CheckpointNotFoundError: the checkpoint is not on this machine.
+        ChecksumError: a file differs from the registry's or the pinned sha256.
+    """
+    table = REGISTRY if registry is None else registry
+    record = get_record(name, registry=table)
+    found = locate_checkpoint(
+        name, download=False, verify_checksums=False, registry=table, shipped_root=shipped_root
+    )
+    return _check_files(record, found.files, pin=found.source != "shipped")
+
+
+# -- the four places -------------------------------------------------------------------------
+
+
+def _from_shipped(
+    record: CheckpointRecord, root: Path, looked: list[str]
+) -> ResolvedCheckpoint | None:
+    if record.shipped_dir is None:
+        return None
+    directory = root / record.shipped_dir
+    return _from_directory(
+        record, directory, "shipped", f"shipped with the package: {directory}", looked
+    )
+
+
+def _from_env_dir(record: CheckpointRecord, looked: list[str]) -> ResolvedCheckpoint | None:
+    base = os.environ.get(ENV_VAR)
+    if not base:
+        looked.append(f"${ENV_VAR}: not set (a directory holding <name>/<file>)")
+        return None
+    directory = _expand(base) / record.name
+    return _from_directory(record, directory, "env", f"${ENV_VAR}={base}: {directory}", looked)
+
+
+def _from_directory(
+    record: CheckpointRecord, directory: Path, source: Source, where: str, looked: list[str]
+) -> ResolvedCheckpoint | None:
+    if record.kind == "detector":
+        weights = next((n for n in record.weights_files if (directory / n).is_file()), None)
+        needed = record.files[1:]
+        missing = [n for n in needed if not (directory / n).is_file()]
+        if weights is None:
+            looked.append(f"{where} (none of {', '.join(record.weights_files)})")
+            return None
+        if missing:
+            looked.append(f"{where} (missing {', '.join(missing)})")
+            return None
+        files = {weights: directory / weights, **{n: directory / n for n in needed}}
+        return ResolvedCheckpoint(directory / weights, files, source, record)
+    missing = [n for n in record.files if not (directory / n).is_file()]
+    if missing:
+        looked.append(f"{where} (missing {', '.join(missing)})")
+        return None
+    files = {n: directory / n for n in record.files}
+    return ResolvedCheckpoint(directory, files, source, record)
+
+
+def _from_hub_cache(record: CheckpointRecord, looked: list[str]) -> ResolvedCheckpoint | None:
+    if record.hf_repo is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = hub_cache_dir()
+    files: dict[str, Path] = {}
+    missing: list[str] = []
+    for name in record.files:
+        # cache_dir passed explicitly: huggingface_hub froze its own default at import time.
+        hit = try_to_load_from_cache(record.hf_repo, name, cache_dir=cache)
+        if isinstance(hit, str) and Path(hit).is_file():
+            files[name] = Path(hit)
+        else:
+            missing.append(name)
+    if missing:
+        looked.append(
+            f"Hugging Face cache {cache} ({_cache_origin()}): {record.hf_repo} without "
+            f"{', '.join(missing)}"
+        )
+        return None
+    return _resolved_from_hub(record, files, "hf-cache")
+
+
+def _from_download(
+    record: CheckpointRecord, download: bool, looked: list[str]
+) -> ResolvedCheckpoint | None:
+    if record.hf_repo is None:
+        return None
+    where = f"download of {record.hf_repo} from the Hugging Face hub"
+    if not download:
+        looked.append(f"{where}: not attempted (download=False)")
+        return None
+    if hub_offline():
+        looked.append(f"{where}: not attempted (HF_HUB_OFFLINE is set)")
+        return None
+    from huggingface_hub import hf_hub_download
+
+    cache = hub_cache_dir()
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, like the cache dir
+    files: dict[str, Path] = {}
+    for name in record.files:
+        try:
+            files[name] = Path(
+                hf_hub_download(record.hf_repo, name, cache_dir=cache, endpoint=endpoint)
+            )
+        except Exception as err:  # any hub/network failure ends in the one actionable error
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            looked.append(f"{where}: {name} failed ({type(err).__name__}: {reason})")
+            return None
+    return _resolved_from_hub(record, files, "download")
+
+
+def _resolved_from_hub(
+    record: CheckpointRecord, files: dict[str, Path], source: Source
+) -> ResolvedCheckpoint:
+    first = files[record.files[0]]
+    path = first if record.kind == "detector" else first.parent
+    return ResolvedCheckpoint(path, files, source, record)
+
+
+# -- messages and checksums ------------------------------------------------------------------
+
+
+def _not_found_message(record: CheckpointRecord, looked: list[str]) -> str:
+    lines = [f"checkpoint {record.name!r} ({record.kind}) was not found. Looked in:"]
+    lines += [f"  {i}. {place}" for i, place in enumerate(looked, start=1)]
+    lines.append("To get it:")
+    if record.hf_repo is not None:
+        lines.append(
+            f"  - on a machine with internet run `python -m weights fetch {record.name}`, then "
+            f"copy {', '.join(record.files)} into ${ENV_VAR}/{record.name}/ on this machine "
+            "(or copy the whole Hugging Face cache directory);"
+        )
+    for file, url in record.urls.items():
+        lines.append(f"  - or download {url} to ${ENV_VAR}/{record.name}/{file};")
+    if record.kind == "detector":
+        lines.append(
+            "  - or point at a local weights file (.bin/.pth/.pkl/.safetensors): "
+            "--detector PATH (Python: detector=PATH)."
+        )
+    else:
+        lines.append(
+            f"  - or point at a local directory holding {', '.join(record.files)}: "
+            "--encoder PATH (Python: encoder=PATH)."
+        )
+    return "\n".join(lines)
+
+
+def _check_files(
+    record: CheckpointRecord, files: Mapping[str, Path], *, pin: bool
+) -> dict[str, str]:
+    """Hash ``files``; compare with the registry, else with (or into) the lock file."""
+    lock_path = lock_file_path()
+    lock: dict[str, str] | None = None
+    new_pins: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    for name, path in files.items():
+        digest = sha256_file(path)
+        digests[name] = digest
+        expected = record.sha256.get(name)
+        if expected is not None:
+            if digest != expected.lower():
+                raise ChecksumError(
+                    f"{path}: sha256 {digest} does not match the registry's {expected.lower()} "
+                    f"for {record.name}/{name}. The file is corrupt or not the published one: "
+                    f"delete it and run `python -m weights fetch {record.name}`."
+                )
+            continue
+        if not pin:
+            continue
+        if lock is None:
+            lock = _read_lock(lock_path)
+        key = f"{record.name}/{name}"
+        pinned = lock.get(key)
+        if pinned is None:
+            new_pins[key] = digest
+        elif pinned != digest:
+            raise ChecksumError(
+                f"{path}: sha256 {digest} does not match {pinned}, pinned for {key} in "
+                f"{lock_path} when it was first used. If the file is corrupt, delete it and "
+                f"run `python -m weights fetch {record.name}`; if you trust the new file, "
+                f"remove the {key!r} entry from {lock_path}."
+            )
+    if new_pins and lock is not None:
+        _write_lock(lock_path, {**lock, **new_pins})
+    return digests
+
+
+def _read_lock(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        checksums = data["checksums"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
+            raise TypeError("checksums must map str to str")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ChecksumError(
+            f"checksum lock file {path} is unreadable ({err}); delete it to pin the files again"
+        ) from err
+    return dict(checksums)
+
+
+def _write_lock(path: Path, checksums: Mapping[str, str]) -> None:
+    payload = {
+        "comment": (
+            "sha256 of checkpoint files first used on this machine (lxmert-pipeline, "
+            "weights.resolve); later loads must match"
+        ),
+        "checksums": dict(sorted(checksums.items())),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)  # atomic: readers see the old or the new lock, never half
+    except OSError as err:
+        warnings.warn(
+            f"could not record checksums in {path} ({err}); files stay unpinned",
+            stacklevel=3,
+        )
+        tmp.unlink(missing_ok=True)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _expand(value: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(value)))
+
+
+def _cache_origin() -> str:
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        if os.environ.get(var):
+            return f"from ${var}"
+    return "default location"
+
+
+def _is_explicit_path(
+    name_or_path: str | os.PathLike[str], table: Mapping[str, CheckpointRecord]
+) -> bool:
+    """A registry name wins over a same-named file in the working directory unless the caller
+    passed a PathLike or wrote a separator (``./lxmert-vqa``)."""
+    if not isinstance(name_or_path, str):
+        return True
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    return name_or_path not in table or any(s in name_or_path for s in separators)
