@@ -210,16 +210,17 @@ class Detector(nn.Module):
         class_probs = torch.softmax(class_logits.float(), dim=1)
         resized_h, resized_w = image.resized_size
         if config.selection == "bottom-up":
+            # Caffe maps the (unregressed) proposals back with the one im_scale and runs its
+            # per-class NMS there: the +1 IoU depends on the frame.
             selection = select_bottom_up(
-                proposals,
+                proposals / image.scale,
                 class_probs,
                 conf_thresh=config.conf_thresh,
                 nms_thresh=config.nms_thresh,
                 min_boxes=config.min_boxes,
                 max_boxes=config.max_boxes,
             )
-            # Caffe maps the (unregressed) proposals back with the one im_scale.
-            boxes = selection.boxes / image.scale
+            boxes = selection.boxes
         else:
             pred_boxes = apply_deltas(deltas, proposals, weights=BOX_HEAD_WEIGHTS)
             selection = select_max_class(

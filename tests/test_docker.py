@@ -105,10 +105,19 @@ def positional(args: list[str]) -> list[str]:
 
 
 def makefile_pip_installs() -> list[list[str]]:
-    """pip install arguments of the Makefile's recipes, with make variables left as text."""
-    lines = (ROOT / "Makefile").read_text().splitlines()
-    recipes = [line.strip() for line in lines if line.startswith("\t")]
-    return pip_installs([shlex.split(line) for line in recipes])
+    """pip install arguments of the README's setup (tasks.py, which the Makefile wraps).
+
+    Every ``run(..., "-m", "pip", "install", ...)`` call in tasks.py, its string arguments
+    after ``install``.
+    """
+    tree = ast.parse((ROOT / "tasks.py").read_text())
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "run":
+            words = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            if words[:3] == ["-m", "pip", "install"]:
+                calls.append(words[3:])
+    return pip_installs([["pip", "install", *args] for args in calls])
 
 
 def dockerignore_excludes(patterns: list[str], path: str) -> bool:

@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Where the detector's time goes: per-stage times, FLOPs, utilisation, throughput, memory.
+
+Runs the full-size ResNet-101 C4 model (seeded random weights that behave: finite activations,
+300 proposals per image like the real model) on real photos from scikit-image resized to
+600x800 and 600x1000, and prints one JSON document.
+
+    python benchmarks/bench_detector.py --quick          # < 60 s: one size, batch 1
+    python benchmarks/bench_detector.py                  # both sizes, batch 1 and 4
+    python benchmarks/bench_detector.py --device cuda --autocast bf16   # on a GPU
+
+Utilisation is achieved FLOP/s (2 x fvcore's multiply-adds / detector seconds) over a fp32
+matmul peak measured in the same run on the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from detector import build_detector, get_preset
+from detector.image import load_image
+from detector.preprocess import PreparedImage, preprocess
+
+SIZES = {"600x800": (600, 800), "600x1000": (600, 1000)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float]:
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - start
+
+
+def matmul_peak_gflops(device: torch.device, *, seconds: float) -> float:
+    """Best fp32 GFLOP/s of a 2048^3 matmul over ``seconds`` (the machine's practical peak)."""
+    n = 2048
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        _, elapsed = timed(device, lambda: torch.mm(a, b))
+        best = max(best, 2 * n**3 / elapsed / 1e9)
+    return best
+
+
+def behaved_detector(device: torch.device, channels_last: bool | None, fold_bn: bool):
+    """Full-size model with seeded weights; RPN deltas spread so ~300 proposals survive NMS."""
+    detector = build_detector(get_preset("vg-r101-c4-attr"), seed=0)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        head = detector.proposal_generator.rpn_head
+        head.anchor_deltas.weight.normal_(0.0, 0.05, generator=generator)
+        head.objectness_logits.weight.normal_(0.0, 0.05, generator=generator)
+    detector.to(device)
+    if fold_bn:
+        detector.optimize_for_inference(channels_last=channels_last)
+    elif channels_last is not None:
+        detector.set_channels_last(channels_last)
+    return detector.eval()
+
+
+def photo_jpeg(index: int, size: tuple[int, int]) -> bytes:
+    from skimage import data
+
+    photos = [data.astronaut, data.coffee, data.chelsea, data.rocket]
+    rgb = photos[index % len(photos)]()
+    h, w = size
+    resized = cv2.resize(rgb[:, :, ::-1], (w, h), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return encoded.tobytes()
+
+
+def encode_tsv_record(regions) -> bytes:
+    """The obj36 TSV line the pipeline writes (base64 of raw little-endian arrays)."""
+    record = regions.to_record()
+    fields = [str(record["img_id"]), str(record["img_h"]), str(record["img_w"])]
+    for name in ("objects_id", "objects_conf", "attrs_id", "attrs_conf"):
+        fields.append(base64.b64encode(record[name].tobytes()).decode())
+    fields.append(str(record["num_boxes"]))
+    for name in ("boxes", "features"):
+        fields.append(base64.b64encode(record[name].tobytes()).decode())
+    return ("\t".join(fields) + "\n").encode()
+
+
+def count_macs(detector, prepared: PreparedImage, device: torch.device) -> dict[str, float]:
+    """Multiply-adds per image by fvcore: trunk, RPN head, res5 + predictors on the proposals."""
+    from fvcore.nn import FlopCountAnalysis
+
+    x = prepared.tensor[None].to(device)
+    with torch.no_grad():
+        trunk = FlopCountAnalysis(detector.backbone, x)
+        trunk.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        features = detector.backbone(x)
+        rpn = FlopCountAnalysis(detector.proposal_generator.rpn_head, features)
+        rpn.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        proposals = detector.proposal_generator(features, prepared.resized_size).proposals
+        pooled = detector.roi_heads.pool(features, proposals)
+        res5 = FlopCountAnalysis(detector.roi_heads.res5, pooled)
+        res5.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return {
+            "trunk": trunk.total() / 1e9,
+            "rpn_head": rpn.total() / 1e9,
+            "res5": res5.total() / 1e9,
+            "proposals": float(len(proposals[0])),
+        }
+
+
+def bench_stages(detector, jpeg: bytes, image_id: str, device: torch.device) -> dict[str, float]:
+    """Seconds per stage for one image, batch 1."""
+    config = detector.config
+    times: dict[str, float] = {}
+    image, times["decode"] = timed(device, lambda: load_image(jpeg))
+    prepared, times["preprocess"] = timed(
+        device,
+        lambda: preprocess(
+            image,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            pixel_mean=config.pixel_mean,
+            pixel_std=config.pixel_std,
+            image_id=image_id,
+        ),
+    )
+    with torch.inference_mode():
+        x = prepared.tensor[None].to(device)
+        if detector.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with detector._autocast():
+            features, times["trunk"] = timed(device, lambda: detector.backbone(x))
+            rpn, times["rpn"] = timed(
+                device, lambda: detector.proposal_generator(features, prepared.resized_size)
+            )
+            pooled, times["roi_pool"] = timed(
+                device, lambda: detector.roi_heads.pool(features, rpn.proposals)
+            )
+            if detector.roi_heads.channels_last:
+                pooled = pooled.contiguous(memory_format=torch.channels_last)
+
+            def head():
+                region = detector.roi_heads.region_features(pooled)
+                return region, detector.roi_heads.box_predictor(region)
+
+            (region, (logits, deltas, attr_logits)), times["res5_head"] = timed(device, head)
+        regions, times["selection"] = timed(
+            device,
+            lambda: detector._select(
+                prepared, rpn.proposals[0], region, logits.float(), deltas.float(), attr_logits
+            ),
+        )
+    _, times["writing"] = timed(device, lambda: io.BytesIO().write(encode_tsv_record(regions)))
+    times["proposals"] = float(len(rpn.proposals[0]))
+    return times
+
+
+def bench_throughput(detector, prepared: list[PreparedImage], batch_size: int, device) -> float:
+    """Images per second of ``Detector.detect`` at ``batch_size`` (after one warm-up batch)."""
+    detector.detect(prepared[:batch_size], batch_size=batch_size)
+    _, elapsed = timed(device, lambda: detector.detect(prepared, batch_size=batch_size))
+    return len(prepared) / elapsed
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="600x800 only, batch 1 (< 60 s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:i (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--channels-last",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="memory format of the convs (default: the library's per-device choice)",
+    )
+    parser.add_argument("--no-fold-bn", action="store_true", help="keep frozen BN separate")
+    parser.add_argument(
+        "--autocast", choices=("none", "bf16", "fp16"), default="none", help="CUDA only"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the res5 head")
+    parser.add_argument("--images", type=int, default=4, help="images per throughput run")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
+    detector = behaved_detector(device, channels_last, fold_bn=not args.no_fold_bn)
+    if args.autocast != "none":
+        detector.autocast_dtype = torch.bfloat16 if args.autocast == "bf16" else torch.float16
+    if args.compile:
+        detector.roi_heads.res5 = torch.compile(detector.roi_heads.res5)
+
+    peak = matmul_peak_gflops(device, seconds=1.0 if args.quick else 3.0)
+    sizes = {"600x800": SIZES["600x800"]} if args.quick else SIZES
+    batch_sizes = (1,) if args.quick else (1, 4)
+    report: dict[str, Any] = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "fold_bn": not args.no_fold_bn,
+        "channels_last": detector.channels_last,
+        "autocast": args.autocast,
+        "matmul_peak_gflops": round(peak, 1),
+        "sizes": {},
+    }
+    for label, size in sizes.items():
+        jpegs = [photo_jpeg(i, size) for i in range(args.images)]
+        stages = bench_stages(detector, jpegs[0], "warmup", device)  # warm-up run
+        stages = bench_stages(detector, jpegs[1 % len(jpegs)], label, device)
+        config = detector.config
+        prepared = [
+            preprocess(
+                load_image(jpeg),
+                min_size=config.min_size,
+                max_size=config.max_size,
+                pixel_mean=config.pixel_mean,
+                image_id=f"{label}-{i}",
+            )
+            for i, jpeg in enumerate(jpegs)
+        ]
+        macs = count_macs(detector, prepared[1 % len(prepared)], device)
+        detector_seconds = sum(
+            stages[k] for k in ("trunk", "rpn", "roi_pool", "res5_head", "selection")
+        )
+        gmacs = macs["trunk"] + macs["rpn_head"] + macs["res5"]
+        entry: dict[str, Any] = {
+            "resized": list(prepared[0].resized_size),
+            "stage_seconds": {k: round(v, 4) for k, v in stages.items() if k != "proposals"},
+            "proposals": int(stages["proposals"]),
+            "gmac": {k: round(v, 1) for k, v in macs.items() if k != "proposals"},
+            "detector_seconds": round(detector_seconds, 3),
+            "achieved_gflops": round(2 * gmacs / detector_seconds, 1),
+            "utilisation_pct": round(100 * 2 * gmacs / detector_seconds / peak, 1),
+            "selection_pct_of_detector": round(100 * stages["selection"] / detector_seconds, 2),
+            "images_per_second": {},
+        }
+        for batch_size in batch_sizes:
+            entry["images_per_second"][str(batch_size)] = round(
+                bench_throughput(detector, prepared, batch_size, device), 4
+            )
+            if batch_size == 1:
+                entry["peak_rss_mb_after_batch1"] = round(peak_rss_mb(), 1)
+        report["sizes"][label] = entry
+    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if device.type == "cuda":
+        report["cuda_peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Box selection: which proposals of one image become its regions.
+
+Two modes, each reproducing a reference extractor:
+
+``bottom-up`` (:func:`select_bottom_up`)
+    tools/generate_tsv.py of the original Caffe bottom-up-attention, which made LXMERT's
+    features: per-class greedy NMS over the unregressed proposals with the Caffe "+1" IoU, each
+    proposal keeping the best class score at which it survived, then a confidence threshold
+    clamped to ``min_boxes..max_boxes``.
+``max-class`` (:func:`select_max_class`)
+    py-bottom-up-attention's LXMERT script and the Hugging Face demo port: each proposal takes
+    its best class and that class's regressed box, then class-agnostic torchvision NMS with a
+    rising threshold until enough boxes survive.
+
+Class probabilities are always ``[R, C + 1]`` softmax outputs with background LAST (Detectron2
+layout; the Caffe model had it first, so the reference's class loop ``range(1, C + 1)`` is our
+``range(C)``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import nms
+
+from detector.boxes import clip_boxes, pairwise_iou_caffe
+from detector.config import DetectorConfig
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """The regions chosen for one image.
+
+    Attributes:
+        indices: int64 ``[K]`` rows of the proposals chosen, in output order.
+        boxes: float32 ``[K, 4]`` xyxy, in the frame of the boxes given to the selector.
+        object_ids: int64 ``[K]`` best object class (background excluded).
+        object_conf: float32 ``[K]`` its probability (``bottom-up``: not renormalised).
+    """
+
+    indices: Tensor
+    boxes: Tensor
+    object_ids: Tensor
+    object_conf: Tensor
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+def _check_probs(class_probs: Tensor, num_rows: int, name: str) -> int:
+    """Validate ``[R, C + 1]`` class probabilities; return C."""
+    if not isinstance(class_probs, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(class_probs).__name__}")
+    if class_probs.ndim != 2 or class_probs.shape[0] != num_rows or class_probs.shape[1] < 2:
+        raise ValueError(
+            f"{name} must have shape [{num_rows}, C + 1] (background last, C >= 1), "
+            f"got {tuple(class_probs.shape)}"
+        )
+    return int(class_probs.shape[1]) - 1
+
+
+def _check_counts(min_boxes: int, max_boxes: int) -> None:
+    if not 1 <= min_boxes <= max_boxes:
+        raise ValueError(f"need 1 <= min_boxes <= max_boxes, got {min_boxes}..{max_boxes}")
+
+
+def _greedy_nms_all_classes(overlap: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Greedy NMS for every class at once; bool ``[C, R]``, True where a proposal survives.
+
+    ``overlap[i, j]`` says whether box ``i`` suppresses box ``j``; ``scores`` is float32
+    ``[C, R]``. For each class this is py-faster-rcnn's ``cpu_nms``: visit boxes in the order
+    ``scores.argsort()[::-1]`` (numpy's default sort, row by row, so exact ties fall exactly
+    where the reference puts them), keep a box unless an earlier kept box suppressed it, and
+    let it suppress all boxes it overlaps. The loop runs over rank positions (R steps), each
+    step advancing all C classes together.
+    """
+    num_classes, num_boxes = scores.shape
+    # argsort along the last axis sorts each row with the same routine as a 1-D argsort.
+    order = np.argsort(scores, axis=1)[:, ::-1]
+    suppressed = np.zeros((num_classes, num_boxes), dtype=bool)
+    kept = np.zeros((num_classes, num_boxes), dtype=bool)
+    classes = np.arange(num_classes)
+    for rank in range(num_boxes):
+        current = order[:, rank]
+        alive = ~suppressed[classes, current]
+        kept[classes, current] = alive
+        # Boxes already visited may be marked too; their fate was recorded when visited.
+        rows = np.flatnonzero(alive)
+        suppressed[rows] |= overlap[current[rows]]
+    return kept
+
+
+def select_bottom_up(
+    proposals: Tensor,
+    class_probs: Tensor,
+    *,
+    conf_thresh: float,
+    nms_thresh: float,
+    min_boxes: int,
+    max_boxes: int,
+) -> Selection:
+    """Bottom-up-attention's selection (tools/generate_tsv.py), vectorised over classes.
+
+    For each object class: greedy NMS over the (unregressed) proposals scored by that class,
+    Caffe IoU with +1 areas in float32, a box suppressed when IoU >= ``nms_thresh``. Each
+    proposal's ``max_conf`` is the highest score at which it survived (0 if none). Proposals
+    with ``max_conf >= conf_thresh`` are kept in index order; if fewer than ``min_boxes``, or
+    more than ``max_boxes``, the top ``min_boxes`` / ``max_boxes`` by ``max_conf`` instead, in
+    the order numpy's ``argsort(max_conf)[::-1]`` gives (computed with numpy on float64, as the
+    reference did, so ties break identically).
+
+    The Caffe IoU is not scale invariant and the reference ran it on ``rois / im_scale``: pass
+    proposals in raw-image pixels to reproduce its choices exactly.
+
+    Args:
+        proposals: ``Tensor[R, 4]`` xyxy proposal boxes (the RPN output, not regressed), in the
+            frame the NMS should run in (raw-image pixels for parity with the reference).
+        class_probs: ``Tensor[R, C + 1]`` softmax over all classes, background last; cast to
+            float32.
+        conf_thresh: smallest ``max_conf`` kept before the min/max clamp (0.2).
+        nms_thresh: per-class Caffe-IoU threshold (0.3).
+        min_boxes: fewest regions returned (fewer only if ``R < min_boxes``).
+        max_boxes: most regions returned.
+
+    Returns:
+        :class:`Selection` on the device of ``proposals``; ``boxes`` are the chosen proposals
+        as given; ``object_ids``/``object_conf`` are argmax/max of ``class_probs[:, :C]``.
+    """
+    if not isinstance(proposals, Tensor) or proposals.ndim != 2 or proposals.shape[1] != 4:
+        shape = tuple(proposals.shape) if isinstance(proposals, Tensor) else type(proposals)
+        raise ValueError(f"proposals must be a Tensor[R, 4] (xyxy), got {shape}")
+    num_classes = _check_probs(class_probs, proposals.shape[0], "class_probs")
+    _check_counts(min_boxes, max_boxes)
+    device = proposals.device
+
+    boxes32 = proposals.detach().to("cpu", torch.float32)
+    probs32 = class_probs.detach().to("cpu", torch.float32)[:, :num_classes]
+    # One Caffe IoU matrix serves every class; compare in float64 as Cython's float-vs-double
+    # comparison does, so a float32 IoU sitting at the threshold is treated as the reference.
+    iou = pairwise_iou_caffe(boxes32, boxes32).numpy()
+    overlap = iou.astype(np.float64) >= float(nms_thresh)
+    scores = np.ascontiguousarray(probs32.numpy().T)
+    kept = _greedy_nms_all_classes(overlap, scores)
+    # Scores are probabilities (>= 0), so the reference's running max from 0 equals this.
+    max_conf = np.where(kept, scores, np.float32(0)).max(axis=0, initial=0.0).astype(np.float64)
+
+    keep_boxes = np.where(max_conf >= conf_thresh)[0]
+    if len(keep_boxes) < min_boxes:
+        keep_boxes = np.argsort(max_conf)[::-1][:min_boxes]
+    elif len(keep_boxes) > max_boxes:
+        keep_boxes = np.argsort(max_conf)[::-1][:max_boxes]
+
+    # copy(): the reversed argsort view has negative strides, which torch refuses.
+    indices = torch.from_numpy(keep_boxes.astype(np.int64, copy=True))
+    # numpy's argmax takes the first of equal maxima, as torch's does.
+    chosen_scores = scores[:, keep_boxes]
+    best = chosen_scores.argmax(axis=0)
+    object_ids = torch.from_numpy(best.astype(np.int64))
+    object_conf = torch.from_numpy(chosen_scores[best, np.arange(len(best))].astype(np.float32))
+    return Selection(
+        indices=indices.to(device),
+        boxes=boxes32[indices].to(device),
+        object_ids=object_ids.to(device),
+        object_conf=object_conf.to(device),
+    )
+
+
+def select_max_class(
+    pred_boxes: Tensor,
+    class_probs: Tensor,
+    image_size: tuple[int, int],
+    *,
+    nms_thresholds: Sequence[float],
+    min_boxes: int,
+    max_boxes: int,
+) -> Selection:
+    """py-bottom-up-attention / Hugging Face demo selection ("max-class").
+
+    The background column is dropped; each proposal takes its best class (first on ties, as
+    ``Tensor.max``) and that class's regressed box, clipped to ``image_size``. For each
+    threshold in order: torchvision class-agnostic NMS (suppress IoU > threshold) by that best
+    score, truncated to ``max_boxes``; the first result with at least ``min_boxes`` wins. If no
+    threshold gives enough, the result with the most boxes (the last such threshold on ties,
+    as py-bottom-up-attention falls through to its last threshold) is returned with a warning.
+
+    Args:
+        pred_boxes: ``Tensor[R, C*4]`` class-specific regressed boxes xyxy, resized-image
+            pixels (``Tensor[R, 4]`` class-agnostic boxes are accepted too).
+        class_probs: ``Tensor[R, C + 1]`` softmax over all classes, background last.
+        image_size: ``(h, w)`` of the resized image, for clipping.
+        nms_thresholds: IoU thresholds tried in order, e.g. 0.3, 0.4, ..., 0.9.
+        min_boxes: fewest boxes a threshold's result must have to be accepted.
+        max_boxes: most boxes returned.
+
+    Returns:
+        :class:`Selection` on the device of ``pred_boxes``; ``boxes`` are resized-image pixels,
+        ``object_conf`` is the best class probability (not renormalised).
+    """
+    if not isinstance(pred_boxes, Tensor) or pred_boxes.ndim != 2:
+        raise ValueError("pred_boxes must be a Tensor[R, C*4] of class-specific xyxy boxes")
+    num_rows = pred_boxes.shape[0]
+    num_classes = _check_probs(class_probs, num_rows, "class_probs")
+    if pred_boxes.shape[1] not in (4, 4 * num_classes):
+        raise ValueError(
+            f"pred_boxes must have shape [{num_rows}, {4 * num_classes}] (or [{num_rows}, 4]), "
+            f"got {tuple(pred_boxes.shape)}"
+        )
+    thresholds = [float(t) for t in nms_thresholds]
+    if not thresholds:
+        raise ValueError("nms_thresholds must not be empty")
+    _check_counts(min_boxes, max_boxes)
+
+    scores = class_probs.detach().float()[:, :num_classes].to(pred_boxes.device)
+    best_scores, best_classes = scores.max(dim=1)
+    boxes = clip_boxes(pred_boxes.detach().float().reshape(-1, 4), image_size)
+    if pred_boxes.shape[1] == 4:
+        best_boxes = boxes
+    else:
+        best_boxes = boxes.view(num_rows, num_classes, 4)[
+            torch.arange(num_rows, device=boxes.device), best_classes
+        ]
+
+    results: list[Tensor] = []
+    for threshold in thresholds:
+        results.append(nms(best_boxes, best_scores, threshold)[:max_boxes])
+        if len(results[-1]) >= min_boxes:
+            break
+    keep = results[-1]
+    if len(keep) < min_boxes:
+        most = max(len(r) for r in results)
+        keep = next(r for r in reversed(results) if len(r) == most)
+        warnings.warn(
+            f"max-class selection found only {most} boxes (min_boxes={min_boxes}) at every NMS "
+            f"threshold {thresholds}; returning those {most}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return Selection(
+        indices=keep.to(torch.int64),
+        boxes=best_boxes[keep],
+        object_ids=best_classes[keep],
+        object_conf=best_scores[keep],
+    )
+
+
+def attributes_from_probs(attr_logits: Tensor, *, renormalize: bool) -> tuple[Tensor, Tensor]:
+    """Best attribute of each region from the attribute head's logits.
+
+    Args:
+        attr_logits: ``Tensor[R, A + 1]`` logits, "no attribute" last.
+        renormalize: True (max-class, as the HF port): softmax over the first A logits only.
+            False (bottom-up): softmax over all A + 1, then drop the last column, so
+            probabilities are not renormalised.
+
+    Returns:
+        ``(ids, conf)``: int64 ``[R]`` argmax over the A attributes, float32 ``[R]`` its
+        probability.
+    """
+    if not isinstance(attr_logits, Tensor) or attr_logits.ndim != 2 or attr_logits.shape[1] < 2:
+        shape = tuple(attr_logits.shape) if isinstance(attr_logits, Tensor) else attr_logits
+        raise ValueError(f"attr_logits must be a Tensor[R, A + 1] with A >= 1, got {shape}")
+    logits = attr_logits.detach().float()
+    probs = logits[:, :-1].softmax(dim=-1) if renormalize else logits.softmax(dim=-1)[:, :-1]
+    conf, ids = probs.max(dim=-1)
+    return ids, conf
+
+
+def select(
+    config: DetectorConfig,
+    *,
+    proposals: Tensor,
+    pred_boxes: Tensor | None,
+    class_probs: Tensor,
+    image_size: tuple[int, int],
+) -> Selection:
+    """Run the selection ``config.selection`` names with the config's thresholds and counts.
+
+    Args:
+        config: supplies ``selection``, ``min_boxes``, ``max_boxes``, ``conf_thresh``,
+            ``nms_thresh`` and ``max_class_nms_thresholds``.
+        proposals: ``Tensor[R, 4]`` unregressed proposals (used by ``bottom-up``; see
+            :func:`select_bottom_up` for the frame).
+        pred_boxes: ``Tensor[R, C*4]`` regressed boxes, resized-image pixels (``max-class``).
+        class_probs: ``Tensor[R, C + 1]`` softmax, background last.
+        image_size: ``(h, w)`` of the resized image (``max-class`` clips to it).
+    """
+    if config.selection == "bottom-up":
+        return select_bottom_up(
+            proposals,
+            class_probs,
+            conf_thresh=config.conf_thresh,
+            nms_thresh=config.nms_thresh,
+            min_boxes=config.min_boxes,
+            max_boxes=config.max_boxes,
+        )
+    if pred_boxes is None:
+        raise ValueError("max-class selection needs pred_boxes (the regressed class boxes)")
+    return select_max_class(
+        pred_boxes,
+        class_probs,
+        image_size,
+        nms_thresholds=config.max_class_nms_thresholds,
+        min_boxes=config.min_boxes,
+        max_boxes=config.max_boxes,
+    )

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Set up .venv and run the project's jobs; needs only Python 3.10+ and pip.
+
+    python3 tasks.py demo    # main job on the shipped shapes-world models (examples/)
+    python3 tasks.py test    # lint + the test suite (what CI runs)
+    python3 tasks.py bench   # quick detector benchmark (prints JSON)
+    python3 tasks.py setup   # only create/refresh .venv
+
+The venv is reinstalled when requirements*.txt or setup.py change (a stamp file records a hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".lxmert-pipeline-installed"
+INSTALL_INPUTS = ("requirements.txt", "requirements-test.txt", "setup.py")
+
+
+def run(*command: str | os.PathLike[str]) -> None:
+    printable = " ".join(str(part) for part in command)
+    print(f"+ {printable}", flush=True)
+    result = subprocess.run([str(part) for part in command], cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(result.returncode)
+
+
+def install_hash() -> str:
+    digest = hashlib.sha256()
+    for name in INSTALL_INPUTS:
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def setup() -> None:
+    python = BIN / "python"
+    if not python.exists():
+        print(f"+ creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = install_hash()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip", "setuptools")
+    run(python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt")
+    run(python, "-m", "pip", "install", "--quiet", "-r", "requirements-test.txt")
+    run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", ".")
+    STAMP.write_text(wanted)
+
+
+def demo() -> None:
+    setup()
+    run(
+        BIN / "extract_features",
+        "examples/",
+        "--out",
+        "out/examples.h5",
+        "--detector",
+        "shapes-detector",
+        "--overwrite",
+    )
+    run(BIN / "answer", "examples/scene_000.png", "what color is the circle?", "--top-k", "3")
+
+
+def test() -> None:
+    setup()
+    run(BIN / "ruff", "check", ".")
+    run(BIN / "ruff", "format", "--check", ".")
+    run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
+
+
+def bench() -> None:
+    setup()
+    run(BIN / "python", "benchmarks/bench_detector.py", "--quick")
+
+
+JOBS = {"setup": setup, "demo": demo, "test": test, "bench": bench}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in JOBS:
+        sys.exit(f"usage: python3 tasks.py {{{'|'.join(JOBS)}}}")
+    JOBS[sys.argv[1]]()
