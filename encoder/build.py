@@ -1,0 +1,110 @@
+"""The package's builder: one call from a preset, a registry name or a directory to a ready
+encoder (model, tokenizer, answer set), and question answering on RegionFeatures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import LxmertPreTrainedModel
+
+from detector.structures import RegionFeatures
+from encoder.answers import AnswerTable, ScoredAnswer, answer_table_for, top_k_answers
+from encoder.config import PRESETS, EncoderConfig
+from encoder.inputs import build_visual_inputs
+from encoder.model import build_model, checkpoint_directory
+from encoder.tokenizer import VOCAB_PATH, LxmertTokenizer, encode_text, load_tokenizer
+
+#: Optional files of a checkpoint directory that override the shipped defaults: the answer
+#: set (JSON list, label order) and the WordPiece vocabulary.
+ANSWERS_FILE = "label2ans.json"
+VOCAB_FILE = "vocab.txt"
+
+
+@dataclass(frozen=True, eq=False)
+class Encoder:
+    """A loaded LXMERT with what it needs to read questions and name answers.
+
+    Attributes:
+        config: the settings it was built from.
+        model: transformers' model (eval mode) with the head ``config.head``.
+        tokenizer: the uncased WordPiece tokenizer.
+        answers: the QA head's answer set (None for ``head="base"``).
+    """
+
+    config: EncoderConfig
+    model: LxmertPreTrainedModel
+    tokenizer: LxmertTokenizer
+    answers: AnswerTable | None
+
+    def model_inputs(
+        self, regions: Sequence[RegionFeatures], questions: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the model's forward for B (image, question) pairs, on the
+        model's device; ``regions[i]`` is the image of ``questions[i]``."""
+        if len(regions) != len(questions):
+            raise ValueError(
+                f"got {len(regions)} RegionFeatures for {len(questions)} questions; "
+                "pass one RegionFeatures per question (repeat it for several questions)"
+            )
+        text = encode_text(self.tokenizer, questions, max_length=self.config.max_question_length)
+        visual = build_visual_inputs(regions)
+        device = self.model.device
+        return {
+            **{k: v.to(device) for k, v in vars(text).items()},
+            **{k: v.to(device) for k, v in vars(visual).items()},
+        }
+
+    @torch.inference_mode()
+    def answer(
+        self, regions: Sequence[RegionFeatures], questions: Sequence[str], *, k: int = 1
+    ) -> list[list[ScoredAnswer]]:
+        """The ``k`` most probable answers per question (softmax; see ``encoder.answers``)."""
+        if self.answers is None or self.config.head == "base":
+            raise ValueError(
+                f"encoder {self.config.checkpoint!r} has no QA head (head={self.config.head!r}); "
+                "load it with head='qa' or 'pretraining'"
+            )
+        output = self.model(**self.model_inputs(regions, questions))
+        return top_k_answers(output.question_answering_score, self.answers, k=k)
+
+
+def load_encoder(
+    source: str | Path | EncoderConfig, *, device: torch.device | str = "cpu"
+) -> Encoder:
+    """Build an :class:`Encoder`.
+
+    Args:
+        source: a preset name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``), an
+            :class:`EncoderConfig`, or a checkpoint directory / other registry name (head
+            ``qa``, answer set by ``num_qa_labels``).
+        device: where the model runs.
+
+    A checkpoint directory may carry ``label2ans.json`` (answers in label order) and
+    ``vocab.txt``; they are used instead of the shipped answer set and vocabulary unless the
+    config names an answer set.
+    """
+    if isinstance(source, EncoderConfig):
+        config = source
+    elif isinstance(source, str) and source in PRESETS:
+        config = PRESETS[source]
+    elif isinstance(source, (str, Path)):
+        config = EncoderConfig(checkpoint=str(source))
+    else:
+        raise TypeError(
+            f"source must be a preset name, a path or an EncoderConfig, got {type(source).__name__}"
+        )
+    directory = checkpoint_directory(config.checkpoint)
+    model = build_model(directory, head=config.head)
+    model.to(torch.device(device))  # type: ignore[arg-type]  # transformers wraps .to
+    vocab = directory / VOCAB_FILE
+    tokenizer = load_tokenizer(vocab if vocab.is_file() else VOCAB_PATH)
+    answers = None
+    if config.head != "base":
+        answer_set: str | Path | None = config.answer_set
+        if answer_set is None and (directory / ANSWERS_FILE).is_file():
+            answer_set = directory / ANSWERS_FILE
+        answers = answer_table_for(model.config.num_qa_labels, answer_set)
+    return Encoder(config=config, model=model, tokenizer=tokenizer, answers=answers)

@@ -1,0 +1,82 @@
+"""Build transformers' LXMERT models, unchanged, from a registry name, a directory or a config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import (
+    LxmertConfig,
+    LxmertForPreTraining,
+    LxmertForQuestionAnswering,
+    LxmertModel,
+    LxmertPreTrainedModel,
+)
+
+from encoder.config import PRESETS, Head
+from weights import resolve_checkpoint
+
+_HEAD_CLASSES: dict[str, type[LxmertPreTrainedModel]] = {
+    "qa": LxmertForQuestionAnswering,
+    "pretraining": LxmertForPreTraining,
+    "base": LxmertModel,
+}
+
+
+def _head_class(head: str) -> type[LxmertPreTrainedModel]:
+    if head not in _HEAD_CLASSES:
+        raise ValueError(f"head must be one of {', '.join(_HEAD_CLASSES)}, got {head!r}")
+    return _HEAD_CLASSES[head]
+
+
+def checkpoint_directory(source: str | Path) -> Path:
+    """The directory holding ``config.json`` + weights for a registry name or a directory.
+
+    Registry names resolve through ``weights.resolve_checkpoint``, which raises
+    ``CheckpointNotFoundError`` (places looked, how to fetch) when they are not on this machine.
+    """
+    path = Path(source)
+    if path.is_dir():
+        directory = path
+    elif path.exists():
+        raise ValueError(
+            f"{path} is a file; an encoder checkpoint is the directory written by "
+            "save_pretrained (config.json and the weights)"
+        )
+    else:
+        # Names, known or not, go to the registry: it knows every name and says which exist.
+        directory = resolve_checkpoint(str(source))
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{directory} has no config.json; point at a directory written by save_pretrained"
+        )
+    return directory
+
+
+def build_model(
+    source: str | Path | LxmertConfig, *, head: Head | None = None
+) -> LxmertPreTrainedModel:
+    """An LXMERT model in eval mode.
+
+    Args:
+        source: an :class:`LxmertConfig` (random weights, for tests and training from scratch);
+            a directory written by ``save_pretrained`` (``config.json`` + weights); or a
+            registry name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``), see
+            :func:`checkpoint_directory`.
+        head: ``"qa"``, ``"pretraining"`` or ``"base"``; default: the preset's head for a
+            preset name, ``"qa"`` otherwise.
+
+    Nothing is downloaded here: directories load with ``local_files_only=True``.
+    """
+    if isinstance(source, LxmertConfig):
+        return _head_class(head or "qa")(source).eval()
+    if not isinstance(source, (str, Path)):
+        raise TypeError(
+            f"source must be a registry name, a directory or an LxmertConfig, "
+            f"got {type(source).__name__}"
+        )
+    if head is None and isinstance(source, str) and source in PRESETS:
+        head = PRESETS[source].head
+    model_class = _head_class(head or "qa")
+    directory = checkpoint_directory(source)
+    model = model_class.from_pretrained(directory, local_files_only=True, weights_only=True)
+    return model.eval()
