@@ -1,0 +1,22 @@
+"""The glue and the public faces: :func:`answer`, :class:`Pipeline`, ``extract_features``.
+
+``from pipeline import answer, Pipeline`` imports the models lazily, so the command-line tools
+start without loading transformers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.api import DEFAULT_DETECTOR, DEFAULT_ENCODER, Pipeline, answer
+
+__all__ = ["DEFAULT_DETECTOR", "DEFAULT_ENCODER", "Pipeline", "answer"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from pipeline import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -1,0 +1,176 @@
+"""answer() and Pipeline with a tiny detector and a tiny random LXMERT."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import LxmertConfig
+
+from detector import Detector, build_detector, get_preset
+from encoder.answers import AnswerTable
+from encoder.build import Encoder, load_encoder
+from encoder.config import EncoderConfig
+from encoder.model import build_model
+from encoder.tokenizer import load_tokenizer
+from pipeline import Pipeline, answer
+from pipeline.answer_cli import main as answer_main
+from pipeline.api import default_pipeline
+
+ANSWERS = ("red", "blue", "green", "yes", "no", "2", "3")
+QUESTIONS = ["what color is the cat?", "is there a cup?", "how many objects are there?"]
+
+
+def tiny_lxmert_config() -> LxmertConfig:
+    torch.manual_seed(0)
+    return LxmertConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        l_layers=1,
+        x_layers=1,
+        r_layers=1,
+        visual_feat_dim=get_preset("tiny").feature_dim,
+        num_qa_labels=len(ANSWERS),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder() -> Encoder:
+    return Encoder(
+        config=EncoderConfig(checkpoint="tiny-random"),
+        model=build_model(tiny_lxmert_config(), head="qa"),
+        tokenizer=load_tokenizer(),
+        answers=AnswerTable(name="tiny", answers=ANSWERS),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_detector() -> Detector:
+    return build_detector(get_preset("tiny"), seed=0).optimize_for_inference().eval()
+
+
+@pytest.fixture
+def counted(tiny_detector: Detector, tiny_encoder: Encoder, monkeypatch: pytest.MonkeyPatch):
+    """A pipeline whose detector counts its detect() calls and the images it saw."""
+    calls: list[int] = []
+    original = tiny_detector.detect
+
+    def detect(images, **kwargs):
+        calls.append(len(images))
+        return original(images, **kwargs)
+
+    monkeypatch.setattr(tiny_detector, "detect", detect)
+    return Pipeline(detector=tiny_detector, encoder=tiny_encoder), calls
+
+
+def photo_path(photos: Path) -> Path:
+    return photos / "cats" / "chelsea.png"
+
+
+def test_three_questions_run_the_detector_once(counted, photos: Path) -> None:
+    pipe, calls = counted
+    got = answer(photo_path(photos), QUESTIONS, pipeline=pipe)
+    assert calls == [1]
+    assert isinstance(got, list) and len(got) == 3
+    assert all(a in ANSWERS for a in got)
+    # The same as LXMERT on the detector's regions, question by question.
+    regions = pipe.regions([str(photo_path(photos))])[0]
+    for question, given in zip(QUESTIONS, got, strict=True):
+        best = pipe.encoder.answer([regions], [question], k=1)[0][0]
+        assert best.answer == given
+
+
+def test_top_k_gives_answers_with_probabilities(counted, photos: Path) -> None:
+    pipe, _ = counted
+    ranked = answer(photo_path(photos), QUESTIONS[0], top_k=3, pipeline=pipe)
+    assert [type(a) for a, _ in ranked] == [str, str, str]
+    probs = [p for _, p in ranked]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert ranked[0][0] == answer(photo_path(photos), QUESTIONS[0], pipeline=pipe)
+
+
+def test_every_image_source_gives_the_same_regions(counted, photos: Path) -> None:
+    pipe, calls = counted
+    path = photo_path(photos)
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    sources = [str(path), path.read_bytes(), Image.open(path), rgb]
+    regions = pipe.regions(sources, ["path", "bytes", "pil", "array"])
+    assert calls == [4]
+    for region in regions[1:]:
+        np.testing.assert_array_equal(region.features, regions[0].features)
+        np.testing.assert_array_equal(region.boxes, regions[0].boxes)
+    bgr = pipe.regions([rgb[:, :, ::-1].copy()], channel_order="bgr")[0]
+    np.testing.assert_array_equal(bgr.features, regions[0].features)
+
+
+def test_batched_answer_keeps_pairs_in_order(counted, photos: Path) -> None:
+    pipe, calls = counted
+    images = [str(photo_path(photos)), str(photos / "astronaut.jpg")]
+    batched = pipe.answer(images, [QUESTIONS, QUESTIONS[1]])
+    assert calls == [2]
+    assert batched[0] == [pipe.answer([images[0]], [q])[0] for q in QUESTIONS]
+    assert batched[1] == pipe.answer([images[1]], [QUESTIONS[1]])[0]
+    with pytest.raises(TypeError, match="list of images"):
+        pipe.answer(images[0], QUESTIONS)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="question"):
+        pipe.answer(images, QUESTIONS)
+
+
+@pytest.fixture(scope="module")
+def saved_models(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, tiny_encoder: Encoder
+) -> dict[str, str]:
+    """The tiny detector checkpoint and the tiny LXMERT saved with save_pretrained."""
+    encoder_dir = tmp_path_factory.mktemp("lxmert")
+    tiny_encoder.model.save_pretrained(encoder_dir)
+    (encoder_dir / "label2ans.json").write_text(json.dumps(list(ANSWERS)))
+    assert load_encoder(encoder_dir).answers.answers == ANSWERS
+    return {"detector": str(tiny_checkpoint), "encoder": str(encoder_dir)}
+
+
+def test_default_pipeline_is_built_once_from_files(
+    saved_models: dict[str, str], photos: Path, capsys
+) -> None:
+    default_pipeline.cache_clear()
+    try:
+        models = saved_models
+        first = answer(str(photo_path(photos)), QUESTIONS[0], **models)
+        image_bytes = io.BytesIO(photo_path(photos).read_bytes()).getvalue()
+        second = answer(image_bytes, QUESTIONS[0], **models)
+        info = default_pipeline.cache_info()
+        assert (info.misses, info.hits) == (1, 1)
+        assert first == second and first in ANSWERS
+        # The answer command reuses the same models.
+        code = answer_main(
+            [str(photo_path(photos)), *QUESTIONS[:2], "--top-k", "2", "--json",
+             "--detector", models["detector"], "--encoder", models["encoder"]]
+        )  # fmt: skip
+        assert code == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["question"] for line in lines] == QUESTIONS[:2]
+        assert lines[0]["answers"][0]["answer"] == first
+        assert default_pipeline.cache_info().misses == 1
+    finally:
+        default_pipeline.cache_clear()
+
+
+def test_answer_command_reports_a_bad_image(
+    saved_models: dict[str, str], tmp_path: Path, capsys
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    models = ["--detector", saved_models["detector"], "--encoder", saved_models["encoder"]]
+    try:
+        assert answer_main([str(bad), "what?", *models]) == 2
+    finally:
+        default_pipeline.cache_clear()
+    err = capsys.readouterr().err
+    assert "answer: error" in err and "bad.jpg" in err
+    assert answer_main([str(bad), "what?", "--detector", "no-such-model"]) == 2
