@@ -146,6 +146,31 @@ PRESETS: dict[str, DetectorConfig] = {
     "vg-r101-c4-attr-adaptive": DetectorConfig(
         name="vg-r101-c4-attr-adaptive", min_boxes=10, max_boxes=100
     ),
+    # The shapes-world model shipped in weights/shipped/shapes-detector (shapesworld/train.py):
+    # 6 shape classes, 7 colour attributes, square anchors, 7x7 RoIs, 256-d region features.
+    "shapes": DetectorConfig(
+        name="shapes",
+        pixel_std=(57.375, 57.12, 58.395),
+        min_size=288,
+        max_size=480,
+        stage_blocks=(1, 2, 2, 1),
+        stem_channels=16,
+        res2_channels=32,
+        bottleneck_width=8,
+        res5_dilation=1,
+        anchor_sizes=(36.0, 51.0, 72.0, 102.0, 144.0),
+        anchor_ratios=(1.0,),
+        rpn_channels=64,
+        rpn_pre_nms_topk=1000,
+        rpn_post_nms_topk=100,
+        pooler_resolution=7,
+        num_classes=6,
+        num_attributes=7,
+        attr_embed_dim=16,
+        attr_hidden_dim=64,
+        min_boxes=4,
+        max_boxes=16,
+    ),
     # A tiny variant for unit tests: same code paths, a few hundred kB of weights.
     "tiny": DetectorConfig(
         name="tiny",

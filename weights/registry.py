@@ -142,6 +142,42 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         hf_repo="unc-nlp/lxmert-base-uncased",
         files=("config.json", "pytorch_model.bin"),
     ),
+    CheckpointRecord(
+        name="shapes-detector",
+        kind="detector",
+        preset="shapes",
+        license="MIT (this project); trained here on synthetic shapesworld scenes",
+        description=(
+            "Small C4 Faster R-CNN trained on the shapes world (6 shapes, 7 colours); the "
+            "offline default. Retrain: python -m shapesworld.train --stage detector."
+        ),
+        hf_repo=None,
+        files=("model.safetensors", "objects_vocab.txt", "attributes_vocab.txt"),
+        sha256={
+            "model.safetensors": (
+                "b73c7463ed7dfdad90f6289eb9e7fbdde509b5aa758eda32b03860f496737176"
+            ),
+        },
+        shipped_dir="shapes-detector",
+    ),
+    CheckpointRecord(
+        name="shapes-lxmert",
+        kind="encoder",
+        preset="shapes-lxmert",
+        license="MIT (this project); trained here on synthetic shapesworld scenes",
+        description=(
+            "Small LXMERT (hidden 64) pretrained and fine-tuned on the shapes world's regions "
+            "and questions, 22 answers. Retrain: python -m shapesworld.train --stage lxmert."
+        ),
+        hf_repo=None,
+        files=("config.json", "model.safetensors", "label2ans.json"),
+        sha256={
+            "model.safetensors": (
+                "9232fff926be6fecbcd43eaaf0ac45104805c4352a27a8b938496e2d40953d9b"
+            ),
+        },
+        shipped_dir="shapes-lxmert",
+    ),
 )
 
 REGISTRY: Mapping[str, CheckpointRecord] = MappingProxyType({r.name: r for r in _RECORDS})

@@ -1,0 +1,175 @@
+"""Quality of the shipped shapes-world models on held-out scenes, and the metrics themselves.
+
+The held-out split (``vocab.SPLIT_SEED_BASE["heldout"]``) is never used by training.
+Thresholds are those of issue 7: detector mAP@0.5 >= 0.90, attribute accuracy >= 0.90 on
+matched boxes, VQA accuracy >= 0.85 overall.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shapesworld.evaluate import (
+    Detections,
+    DetectorMetrics,
+    VqaMetrics,
+    detect_standard,
+    evaluate_detections,
+    evaluate_vqa,
+    read_answers,
+    score_answers,
+    voc_average_precision,
+)
+from shapesworld.scenes import Scene, make_scene, make_split
+from shapesworld.train import DETECTOR_DIR, DETECTOR_FILE, LXMERT_DIR
+from shapesworld.vocab import ANSWERS, QUESTION_KINDS
+
+SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "shipped"
+HELDOUT_SCENES = 200
+
+
+# --- the metrics ----------------------------------------------------------------------------
+
+
+def test_voc_average_precision_by_hand() -> None:
+    # 3 ground truths; ranked detections TP, FP, TP, FP -> recall 1/3, 1/3, 2/3, 2/3.
+    tp = np.array([1, 0, 1, 0], float)
+    recall = np.cumsum(tp) / 3
+    precision = np.cumsum(tp) / np.arange(1, 5)
+    # Envelope: precision 1 up to recall 1/3, 2/3 up to recall 2/3, 0 after.
+    assert voc_average_precision(recall, precision) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3))
+    assert voc_average_precision(np.array([1.0]), np.array([1.0])) == 1.0
+    assert voc_average_precision(np.array([]), np.array([])) == 0.0
+
+
+def _perfect(scene: Scene) -> Detections:
+    return Detections(
+        boxes=scene.boxes_array(),
+        scores=np.linspace(0.9, 0.5, len(scene.objects)).astype(np.float32),
+        classes=scene.class_ids(),
+        attributes=scene.attribute_ids(),
+    )
+
+
+def test_evaluate_detections_perfect_shifted_and_wrong_colour() -> None:
+    scenes = [make_scene(seed) for seed in (30_000_000 + 7, 30_000_000 + 8)]
+    perfect = evaluate_detections(scenes, [_perfect(s) for s in scenes])
+    assert perfect.map50 == 1.0 and perfect.attribute_accuracy == 1.0
+    assert perfect.matched == perfect.objects == sum(len(s.objects) for s in scenes)
+
+    # Every box moved by its own width: IoU 0, so no class has a true positive.
+    moved = []
+    for s in scenes:
+        det = _perfect(s)
+        boxes = det.boxes.copy()
+        width = boxes[:, 2] - boxes[:, 0]
+        boxes[:, 0] += width
+        boxes[:, 2] += width
+        moved.append(Detections(boxes, det.scores, det.classes, det.attributes))
+    assert evaluate_detections(scenes, moved).map50 == 0.0
+
+    # Wrong colours leave mAP alone and zero the attribute accuracy.
+    recoloured = [
+        Detections(d.boxes, d.scores, d.classes, (d.attributes + 1) % 7)
+        for d in (_perfect(s) for s in scenes)
+    ]
+    metrics = evaluate_detections(scenes, recoloured)
+    assert metrics.map50 == 1.0 and metrics.attribute_accuracy == 0.0
+
+    # A duplicate of every detection at lower score is a false positive ranked last per class:
+    # AP stays 1 (all true positives come first).
+    doubled = []
+    for d in (_perfect(s) for s in scenes):
+        doubled.append(
+            Detections(
+                np.concatenate([d.boxes, d.boxes]),
+                np.concatenate([d.scores, d.scores * 0.1]),
+                np.concatenate([d.classes, d.classes]),
+                np.concatenate([d.attributes, d.attributes]),
+            )
+        )
+    assert evaluate_detections(scenes, doubled).map50 == 1.0
+    with pytest.raises(ValueError, match="detection sets"):
+        evaluate_detections(scenes, doubled[:1])
+
+
+def test_score_answers_per_kind() -> None:
+    metrics = score_answers(
+        ["count", "color", "color", "exist"], ["2", "red", "blue", "no"], ["2", "red", "red", "yes"]
+    )
+    assert metrics.accuracy == 0.5
+    assert metrics.per_kind == {"color": 0.5, "count": 1.0, "exist": 0.0}
+    assert list(metrics.per_kind) == ["color", "count", "exist"]  # QUESTION_KINDS order
+    assert metrics.counts == {"color": 2, "count": 1, "exist": 1}
+    with pytest.raises(ValueError, match="one entry per question"):
+        score_answers(["count"], [], ["2"])
+
+
+# --- the shipped models ---------------------------------------------------------------------
+
+
+def _shipped(directory: str, file_name: str) -> Path:
+    path = SHIPPED / directory / file_name
+    if not path.is_file():
+        pytest.fail(
+            f"{path} is missing; the shapes-world weights ship with the package "
+            "(retrain: python -m shapesworld.train --out weights/shipped --seed 0)"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def heldout() -> list[Scene]:
+    return make_split("heldout", HELDOUT_SCENES)
+
+
+@pytest.fixture(scope="module")
+def detector() -> torch.nn.Module:
+    from detector.checkpoint import load_detector
+
+    # One thread: with other jobs on a 2-core machine, two threads spin against each other
+    # and made this fixture 10x slower.
+    torch.set_num_threads(1)
+    return load_detector(_shipped(DETECTOR_DIR, DETECTOR_FILE))
+
+
+@pytest.fixture(scope="module")
+def detector_metrics(detector: torch.nn.Module, heldout: list[Scene]) -> DetectorMetrics:
+    return evaluate_detections(heldout, [detect_standard(detector, s) for s in heldout])
+
+
+def test_shipped_detector_map50(detector_metrics: DetectorMetrics) -> None:
+    assert len(detector_metrics.ap50) == 6, detector_metrics.ap50
+    assert detector_metrics.map50 >= 0.90, detector_metrics
+
+
+def test_shipped_detector_attribute_accuracy(detector_metrics: DetectorMetrics) -> None:
+    assert detector_metrics.matched >= 0.9 * detector_metrics.objects, detector_metrics
+    assert detector_metrics.attribute_accuracy >= 0.90, detector_metrics
+
+
+def test_shipped_detector_vocabularies(detector: torch.nn.Module) -> None:
+    from shapesworld.vocab import COLORS, SHAPES
+
+    assert detector.object_names == list(SHAPES)
+    assert detector.attribute_names == list(COLORS)
+
+
+@pytest.fixture(scope="module")
+def vqa_metrics(detector: torch.nn.Module, heldout: list[Scene]) -> VqaMetrics:
+    from encoder.model import build_model
+
+    directory = _shipped(LXMERT_DIR, "config.json").parent
+    answers = read_answers(directory)
+    assert answers == list(ANSWERS)
+    model = build_model(directory, head="qa")
+    return evaluate_vqa(detector, model, heldout, answers=answers)
+
+
+def test_shipped_lxmert_vqa_accuracy(vqa_metrics: VqaMetrics) -> None:
+    assert set(vqa_metrics.per_kind) == set(QUESTION_KINDS), vqa_metrics
+    assert vqa_metrics.accuracy >= 0.85, vqa_metrics
