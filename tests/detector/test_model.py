@@ -178,3 +178,17 @@ def test_full_size_forward_on_one_image() -> None:
     assert regions.num_boxes == 36
     assert regions.features.shape == (36, 2048)
     assert np.isfinite(regions.features).all()
+
+
+@pytest.mark.parametrize("dilated_nchw", [False, True])
+def test_memory_formats_give_the_same_regions(photos, dilated_nchw: bool) -> None:
+    plain = build_detector(TINY, seed=2).optimize_for_inference(channels_last=False)
+    fast = copy.deepcopy(plain)
+    fast.set_channels_last(True, dilated_nchw=dilated_nchw)
+    assert any(b.conv2_memory_format is not None for b in fast.roi_heads.res5) == dilated_nchw
+    image = prepare(photos["rocket"], config=TINY, image_id="r")
+    (expected,) = plain.detect([image])
+    (actual,) = fast.detect([image])
+    np.testing.assert_array_equal(actual.objects_id, expected.objects_id)
+    np.testing.assert_allclose(actual.boxes, expected.boxes, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(actual.features, expected.features, rtol=1e-4, atol=1e-5)
