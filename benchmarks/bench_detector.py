@@ -218,12 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="memory format of the convs (default: the library's per-device choice)",
     )
-    parser.add_argument(
-        "--dilated-nchw",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="res5's dilated 3x3 convs in NCHW inside a channels_last model (default: on CPU)",
-    )
     parser.add_argument("--no-fold-bn", action="store_true", help="keep frozen BN separate")
     parser.add_argument(
         "--autocast", choices=("none", "bf16", "fp16"), default="none", help="CUDA only"
@@ -241,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     detector = behaved_detector(
         device, channels_last, fold_bn=not args.no_fold_bn, calibration=calibration
     )
-    if detector.channels_last and args.dilated_nchw != "auto":
-        detector.set_channels_last(True, dilated_nchw=args.dilated_nchw == "on")
     if args.autocast != "none":
         detector.autocast_dtype = torch.bfloat16 if args.autocast == "bf16" else torch.float16
     if args.compile:
@@ -258,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "fold_bn": not args.no_fold_bn,
         "channels_last": detector.channels_last,
-        "dilated_nchw": any(b.conv2_memory_format is not None for b in detector.roi_heads.res5),
         "autocast": args.autocast,
         "matmul_peak_gflops": round(peak, 1),
         "sizes": {},

@@ -107,22 +107,10 @@ class Bottleneck(nn.Module):
             eps=eps,
         )
         self.conv3 = ConvNorm(bottleneck_channels, out_channels, kernel_size=1, eps=eps)
-        # Memory format for conv2 alone, when it differs from the block's (oneDNN on CPU runs
-        # the dilated 3x3 faster in NCHW while the 1x1 convs prefer channels_last).
-        self.conv2_memory_format: torch.memory_format | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
-        if self.conv2_memory_format is None:
-            out = F.relu_(self.conv2(out))
-        else:
-            block_format = (
-                torch.channels_last
-                if out.is_contiguous(memory_format=torch.channels_last)
-                else torch.contiguous_format
-            )
-            out = out.contiguous(memory_format=self.conv2_memory_format)
-            out = F.relu_(self.conv2(out)).contiguous(memory_format=block_format)
+        out = F.relu_(self.conv2(out))
         out = self.conv3(out)
         identity = x if self.shortcut is None else self.shortcut(x)
         return F.relu_(out + identity)

@@ -266,31 +266,21 @@ class Detector(nn.Module):
         self.set_channels_last(channels_last)
         return self
 
-    def set_channels_last(self, enabled: bool, *, dilated_nchw: bool | None = None) -> None:
-        """Run convs in channels_last (NHWC) or contiguous (NCHW) layout.
-
-        ``dilated_nchw`` keeps res5's dilated 3x3 convs in NCHW inside a channels_last model
-        (default: on CPU, where oneDNN runs them faster that way; see benchmarks/RESULTS.md).
-        """
+    def set_channels_last(self, enabled: bool) -> None:
+        """Run convs in channels_last (NHWC) or contiguous (NCHW) layout."""
         self.channels_last = enabled
         self.roi_heads.channels_last = enabled
-        if dilated_nchw is None:
-            dilated_nchw = self.device.type == "cpu"
         memory_format = torch.channels_last if enabled else torch.contiguous_format
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
-        for block in self.roi_heads.res5:
-            split = enabled and dilated_nchw and block.conv2.dilation[0] > 1
-            block.conv2_memory_format = torch.contiguous_format if split else None
-            if split:
-                block.conv2.weight.data = block.conv2.weight.data.contiguous()
 
 
 def default_channels_last(device: torch.device) -> bool:
-    """channels_last on every device: measured faster on this CPU (benchmarks/RESULTS.md),
-    and the layout cuDNN's tensor-core kernels want."""
-    return True
+    """channels_last on CUDA (cuDNN's tensor-core kernels want NHWC). On CPU NCHW: within the
+    noise of channels_last here (benchmarks/RESULTS.md) and bit-reproducible across processes,
+    which --resume relies on."""
+    return device.type == "cuda"
 
 
 def batches_by_shape(images: Sequence[PreparedImage], batch_size: int) -> Iterator[list[int]]:
