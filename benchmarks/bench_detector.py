@@ -32,7 +32,7 @@ import torch
 
 from detector import build_detector, get_preset
 from detector.image import load_image
-from detector.preprocess import PreparedImage, preprocess
+from detector.preprocess import PreparedImage, prepare, preprocess_for
 
 SIZES = {"600x800": (600, 800), "600x1000": (600, 1000)}
 
@@ -99,14 +99,7 @@ def photo_jpeg(index: int, size: tuple[int, int]) -> bytes:
 
 
 def prepare_jpeg(jpeg: bytes, config, image_id: str) -> PreparedImage:
-    return preprocess(
-        load_image(jpeg),
-        min_size=config.min_size,
-        max_size=config.max_size,
-        pixel_mean=config.pixel_mean,
-        pixel_std=config.pixel_std,
-        image_id=image_id,
-    )
+    return prepare(jpeg, config=config, image_id=image_id)
 
 
 def encode_tsv_record(regions) -> bytes:
@@ -154,14 +147,7 @@ def bench_stages(detector, jpeg: bytes, image_id: str, device: torch.device) -> 
     image, times["decode"] = timed(device, lambda: load_image(jpeg))
     prepared, times["preprocess"] = timed(
         device,
-        lambda: preprocess(
-            image,
-            min_size=config.min_size,
-            max_size=config.max_size,
-            pixel_mean=config.pixel_mean,
-            pixel_std=config.pixel_std,
-            image_id=image_id,
-        ),
+        lambda: preprocess_for(image, config, image_id=image_id),
     )
     with torch.inference_mode():
         x = prepared.tensor[None].to(device)

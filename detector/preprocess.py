@@ -153,8 +153,15 @@ def prepare(
     # Paths name themselves in errors; in-memory sources are best named by their id.
     name = None if isinstance(source, (str, os.PathLike)) else (image_id or None)
     image = load_image(source, channel_order=channel_order, max_pixels=max_pixels, name=name)
+    return preprocess_for(image, config, image_id=image_id)
+
+
+def preprocess_for(
+    image_bgr: np.ndarray, config: DetectorConfig, *, image_id: str = ""
+) -> PreparedImage:
+    """:func:`preprocess` with the sizes, mean and std of ``config``."""
     return preprocess(
-        image,
+        image_bgr,
         min_size=config.min_size,
         max_size=config.max_size,
         pixel_mean=config.pixel_mean,

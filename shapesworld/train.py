@@ -35,7 +35,7 @@ import torch
 from detector.checkpoint import save_detector
 from detector.config import DetectorConfig, get_preset
 from detector.model import Detector, build_detector
-from detector.preprocess import PreparedImage, preprocess
+from detector.preprocess import PreparedImage, preprocess_for
 from detector.structures import RegionFeatures
 from detector.training import (
     Targets,
@@ -129,14 +129,7 @@ def scene_bgr(scene: Scene) -> np.ndarray:
 
 def prepare_scene(scene: Scene, config: DetectorConfig) -> PreparedImage:
     """Preprocess a scene for a detector with ``config`` (image id ``seed-<seed>``)."""
-    return preprocess(
-        scene_bgr(scene),
-        min_size=config.min_size,
-        max_size=config.max_size,
-        pixel_mean=config.pixel_mean,
-        pixel_std=config.pixel_std,
-        image_id=f"seed-{scene.seed}",
-    )
+    return preprocess_for(scene_bgr(scene), config, image_id=f"seed-{scene.seed}")
 
 
 def scene_targets(scene: Scene, scale: float) -> Targets:
