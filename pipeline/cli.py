@@ -51,6 +51,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | None:
+    """``auto`` (None: chosen by free device memory) or a positive int."""
+    return None if text == "auto" else _positive_int(text)
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -179,11 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     execution = parser.add_argument_group("execution")
     execution.add_argument(
         "--batch-size",
-        type=_positive_int,
-        default=4,
-        metavar="N",
+        type=_batch_size,
+        default=None,
+        metavar="N|auto",
         help="images per detector call; images with the same resized shape are batched, "
-        "never padded (default: %(default)s)",
+        "never padded. auto: as many as fit in the free CUDA memory (1 on CPU, where one "
+        "image fills the cores); a batch that runs out of CUDA memory is split and retried "
+        "(default: auto)",
+    )
+    execution.add_argument(
+        "--autocast",
+        choices=("none", "bf16", "fp16"),
+        default="none",
+        help="CUDA only: run the convolutions in bf16/fp16; RoI pooling, NMS and box "
+        "selection stay fp32 (default: %(default)s)",
+    )
+    execution.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the trunk and res5 (pays off on long GPU runs; compiling takes "
+        "minutes)",
     )
     execution.add_argument(
         "--workers",
@@ -327,6 +347,18 @@ def _load_detector(args: argparse.Namespace) -> Any:
     except (FileNotFoundError, KeyError, ValueError, TypeError, OSError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise UsageError(f"--detector {args.detector}: {message}") from error
+    if args.autocast != "none":
+        import torch
+
+        detector.autocast_dtype = torch.bfloat16 if args.autocast == "bf16" else torch.float16
+    if args.compile:
+        detector.compile_submodules()
+    if args.batch_size is None:
+        from detector.model import auto_batch_size
+
+        worst = (detector.config.min_size, detector.config.max_size)
+        args.batch_size = auto_batch_size(detector.device, worst)
+        LOG.info("batch size %d", args.batch_size)
     nms = args.nms_thresh
     if nms is not None and len(nms) > 1 and detector.config.selection != "max-class":
         raise UsageError(

@@ -191,3 +191,29 @@ def test_memory_formats_give_the_same_regions(photos, channels_last: bool) -> No
     np.testing.assert_array_equal(actual.objects_id, expected.objects_id)
     np.testing.assert_allclose(actual.boxes, expected.boxes, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(actual.features, expected.features, rtol=1e-4, atol=1e-5)
+
+
+def test_out_of_memory_splits_the_batch_and_retries(tiny_detector, photos, monkeypatch) -> None:
+    images = [prepare(photos["coffee"], config=TINY, image_id=str(i)) for i in range(4)]
+    expected = tiny_detector.detect(images, batch_size=1)
+    real = type(tiny_detector)._detect_same_size
+    sizes = []
+
+    def fails_above_one(self, batch):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, batch)
+
+    monkeypatch.setattr(type(tiny_detector), "_detect_same_size", fails_above_one)
+    got = tiny_detector.detect(images, batch_size=4)
+    assert sizes == [4, 2, 1, 1, 2, 1, 1]
+    for a, b in zip(got, expected, strict=True):
+        assert a.image_id == b.image_id
+        np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_auto_batch_size_is_one_on_cpu() -> None:
+    from detector.model import auto_batch_size
+
+    assert auto_batch_size(torch.device("cpu"), (600, 1000)) == 1
