@@ -57,6 +57,7 @@ def setup() -> None:
 
 def demo() -> None:
     setup()
+    (ROOT / "out").mkdir(exist_ok=True)
     run(
         BIN / "extract_features",
         "examples/",
