@@ -329,7 +329,15 @@ def _resolve_device(name: str) -> str:
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        # Said once per run: in a container this usually means `docker run` without --gpus.
+        print(
+            "extract_features: no CUDA device visible (in Docker: run with --gpus all); "
+            "running on the CPU",
+            file=sys.stderr,
+        )
+        return "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
     return name
@@ -358,7 +366,7 @@ def _load_detector(args: argparse.Namespace) -> Any:
 
         worst = (detector.config.min_size, detector.config.max_size)
         args.batch_size = auto_batch_size(detector.device, worst)
-        LOG.info("batch size %d", args.batch_size)
+        LOG.debug("batch size %d", args.batch_size)
     nms = args.nms_thresh
     if nms is not None and len(nms) > 1 and detector.config.selection != "max-class":
         raise UsageError(

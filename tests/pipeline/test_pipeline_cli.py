@@ -319,3 +319,14 @@ def test_help_lists_every_flag() -> None:
         "merge",
     ):
         assert flag in text, flag
+
+
+def test_auto_device_without_cuda_says_cpu_once(photos, tiny_checkpoint, tmp_path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    out = tmp_path / "auto.tsv"
+    code = extract(photos, "--out", out, "--detector", tiny_checkpoint, "--workers", 0, "-q")
+    assert code == 0
+    assert capsys.readouterr().err.count("no CUDA device visible") == 1
