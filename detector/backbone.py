@@ -24,6 +24,8 @@ class FrozenBatchNorm2d(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(num_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=False)
+        self.running_mean: torch.Tensor
+        self.running_var: torch.Tensor
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
@@ -186,9 +188,9 @@ class ResNetC4(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        x = self.res2(x)
-        x = self.res3(x)
-        return self.res4(x)
+        for name in ("res2", "res3", "res4"):
+            x = getattr(self, name)(x)
+        return x
 
 
 def fold_frozen_batchnorm(module: nn.Module) -> int:

@@ -131,7 +131,8 @@ def config_from_dict(fields: Mapping[str, Any]) -> DetectorConfig:
     unknown = set(fields) - set(known)
     if unknown:
         raise ValueError(f"unknown detector config fields: {sorted(unknown)}")
-    return DetectorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return DetectorConfig(**values)
 
 
 def save_detector(detector: Detector, path: str | os.PathLike[str]) -> Path:

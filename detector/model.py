@@ -406,7 +406,7 @@ def init_weights(detector: Detector, *, seed: int, last_gamma: float = 0.2) -> N
             fan_in = module.weight[0].numel()
             module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
             if name.endswith("conv3"):
-                module.norm.weight.fill_(last_gamma)  # type: ignore[union-attr]
+                module.norm.weight.fill_(last_gamma)  # type: ignore[union-attr, operator]
         elif isinstance(module, nn.Conv2d | nn.Linear):
             module.weight.normal_(0.0, 0.01, generator=generator)
             if module.bias is not None:

@@ -74,7 +74,7 @@ class RPNHead(nn.Module):
         self.anchor_deltas = nn.Conv2d(hidden_channels, num_anchors * 4, kernel_size=1)
         for layer in (self.conv, self.objectness_logits, self.anchor_deltas):
             nn.init.normal_(layer.weight, std=0.01)
-            nn.init.constant_(layer.bias, 0.0)
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """res4 ``[B, C, H, W]`` -> (logits ``[B, H*W*A]``, deltas ``[B, H*W*A, 4]``)."""

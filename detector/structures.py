@@ -120,14 +120,14 @@ class RegionFeatures:
     @classmethod
     def from_record(cls, record: dict[str, object]) -> RegionFeatures:
         """Inverse of :meth:`to_record`; arrays are cast to the contract's dtypes."""
-        n = int(record["num_boxes"])  # type: ignore[arg-type]
+        n = int(record["num_boxes"])  # type: ignore[call-overload]
         arrays = {}
         for name, dtype in ARRAY_DTYPES.items():
             array = np.asarray(record[name]).astype(dtype, copy=False)
             arrays[name] = array.reshape(n, -1) if name in ("boxes", "features") else array
         return cls(
             image_id=str(record["img_id"]),
-            image_h=int(record["img_h"]),  # type: ignore[arg-type]
-            image_w=int(record["img_w"]),  # type: ignore[arg-type]
+            image_h=int(record["img_h"]),  # type: ignore[call-overload]
+            image_w=int(record["img_w"]),  # type: ignore[call-overload]
             **arrays,
         )
