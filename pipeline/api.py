@@ -204,7 +204,6 @@ class Pipeline:
         return self.answer_regions(regions, questions, top_k=top_k)
 
 
-@functools.lru_cache(maxsize=4)
 def default_pipeline(
     detector: str = DEFAULT_DETECTOR,
     encoder: str = DEFAULT_ENCODER,
@@ -212,7 +211,17 @@ def default_pipeline(
 ) -> Pipeline:
     """The pipeline :func:`answer` uses, built once per (detector, encoder, device) and reused,
     so repeated calls do not reload weights. ``default_pipeline.cache_clear()`` frees it."""
+    # One cache key per triple however it is spelt (positional, keywords, defaults).
+    return _cached_pipeline(detector, encoder, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_pipeline(detector: str, encoder: str, device: str | None) -> Pipeline:
     return Pipeline(detector=detector, encoder=encoder, device=device)
+
+
+default_pipeline.cache_clear = _cached_pipeline.cache_clear  # type: ignore[attr-defined]
+default_pipeline.cache_info = _cached_pipeline.cache_info  # type: ignore[attr-defined]
 
 
 def answer(
