@@ -96,7 +96,7 @@ class Res5RoIHeads(nn.Module):
         attr_embed_dim: int,
         attr_hidden_dim: int,
         eps: float = 1e-5,
-        chunk_size: int = 100,
+        chunk_size: int = 50,
     ) -> None:
         super().__init__()
         self.pooler_resolution = pooler_resolution
