@@ -302,7 +302,7 @@ def default_channels_last(device: torch.device) -> bool:
 
 
 #: Rough device memory per image at fp32, per resized megapixel: res4 activations of the trunk
-#: plus one 100-region res5 chunk and the 300 pooled regions (measured on CPU: ~1.8 GB peak RSS
+#: plus one res5 chunk of regions and the 300 pooled regions (measured on CPU: ~1.8 GB peak RSS
 #: at 600x800 with the weights).
 BYTES_PER_MEGAPIXEL = 2.5 * 2**30
 
