@@ -220,14 +220,7 @@ def answer_scenes(
         questions = [q.text for q in scene.questions]
         text = encode_text(tokenizer, questions, max_length=max_question_length)
         visual = build_visual_inputs([regions] * len(questions))
-        logits = model(
-            input_ids=text.input_ids,
-            attention_mask=text.attention_mask,
-            token_type_ids=text.token_type_ids,
-            visual_feats=visual.visual_feats,
-            visual_pos=visual.visual_pos,
-            visual_attention_mask=visual.visual_attention_mask,
-        ).question_answering_score
+        logits = model(**vars(text), **vars(visual)).question_answering_score
         out.extend(answers[int(i)] for i in logits.argmax(dim=1))
     return out
 

@@ -395,14 +395,7 @@ def train_lxmert(detector: Detector, *, seed: int, recipe: LxmertRecipe = Lxmert
         )
         visual = build_visual_inputs([regions[i] for i, _ in picked])
         labels = torch.tensor([table.label(q.answer) for _, q in picked], dtype=torch.long)
-        logits = qa(
-            input_ids=text.input_ids,
-            attention_mask=text.attention_mask,
-            token_type_ids=text.token_type_ids,
-            visual_feats=visual.visual_feats,
-            visual_pos=visual.visual_pos,
-            visual_attention_mask=visual.visual_attention_mask,
-        ).question_answering_score
+        logits = qa(**vars(text), **vars(visual)).question_answering_score
         return {"total": ignorable_cross_entropy(logits, labels)}
 
     _log("LXMERT question-answering fine-tuning")
