@@ -32,6 +32,7 @@ import torch
 
 from detector import build_detector, get_preset
 from detector.image import load_image
+from detector.model import default_res5_chunk
 from detector.preprocess import PreparedImage, prepare, preprocess_for
 
 SIZES = {"600x800": (600, 800), "600x1000": (600, 1000)}
@@ -65,7 +66,11 @@ def matmul_peak_gflops(device: torch.device, *, seconds: float) -> float:
 
 
 def behaved_detector(
-    device: torch.device, channels_last: bool | None, fold_bn: bool, calibration: PreparedImage
+    device: torch.device,
+    channels_last: bool | None,
+    fold_bn: bool,
+    calibration: PreparedImage,
+    res5_chunk: int | None = None,
 ):
     """Full-size model with seeded weights, RPN calibrated on a photo so that its objectness
     and deltas spread like a trained one's and ~300 proposals survive NMS, as with real weights.
@@ -79,9 +84,11 @@ def behaved_detector(
         head.anchor_deltas.weight.mul_(0.3 / deltas.std())
     detector.to(device)
     if fold_bn:
-        detector.optimize_for_inference(channels_last=channels_last)
-    elif channels_last is not None:
-        detector.set_channels_last(channels_last)
+        detector.optimize_for_inference(channels_last=channels_last, res5_chunk=res5_chunk)
+    else:
+        if channels_last is not None:
+            detector.set_channels_last(channels_last)
+        detector.roi_heads.chunk_size = res5_chunk or default_res5_chunk(device)
     return detector.eval()
 
 
@@ -209,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         "--autocast", choices=("none", "bf16", "fp16"), default="none", help="CUDA only"
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the res5 head")
+    parser.add_argument(
+        "--res5-chunk",
+        type=int,
+        default=None,
+        help="regions per res5 pass (default: the library's per-device choice)",
+    )
     parser.add_argument("--images", type=int, default=4, help="images per throughput run")
     args = parser.parse_args(argv)
 
@@ -219,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     config = get_preset("vg-r101-c4-attr")
     calibration = prepare_jpeg(photo_jpeg(0, SIZES["600x800"]), config, "calibration")
     detector = behaved_detector(
-        device, channels_last, fold_bn=not args.no_fold_bn, calibration=calibration
+        device,
+        channels_last,
+        fold_bn=not args.no_fold_bn,
+        calibration=calibration,
+        res5_chunk=args.res5_chunk,
     )
     if args.autocast != "none":
         detector.autocast_dtype = torch.bfloat16 if args.autocast == "bf16" else torch.float16
@@ -236,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "fold_bn": not args.no_fold_bn,
         "channels_last": detector.channels_last,
+        "res5_chunk": detector.roi_heads.chunk_size,
         "autocast": args.autocast,
         "matmul_peak_gflops": round(peak, 1),
         "sizes": {},

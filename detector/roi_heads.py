@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,61 @@ class RoIHeadOutput:
         return ("features", "class_logits", "deltas", "attr_logits")
 
 
+def boxes_to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """Per-image ``Tensor[R_i, 4]`` -> ``Tensor[sum R_i, 5]`` (image index, x1, y1, x2, y2)."""
+    if not boxes:
+        return torch.zeros((0, 5))
+    index = torch.cat(
+        [
+            torch.full((len(b), 1), float(i), dtype=b.dtype, device=b.device)
+            for i, b in enumerate(boxes)
+        ]
+    )
+    return torch.cat([index, torch.cat(boxes)], dim=1)
+
+
+#: Regions per RoIPool task on CPU: small enough to balance two threads, large enough that the
+#: per-call overhead is nothing (measured: 10 and 30 equal, 150 per thread 30% slower).
+ROI_POOL_TASK = 32
+
+
+def threaded_roi_pool(
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    *,
+    output_size: int,
+    spatial_scale: float,
+    threads: int,
+) -> torch.Tensor:
+    """``torchvision.ops.roi_pool`` over chunks of regions on ``threads`` Python threads.
+
+    torchvision's CPU kernel runs in one thread (0.7 s for 300 regions of res4 here, 6% of the
+    detector); the op releases the GIL, so chunks pool in parallel. Each region's bins depend on
+    that region only, so the result is identical to one call.
+
+    Args:
+        features: ``Tensor[N, C, H, W]`` fp32 on CPU.
+        rois: ``Tensor[R, 5]`` (image index, x1, y1, x2, y2), input pixels.
+
+    Returns:
+        ``Tensor[R, C, S, S]``.
+    """
+    out = features.new_empty((len(rois), features.shape[1], output_size, output_size))
+
+    # Inference and grad modes are per thread: the workers take the caller's.
+    inference = torch.is_inference_mode_enabled()
+
+    def pool_chunk(start: int) -> None:
+        stop = start + ROI_POOL_TASK
+        with torch.inference_mode(inference), torch.no_grad():
+            out[start:stop] = roi_pool(features, rois[start:stop], output_size, spatial_scale)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        # list() re-raises a worker's exception here.
+        list(pool.map(pool_chunk, range(0, len(rois), ROI_POOL_TASK)))
+    return out
+
+
 class Res5RoIHeads(nn.Module):
     """RoIPool on res4, res5 per region, mean pool, predictors."""
 
@@ -96,12 +152,13 @@ class Res5RoIHeads(nn.Module):
         attr_embed_dim: int,
         attr_hidden_dim: int,
         eps: float = 1e-5,
-        chunk_size: int = 50,
+        chunk_size: int = 8,
     ) -> None:
         super().__init__()
         self.pooler_resolution = pooler_resolution
         self.spatial_scale = spatial_scale
-        # Regions go through res5 in chunks so no [R, 2048, 14, 14] tensor for all R at once.
+        # Regions go through res5 in chunks: no [R, 2048, 14, 14] tensor for all R at once, and
+        # on CPU a small chunk keeps res5's activations in the L3 cache (benchmarks/RESULTS.md).
         self.chunk_size = chunk_size
         # Set by Detector.optimize_for_inference when channels_last was measured to help.
         self.channels_last = False
@@ -124,11 +181,17 @@ class Res5RoIHeads(nn.Module):
 
     def pool(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """RoIPool (Caffe rounding) of res4 over per-image boxes (resized pixels), fp32."""
-        return roi_pool(
-            features.float(),
-            [b.float() for b in boxes],
+        features = features.float()
+        rois = boxes_to_rois([b.float() for b in boxes])
+        threads = torch.get_num_threads()
+        if features.device.type != "cpu" or threads < 2 or torch.is_grad_enabled():
+            return roi_pool(features, rois, self.pooler_resolution, self.spatial_scale)
+        return threaded_roi_pool(
+            features,
+            rois,
             output_size=self.pooler_resolution,
             spatial_scale=self.spatial_scale,
+            threads=threads,
         )
 
     def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
