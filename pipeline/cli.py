@@ -13,7 +13,9 @@ import sys
 import textwrap
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=_default_workers(),
         metavar="N",
-        help="DataLoader worker processes that decode and resize images; 0 decodes in the "
-        "main process (default: %(default)s)",
+        help="threads that decode and resize images ahead of the model; 0 decodes in the "
+        "main thread between batches (default: %(default)s)",
     )
     execution.add_argument(
         "--device",
@@ -378,16 +380,13 @@ def _load_detector(args: argparse.Namespace) -> Any:
 
 @dataclass(frozen=True)
 class _Prepare:
-    """Picklable DataLoader dataset: decode + resize in worker processes, never raising."""
+    """Decode + resize of one listed image, never raising: a bad file becomes a Failure."""
 
     items: Sequence[Any]
     config: Any
     max_pixels: int
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Any:
+    def __call__(self, index: int) -> Any:
         from detector.image import ImageError
         from detector.preprocess import prepare
         from pipeline.manifest import Failure
@@ -406,35 +405,44 @@ class _Prepare:
             return Failure(item.image_id, str(item.path), f"{type(error).__name__}: {error}")
 
 
-def _collate(batch: list[Any]) -> list[Any]:
-    return batch
-
-
-def _init_worker(_: int) -> None:
-    import cv2
-
-    # The main process computes; workers only decode and resize, one thread each.
-    cv2.setNumThreads(1)
-
-
 def _prepared_batches(
     items: Sequence[Any], *, config: Any, workers: int, batch_size: int, max_pixels: int
 ) -> Iterator[list[Any]]:
-    from torch.utils.data import DataLoader
+    """Batches of prepared images (or Failures), in input order.
 
-    loader: DataLoader[Any] = DataLoader(
-        _Prepare(items=items, config=config, max_pixels=max_pixels),  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        worker_init_fn=_init_worker if workers else None,
-        prefetch_factor=2 if workers else None,
-        # Forking a process whose OpenMP pool has run (torch ops) can deadlock the child, and
-        # CUDA cannot be forked at all: start workers fresh.
-        multiprocessing_context="spawn" if workers else None,
-    )
-    yield from loader
+    With ``workers`` > 0, that many threads decode and resize ahead of the model, at most two
+    batches per worker in flight. Threads, not processes: OpenCV and NumPy release the GIL, so
+    decoding overlaps with torch's compute, and a thread starts at once where a spawned worker
+    process spends ~2 s importing torch (benchmarks/RESULTS.md).
+    """
+    prepare_one = _Prepare(items=items, config=config, max_pixels=max_pixels)
+    starts = range(0, len(items), batch_size)
+    if workers == 0:
+        for start in starts:
+            yield [prepare_one(i) for i in range(start, min(start + batch_size, len(items)))]
+        return
+    import cv2
+
+    # One OpenCV thread per decode: its own pool would compete with torch's for the cores.
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    pending: deque[Future[Any]] = deque()
+    in_flight = 2 * workers * batch_size
+    submitted = 0
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            try:
+                for start in starts:
+                    while submitted < len(items) and len(pending) < in_flight:
+                        pending.append(pool.submit(prepare_one, submitted))
+                        submitted += 1
+                    count = min(batch_size, len(items) - start)
+                    yield [pending.popleft().result() for _ in range(count)]
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        cv2.setNumThreads(cv2_threads)
 
 
 def _detect(detector: Any, prepared: list[Any], paths: dict[str, str], batch_size: int) -> tuple:

@@ -80,6 +80,35 @@ def test_manifest_describes_the_run(reference, tiny_checkpoint) -> None:
         assert name in manifest["versions"]
 
 
+@pytest.mark.parametrize(("workers", "batch_size"), [(2, 1), (3, 2)])
+def test_decode_threads_write_the_same_bytes(
+    reference, photos, tiny_checkpoint, tmp_path, workers: int, batch_size: int
+) -> None:
+    out = tmp_path / "threads.tsv"
+    flags = ["--workers", workers, "--batch-size", batch_size, "-q"]
+    assert extract(photos, "--out", out, "--detector", tiny_checkpoint, *flags) == 0
+    assert out.read_bytes() == reference[0].read_bytes()
+
+
+def test_stopping_early_ends_the_decode_threads(photos) -> None:
+    import threading
+
+    from detector import get_preset
+    from pipeline.cli import _prepared_batches
+    from pipeline.inputs import gather_inputs
+
+    items = gather_inputs([str(photos)])
+    cv2_threads = cv2.getNumThreads()
+    batches = _prepared_batches(
+        items, config=get_preset("tiny"), workers=2, batch_size=1, max_pixels=10**8
+    )
+    first = next(batches)
+    assert [image.image_id for image in first] == [items[0].image_id]
+    batches.close()  # as when the run is interrupted: queued decodes cancelled, threads joined
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
+    assert cv2.getNumThreads() == cv2_threads  # OpenCV's own pool restored
+
+
 def test_existing_output_is_not_clobbered(reference, photos, tiny_checkpoint, capsys) -> None:
     out, _ = reference
     before = out.read_bytes()
