@@ -294,12 +294,17 @@ def build_merge_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class RunStats:
-    """Counts of one run."""
+    """Counts and seconds of one run."""
 
     selected: int = 0
     already_done: int = 0
     written: int = 0
     failures: list[Any] = field(default_factory=list)
+    #: Wall seconds of the extraction loop, and the parts of it spent in ``Detector.detect``,
+    #: waiting for decoded images, and writing records (+ visualisations).
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("loop", "detector", "waiting", "writing"), 0.0)
+    )
 
 
 def _detector_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -505,6 +510,7 @@ def _manifest_data(
             "failed": len(stats.failures),
             "records_in_output": records_in_output,
         },
+        "seconds": {name: round(value, 3) for name, value in stats.seconds.items()},
         "failures": [failure.to_dict() for failure in stats.failures],
     }
 
@@ -587,20 +593,30 @@ def run(args: argparse.Namespace) -> int:
     progress = tqdm(
         total=len(todo), unit="img", disable=args.quiet, file=sys.stderr, dynamic_ncols=True
     )
+    seconds = stats.seconds
+    batches = _prepared_batches(
+        todo,
+        config=detector.config,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        max_pixels=max_pixels,
+    )
     try:
         with logging_redirect_tqdm(loggers=[logging.getLogger("pipeline")]):
-            for batch in _prepared_batches(
-                todo,
-                config=detector.config,
-                workers=args.workers,
-                batch_size=args.batch_size,
-                max_pixels=max_pixels,
-            ):
+            while True:
+                tick = time.monotonic()
+                batch = next(batches, None)
+                seconds["waiting"] += time.monotonic() - tick
+                if batch is None:
+                    break
                 prepared = [entry for entry in batch if not hasattr(entry, "reason")]
                 failures = [entry for entry in batch if hasattr(entry, "reason")]
+                tick = time.monotonic()
                 regions, detect_failures = (
                     _detect(detector, prepared, paths, args.batch_size) if prepared else ([], [])
                 )
+                seconds["detector"] += time.monotonic() - tick
+                tick = time.monotonic()
                 for failure in [*failures, *detect_failures]:
                     LOG.warning("failed: %s: %s", failure.path, failure.reason)
                     stats.failures.append(failure)
@@ -624,6 +640,7 @@ def run(args: argparse.Namespace) -> int:
                             )
                         except (OSError, ValueError) as error:  # the record itself is fine
                             LOG.warning("no visualisation of %s: %s", region.image_id, error)
+                seconds["writing"] += time.monotonic() - tick
                 progress.update(len(batch))
     except KeyboardInterrupt:
         status = "interrupted"
@@ -631,12 +648,14 @@ def run(args: argparse.Namespace) -> int:
         status = "error"
         raise
     finally:
+        batches.close()  # stops the decode threads
         progress.close()
         # Every record is already durable; closing folds an HDF5 journal into the file.
         writer.close()
+        seconds["loop"] = time.monotonic() - start_time
         records = stats.already_done + stats.written
         save_manifest(status, records if status == "finished" else None)
-    elapsed = time.monotonic() - start_time
+    elapsed = seconds["loop"]
     if not args.quiet:
         rate = stats.written / elapsed if elapsed > 0 else 0.0
         print(

@@ -78,6 +78,10 @@ def test_manifest_describes_the_run(reference, tiny_checkpoint) -> None:
     assert manifest["failures"] == []
     for name in ("python", "torch", "transformers", "numpy", "h5py"):
         assert name in manifest["versions"]
+    seconds = manifest["seconds"]
+    assert seconds["detector"] > 0 and seconds["waiting"] > 0  # --workers 0 decodes in line
+    parts = seconds["detector"] + seconds["waiting"] + seconds["writing"]
+    assert parts <= seconds["loop"] + 0.003  # each part is rounded to ms
 
 
 @pytest.mark.parametrize(("workers", "batch_size"), [(2, 1), (3, 2)])
