@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import LxmertTokenizer
 
 from encoder.tokenizer import VOCAB_PATH, encode_text, load_tokenizer, read_vocab
@@ -43,6 +44,29 @@ def test_truncates_to_20_and_pads_to_batch(tokenizer: LxmertTokenizer) -> None:
     assert text.attention_mask[1].eq(1).all()
     # Padding is to the longest of the batch, not to max_length.
     assert encode_text(tokenizer, ["a cat", "a dog"]).input_ids.shape[1] == 4
+
+
+def test_same_as_the_tokenizers_own_padded_batch(tokenizer: LxmertTokenizer) -> None:
+    texts = [
+        "  What colour is the café's umbrella?  ",
+        "",
+        " ".join(["giraffe"] * 30),
+        "Is there 1 dog-like thing, ¿or two?",
+        "汉字 and naïve résumé",
+    ]
+    ours = encode_text(tokenizer, texts, max_length=12)
+    theirs = tokenizer(
+        [text.strip() for text in texts],
+        padding="longest",
+        truncation=True,
+        max_length=12,
+        return_tensors="pt",
+        return_token_type_ids=True,
+        return_attention_mask=True,
+    )
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        assert getattr(ours, name).dtype == theirs[name].dtype == torch.int64, name
+        assert torch.equal(getattr(ours, name), theirs[name]), name
 
 
 def test_loads_with_hub_offline_and_empty_cache(
