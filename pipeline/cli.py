@@ -14,7 +14,7 @@ import textwrap
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,7 +412,7 @@ class _Prepare:
 
 def _prepared_batches(
     items: Sequence[Any], *, config: Any, workers: int, batch_size: int, max_pixels: int
-) -> Iterator[list[Any]]:
+) -> Generator[list[Any], None, None]:
     """Batches of prepared images (or Failures), in input order.
 
     With ``workers`` > 0, that many threads decode and resize ahead of the model, at most two
