@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -34,22 +32,6 @@ def _exif(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     return exif.tobytes()
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width x height RGB8 but whose IDAT holds one tiny row."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 # --- parity with cv2.imread ----------------------------------------------------------------
@@ -282,10 +264,10 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_decoding")
-def test_png_bomb_header_is_refused_before_decoding(tmp_path: Path) -> None:
+def test_png_bomb_header_is_refused_before_decoding(tmp_path: Path, png_header_only) -> None:
     # 10^10 pixels: beyond Pillow's own hard limit too, still an ImageError naming the file.
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_header_only(100_000, 100_000))
+    bomb.write_bytes(png_header_only(100_000, 100_000))
     with pytest.raises(ImageError, match=r"bomb\.png: ") as info:
         load_image(bomb)
     assert "pixels" in info.value.reason
@@ -297,10 +279,10 @@ def test_png_bomb_header_is_refused_before_decoding(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("no_decoding")
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_max_pixels_cap_is_checked_on_the_header(tmp_path: Path) -> None:
+def test_max_pixels_cap_is_checked_on_the_header(tmp_path: Path, png_header_only) -> None:
     # 144 MP: under Pillow's hard limit, over our default cap of 100 MP.
     big = tmp_path / "big.png"
-    big.write_bytes(_png_header_only(12_000, 12_000))
+    big.write_bytes(png_header_only(12_000, 12_000))
     assert DEFAULT_MAX_PIXELS < 12_000 * 12_000
     with pytest.raises(ImageError, match=r"big\.png: image is 12000x12000 = 144000000 pixels"):
         load_image(big)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import cv2
@@ -225,22 +223,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_records(
     assert not journal_path(outs["h5"]).exists()
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + chunk(b"IEND", b"")
-    )
-
-
 @pytest.fixture
-def awkward_inputs(tmp_path: Path) -> Path:
+def awkward_inputs(tmp_path: Path, png_header_only) -> Path:
     root = tmp_path / "awkward"
     root.mkdir()
     photo = photo_bgr("chelsea")
@@ -248,7 +232,7 @@ def awkward_inputs(tmp_path: Path) -> Path:
     (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (root / "text.jpg").write_text("this is not an image\n")
     (root / "empty.jpg").write_bytes(b"")
-    (root / "bomb.png").write_bytes(_png_header_only(100_000, 100_000))
+    (root / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
     cv2.imwrite(str(root / "one_pixel.png"), np.full((1, 1, 3), 128, np.uint8))
     deep = (photo.astype(np.uint16) * 257)[:, :, 0]
     cv2.imwrite(str(root / "sixteen_bit.png"), deep)
