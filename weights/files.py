@@ -1,0 +1,71 @@
+"""Replacing files atomically: the one way this project writes a file that may already exist.
+
+A reader (or a crash) sees the old file or the new one, never half of either: the new content
+goes to a temporary file in the same folder (same filesystem, so the rename is atomic), which is
+fsynced, renamed over the target, and the folder is fsynced so the rename itself is durable.
+Standard library only: every package may import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a rename or a new directory entry in ``directory`` durable (a no-op where the
+    platform cannot open a folder for fsync)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush ``path``'s content to disk (for files written by a library such as h5py)."""
+    with open(path, "rb+") as stream:
+        os.fsync(stream.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    For writers that need a file name (h5py, safetensors). The temporary file is fsynced before
+    the rename and removed if the block raises, so a failure leaves ``path`` as it was and no
+    temporary file behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 honours the umask, so the file gets the permissions a plain open()
+    # would give it (mkstemp would make it private to the user).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically (see the module docstring); returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        stream.write(data)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace ``path`` with ``text`` (UTF-8) atomically; returns ``path``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
