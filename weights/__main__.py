@@ -29,7 +29,8 @@ _EPILOG = f"""\
 where checkpoints are looked for, in order:
   an explicit path; weights/shipped/ (small shipped models); ${ENV_VAR}/<name>/<file>;
   the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub);
-  a download from the Hugging Face hub (not with HF_HUB_OFFLINE=1).
+  a download from the Hugging Face hub (not with HF_HUB_OFFLINE=1), at the record's revision;
+  "unknown" means the default branch, trusted by sha256.
 checksums not known to the registry are pinned on first use in <hub cache>/lxmert-pipeline-
 checksums.json and checked on every later use.
 
@@ -95,6 +96,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{record.name:<18} {record.kind:<9} preset={record.preset:<18} {_source(record)}")
         print(wrap.fill(record.description))
         print(wrap.fill(f"license: {record.license}"))
+        if record.hf_repo is not None:
+            print(wrap.fill(f"revision: {_revision_note(record)}"))
         for file, url in record.urls.items():
             print(wrap.fill(f"alternative {file}: {url}"))
     print(f"\n${ENV_VAR} directory: <dir>/<name>/<file>; Hugging Face cache: {hub_cache_dir()}")
@@ -142,6 +145,16 @@ def _source(record: CheckpointRecord) -> str:
     return "url only"
 
 
+def _revision_note(record: CheckpointRecord) -> str:
+    if record.hub_revision is None:
+        return (
+            f"{record.revision} (no commit hash looked up: downloads take the hub's default "
+            "branch; the files are checked by sha256, the registry's or the one pinned on "
+            "first use)"
+        )
+    return record.revision
+
+
 def _as_json(record: CheckpointRecord) -> dict[str, object]:
     return {
         "name": record.name,
@@ -150,6 +163,7 @@ def _as_json(record: CheckpointRecord) -> dict[str, object]:
         "license": record.license,
         "description": record.description,
         "hf_repo": record.hf_repo,
+        "revision": record.revision,
         "files": list(record.files),
         "sha256": dict(record.sha256),
         "urls": dict(record.urls),

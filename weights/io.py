@@ -24,6 +24,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from weights.files import atomic_path
+
 _TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
 _SUPPORTED = (*_TORCH_SUFFIXES, ".safetensors", ".pkl")
 # Keys under which training checkpoints nest the model's state dict.
@@ -121,7 +123,8 @@ def save_safetensors(
     """Write ``{name: Tensor}`` as a ``.safetensors`` file, atomically.
 
     Tensors are moved to the CPU and made contiguous; tensors that share storage (tied
-    weights) are copied so each is stored on its own. The file appears complete or not at all.
+    weights) are copied so each is stored on its own. The file appears complete or not at all
+    (``weights.files.atomic_path``: temporary file beside it, fsync, rename, fsync of the folder).
 
     Args:
         state_dict: tensors of any shape and dtype.
@@ -133,7 +136,6 @@ def save_safetensors(
     """
     from safetensors.torch import save_file
 
-    dest = Path(path)
     if metadata is not None and not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -149,12 +151,8 @@ def save_safetensors(
             tensor = tensor.clone()  # safetensors refuses shared storage
         seen.add(pointer)
         tensors[name] = tensor
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _existing_file(path: str | os.PathLike[str]) -> Path:
@@ -226,10 +224,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _allowed_globals(source: Path) -> dict[tuple[str, str], Callable[..., Any] | type]:
     """The allow-list: numpy's array/dtype/scalar rebuilders, wrapped to refuse object dtypes."""
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
+    from numpy._core import multiarray  # numpy >= 2 (requirements.txt pins 2.x)
 
     def refuse_object(dtype: np.dtype) -> np.dtype:
         if not isinstance(dtype, np.dtype) or dtype.hasobject:

@@ -15,6 +15,11 @@ from typing import Literal
 
 CheckpointKind = Literal["detector", "encoder"]
 
+#: The ``revision`` of a hub record whose commit hash has not been looked up: the download
+#: takes the repository's default branch, and the sha256 (known or pinned) is what vouches
+#: for the files.
+REVISION_UNKNOWN = "unknown"
+
 
 @dataclass(frozen=True)
 class CheckpointRecord:
@@ -30,6 +35,11 @@ class CheckpointRecord:
         license: what is known about the terms of the weights and the data they were trained on.
         description: one or two sentences for ``python -m weights list``.
         hf_repo: Hugging Face hub model repository id, or None when there is none.
+        revision: the hub commit (or tag) the files are taken from, passed to the download as
+            ``revision=``. ``"unknown"`` (:data:`REVISION_UNKNOWN`, the default) means that no
+            commit hash was looked up: the download takes the default branch and the files are
+            trusted by sha256 (the registry's, else the one pinned on first use). Never a
+            guessed hash.
         files: file names inside ``hf_repo`` (and inside ``$LXMERT_PIPELINE_WEIGHTS/<name>/``)
             that make up the checkpoint. For detectors the first one is the weights file.
         sha256: file name -> lowercase hex sha256, for the files whose digest is known.
@@ -47,6 +57,7 @@ class CheckpointRecord:
     description: str
     hf_repo: str | None
     files: tuple[str, ...]
+    revision: str = REVISION_UNKNOWN
     sha256: Mapping[str, str] = field(default_factory=dict)
     urls: Mapping[str, str] = field(default_factory=dict)
     shipped_dir: str | None = None
@@ -60,9 +71,20 @@ class CheckpointRecord:
             raise ValueError(
                 f"checkpoint {self.name!r}: needs a source (hf_repo, urls or shipped_dir)"
             )
+        if not self.revision or self.revision != self.revision.strip():
+            raise ValueError(
+                f"checkpoint {self.name!r}: revision must be a commit hash, a tag or "
+                f"{REVISION_UNKNOWN!r}, got {self.revision!r}"
+            )
         unknown = sorted(set(self.sha256) - set(self.files) - set(self.urls))
         if unknown:
             raise ValueError(f"checkpoint {self.name!r}: sha256 given for unknown files {unknown}")
+
+    @property
+    def hub_revision(self) -> str | None:
+        """``revision=`` for huggingface_hub: None (its default branch) while the revision is
+        :data:`REVISION_UNKNOWN`, else :attr:`revision`."""
+        return None if self.revision == REVISION_UNKNOWN else self.revision
 
     @property
     def weights_files(self) -> tuple[str, ...]:
@@ -103,6 +125,7 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
             "pretrained model', trained with 36 boxes per image) to Detectron2 layout."
         ),
         hf_repo="unc-nlp/frcnn-vg-finetuned",
+        revision=REVISION_UNKNOWN,
         files=("pytorch_model.bin",),
         urls={
             # The Detectron2 pickle named in the py-bottom-up-attention README; that README
@@ -119,6 +142,7 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         license=_LXMERT_LICENSE,
         description="LXMERT fine-tuned on VQA v2 (3129 answers).",
         hf_repo="unc-nlp/lxmert-vqa-uncased",
+        revision=REVISION_UNKNOWN,
         files=("config.json", "pytorch_model.bin"),
     ),
     CheckpointRecord(
@@ -128,6 +152,7 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         license=_LXMERT_LICENSE,
         description="LXMERT fine-tuned on GQA (1842 answers).",
         hf_repo="unc-nlp/lxmert-gqa-uncased",
+        revision=REVISION_UNKNOWN,
         files=("config.json", "pytorch_model.bin"),
     ),
     CheckpointRecord(
@@ -140,6 +165,7 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
             "no task head fine-tuning."
         ),
         hf_repo="unc-nlp/lxmert-base-uncased",
+        revision=REVISION_UNKNOWN,
         files=("config.json", "pytorch_model.bin"),
     ),
     CheckpointRecord(
@@ -148,8 +174,9 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         preset="shapes",
         license="MIT (this project); trained here on synthetic shapesworld scenes",
         description=(
-            "Small C4 Faster R-CNN trained on the shapes world (6 shapes, 7 colours); the "
-            "offline default. Retrain: python -m shapesworld.train --stage detector."
+            "Small C4 Faster R-CNN trained on the shapes world (6 shapes, 7 colours); ships "
+            "with the package and runs offline when named. Retrain: python -m "
+            "shapesworld.train --stage detector."
         ),
         hf_repo=None,
         files=("model.safetensors", "objects_vocab.txt", "attributes_vocab.txt"),

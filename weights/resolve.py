@@ -12,34 +12,49 @@ Resolution order for ``resolve_checkpoint(x)``:
    c. the Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
       ``~/.cache/huggingface/hub`` (read when called, not when imported);
    d. a download with ``huggingface_hub.hf_hub_download`` into that cache, unless
-      ``download=False`` or ``HF_HUB_OFFLINE`` is set.
-   Nothing found: :class:`CheckpointNotFoundError` naming every place looked and what to do.
+      ``download=False`` or ``HF_HUB_OFFLINE`` is set, at the record's ``revision`` (its
+      default branch while the revision is ``"unknown"``). One HEAD request first, with a
+      :data:`PROBE_TIMEOUT_S` timeout and no retries, so that a machine without network is
+      told at once rather than after huggingface_hub's back-off.
+   Nothing found: :class:`CheckpointNotFoundError` naming every place looked, what to do, and
+   how to try the shapes-world models shipped with the package.
 
 Detectors resolve to their weights *file*, encoders to the *directory* holding
 ``config.json`` and the weights (a hub snapshot directory).
 
 Checksums: every file of a registry checkpoint is hashed. Files whose sha256 the registry
 knows must match it. The others are pinned the first time they are seen, in
-``<hub cache>/lxmert-pipeline-checksums.json``, and must match that pin afterwards. Shipped
-models without a registry sha256 are not pinned: they travel with the code.
+``<hub cache>/lxmert-pipeline-checksums.json``, and must match that pin afterwards. That file
+is replaced atomically and updated under a file lock (``<lock file>.lock``), so processes
+pinning at the same time keep all their pins. Shipped models without a registry sha256 are not
+pinned: they travel with the code. Each file is hashed once per resolution; the digests travel
+in :attr:`ResolvedCheckpoint.digests` for callers that record them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from weights.files import atomic_write_text
 from weights.registry import REGISTRY, CheckpointRecord, get_record
 
 ENV_VAR = "LXMERT_PIPELINE_WEIGHTS"
 LOCK_FILE_NAME = "lxmert-pipeline-checksums.json"
-_TRUE = {"1", "ON", "YES", "TRUE"}
+_TRUE = frozenset({"1", "ON", "YES", "TRUE"})
+#: Seconds the hub gets to answer one HEAD request before a download is given up. A machine
+#: without network then hears "not found" at once instead of after huggingface_hub's retries
+#: (~31 s); a slow but working connection still answers a HEAD well within it.
+PROBE_TIMEOUT_S = 5.0
+#: Seconds to wait for another process that is updating the checksum lock file.
+_LOCK_WAIT_S = 60.0
 
 Source = Literal["path", "shipped", "env", "hf-cache", "download"]
 
@@ -69,12 +84,22 @@ class ResolvedCheckpoint:
         files: file name -> local path of every file of the checkpoint (empty for paths).
         source: which step found it: ``path``, ``shipped``, ``env``, ``hf-cache``, ``download``.
         record: the registry record, None for explicit paths.
+        digests: local path -> sha256 of every file hashed while resolving (so a caller never
+            reads a multi-GB checkpoint twice; see :meth:`sha256`).
     """
 
     path: Path
     files: Mapping[str, Path]
     source: Source
     record: CheckpointRecord | None
+    digests: Mapping[Path, str] = field(default_factory=dict)
+
+    def sha256(self, path: str | os.PathLike[str] | None = None) -> str:
+        """sha256 of ``path`` (default :attr:`path`, a file): the digest computed while
+        resolving when there is one, else hashed now."""
+        target = Path(self.path if path is None else path)
+        known = self.digests.get(target)
+        return known if known is not None else sha256_file(target)
 
 
 def hub_cache_dir() -> Path:
@@ -181,9 +206,11 @@ def locate_checkpoint(
         or _from_download(record, download, looked)
     )
     if found is None:
-        raise CheckpointNotFoundError(_not_found_message(record, looked))
+        raise CheckpointNotFoundError(_not_found_message(record, looked, table))
     if verify_checksums:
-        _check_files(record, found.files, pin=found.source != "shipped")
+        digests = _check_files(record, found.files, pin=found.source != "shipped")
+        hashed = {found.files[name]: digest for name, digest in digests.items()}
+        found = dataclasses.replace(found, digests=hashed)
     return found
 
 
@@ -280,7 +307,9 @@ def _from_hub_cache(record: CheckpointRecord, looked: list[str]) -> ResolvedChec
     missing: list[str] = []
     for name in record.files:
         # cache_dir passed explicitly: huggingface_hub froze its own default at import time.
-        hit = try_to_load_from_cache(record.hf_repo, name, cache_dir=cache)
+        hit = try_to_load_from_cache(
+            record.hf_repo, name, cache_dir=cache, revision=record.hub_revision
+        )
         if isinstance(hit, str) and Path(hit).is_file():
             files[name] = Path(hit)
         else:
@@ -310,17 +339,51 @@ def _from_download(
 
     cache = hub_cache_dir()
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, like the cache dir
+    unreachable = _probe_hub(record.hf_repo, record.files[0], record.hub_revision, endpoint)
+    if unreachable is not None:
+        looked.append(f"{where} ({endpoint or 'default endpoint'}): {unreachable}")
+        return None
     files: dict[str, Path] = {}
     for name in record.files:
         try:
             files[name] = Path(
-                hf_hub_download(record.hf_repo, name, cache_dir=cache, endpoint=endpoint)
+                hf_hub_download(
+                    record.hf_repo,
+                    name,
+                    revision=record.hub_revision,
+                    cache_dir=cache,
+                    endpoint=endpoint,
+                )
             )
         except Exception as err:  # any hub/network failure ends in the one actionable error
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            looked.append(f"{where}: {name} failed ({type(err).__name__}: {reason})")
+            looked.append(f"{where}: {name} failed ({_describe(err)})")
             return None
     return _resolved_from_hub(record, files, "download")
+
+
+def _probe_hub(repo: str, filename: str, revision: str | None, endpoint: str | None) -> str | None:
+    """None when the hub answers one HEAD request for ``filename`` within
+    :data:`PROBE_TIMEOUT_S`; else why not.
+
+    hf_hub_download retries a network error with a back-off (~31 s in all) when no cached copy
+    exists; this single try, through huggingface_hub's own client (proxies, token, endpoint),
+    makes a machine without network fail fast. A missing repository or file fails here too,
+    exactly as the download would.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S, endpoint=endpoint)
+    except Exception as err:  # what failed is reported, whatever the client raised
+        return f"{filename} failed ({_describe(err)}; one try, {PROBE_TIMEOUT_S:g} s timeout)"
+    return None
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: first line of the message`` (hub errors carry long multi-line bodies)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else type(err).__name__}"
 
 
 def _resolved_from_hub(
@@ -331,10 +394,12 @@ def _resolved_from_hub(
     return ResolvedCheckpoint(path, files, source, record)
 
 
-# -- messages and checksums ------------------------------------------------------------------
+# -- messages --------------------------------------------------------------------------------
 
 
-def _not_found_message(record: CheckpointRecord, looked: list[str]) -> str:
+def _not_found_message(
+    record: CheckpointRecord, looked: list[str], table: Mapping[str, CheckpointRecord]
+) -> str:
     lines = [f"checkpoint {record.name!r} ({record.kind}) was not found. Looked in:"]
     lines += [f"  {i}. {place}" for i, place in enumerate(looked, start=1)]
     lines.append("To get it:")
@@ -356,47 +421,99 @@ def _not_found_message(record: CheckpointRecord, looked: list[str]) -> str:
             f"  - or point at a local directory holding {', '.join(record.files)}: "
             "--encoder PATH (Python: encoder=PATH)."
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _shipped_hint(table))
+
+
+def _shipped_hint(table: Mapping[str, CheckpointRecord]) -> list[str]:
+    """How to run the models shipped with the package instead (names from the registry)."""
+    shipped: dict[str, str] = {}
+    for record in table.values():
+        if record.shipped_dir is not None:
+            shipped.setdefault(record.kind, record.name)
+    if set(shipped) != {"detector", "encoder"}:
+        return []
+    detector, encoder = shipped["detector"], shipped["encoder"]
+    return [
+        "Or try the small shapes-world models shipped with the package (offline; a toy world "
+        "of coloured shapes, not real photos):",
+        f"  --detector {detector} --encoder {encoder}  "
+        f'(Python: detector="{detector}", encoder="{encoder}")',
+    ]
+
+
+# -- checksums -------------------------------------------------------------------------------
 
 
 def _check_files(
     record: CheckpointRecord, files: Mapping[str, Path], *, pin: bool
 ) -> dict[str, str]:
-    """Hash ``files``; compare with the registry, else with (or into) the lock file."""
-    lock_path = lock_file_path()
-    lock: dict[str, str] | None = None
-    new_pins: dict[str, str] = {}
-    digests: dict[str, str] = {}
-    for name, path in files.items():
-        digest = sha256_file(path)
-        digests[name] = digest
+    """Hash ``files`` (each once) and compare with the registry, else with the lock file,
+    pinning the ones seen for the first time (when ``pin``). Returns file name -> sha256."""
+    digests = {name: sha256_file(path) for name, path in files.items()}
+    unknown: dict[str, str] = {}
+    for name, digest in digests.items():
         expected = record.sha256.get(name)
-        if expected is not None:
-            if digest != expected.lower():
-                raise ChecksumError(
-                    f"{path}: sha256 {digest} does not match the registry's {expected.lower()} "
-                    f"for {record.name}/{name}. The file is corrupt or not the published one: "
-                    f"delete it and run `python -m weights fetch {record.name}`."
-                )
-            continue
-        if not pin:
-            continue
-        if lock is None:
-            lock = _read_lock(lock_path)
-        key = f"{record.name}/{name}"
-        pinned = lock.get(key)
-        if pinned is None:
-            new_pins[key] = digest
-        elif pinned != digest:
+        if expected is None:
+            unknown[name] = digest
+        elif digest != expected.lower():
             raise ChecksumError(
-                f"{path}: sha256 {digest} does not match {pinned}, pinned for {key} in "
+                f"{files[name]}: sha256 {digest} does not match the registry's "
+                f"{expected.lower()} for {record.name}/{name}. The file is corrupt or not the "
+                f"published one: delete it and run `python -m weights fetch {record.name}`."
+            )
+    if pin and unknown:
+        _compare_and_pin(record, files, unknown)
+    return digests
+
+
+def _compare_and_pin(
+    record: CheckpointRecord, files: Mapping[str, Path], digests: Mapping[str, str]
+) -> None:
+    """Check ``digests`` (file name -> sha256) against the lock file and add the new ones.
+
+    Readers need no lock (the file is replaced atomically). Writers read, merge and replace it
+    while holding ``<lock file>.lock``, so two processes pinning at once both keep their pins.
+    """
+    path = lock_file_path()
+    keys = {f"{record.name}/{name}": name for name in digests}
+    pins = _read_lock(path)
+    _compare_pins(record, files, digests, pins, path)
+    if all(key in pins for key in keys):
+        return
+    from filelock import FileLock
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock", timeout=_LOCK_WAIT_S):
+            pins = _read_lock(path)  # again: another process may have pinned meanwhile
+            _compare_pins(record, files, digests, pins, path)
+            new = {key: digests[name] for key, name in keys.items() if key not in pins}
+            if new:
+                _write_lock(path, {**pins, **new})
+    except OSError as err:  # read-only cache, or the lock held too long (filelock.Timeout)
+        warnings.warn(
+            f"could not record checksums in {path} ({err}); files stay unpinned",
+            stacklevel=4,
+        )
+
+
+def _compare_pins(
+    record: CheckpointRecord,
+    files: Mapping[str, Path],
+    digests: Mapping[str, str],
+    pins: Mapping[str, str],
+    lock_path: Path,
+) -> None:
+    for name, digest in digests.items():
+        key = f"{record.name}/{name}"
+        pinned = pins.get(key)
+        if pinned is not None and pinned != digest:
+            raise ChecksumError(
+                f"{files[name]}: sha256 {digest} does not match {pinned}, pinned for {key} in "
                 f"{lock_path} when it was first used. If the file is corrupt, delete it and "
                 f"run `python -m weights fetch {record.name}`; if you trust the new file, "
                 f"remove the {key!r} entry from {lock_path}."
             )
-    if new_pins and lock is not None:
-        _write_lock(lock_path, {**lock, **new_pins})
-    return digests
 
 
 def _read_lock(path: Path) -> dict[str, str]:
@@ -415,6 +532,7 @@ def _read_lock(path: Path) -> dict[str, str]:
 
 
 def _write_lock(path: Path, checksums: Mapping[str, str]) -> None:
+    """Replace the lock file atomically (readers see the old or the new one, never half)."""
     payload = {
         "comment": (
             "sha256 of checkpoint files first used on this machine (lxmert-pipeline, "
@@ -422,17 +540,7 @@ def _write_lock(path: Path, checksums: Mapping[str, str]) -> None:
         ),
         "checksums": dict(sorted(checksums.items())),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # atomic: readers see the old or the new lock, never half
-    except OSError as err:
-        warnings.warn(
-            f"could not record checksums in {path} ({err}); files stay unpinned",
-            stacklevel=3,
-        )
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 # -- helpers ---------------------------------------------------------------------------------

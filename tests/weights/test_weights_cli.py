@@ -41,6 +41,9 @@ def test_list_prints_every_entry() -> None:
         assert record.hf_repo is None or record.hf_repo in result.stdout
     assert "faster_rcnn_from_caffe_attr.pkl" in result.stdout
     assert ENV_VAR in result.stdout
+    hub_records = [r for r in REGISTRY.values() if r.hf_repo is not None]
+    assert result.stdout.count("revision: unknown (") == len(hub_records)
+    assert "default branch" in result.stdout
 
 
 def test_list_json_matches_the_registry() -> None:
@@ -52,6 +55,7 @@ def test_list_json_matches_the_registry() -> None:
         assert entries[name]["files"] == list(record.files)
         assert entries[name]["kind"] == record.kind
         assert entries[name]["preset"] == record.preset
+        assert entries[name]["revision"] == record.revision
 
 
 def test_help_documents_the_commands_and_the_env_var() -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from weights import REGISTRY, CheckpointRecord, UnknownCheckpointError, get_record
+from weights.registry import REVISION_UNKNOWN
 
 EXPECTED = {
     "vg-r101-c4-attr": ("detector", "unc-nlp/frcnn-vg-finetuned"),
@@ -70,6 +71,8 @@ def test_records_and_registry_are_immutable() -> None:
         ({"files": ()}, "at least one file"),
         ({"hf_repo": None}, "needs a source"),
         ({"sha256": {"other.bin": "0" * 64}}, "unknown files"),
+        ({"revision": ""}, "revision"),
+        ({"revision": " main"}, "revision"),
     ],
 )
 def test_invalid_records_are_rejected(changes: dict[str, object], match: str) -> None:
@@ -85,3 +88,18 @@ def test_invalid_records_are_rejected(changes: dict[str, object], match: str) ->
     }
     with pytest.raises(ValueError, match=match):
         CheckpointRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in REGISTRY.items() if r.hf_repo is not None))
+def test_hub_records_say_their_revision_is_unknown(name: str) -> None:
+    # No commit hash can be looked up from the machines this registry is written on: the
+    # records say so instead of carrying a guessed hash, and download the default branch.
+    record = REGISTRY[name]
+    assert record.revision == REVISION_UNKNOWN == "unknown"
+    assert record.hub_revision is None
+
+
+def test_a_known_revision_is_passed_on_as_it_is() -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    record = dataclasses.replace(get_record("lxmert-vqa"), revision=commit)
+    assert record.hub_revision == commit

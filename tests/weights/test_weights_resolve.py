@@ -3,8 +3,13 @@ cache layout, downloads from a local fake hub, the not-found message and sha256 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import os
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from weights import (
     sha256_file,
     verify,
 )
+from weights import resolve as resolve_module
 from weights.registry import CheckpointRecord, UnknownCheckpointError
 
 DETECTOR = "vg-r101-c4-attr"
@@ -304,3 +310,134 @@ def test_download_false_never_contacts_the_hub(fake_hub) -> None:
     with pytest.raises(CheckpointNotFoundError, match="download=False"):
         resolve_checkpoint(DETECTOR, download=False)
     assert fake_hub.requests == []
+
+
+def test_offline_mode_never_contacts_the_hub(
+    fake_hub, monkeypatch: pytest.MonkeyPatch, isolated_env: Path
+) -> None:
+    fake_hub.files[(DETECTOR_REPO, "pytorch_model.bin")] = WEIGHTS_BYTES
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointNotFoundError, match="HF_HUB_OFFLINE is set"):
+        resolve_checkpoint(DETECTOR)
+    assert fake_hub.requests == []
+
+
+def test_download_asks_for_the_records_revision(isolated_env: Path, fake_hub) -> None:
+    fake_hub.files[(DETECTOR_REPO, "pytorch_model.bin")] = WEIGHTS_BYTES
+    record = dataclasses.replace(REGISTRY[DETECTOR], name="pinned", revision="v1.0")
+    assert fetch("pinned", registry={"pinned": record}).read_bytes() == WEIGHTS_BYTES
+    assert fake_hub.requests
+    assert all("/resolve/v1.0/pytorch_model.bin" in line for line in fake_hub.requests)
+
+
+def test_unknown_revision_downloads_the_default_branch(isolated_env: Path, fake_hub) -> None:
+    assert REGISTRY[DETECTOR].revision == "unknown"
+    fake_hub.files[(DETECTOR_REPO, "pytorch_model.bin")] = WEIGHTS_BYTES
+    fetch(DETECTOR)
+    assert all("/resolve/main/pytorch_model.bin" in line for line in fake_hub.requests)
+
+
+def test_hub_cache_is_read_at_the_records_revision(
+    isolated_env: Path, make_hub_cache: MakeCache
+) -> None:
+    old, new = "a" * 40, "b" * 40
+    pinned_snapshot = make_hub_cache(
+        isolated_env, DETECTOR_REPO, {"pytorch_model.bin": b"old"}, commit=old
+    )
+    main_snapshot = make_hub_cache(  # refs/main now names the newer commit
+        isolated_env, DETECTOR_REPO, {"pytorch_model.bin": b"new"}, commit=new
+    )
+    pinned = dataclasses.replace(REGISTRY[DETECTOR], name="pinned", revision=old)
+    assert resolve_checkpoint("pinned", registry={"pinned": pinned}) == (
+        pinned_snapshot / "pytorch_model.bin"
+    )
+    assert resolve_checkpoint(DETECTOR) == main_snapshot / "pytorch_model.bin"
+
+
+def test_a_hub_that_does_not_answer_is_tried_once_with_a_short_timeout(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that accepts connections and never answers: what a filtered network looks like
+    # (a closed port answers at once; see test_offline_error.py).
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.05)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(resolve_module, "PROBE_TIMEOUT_S", 0.5)
+    try:
+        with pytest.raises(CheckpointNotFoundError) as info:
+            resolve_checkpoint(DETECTOR)
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()
+        server.close()
+    assert "one try, 0.5 s timeout" in str(info.value)
+    assert "Timeout" in str(info.value)
+    assert len(accepted) == 1  # no retries
+
+
+# -- digests: each file hashed once per load -------------------------------------------------
+
+
+def test_located_checkpoint_carries_the_digest_of_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "lxmert-vqa"
+    directory.mkdir()
+    (directory / "config.json").write_bytes(CONFIG_BYTES)
+    (directory / "pytorch_model.bin").write_bytes(WEIGHTS_BYTES)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    hashed: list[Path] = []
+    real_sha256_file = resolve_module.sha256_file
+
+    def counting_sha256_file(path: str | os.PathLike[str]) -> str:
+        hashed.append(Path(path))
+        return real_sha256_file(path)
+
+    monkeypatch.setattr(resolve_module, "sha256_file", counting_sha256_file)
+    found = locate_checkpoint("lxmert-vqa")
+    assert dict(found.digests) == {
+        directory / "config.json": hashlib.sha256(CONFIG_BYTES).hexdigest(),
+        directory / "pytorch_model.bin": hashlib.sha256(WEIGHTS_BYTES).hexdigest(),
+    }
+    assert sorted(hashed) == sorted(found.files.values())  # each file once
+    # Asking again is free: the digest recorded while resolving is returned.
+    assert (
+        found.sha256(directory / "pytorch_model.bin") == hashlib.sha256(WEIGHTS_BYTES).hexdigest()
+    )
+    assert len(hashed) == 2
+
+
+def test_sha256_of_a_detector_defaults_to_its_weights_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / DETECTOR
+    directory.mkdir()
+    (directory / "pytorch_model.bin").write_bytes(WEIGHTS_BYTES)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    found = locate_checkpoint(DETECTOR)
+    assert found.sha256() == hashlib.sha256(WEIGHTS_BYTES).hexdigest()
+    # Without verification nothing was hashed; sha256() then reads the file itself.
+    unverified = locate_checkpoint(DETECTOR, verify_checksums=False)
+    assert dict(unverified.digests) == {}
+    assert unverified.sha256() == hashlib.sha256(WEIGHTS_BYTES).hexdigest()
+
+
+def test_shipped_checkpoint_digests_match_the_registry() -> None:
+    found = locate_checkpoint("shapes-detector")
+    assert found.source == "shipped"
+    assert set(found.digests) == set(found.files.values())
+    assert found.sha256() == REGISTRY["shapes-detector"].sha256["model.safetensors"]
