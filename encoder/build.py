@@ -12,7 +12,7 @@ from transformers import LxmertPreTrainedModel
 
 from detector.structures import RegionFeatures
 from encoder.answers import AnswerTable, ScoredAnswer, answer_table_for, top_k_answers
-from encoder.config import PRESETS, EncoderConfig
+from encoder.config import EncoderConfig, config_for
 from encoder.inputs import build_visual_inputs
 from encoder.model import build_model, checkpoint_directory
 from encoder.tokenizer import VOCAB_PATH, LxmertTokenizer, encode_text, load_tokenizer
@@ -77,9 +77,10 @@ def load_encoder(
     """Build an :class:`Encoder`.
 
     Args:
-        source: a preset name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``), an
-            :class:`EncoderConfig`, or a checkpoint directory / other registry name (head
-            ``qa``, answer set by ``num_qa_labels``).
+        source: a preset name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``,
+            ``shapes-lxmert``), an :class:`EncoderConfig`, or a checkpoint directory / other
+            registry name (head ``qa``, answer set by ``num_qa_labels``); see
+            ``encoder.config.config_for``.
         device: where the model runs.
 
     A checkpoint directory may carry ``label2ans.json`` (answers in label order) and
@@ -88,17 +89,18 @@ def load_encoder(
     """
     if isinstance(source, EncoderConfig):
         config = source
-    elif isinstance(source, str) and source in PRESETS:
-        config = PRESETS[source]
     elif isinstance(source, (str, Path)):
-        config = EncoderConfig(checkpoint=str(source))
+        config = config_for(source)
     else:
         raise TypeError(
             f"source must be a preset name, a path or an EncoderConfig, got {type(source).__name__}"
         )
     directory = checkpoint_directory(config.checkpoint)
     model = build_model(directory, head=config.head)
-    model.to(torch.device(device))  # type: ignore[arg-type]  # transformers wraps .to
+    # Called through the nn.Module type: transformers' functools.wraps on .to hides its
+    # signature from the type checker; the call still runs transformers' own .to.
+    module: torch.nn.Module = model
+    module.to(torch.device(device))
     vocab = directory / VOCAB_FILE
     tokenizer = load_tokenizer(vocab if vocab.is_file() else VOCAB_PATH)
     answers = None

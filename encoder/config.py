@@ -5,7 +5,10 @@ One frozen dataclass per concern, with presets by name. Nothing here loads anyth
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 #: Which transformers class a checkpoint is loaded into.
@@ -101,19 +104,41 @@ class PretrainingConfig:
 #: LXMERT's recipe; the default of every pretraining function (frozen, so safe to share).
 DEFAULT_PRETRAINING = PretrainingConfig()
 
-PRESETS: dict[str, EncoderConfig] = {
-    "lxmert-vqa": EncoderConfig(checkpoint="lxmert-vqa", head="qa", answer_set="vqa"),
-    "lxmert-gqa": EncoderConfig(checkpoint="lxmert-gqa", head="qa", answer_set="gqa"),
-    "lxmert-base": EncoderConfig(checkpoint="lxmert-base", head="pretraining", answer_set="lxmert"),
-}
+#: Encoder presets by name; each registry encoder record names one (``weights.registry``).
+#: Read-only: look presets up with :func:`get_preset` or :func:`config_for`.
+PRESETS: Mapping[str, EncoderConfig] = MappingProxyType(
+    {
+        "lxmert-vqa": EncoderConfig(checkpoint="lxmert-vqa", head="qa", answer_set="vqa"),
+        "lxmert-gqa": EncoderConfig(checkpoint="lxmert-gqa", head="qa", answer_set="gqa"),
+        "lxmert-base": EncoderConfig(
+            checkpoint="lxmert-base", head="pretraining", answer_set="lxmert"
+        ),
+        # The shipped shapes-world LXMERT (LxmertForQuestionAnswering, hidden 64, 256-d
+        # visual features): its 22 answers come from the label2ans.json beside its weights.
+        "shapes-lxmert": EncoderConfig(checkpoint="shapes-lxmert", head="qa", answer_set=None),
+    }
+)
 
 
 def get_preset(name: str) -> EncoderConfig:
     """The :class:`EncoderConfig` registered under ``name`` (``lxmert-vqa``, ``lxmert-gqa``,
-    ``lxmert-base``); raises ``KeyError`` listing the known names."""
+    ``lxmert-base``, ``shapes-lxmert``); raises ``KeyError`` listing the known names."""
     try:
         return PRESETS[name]
     except KeyError:
         raise KeyError(
             f"unknown encoder preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
         ) from None
+
+
+def config_for(source: str | os.PathLike[str]) -> EncoderConfig:
+    """The settings for a model source: the preset when ``source`` is a preset name (a ``str``;
+    a path never is one), else the defaults (head ``qa``, answer set from the checkpoint) for
+    the checkpoint ``source`` (a directory or another registry name).
+
+    The one place where names become encoder settings: ``load_encoder`` and ``build_model``
+    both ask here.
+    """
+    if isinstance(source, str) and source in PRESETS:
+        return PRESETS[source]
+    return EncoderConfig(checkpoint=os.fspath(source))

@@ -12,7 +12,7 @@ from transformers import (
     LxmertPreTrainedModel,
 )
 
-from encoder.config import PRESETS, Head
+from encoder.config import Head, config_for
 from weights import resolve_checkpoint
 
 _HEAD_CLASSES: dict[str, type[LxmertPreTrainedModel]] = {
@@ -60,10 +60,10 @@ def build_model(
     Args:
         source: an :class:`LxmertConfig` (random weights, for tests and training from scratch);
             a directory written by ``save_pretrained`` (``config.json`` + weights); or a
-            registry name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``), see
-            :func:`checkpoint_directory`.
+            registry name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``, ``shapes-lxmert``),
+            see :func:`checkpoint_directory`.
         head: ``"qa"``, ``"pretraining"`` or ``"base"``; default: the preset's head for a
-            preset name, ``"qa"`` otherwise.
+            preset name, ``"qa"`` otherwise (``encoder.config.config_for``).
 
     Nothing is downloaded here: directories load with ``local_files_only=True``.
     """
@@ -74,9 +74,7 @@ def build_model(
             f"source must be a registry name, a directory or an LxmertConfig, "
             f"got {type(source).__name__}"
         )
-    if head is None and isinstance(source, str) and source in PRESETS:
-        head = PRESETS[source].head
-    model_class = _head_class(head or "qa")
+    model_class = _head_class(head or config_for(source).head)
     directory = checkpoint_directory(source)
     model = model_class.from_pretrained(directory, local_files_only=True, weights_only=True)
     return model.eval()
