@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from encoder_fixtures import SMALL_VOCAB, make_regions, tiny_config
+from transformers import LxmertForPreTraining
 
 from encoder.build import load_encoder
-from encoder.config import EncoderConfig
+from encoder.config import PRESETS, EncoderConfig, config_for, get_preset
 from encoder.model import build_model
 
 ANSWERS = ["yes", "no", "red", "blue", "two"]
@@ -54,3 +55,48 @@ def test_config_answer_set_and_errors(tmp_path: Path) -> None:
     assert base.answers is None
     with pytest.raises(ValueError, match="no QA head"):
         base.answer([make_regions("a", 2, seed=3)], ["is it red?"])
+
+
+# -- presets: one lookup for names --------------------------------------------------------
+
+
+def test_config_for_knows_every_preset_and_defaults_the_rest(tmp_path: Path) -> None:
+    for name in PRESETS:
+        assert config_for(name) is get_preset(name)
+    assert config_for("shapes-lxmert") == EncoderConfig(checkpoint="shapes-lxmert", head="qa")
+    # A directory, even one named like a preset, is a checkpoint with the default settings.
+    assert config_for(tmp_path / "lxmert-base") == EncoderConfig(
+        checkpoint=str(tmp_path / "lxmert-base")
+    )
+    assert config_for(tmp_path / "lxmert-base").head == "qa"
+    assert config_for("other-name").checkpoint == "other-name"
+    with pytest.raises(KeyError, match="known presets: lxmert-base, lxmert-gqa"):
+        get_preset("lxmert-vq")
+    with pytest.raises(TypeError):
+        PRESETS["mine"] = EncoderConfig(checkpoint="x")  # type: ignore[index]
+
+
+def test_build_model_and_load_encoder_take_the_head_from_the_same_preset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A "pretraining" checkpoint saved under the registry name lxmert-base: both entry points
+    # must read head="pretraining" from the preset, not fall back to "qa".
+    directory = tmp_path / "weights" / "lxmert-base"
+    model = build_model(tiny_config(num_qa_labels=9500), head="pretraining")  # lxmert's table
+    model.save_pretrained(directory)
+    # The registry record names the hub's file, pytorch_model.bin.
+    (directory / "model.safetensors").unlink()
+    torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    monkeypatch.setenv("LXMERT_PIPELINE_WEIGHTS", str(directory.parent))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert type(build_model("lxmert-base")) is LxmertForPreTraining
+    encoder = load_encoder("lxmert-base")
+    assert type(encoder.model) is LxmertForPreTraining
+    assert encoder.config is get_preset("lxmert-base")
+
+
+def test_the_shipped_shapes_model_loads_by_its_preset_name() -> None:
+    encoder = load_encoder("shapes-lxmert")
+    assert encoder.config == get_preset("shapes-lxmert")
+    assert encoder.answers is not None and len(encoder.answers.answers) == 22
