@@ -6,13 +6,17 @@ Raw image in, :class:`RegionFeatures` out. Never imports transformers.
 from detector.checkpoint import load_detector, save_detector
 from detector.config import PRESETS, DetectorConfig, get_preset
 from detector.model import Detector, build_detector
-from detector.structures import RegionFeatures
+from detector.options import InferenceOptions, ResolvedOptions
+from detector.structures import CheckpointInfo, RegionFeatures
 
 __all__ = [
     "PRESETS",
+    "CheckpointInfo",
     "Detector",
     "DetectorConfig",
+    "InferenceOptions",
     "RegionFeatures",
+    "ResolvedOptions",
     "build_detector",
     "get_preset",
     "load_detector",

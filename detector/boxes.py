@@ -16,6 +16,9 @@ from torch import Tensor
 
 #: Largest log-scale a delta may apply: turns a 16 px box into at most a 1000 px box.
 DEFAULT_SCALE_CLAMP: float = math.log(1000.0 / 16)
+#: (wx, wy, ww, wh) the box head's class-specific deltas are scaled by (Detectron2's
+#: ROI_BOX_HEAD.BBOX_REG_WEIGHTS of the bottom-up-attention model).
+BOX_HEAD_WEIGHTS: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
 
 
 def _check_boxes(boxes: Tensor, name: str) -> None:
@@ -239,3 +242,16 @@ def scale_boxes(boxes: Tensor, scale_x: float, scale_y: float) -> Tensor:
         [scale_x, scale_y, scale_x, scale_y], dtype=boxes.dtype, device=boxes.device
     )
     return boxes * factors
+
+
+def unscale_boxes(boxes: Tensor, scale: float) -> Tensor:
+    """Divide every coordinate by ``scale``; a new ``Tensor[N, 4]``.
+
+    Resized-image pixels to raw-image pixels with the Caffe ``im_scale`` (raw = resized /
+    scale), computed as the reference's ``rois / im_scale``: a division, which can differ in
+    the last bit from :func:`scale_boxes` by ``1 / scale``.
+    """
+    _check_boxes(boxes, "boxes")
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return boxes / scale

@@ -13,7 +13,6 @@ Key remapping is a pure function; every tensor must be consumed and match in sha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -25,6 +24,8 @@ import torch
 
 from detector.config import DetectorConfig, get_preset
 from detector.model import Detector, build_detector
+from detector.options import InferenceOptions
+from detector.structures import CheckpointInfo
 from detector.vocab import load_names
 
 ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
@@ -136,7 +137,11 @@ def config_from_dict(fields: Mapping[str, Any]) -> DetectorConfig:
 
 
 def save_detector(detector: Detector, path: str | os.PathLike[str]) -> Path:
-    """Write ``detector`` as safetensors with its full config in the metadata."""
+    """Write ``detector`` as safetensors with its full config in the metadata.
+
+    The file is replaced atomically (``weights.io.save_safetensors`` writes through
+    ``weights.files``): a reader sees the old file or the new one, never half of either.
+    """
     from weights.io import save_safetensors
 
     if detector.bn_folded:
@@ -154,47 +159,70 @@ def load_detector(
     name_or_path: str | os.PathLike[str],
     *,
     preset: str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     overrides: Mapping[str, Any] | None = None,
+    options: InferenceOptions | None = None,
     optimize: bool = True,
 ) -> Detector:
     """A detector from a registry name or a checkpoint file in any supported layout.
+
+    The weights file is read twice at most: once hashed (during checksum verification for
+    registry checkpoints, else here) and once loaded; the digest lands in
+    :attr:`Detector.checkpoint` with the name, path and preset.
 
     Args:
         name_or_path: registry name (``vg-r101-c4-attr``, ``shapes-detector``) or a path to a
             ``.bin``/``.pth``/``.pkl``/``.safetensors`` checkpoint.
         preset: config preset; default: the one stored in the checkpoint, else the registry's,
             else ``vg-r101-c4-attr``.
-        device: ``cpu``, ``cuda`` or ``cuda:i``.
+        device: ``cpu``, ``cuda`` or ``cuda:i``; replaces ``options.device`` when given
+            (default: ``options.device``, else ``cpu``).
         overrides: :class:`DetectorConfig` fields to change (selection, box counts, sizes...).
-        optimize: fold BN and pick the memory format for inference.
+        options: inference settings (autocast, layout, res5 chunk, compile ...); default: the
+            per-device defaults.
+        optimize: fold BN (:meth:`Detector.optimize_for_inference`); False only applies the
+            options, leaving the weights as stored (for training or re-saving).
     """
-    from weights import get_record, resolve_checkpoint
+    from weights import locate_checkpoint
     from weights.io import load_state_dict
 
-    path = resolve_checkpoint(name_or_path)
-    record = None
-    with contextlib.suppress(KeyError):
-        record = get_record(str(name_or_path))
-    if preset is not None:
-        config = get_preset(preset)
-    else:
-        config = read_config_metadata(path) or get_preset(
-            record.preset if record is not None else "vg-r101-c4-attr"
-        )
+    requested = options if options is not None else InferenceOptions()
+    if device is not None:
+        requested = requested.on(device)
+    located = locate_checkpoint(name_or_path)
+    path = located.path
+    record_preset = located.record.preset if located.record is not None else None
+    config = _checkpoint_config(path, preset=preset, record_preset=record_preset)
     if overrides:
         config = config.replace(**overrides)
+    info = CheckpointInfo(
+        name=located.record.name if located.record is not None else path.name,
+        path=str(path),
+        sha256=located.sha256(),
+        preset=config.name,
+    )
     object_names, attribute_names = load_names(path.parent, config)
     detector = build_detector(
-        config, seed=None, object_names=object_names, attribute_names=attribute_names
+        config,
+        seed=None,
+        object_names=object_names,
+        attribute_names=attribute_names,
+        checkpoint=info,
     )
     load_into(detector, remap_keys(load_state_dict(path)), source=str(path))
-    from weights import sha256_file
-
-    detector.checkpoint_name = record.name if record is not None else path.name
-    detector.checkpoint_path = str(path)
-    detector.checkpoint_sha256 = sha256_file(path)
-    detector.to(torch.device(device))
     if optimize:
-        detector.optimize_for_inference()
-    return detector.eval()
+        return detector.optimize_for_inference(requested)
+    return detector.apply_options(requested).eval()
+
+
+def _checkpoint_config(
+    path: Path, *, preset: str | None, record_preset: str | None
+) -> DetectorConfig:
+    """The config to build for ``path``: ``preset`` if given, else the one stored in our
+    safetensors, else the registry record's preset, else ``vg-r101-c4-attr``."""
+    if preset is not None:
+        return get_preset(preset)
+    stored = read_config_metadata(path)
+    if stored is not None:
+        return stored
+    return get_preset(record_preset if record_preset is not None else "vg-r101-c4-attr")

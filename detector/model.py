@@ -12,20 +12,19 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from detector.backbone import ConvNorm, ResNetC4, fold_frozen_batchnorm
-from detector.boxes import apply_deltas, clip_boxes
 from detector.config import DetectorConfig
+from detector.image import ChannelOrder, ImageSource
+from detector.options import InferenceOptions, ResolvedOptions
 from detector.preprocess import PreparedImage, prepare
 from detector.roi_heads import Res5RoIHeads, RoIHeadOutput
 from detector.rpn import RPN, RPNOutput
-from detector.select import attributes_from_probs, select_bottom_up, select_max_class
-from detector.structures import RegionFeatures
+from detector.select import select_regions
+from detector.structures import CheckpointInfo, RegionFeatures
 
-BOX_HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 FEATURE_STRIDE = 16
 
 
@@ -62,6 +61,14 @@ class Detector(nn.Module):
     Submodule names (``backbone``, ``proposal_generator``, ``roi_heads``) match the converted
     checkpoints key for key. Input contract of :meth:`forward_raw`: ``Tensor[B, 3, h, w]``
     float32, BGR minus pixel mean, all images resized to the same ``(h, w)``.
+
+    State besides the weights, each set only by the detector's own methods:
+
+    - :attr:`checkpoint`: where the weights came from (:class:`CheckpointInfo`), given when
+      the detector is built;
+    - :attr:`options`: the inference settings it runs with (:class:`ResolvedOptions`), set by
+      :meth:`optimize_for_inference`, :meth:`apply_options` and :meth:`move_to`;
+    - :attr:`bn_folded`: whether frozen batch norm was folded into the convs (one way).
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class Detector(nn.Module):
         roi_heads: Res5RoIHeads,
         object_names: Sequence[str] | None = None,
         attribute_names: Sequence[str] | None = None,
+        checkpoint: CheckpointInfo | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -83,26 +91,47 @@ class Detector(nn.Module):
         self.attribute_names = list(
             attribute_names or generic_names("attribute", config.num_attributes)
         )
-        self.checkpoint_name: str = "random-init"
-        self.checkpoint_path: str | None = None
-        self.checkpoint_sha256: str | None = None
-        self.bn_folded = False
-        # Autocast dtype for the convolutions on CUDA (None: fp32). RoI ops and NMS stay fp32.
-        self.autocast_dtype: torch.dtype | None = None
-        self.channels_last = False
-        # oneDNN picks conv algorithms by batch size, so a batched CPU trunk differs from a
-        # single-image one in the last float bits. On CPU, batching buys no speed (one image
-        # already fills the cores), so each image runs alone and batches are exact.
-        self.batch_invariant: bool | None = None  # None: on CPU only
+        self._checkpoint = checkpoint or CheckpointInfo.random_init(config.name)
+        self._bn_folded = False
+        self._compiled = False
+        # Built on the CPU with the CPU defaults, which match the fresh weights' NCHW layout.
+        self._requested = InferenceOptions()
+        self._options = self._requested.resolve()
+
+    @property
+    def checkpoint(self) -> CheckpointInfo:
+        """Where the weights came from: name, path, sha256 and preset."""
+        return self._checkpoint
+
+    @property
+    def options(self) -> ResolvedOptions:
+        """The inference settings in force, every per-device default resolved."""
+        return self._options
+
+    @property
+    def requested_options(self) -> InferenceOptions:
+        """The request :attr:`options` was resolved from (:meth:`move_to` re-resolves it)."""
+        return self._requested
+
+    @property
+    def bn_folded(self) -> bool:
+        """True once :meth:`optimize_for_inference` folded frozen BN into the convs."""
+        return self._bn_folded
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     # --- network -------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager[None]:
-        if self.autocast_dtype is not None and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=self.autocast_dtype)
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The autocast context of the convolutions: ``options.autocast`` on CUDA, else none.
+
+        RoI pooling, proposal decoding, NMS, the predictors and selection cast back to fp32
+        themselves.
+        """
+        dtype = self._options.autocast_dtype
+        if dtype is not None and self._options.device.type == "cuda":
+            return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
     def forward_raw(
@@ -113,10 +142,7 @@ class Detector(nn.Module):
         ``proposals`` (per image ``Tensor[R, 4]`` xyxy, resized pixels) replaces the RPN's
         proposals for the RoI heads, as training does with sampled proposals.
         """
-        invariant = self.batch_invariant
-        if invariant is None:
-            invariant = images.device.type == "cpu"
-        if invariant and images.shape[0] > 1:
+        if self._options.batch_invariant and images.shape[0] > 1:
             return RawOutput.concat(
                 [
                     self._forward_raw(
@@ -128,16 +154,22 @@ class Detector(nn.Module):
         return self._forward_raw(images, proposals)
 
     def _forward_raw(self, images: torch.Tensor, proposals: list[torch.Tensor] | None) -> RawOutput:
-        if self.channels_last:
+        options = self._options
+        if options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with self.autocast():
             features = self.backbone(images)
         image_size = (int(images.shape[2]), int(images.shape[3]))
-        with self._autocast():
+        with self.autocast():
             rpn = self.proposal_generator(features, image_size)
         boxes = rpn.proposals if proposals is None else proposals
-        with self._autocast():
-            roi = self.roi_heads(features, boxes)
+        with self.autocast():
+            roi = self.roi_heads(
+                features,
+                boxes,
+                chunk_size=options.res5_chunk,
+                channels_last=options.channels_last,
+            )
         return RawOutput(features, rpn, roi)
 
     def forward(self, images: torch.Tensor) -> RawOutput:
@@ -173,10 +205,10 @@ class Detector(nn.Module):
 
     def regions(
         self,
-        images: Sequence[object],
+        images: Sequence[ImageSource],
         image_ids: Sequence[str] | None = None,
         *,
-        channel_order: str = "rgb",
+        channel_order: ChannelOrder = "rgb",
         batch_size: int = 1,
     ) -> list[RegionFeatures]:
         """Decode, preprocess and detect: paths, bytes, PIL images or arrays -> regions."""
@@ -184,7 +216,7 @@ class Detector(nn.Module):
         if len(ids) != len(images):
             raise ValueError(f"got {len(images)} images but {len(ids)} image_ids")
         prepared = [
-            prepare(image, config=self.config, image_id=image_id, channel_order=channel_order)  # type: ignore[arg-type]
+            prepare(image, config=self.config, image_id=image_id, channel_order=channel_order)
             for image, image_id in zip(images, ids, strict=True)
         ]
         return self.detect(prepared, batch_size=batch_size)
@@ -207,9 +239,9 @@ class Detector(nn.Module):
             raw.roi.attr_logits.split(counts),
             strict=True,
         )
-        return [self._select(*args) for args in per_image]
+        return [self.select_regions(*args) for args in per_image]
 
-    def _select(
+    def select_regions(
         self,
         image: PreparedImage,
         proposals: torch.Tensor,
@@ -218,102 +250,60 @@ class Detector(nn.Module):
         deltas: torch.Tensor,
         attr_logits: torch.Tensor,
     ) -> RegionFeatures:
-        config = self.config
-        class_probs = torch.softmax(class_logits.float(), dim=1)
-        resized_h, resized_w = image.resized_size
-        if config.selection == "bottom-up":
-            # Caffe maps the (unregressed) proposals back with the one im_scale and runs its
-            # per-class NMS there: the +1 IoU depends on the frame.
-            selection = select_bottom_up(
-                proposals / image.scale,
-                class_probs,
-                conf_thresh=config.conf_thresh,
-                nms_thresh=config.nms_thresh,
-                min_boxes=config.min_boxes,
-                max_boxes=config.max_boxes,
-            )
-            boxes = selection.boxes
-        else:
-            pred_boxes = apply_deltas(deltas, proposals, weights=BOX_HEAD_WEIGHTS)
-            selection = select_max_class(
-                pred_boxes,
-                class_probs,
-                (resized_h, resized_w),
-                nms_thresholds=config.max_class_nms_thresholds,
-                min_boxes=config.min_boxes,
-                max_boxes=config.max_boxes,
-            )
-            # Detectron2's detector_postprocess: per-axis ratio of raw to resized size.
-            scale_xy = torch.tensor(
-                [image.raw_w / resized_w, image.raw_h / resized_h] * 2, device=proposals.device
-            )
-            boxes = selection.boxes * scale_xy
-        # Detectron2 clips proposals to [0, resized size]; mapped back they can exceed the raw
-        # image by a fraction of a pixel, which LXMERT's loader rejects.
-        boxes = clip_boxes(boxes, (image.raw_h, image.raw_w))
-        attr_ids, attr_conf = attributes_from_probs(
-            attr_logits[selection.indices], renormalize=config.selection == "max-class"
-        )
-        return RegionFeatures(
-            image_id=image.image_id,
-            image_h=image.raw_h,
-            image_w=image.raw_w,
-            boxes=_numpy(boxes, np.float32),
-            features=_numpy(features[selection.indices], np.float32),
-            objects_id=_numpy(selection.object_ids, np.int64),
-            objects_conf=_numpy(selection.object_conf, np.float32),
-            attrs_id=_numpy(attr_ids, np.int64),
-            attrs_conf=_numpy(attr_conf, np.float32),
+        """One image's regions from its per-proposal outputs (``proposals`` ``[R, 4]`` resized
+        pixels, ``features`` ``[R, D]``, logits and deltas as :class:`RoIHeadOutput`), chosen
+        by :func:`detector.select.select_regions` with this detector's config."""
+        return select_regions(
+            self.config,
+            image=image,
+            proposals=proposals,
+            features=features,
+            class_logits=class_logits,
+            deltas=deltas,
+            attr_logits=attr_logits,
         )
 
     # --- deployment ----------------------------------------------------------------------
-    def optimize_for_inference(
-        self, *, channels_last: bool | None = None, res5_chunk: int | None = None
-    ) -> Detector:
-        """Eval mode, frozen BN folded into the convs, memory format and res5 chunk (regions per
-        res5 pass) chosen per device unless given."""
+    def optimize_for_inference(self, options: InferenceOptions | None = None) -> Detector:
+        """Eval mode, frozen BN folded into the convs (once), then :meth:`apply_options`.
+
+        ``options`` None: the per-device defaults on the detector's current device.
+        """
+        requested = options if options is not None else InferenceOptions(device=self.device)
         self.eval()
-        if not self.bn_folded:
+        if not self._bn_folded:
             fold_frozen_batchnorm(self)
-            self.bn_folded = True
-        if channels_last is None:
-            channels_last = default_channels_last(self.device)
-        self.set_channels_last(channels_last)
-        if res5_chunk is None:
-            res5_chunk = default_res5_chunk(self.device)
-        if res5_chunk < 1:
-            raise ValueError(f"res5_chunk must be >= 1, got {res5_chunk}")
-        self.roi_heads.chunk_size = res5_chunk
-        return self
+            self._bn_folded = True
+        return self.apply_options(requested)
 
-    def compile_submodules(self) -> Detector:
-        """``torch.compile`` the trunk and res5 (opt-in: compiling takes minutes per shape)."""
-        self.backbone = torch.compile(self.backbone)  # type: ignore[assignment]
-        self.roi_heads.res5 = torch.compile(self.roi_heads.res5)  # type: ignore[assignment]
-        return self
+    def apply_options(self, options: InferenceOptions) -> Detector:
+        """Move to ``options.device`` and run with ``options`` resolved for it (stored as
+        :attr:`options`); the weights' values are untouched (no BN folding).
 
-    def set_channels_last(self, enabled: bool) -> None:
-        """Run convs in channels_last (NHWC) or contiguous (NCHW) layout."""
-        self.channels_last = enabled
-        self.roi_heads.channels_last = enabled
-        memory_format = torch.channels_last if enabled else torch.contiguous_format
+        Raises:
+            ValueError: ``compile=False`` asked of a detector already compiled.
+        """
+        resolved = options.resolve()
+        if self._compiled and not resolved.compile:
+            raise ValueError("this detector was compiled; compiling cannot be undone")
+        self.to(resolved.device)
+        memory_format = torch.channels_last if resolved.channels_last else torch.contiguous_format
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
+        if resolved.compile and not self._compiled:
+            # In place (nn.Module.compile): the state-dict keys stay those of the checkpoints.
+            self.backbone.compile()
+            self.roi_heads.res5.compile()
+            self._compiled = True
+        self._requested = options
+        self._options = resolved
+        return self
 
-
-def default_channels_last(device: torch.device) -> bool:
-    """channels_last on CUDA (cuDNN's tensor-core kernels want NHWC). On CPU NCHW: within the
-    noise of channels_last here (benchmarks/RESULTS.md) and bit-reproducible across processes,
-    which --resume relies on."""
-    return device.type == "cuda"
-
-
-def default_res5_chunk(device: torch.device) -> int:
-    """Regions per res5 pass. On CPU 8: a chunk's activations (8 x 2048 x 14 x 14 fp32, 13 MB)
-    stay in the L3 cache, which took res5 from ~140 to ~175 GFLOP/s here (chunks of 50 spill;
-    benchmarks/RESULTS.md). On CUDA 100: big enough to fill the GPU, 160 MB of activations."""
-    return 100 if device.type == "cuda" else 8
+    def move_to(self, device: str | torch.device) -> Detector:
+        """Move to ``device`` with the same requested options, per-device defaults (layout,
+        res5 chunk, batch invariance, CUDA-only autocast) resolved anew for it."""
+        return self.apply_options(self._requested.on(device))
 
 
 #: Rough device memory per image at fp32, per resized megapixel: res4 activations of the trunk
@@ -351,20 +341,18 @@ def generic_names(kind: str, count: int) -> list[str]:
     return [f"{kind}_{index}" for index in range(count)]
 
 
-def _numpy(tensor: torch.Tensor, dtype: type[np.generic]) -> np.ndarray:
-    return np.ascontiguousarray(tensor.detach().cpu().numpy().astype(dtype, copy=False))
-
-
 def build_detector(
     config: DetectorConfig,
     *,
     seed: int | None = 0,
     object_names: Sequence[str] | None = None,
     attribute_names: Sequence[str] | None = None,
+    checkpoint: CheckpointInfo | None = None,
 ) -> Detector:
     """Wire a detector from ``config``.
 
-    With a ``seed``, weights get a well-behaved random init (finite, non-trivial activations
+    ``checkpoint`` says where the weights will come from (default: ``random-init``). With a
+    ``seed``, weights get a well-behaved random init (finite, non-trivial activations
     through all of ResNet-101: He-init convs, small gamma on each bottleneck's last BN), fit for
     tests and benchmarks. ``seed=None`` skips the init when a checkpoint will be loaded anyway.
     """
@@ -406,6 +394,7 @@ def build_detector(
         ),
         object_names=object_names,
         attribute_names=attribute_names,
+        checkpoint=checkpoint,
     )
     if seed is not None:
         init_weights(detector, seed=seed)
@@ -414,7 +403,12 @@ def build_detector(
 
 @torch.no_grad()
 def init_weights(detector: Detector, *, seed: int, last_gamma: float = 0.2) -> None:
-    """Seeded init that keeps activations of a deep frozen-BN ResNet bounded (see DESIGN.md)."""
+    """Seeded init that keeps activations of a deep frozen-BN ResNet bounded.
+
+    Freshly initialised ResNets explode (activations ~1e7) and the RPN then proposes nothing;
+    a small gamma (``last_gamma``) on the last BN of each bottleneck keeps every residual
+    branch small, so boxes and features stay finite and non-trivial at ResNet-101 depth.
+    """
     generator = torch.Generator().manual_seed(seed)
     for name, module in detector.named_modules():
         if isinstance(module, ConvNorm):

@@ -155,16 +155,10 @@ class Res5RoIHeads(nn.Module):
         attr_embed_dim: int,
         attr_hidden_dim: int,
         eps: float = 1e-5,
-        chunk_size: int = 8,
     ) -> None:
         super().__init__()
         self.pooler_resolution = pooler_resolution
         self.spatial_scale = spatial_scale
-        # Regions go through res5 in chunks: no [R, 2048, 14, 14] tensor for all R at once, and
-        # on CPU a small chunk keeps res5's activations in the L3 cache (benchmarks/RESULTS.md).
-        self.chunk_size = chunk_size
-        # Set by Detector.optimize_for_inference when channels_last was measured to help.
-        self.channels_last = False
         self.res5 = make_stage(
             num_blocks=num_blocks,
             in_channels=in_channels,
@@ -197,13 +191,18 @@ class Res5RoIHeads(nn.Module):
             threads=threads,
         )
 
-    def region_features(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``[R, C4, S, S]`` pooled regions -> ``[R, D]`` mean of res5's output."""
+    def region_features(self, pooled: torch.Tensor, *, chunk_size: int) -> torch.Tensor:
+        """``[R, C4, S, S]`` pooled regions -> ``[R, D]`` fp32 mean of res5's output.
+
+        Regions go through res5 ``chunk_size`` at a time: no ``[R, 2048, 14, 14]`` tensor for
+        all R at once, and on CPU a small chunk keeps res5's activations in the L3 cache
+        (benchmarks/RESULTS.md). Each region's feature depends on that region only.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if pooled.shape[0] == 0:
             return pooled.new_zeros((0, self.box_predictor.cls_score.in_features))
-        chunks = [
-            self.res5(chunk).mean(dim=(2, 3)) for chunk in pooled.split(self.chunk_size, dim=0)
-        ]
+        chunks = [self.res5(chunk).mean(dim=(2, 3)) for chunk in pooled.split(chunk_size, dim=0)]
         return torch.cat(chunks, dim=0).float()
 
     def forward(
@@ -211,11 +210,20 @@ class Res5RoIHeads(nn.Module):
         features: torch.Tensor,
         boxes: list[torch.Tensor],
         attr_classes: torch.Tensor | None = None,
+        *,
+        chunk_size: int,
+        channels_last: bool,
     ) -> RoIHeadOutput:
+        """Pool ``boxes`` (per image ``Tensor[R_i, 4]``, resized pixels) from res4 ``features``
+        ``[B, C4, h/16, w/16]`` and run res5 and the predictors on them.
+
+        ``chunk_size`` (regions per res5 pass) and ``channels_last`` (layout of the pooled
+        regions) come from the detector's options at each call; the heads keep no copy.
+        """
         pooled = self.pool(features, boxes)
-        if self.channels_last:
+        if channels_last:
             pooled = pooled.contiguous(memory_format=torch.channels_last)
-        region = self.region_features(pooled)
+        region = self.region_features(pooled, chunk_size=chunk_size)
         del pooled
         class_logits, deltas, attr_logits = self.box_predictor(region, attr_classes)
         return RoIHeadOutput(region, class_logits.float(), deltas.float(), attr_logits.float())

@@ -22,14 +22,26 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from detector.boxes import clip_boxes, pairwise_iou_caffe
+from detector.boxes import (
+    BOX_HEAD_WEIGHTS,
+    apply_deltas,
+    clip_boxes,
+    pairwise_iou_caffe,
+    scale_boxes,
+    unscale_boxes,
+)
 from detector.config import DetectorConfig
+from detector.structures import RegionFeatures
+
+if TYPE_CHECKING:
+    from detector.preprocess import PreparedImage
 
 
 @dataclass(frozen=True, eq=False)
@@ -308,3 +320,67 @@ def select(
         min_boxes=config.min_boxes,
         max_boxes=config.max_boxes,
     )
+
+
+def select_regions(
+    config: DetectorConfig,
+    *,
+    image: PreparedImage,
+    proposals: Tensor,
+    features: Tensor,
+    class_logits: Tensor,
+    deltas: Tensor,
+    attr_logits: Tensor,
+) -> RegionFeatures:
+    """The regions of one image from its per-proposal network outputs, by :func:`select`.
+
+    Args:
+        config: selection mode, thresholds and box counts.
+        image: the prepared image (its ``scale``, raw and resized sizes map the frames).
+        proposals: ``Tensor[R, 4]`` xyxy RPN proposals, resized-image pixels.
+        features: ``Tensor[R, D]`` pooled res5 features of the proposals.
+        class_logits: ``Tensor[R, C + 1]``, background last.
+        deltas: ``Tensor[R, 4C]`` class-specific box deltas (weights ``BOX_HEAD_WEIGHTS``).
+        attr_logits: ``Tensor[R, A + 1]``, "no attribute" last.
+
+    Returns:
+        :class:`RegionFeatures` with boxes in raw-image pixels, clipped to the raw image.
+    """
+    max_class = config.selection == "max-class"
+    selection = select(
+        config,
+        # bottom-up: Caffe ran its per-class NMS on rois / im_scale (its +1 IoU depends on the
+        # frame), and those unregressed raw-frame proposals are the output boxes.
+        proposals=unscale_boxes(proposals, image.scale),
+        # max-class only: decoding every class's box is wasted work for bottom-up.
+        pred_boxes=apply_deltas(deltas, proposals, weights=BOX_HEAD_WEIGHTS) if max_class else None,
+        class_probs=torch.softmax(class_logits.float(), dim=1),
+        image_size=image.resized_size,
+    )
+    boxes = selection.boxes
+    if max_class:
+        # Detectron2's detector_postprocess: per-axis ratio of raw to resized size.
+        resized_h, resized_w = image.resized_size
+        boxes = scale_boxes(boxes, image.raw_w / resized_w, image.raw_h / resized_h)
+    # Detectron2 clips proposals to [0, resized size]; mapped back they can exceed the raw
+    # image by a fraction of a pixel, which LXMERT's loader rejects.
+    boxes = clip_boxes(boxes, (image.raw_h, image.raw_w))
+    attr_ids, attr_conf = attributes_from_probs(
+        attr_logits[selection.indices], renormalize=max_class
+    )
+    return RegionFeatures(
+        image_id=image.image_id,
+        image_h=image.raw_h,
+        image_w=image.raw_w,
+        boxes=_numpy(boxes, np.float32),
+        features=_numpy(features[selection.indices], np.float32),
+        objects_id=_numpy(selection.object_ids, np.int64),
+        objects_conf=_numpy(selection.object_conf, np.float32),
+        attrs_id=_numpy(attr_ids, np.int64),
+        attrs_conf=_numpy(attr_conf, np.float32),
+    )
+
+
+def _numpy(tensor: Tensor, dtype: type[np.generic]) -> np.ndarray:
+    """A contiguous CPU numpy copy of ``tensor`` as ``dtype``."""
+    return np.ascontiguousarray(tensor.detach().cpu().numpy().astype(dtype, copy=False))

@@ -1,8 +1,9 @@
-"""Typed results of the detector: what one image turns into.
+"""Typed records of the detector: what one image turns into, and where the weights came from.
 
-The field names and dtypes are exactly those of LXMERT's obj36 TSV (``img_id, img_h, img_w,
-objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes, features``), so a record we
-write loads unchanged in the original LXMERT training code.
+:class:`RegionFeatures`: the field names and dtypes are exactly those of LXMERT's obj36 TSV
+(``img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes,
+features``), so a record we write loads unchanged in the original LXMERT training code.
+:class:`CheckpointInfo`: the provenance of a detector's weights.
 """
 
 from __future__ import annotations
@@ -10,6 +11,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+#: :attr:`CheckpointInfo.name` of a detector whose weights were not loaded from a file.
+RANDOM_INIT = "random-init"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a detector's weights came from (recorded in every output's manifest).
+
+    Attributes:
+        name: registry name (``vg-r101-c4-attr`` ...), the file name for a checkpoint given by
+            path, or ``random-init`` for weights built in memory.
+        path: the local weights file that was read; None for ``random-init``.
+        sha256: hex digest of that file; None for ``random-init``.
+        preset: name of the :class:`~detector.config.DetectorConfig` preset the model was
+            built from.
+    """
+
+    name: str
+    path: str | None
+    sha256: str | None
+    preset: str
+
+    @classmethod
+    def random_init(cls, preset: str) -> CheckpointInfo:
+        """The record of a detector built with in-memory weights from ``preset``."""
+        return cls(name=RANDOM_INIT, path=None, sha256=None, preset=preset)
+
 
 #: Field order of LXMERT's obj36 TSV (src/utils.py, FIELDNAMES).
 TSV_FIELDNAMES: tuple[str, ...] = (

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector.backbone import FrozenBatchNorm2d
-from detector.boxes import encode_deltas, pairwise_iou
-from detector.model import BOX_HEAD_WEIGHTS, Detector
+from detector.boxes import BOX_HEAD_WEIGHTS, encode_deltas, pairwise_iou
+from detector.model import Detector
 from detector.rpn import RPN_BOX_WEIGHTS
 
 #: Matcher labels.
@@ -319,7 +319,7 @@ def roi_losses(
     heads = detector.roi_heads
     num_classes = detector.config.num_classes
     pooled = heads.pool(features, [s.boxes for s in samples])
-    region = heads.region_features(pooled)
+    region = heads.region_features(pooled, chunk_size=detector.options.res5_chunk)
     classes = torch.cat([s.classes for s in samples])
     class_logits, deltas, attr_logits = heads.box_predictor(region, attr_classes=classes)
     class_loss = F.cross_entropy(class_logits, classes)

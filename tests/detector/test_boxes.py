@@ -18,6 +18,7 @@ from detector.boxes import (
     pairwise_iou,
     pairwise_iou_caffe,
     scale_boxes,
+    unscale_boxes,
 )
 
 HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -159,6 +160,18 @@ def test_pairwise_iou_caffe_matches_plain_float32() -> None:
 def test_scale_boxes() -> None:
     boxes = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     torch.testing.assert_close(scale_boxes(boxes, 2.0, 0.5), torch.tensor([[2.0, 1.0, 6.0, 2.0]]))
+
+
+def test_unscale_boxes_divides_like_caffe() -> None:
+    scale = 600 / 451  # chelsea's Caffe im_scale
+    resized = np.random.default_rng(0).uniform(0, 800, (50, 4)).astype(np.float32)
+    got = unscale_boxes(torch.from_numpy(resized), scale).numpy()
+    # The reference's float32 `rois / im_scale`, bit for bit ...
+    np.testing.assert_array_equal(got, resized / np.float32(scale))
+    # ... which multiplying by 1 / scale does not reproduce.
+    assert (scale_boxes(torch.from_numpy(resized), 1 / scale, 1 / scale).numpy() != got).any()
+    with pytest.raises(ValueError, match="scale"):
+        unscale_boxes(torch.from_numpy(resized), 0.0)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 from pathlib import Path
 
@@ -9,7 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from detector import build_detector, get_preset, load_detector, save_detector
+import weights
+import weights.resolve
+from detector import (
+    CheckpointInfo,
+    InferenceOptions,
+    build_detector,
+    get_preset,
+    load_detector,
+    save_detector,
+)
 from detector.checkpoint import CheckpointMismatchError, remap_keys
 from detector.rpn import cell_anchors
 
@@ -157,3 +168,60 @@ def test_numpy_scalars_in_pickle_load(tmp_path: Path) -> None:
         loaded.state_dict()["backbone.stem.conv1.weight"],
         detector.state_dict()["backbone.stem.conv1.weight"],
     )
+
+
+@pytest.fixture
+def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file hashed through ``weights.sha256_file`` (either name of it), in order."""
+    real = weights.resolve.sha256_file
+    calls: list[Path] = []
+
+    def counting(path: str | os.PathLike[str]) -> str:
+        calls.append(Path(path).resolve())
+        return real(path)
+
+    monkeypatch.setattr(weights.resolve, "sha256_file", counting)
+    monkeypatch.setattr(weights, "sha256_file", counting)
+    return calls
+
+
+def test_checkpoint_info_of_a_file(tmp_path: Path, hash_calls: list[Path]) -> None:
+    path = save_detector(build_detector(get_preset("tiny"), seed=3), tmp_path / "det.safetensors")
+    detector = load_detector(path)
+    assert detector.checkpoint == CheckpointInfo(
+        name="det.safetensors",
+        path=str(path),
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        preset="tiny",
+    )
+    assert hash_calls == [path.resolve()]  # hashed once per load
+
+
+def test_checkpoint_info_of_a_registry_name(hash_calls: list[Path]) -> None:
+    detector = load_detector("shapes-detector", preset=None)
+    info = detector.checkpoint
+    assert (info.name, info.preset) == ("shapes-detector", "shapes")
+    assert info.path is not None and Path(info.path).name == "model.safetensors"
+    assert info.sha256 == hashlib.sha256(Path(info.path).read_bytes()).hexdigest()
+    # Verification hashed it; the record reuses that digest instead of reading it again.
+    assert hash_calls.count(Path(info.path).resolve()) == 1
+
+
+def test_checkpoint_info_records_the_preset_used(tmp_path: Path) -> None:
+    path = save_detector(build_detector(get_preset("tiny"), seed=1), tmp_path / "t.safetensors")
+    detector = load_detector(path, overrides={"selection": "max-class"})
+    assert detector.checkpoint.preset == "tiny"
+    assert detector.config.selection == "max-class"
+
+
+def test_load_applies_options(tmp_path: Path) -> None:
+    path = save_detector(build_detector(get_preset("tiny"), seed=1), tmp_path / "t.safetensors")
+    request = InferenceOptions(res5_chunk=4, autocast="fp16")
+    detector = load_detector(path, options=request)
+    assert detector.bn_folded
+    assert detector.requested_options == request
+    assert detector.options.res5_chunk == 4
+    plain = load_detector(path, device="cpu", options=request, optimize=False)
+    assert not plain.bn_folded and plain.options.res5_chunk == 4
+    with pytest.raises(ValueError, match="device"):
+        load_detector(path, device="gpu")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage import data
 
-from detector import build_detector, get_preset
+from detector import InferenceOptions, build_detector, get_preset
 from detector.backbone import fold_frozen_batchnorm
 from detector.model import batches_by_shape
 from detector.preprocess import prepare
@@ -164,7 +164,11 @@ def test_bn_folding_keeps_outputs(photos) -> None:
         after = folded.forward_raw(image.tensor[None])
     scale = before.features.abs().max()
     assert (after.features - before.features).abs().max() / scale < 1e-5
-    torch.testing.assert_close(after.rpn.proposals[0], before.rpn.proposals[0])
+    # Same proposals; folding moves res4 by ~1e-6 relative, so a coordinate (up to ~200 px)
+    # may move by a few float32 ulps.
+    torch.testing.assert_close(
+        after.rpn.proposals[0], before.rpn.proposals[0], rtol=1e-5, atol=1e-4
+    )
     rel = (after.roi.features - before.roi.features).abs().max() / before.roi.features.abs().max()
     assert rel < 1e-5
 
@@ -182,9 +186,13 @@ def test_full_size_forward_on_one_image() -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_memory_formats_give_the_same_regions(photos, channels_last: bool) -> None:
-    plain = build_detector(TINY, seed=2).optimize_for_inference(channels_last=False)
-    other = copy.deepcopy(plain)
-    other.set_channels_last(channels_last)
+    plain = build_detector(TINY, seed=2).optimize_for_inference(
+        InferenceOptions(channels_last=False)
+    )
+    other = copy.deepcopy(plain).apply_options(InferenceOptions(channels_last=channels_last))
+    assert other.options.channels_last is channels_last
+    conv = other.backbone.stem.conv1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
     image = prepare(photos["rocket"], config=TINY, image_id="r")
     (expected,) = plain.detect([image])
     (actual,) = other.detect([image])

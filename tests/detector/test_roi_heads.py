@@ -7,7 +7,7 @@ import torch
 from torchvision.ops import roi_pool
 
 from detector import build_detector, get_preset
-from detector.model import default_res5_chunk
+from detector.options import InferenceOptions, default_res5_chunk
 from detector.roi_heads import ROI_POOL_TASK, boxes_to_rois, threaded_roi_pool
 
 TINY = get_preset("tiny")
@@ -66,21 +66,24 @@ def test_head_pool_threaded_in_inference_plain_with_grad() -> None:
 
 
 def test_res5_chunk_size_does_not_change_features() -> None:
-    detector = build_detector(TINY, seed=0).optimize_for_inference(res5_chunk=3)
+    detector = build_detector(TINY, seed=0).optimize_for_inference(InferenceOptions(res5_chunk=3))
     pooled = torch.rand(
         (10, TINY.res4_channels, 14, 14), generator=torch.Generator().manual_seed(2)
     )
+    heads = detector.roi_heads
     with torch.inference_mode():
-        chunked = detector.roi_heads.region_features(pooled)
-        detector.roi_heads.chunk_size = 10
-        whole = detector.roi_heads.region_features(pooled)
+        chunked = heads.region_features(pooled, chunk_size=detector.options.res5_chunk)
+        whole = heads.region_features(pooled, chunk_size=10)
+    assert detector.options.res5_chunk == 3
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        heads.region_features(pooled, chunk_size=0)
 
 
 def test_res5_chunk_per_device_and_checked() -> None:
     assert default_res5_chunk(torch.device("cpu")) == 8
     assert default_res5_chunk(torch.device("cuda")) > 8
     detector = build_detector(TINY, seed=0).optimize_for_inference()
-    assert detector.roi_heads.chunk_size == 8
+    assert detector.options.res5_chunk == 8
     with pytest.raises(ValueError, match="res5_chunk"):
-        build_detector(TINY, seed=0).optimize_for_inference(res5_chunk=0)
+        InferenceOptions(res5_chunk=0)

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 import torch
 
+from detector.boxes import BOX_HEAD_WEIGHTS, apply_deltas, clip_boxes
 from detector.config import get_preset
+from detector.preprocess import PreparedImage
 from detector.select import (
     Selection,
     attributes_from_probs,
     select,
     select_bottom_up,
     select_max_class,
+    select_regions,
 )
 
 NUM_CLASSES = 7
@@ -395,6 +398,63 @@ def test_select_dispatches_on_config() -> None:
     assert isinstance(max_class, Selection) and 3 <= len(max_class) <= 8
     with pytest.raises(ValueError, match="pred_boxes"):
         select(config.replace(selection="max-class"), **{**kwargs, "pred_boxes": None})
+
+
+@pytest.mark.parametrize("selection", ["bottom-up", "max-class"])
+def test_select_regions_maps_selection_to_raw_pixels(selection: str) -> None:
+    """bottom-up selects among proposals / im_scale and returns them; max-class selects in
+    the resized frame and scales x and y by raw / resized size."""
+    rng = np.random.default_rng(8)
+    config = get_preset("tiny").replace(
+        num_classes=NUM_CLASSES, min_boxes=3, max_boxes=8, selection=selection
+    )
+    resized_h, resized_w = 150, 200
+    image = PreparedImage(
+        image_id="img",
+        tensor=torch.zeros(3, resized_h, resized_w),
+        scale=0.4,
+        raw_h=375,
+        raw_w=500,
+    )
+    xy = rng.uniform(0, 150, (NUM_PROPOSALS, 2))
+    proposals = torch.from_numpy(
+        np.concatenate([xy, xy + rng.uniform(5, 60, (NUM_PROPOSALS, 2))], axis=1)
+    ).float()
+    class_logits = torch.from_numpy(rng.normal(size=(NUM_PROPOSALS, NUM_CLASSES + 1))).float()
+    deltas = torch.from_numpy(rng.normal(size=(NUM_PROPOSALS, 4 * NUM_CLASSES)) * 0.5).float()
+    attr_logits = torch.from_numpy(rng.normal(size=(NUM_PROPOSALS, 5))).float()
+    features = torch.arange(NUM_PROPOSALS, dtype=torch.float32)[:, None].repeat(1, 3)
+
+    regions = select_regions(
+        config,
+        image=image,
+        proposals=proposals,
+        features=features,
+        class_logits=class_logits,
+        deltas=deltas,
+        attr_logits=attr_logits,
+    )
+    raw_proposals = proposals / 0.4
+    chosen = select(
+        config,
+        proposals=raw_proposals,
+        pred_boxes=apply_deltas(deltas, proposals, weights=BOX_HEAD_WEIGHTS),
+        class_probs=torch.softmax(class_logits, dim=1),
+        image_size=(resized_h, resized_w),
+    )
+    if selection == "bottom-up":
+        expected_boxes = raw_proposals[chosen.indices]
+    else:
+        expected_boxes = chosen.boxes * torch.tensor([2.5, 2.5, 2.5, 2.5])
+    expected_boxes = clip_boxes(expected_boxes, (375, 500))
+    assert (regions.image_id, regions.image_h, regions.image_w) == ("img", 375, 500)
+    np.testing.assert_array_equal(regions.features[:, 0], chosen.indices.numpy())
+    np.testing.assert_allclose(regions.boxes, expected_boxes.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(regions.objects_id, chosen.object_ids.numpy())
+    attr_ids, _ = attributes_from_probs(
+        attr_logits[chosen.indices], renormalize=selection == "max-class"
+    )
+    np.testing.assert_array_equal(regions.attrs_id, attr_ids.numpy())
 
 
 def test_bad_inputs_raise() -> None:

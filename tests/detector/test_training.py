@@ -206,7 +206,7 @@ def test_roi_losses_match_manual_computation() -> None:
     )
     heads = detector.roi_heads
     with torch.no_grad():
-        region = heads.region_features(heads.pool(features, [samples.boxes]))
+        region = heads.region_features(heads.pool(features, [samples.boxes]), chunk_size=8)
         logits, deltas, attr_logits = heads.box_predictor(region, attr_classes=samples.classes)
     logp = torch.log_softmax(logits.double(), dim=1).numpy()
     classes = samples.classes.numpy()

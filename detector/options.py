@@ -1,0 +1,130 @@
+"""Inference settings of a :class:`~detector.model.Detector`: one request, one resolved record.
+
+:class:`InferenceOptions` is what a caller asks for; ``None`` fields mean "the per-device
+default". :meth:`InferenceOptions.resolve` turns it into :class:`ResolvedOptions`, with every
+choice made for the device, which the detector keeps as its single source of truth
+(``Detector.options``). Moving a detector re-resolves the same request on the new device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Autocast = Literal["none", "bf16", "fp16"]
+AUTOCAST_NAMES: tuple[Autocast, ...] = ("none", "bf16", "fp16")
+
+
+def default_channels_last(device: torch.device) -> bool:
+    """channels_last on CUDA (cuDNN's tensor-core kernels want NHWC). On CPU NCHW: within the
+    noise of channels_last here (benchmarks/RESULTS.md) and bit-reproducible across processes,
+    which --resume relies on."""
+    return device.type == "cuda"
+
+
+def default_res5_chunk(device: torch.device) -> int:
+    """Regions per res5 pass. On CPU 8: a chunk's activations (8 x 2048 x 14 x 14 fp32, 13 MB)
+    stay in the L3 cache, which took res5 from ~140 to ~175 GFLOP/s here (chunks of 50 spill;
+    benchmarks/RESULTS.md). On CUDA 100: big enough to fill the GPU, 160 MB of activations."""
+    return 100 if device.type == "cuda" else 8
+
+
+def default_batch_invariant(device: torch.device) -> bool:
+    """True on CPU: oneDNN picks conv algorithms by batch size, so a batched CPU trunk differs
+    from a single-image one in the last float bits. On CPU batching buys no speed (one image
+    already fills the cores), so each image runs alone and batches are exact. False elsewhere."""
+    return device.type == "cpu"
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with ``ValueError`` (not ``RuntimeError``) for a bad name."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from None
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """The inference settings a detector runs with, every per-device choice made."""
+
+    device: torch.device
+    """Where the weights live and the images are sent."""
+    autocast: Autocast
+    """Convolutions of trunk, RPN head and res5 in bf16/fp16 (CUDA only; ``none`` elsewhere).
+    RoI pooling, decoding, NMS, the predictors and selection stay fp32."""
+    channels_last: bool
+    """Convs and their inputs in NHWC (True) or NCHW (False) layout."""
+    res5_chunk: int
+    """Regions per res5 pass (>= 1); changes speed and memory, not the features."""
+    batch_invariant: bool
+    """Run each image of a batch alone through the network, so batched = one at a time."""
+    compile: bool
+    """Trunk and res5 are ``torch.compile``-d (compiling takes minutes per input shape)."""
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """``torch.bfloat16``/``torch.float16`` for the autocast convolutions, None for fp32."""
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.autocast]
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Inference settings a caller asks for; ``None`` means "the per-device default".
+
+    Raises ``ValueError`` on construction for an unknown device or autocast name, or a
+    ``res5_chunk`` below 1.
+    """
+
+    device: str | torch.device = "cpu"
+    """``cpu``, ``cuda``, ``cuda:i`` or a ``torch.device``."""
+    autocast: Autocast = "none"
+    """``none`` (fp32, exact), ``bf16`` or ``fp16``; applies on CUDA only, as before."""
+    channels_last: bool | None = None
+    """None: :func:`default_channels_last` (CUDA yes, CPU no)."""
+    res5_chunk: int | None = None
+    """None: :func:`default_res5_chunk` (CPU 8, CUDA 100)."""
+    batch_invariant: bool | None = None
+    """None: :func:`default_batch_invariant` (on CPU only)."""
+    compile: bool = False
+    """``torch.compile`` the trunk and res5 (opt-in; cannot be undone on a detector)."""
+
+    def __post_init__(self) -> None:
+        parse_device(self.device)
+        if self.autocast not in AUTOCAST_NAMES:
+            raise ValueError(
+                f"autocast must be one of {', '.join(AUTOCAST_NAMES)}, got {self.autocast!r}"
+            )
+        chunk = self.res5_chunk
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)):
+            raise ValueError(f"res5_chunk must be an int >= 1 or None, got {chunk!r}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"res5_chunk must be >= 1, got {chunk}")
+
+    def on(self, device: str | torch.device) -> InferenceOptions:
+        """The same request for another device (its per-device defaults are resolved anew)."""
+        return dataclasses.replace(self, device=device)
+
+    def resolve(self) -> ResolvedOptions:
+        """Every ``None`` replaced by its default for :attr:`device`; autocast kept on CUDA
+        only (elsewhere it never applied, so the record says ``none``)."""
+        device = parse_device(self.device)
+        return ResolvedOptions(
+            device=device,
+            autocast=self.autocast if device.type == "cuda" else "none",
+            channels_last=(
+                default_channels_last(device) if self.channels_last is None else self.channels_last
+            ),
+            res5_chunk=default_res5_chunk(device) if self.res5_chunk is None else self.res5_chunk,
+            batch_invariant=(
+                default_batch_invariant(device)
+                if self.batch_invariant is None
+                else self.batch_invariant
+            ),
+            compile=self.compile,
+        )

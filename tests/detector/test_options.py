@@ -1,0 +1,187 @@
+"""Inference options: validation, per-device resolution, and the detector as their one holder."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from detector import (
+    CheckpointInfo,
+    InferenceOptions,
+    ResolvedOptions,
+    build_detector,
+    get_preset,
+)
+from detector.preprocess import prepare
+
+TINY = get_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def coffee():
+    return prepare(data.coffee(), config=TINY, image_id="coffee")
+
+
+def test_cpu_defaults() -> None:
+    assert InferenceOptions().resolve() == ResolvedOptions(
+        device=torch.device("cpu"),
+        autocast="none",
+        channels_last=False,
+        res5_chunk=8,
+        batch_invariant=True,
+        compile=False,
+    )
+
+
+def test_cuda_defaults_resolve_without_a_gpu() -> None:
+    resolved = InferenceOptions(device="cuda:0", autocast="bf16").resolve()
+    assert resolved.device == torch.device("cuda:0")
+    assert resolved.channels_last is True
+    assert resolved.res5_chunk == 100
+    assert resolved.batch_invariant is False
+    assert resolved.autocast == "bf16" and resolved.autocast_dtype == torch.bfloat16
+    assert InferenceOptions(device="cuda", autocast="fp16").resolve().autocast_dtype == (
+        torch.float16
+    )
+
+
+def test_autocast_applies_on_cuda_only() -> None:
+    resolved = InferenceOptions(device="cpu", autocast="bf16").resolve()
+    assert resolved.autocast == "none" and resolved.autocast_dtype is None
+
+
+def test_explicit_values_win_over_defaults() -> None:
+    resolved = InferenceOptions(
+        device="cuda", channels_last=False, res5_chunk=3, batch_invariant=True, compile=True
+    ).resolve()
+    assert (resolved.channels_last, resolved.res5_chunk) == (False, 3)
+    assert resolved.batch_invariant is True and resolved.compile is True
+    assert InferenceOptions(channels_last=True, batch_invariant=False).resolve().channels_last
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"res5_chunk": 0}, "res5_chunk"),
+        ({"res5_chunk": -4}, "res5_chunk"),
+        ({"res5_chunk": 2.5}, "res5_chunk"),
+        ({"res5_chunk": True}, "res5_chunk"),
+        ({"autocast": "fp32"}, "autocast"),
+        ({"autocast": "bfloat16"}, "autocast"),
+        ({"device": "gpu"}, "device"),
+    ],
+)
+def test_invalid_options_are_refused(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        InferenceOptions(**fields)  # type: ignore[arg-type]
+
+
+def test_a_fresh_detector_states_its_provenance_and_options() -> None:
+    detector = build_detector(TINY, seed=0)
+    assert detector.checkpoint == CheckpointInfo(
+        name="random-init", path=None, sha256=None, preset="tiny"
+    )
+    assert detector.options == InferenceOptions().resolve()
+    assert not detector.bn_folded
+    with pytest.raises(AttributeError):
+        detector.checkpoint.name = "other"  # type: ignore[misc]
+
+
+def test_optimize_stores_request_and_resolution() -> None:
+    detector = build_detector(TINY, seed=0)
+    request = InferenceOptions(res5_chunk=5, autocast="bf16")
+    assert detector.optimize_for_inference(request) is detector
+    assert detector.bn_folded and not detector.training
+    assert detector.requested_options == request
+    assert detector.options == request.resolve()
+    # Folding happens once: a second call only changes the options.
+    weight = detector.backbone.stem.conv1.weight.clone()
+    detector.optimize_for_inference(InferenceOptions(res5_chunk=7))
+    assert torch.equal(detector.backbone.stem.conv1.weight, weight)
+    assert detector.options.res5_chunk == 7
+
+
+def test_res5_runs_in_chunks_of_the_option(coffee) -> None:
+    detector = build_detector(TINY, seed=0).optimize_for_inference(InferenceOptions(res5_chunk=3))
+    sizes: list[int] = []
+    detector.roi_heads.res5.register_forward_pre_hook(
+        lambda module, inputs: sizes.append(int(inputs[0].shape[0]))
+    )
+    detector.detect([coffee])
+    assert sizes and max(sizes) == 3 and sum(sizes) > 3
+
+
+def test_batch_invariance_follows_the_option(coffee) -> None:
+    detector = build_detector(TINY, seed=0).optimize_for_inference()
+    batch_sizes: list[int] = []
+    detector.backbone.register_forward_pre_hook(
+        lambda module, inputs: batch_sizes.append(int(inputs[0].shape[0]))
+    )
+    detector.detect([coffee, coffee], batch_size=2)
+    assert batch_sizes == [1, 1]  # CPU default: each image alone
+    detector.apply_options(InferenceOptions(batch_invariant=False))
+    batch_sizes.clear()
+    detector.detect([coffee, coffee], batch_size=2)
+    assert batch_sizes == [2]
+
+
+def test_move_to_reapplies_the_request_with_the_new_devices_defaults() -> None:
+    detector = build_detector(TINY, seed=0).optimize_for_inference(
+        InferenceOptions(res5_chunk=5, autocast="bf16")
+    )
+    request = detector.requested_options
+    # "meta" is a non-CPU device every machine has: its defaults differ from the CPU's.
+    moved = copy.deepcopy(detector).move_to("meta")
+    assert moved.device == torch.device("meta")
+    assert moved.requested_options == InferenceOptions(device="meta", autocast="bf16", res5_chunk=5)
+    assert moved.options.res5_chunk == 5  # asked for: kept
+    assert moved.options.batch_invariant is False  # default: CPU only
+    assert moved.options.autocast == "none"  # CUDA only
+    assert detector.move_to("cpu").requested_options == request
+    assert detector.options == request.resolve()
+
+
+def test_apply_options_without_folding_keeps_weights() -> None:
+    detector = build_detector(TINY, seed=0)
+    state = {k: v.clone() for k, v in detector.state_dict().items()}
+    detector.apply_options(InferenceOptions(channels_last=True, res5_chunk=2))
+    assert not detector.bn_folded
+    assert detector.options.channels_last and detector.options.res5_chunk == 2
+    for key, value in detector.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert detector.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compile_is_in_place_and_cannot_be_undone() -> None:
+    detector = build_detector(TINY, seed=0)
+    keys = list(detector.state_dict())
+    detector.apply_options(InferenceOptions(compile=True))
+    assert detector.options.compile
+    assert list(detector.state_dict()) == keys  # checkpoints stay loadable/savable
+    with pytest.raises(ValueError, match="compil"):
+        detector.apply_options(InferenceOptions(compile=False))
+    assert detector.move_to("cpu").options.compile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_move_to_cuda_and_back(coffee) -> None:
+    detector = build_detector(TINY, seed=0).optimize_for_inference()
+    (expected,) = detector.detect([coffee])
+    detector.move_to("cuda")
+    assert detector.device.type == "cuda"
+    assert detector.options.channels_last and detector.options.res5_chunk == 100
+    assert detector.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        trunk_cpu = build_detector(TINY, seed=0).backbone(coffee.tensor[None])
+        trunk_cuda = detector.forward_raw(coffee.tensor[None].cuda()).features.cpu()
+    # cuDNN may use TF32: close, not equal.
+    assert (trunk_cuda - trunk_cpu).abs().max() / trunk_cpu.abs().max() < 1e-2
+    assert detector.detect([coffee])[0].num_boxes >= TINY.min_boxes
+    detector.move_to("cpu")
+    assert detector.options == InferenceOptions().resolve()
+    (back,) = detector.detect([coffee])
+    np.testing.assert_array_equal(back.features, expected.features)
