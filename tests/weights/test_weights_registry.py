@@ -76,18 +76,17 @@ def test_records_and_registry_are_immutable() -> None:
     ],
 )
 def test_invalid_records_are_rejected(changes: dict[str, object], match: str) -> None:
-    fields: dict[str, object] = {
-        "name": "t",
-        "kind": "detector",
-        "preset": "p",
-        "license": "l",
-        "description": "d",
-        "hf_repo": "org/t",
-        "files": ("pytorch_model.bin",),
-        **changes,
-    }
+    valid = CheckpointRecord(
+        name="t",
+        kind="detector",
+        preset="p",
+        license="l",
+        description="d",
+        hf_repo="org/t",
+        files=("pytorch_model.bin",),
+    )
     with pytest.raises(ValueError, match=match):
-        CheckpointRecord(**fields)  # type: ignore[arg-type]
+        dataclasses.replace(valid, **changes)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, r in REGISTRY.items() if r.hf_repo is not None))

@@ -39,19 +39,21 @@ CONFIG_BYTES = b'{"model_type": "lxmert"}'
 MakeCache = Callable[..., Path]
 
 
+TEST_RECORD = CheckpointRecord(
+    name="test-detector",
+    kind="detector",
+    preset="vg-r101-c4-attr",
+    license="test",
+    description="test record",
+    hf_repo="test-org/test-detector",
+    files=("pytorch_model.bin",),
+)
+
+
 def record_with(**changes: object) -> CheckpointRecord:
-    """A detector record for tests: name ``test-detector``, one file, changed by ``changes``."""
-    fields: dict[str, object] = {
-        "name": "test-detector",
-        "kind": "detector",
-        "preset": "vg-r101-c4-attr",
-        "license": "test",
-        "description": "test record",
-        "hf_repo": "test-org/test-detector",
-        "files": ("pytorch_model.bin",),
-    }
-    fields.update(changes)
-    return CheckpointRecord(**fields)  # type: ignore[arg-type]
+    """A detector record for tests: name ``test-detector``, one file, changed by ``changes``
+    (validated again, like any record)."""
+    return dataclasses.replace(TEST_RECORD, **changes)
 
 
 def _lock(cache: Path) -> dict[str, str]:
@@ -441,3 +443,19 @@ def test_shipped_checkpoint_digests_match_the_registry() -> None:
     assert found.source == "shipped"
     assert set(found.digests) == set(found.files.values())
     assert found.sha256() == REGISTRY["shapes-detector"].sha256["model.safetensors"]
+
+
+def test_a_cache_where_no_lock_can_be_written_warns_and_still_resolves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the hub cache should be")
+    monkeypatch.setenv("HF_HUB_CACHE", str(blocked))
+    directory = tmp_path / "weights-dir" / DETECTOR
+    directory.mkdir(parents=True)
+    (directory / "pytorch_model.bin").write_bytes(WEIGHTS_BYTES)
+    monkeypatch.setenv(ENV_VAR, str(directory.parent))
+    with pytest.warns(UserWarning, match="could not record checksums.*files stay unpinned"):
+        found = locate_checkpoint(DETECTOR)
+    assert found.path == directory / "pytorch_model.bin"
+    assert blocked.read_text() == "a file where the hub cache should be"
