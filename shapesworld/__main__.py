@@ -3,28 +3,29 @@
     python -m shapesworld render --split test --count 8 --out examples/
 
 writes ``scene_000.png`` ... (RGB PNG, lossless) and ``scenes.json`` (the ground truth of every
-scene, see ``scenes.scene_record``, plus the class, attribute and answer vocabularies).
+scene, see ``records.scene_record``, plus the class, attribute and answer vocabularies).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
 import cv2
 
-from shapesworld.scenes import Split, make_scene, scene_record, split_seeds
+from shapesworld.records import scene_record
+from shapesworld.scenes import Split, make_scene, split_seeds
 from shapesworld.vocab import ANSWERS, COLORS, SHAPES, SPLIT_SEED_BASE
+from weights.files import atomic_write_bytes, atomic_write_text
 
 
 def render(*, split: str, count: int, out: Path, offset: int = 0) -> list[Path]:
     """Write scenes ``offset .. offset + count - 1`` of ``split`` into ``out``; return the PNGs.
 
-    Each file is written to a temporary name and renamed, so no half-written file is left.
+    Each file is replaced atomically (``weights.files``), so no half-written file is left.
     """
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory; pass a directory path")
@@ -35,10 +36,10 @@ def render(*, split: str, count: int, out: Path, offset: int = 0) -> list[Path]:
     for index, seed in enumerate(seeds):
         scene = make_scene(seed)
         name = f"scene_{index:03d}.png"
-        ok, data = cv2.imencode(".png", cv2.cvtColor(scene.image_rgb, cv2.COLOR_RGB2BGR))
+        ok, data = cv2.imencode(".png", scene.image_bgr())
         if not ok:
             raise RuntimeError(f"PNG encoding failed for seed {seed}")
-        _write_atomic(out / name, data.tobytes())
+        atomic_write_bytes(out / name, data.tobytes())
         written.append(out / name)
         records.append({"file": name, **scene_record(scene)})
     meta = {
@@ -49,14 +50,8 @@ def render(*, split: str, count: int, out: Path, offset: int = 0) -> list[Path]:
         "answers": list(ANSWERS),
         "scenes": records,
     }
-    _write_atomic(out / "scenes.json", (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write_text(out / "scenes.json", json.dumps(meta, indent=1) + "\n")
     return written
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,16 +18,22 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from detector.boxes import apply_deltas, clip_boxes, pairwise_iou
-from detector.model import BOX_HEAD_WEIGHTS, Detector
+from detector.boxes import BOX_HEAD_WEIGHTS, apply_deltas, clip_boxes, pairwise_iou
+from detector.model import Detector
+from shapesworld.models import load_trained_detector, prepare_scene
+from shapesworld.questions import scene_questions
 from shapesworld.scenes import Scene, make_split
-from shapesworld.train import LABEL2ANS_FILE, prepare_scene
 from shapesworld.vocab import QUESTION_KINDS, SHAPES
+
+if TYPE_CHECKING:
+    # transformers loads only when VQA is evaluated.
+    from encoder.build import Encoder
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,50 +205,25 @@ def score_answers(
 
 
 @torch.inference_mode()
-def answer_scenes(
-    detector: Detector,
-    model: torch.nn.Module,
-    scenes: Sequence[Scene],
-    *,
-    answers: Sequence[str],
-    max_question_length: int = 20,
-) -> list[str]:
-    """The QA model's argmax answer to every question of every scene, in order."""
-    from encoder.inputs import build_visual_inputs
-    from encoder.tokenizer import encode_text, load_tokenizer
-
-    tokenizer = load_tokenizer()
+def answer_scenes(detector: Detector, encoder: Encoder, scenes: Sequence[Scene]) -> list[str]:
+    """The encoder's most probable answer to every question of every scene, in order
+    (``questions.scene_questions``); the scene's regions come from ``detector``."""
     out: list[str] = []
     for scene in scenes:
-        if not scene.questions:
+        questions = [q.text for q in scene_questions(scene)]
+        if not questions:
             continue
         regions = detector.detect([prepare_scene(scene, detector.config)])[0]
-        questions = [q.text for q in scene.questions]
-        text = encode_text(tokenizer, questions, max_length=max_question_length)
-        visual = build_visual_inputs([regions] * len(questions))
-        logits = model(**vars(text), **vars(visual)).question_answering_score
-        out.extend(answers[int(i)] for i in logits.argmax(dim=1))
+        ranked = encoder.answer([regions] * len(questions), questions, k=1)
+        out.extend(best[0].answer for best in ranked)
     return out
 
 
-def evaluate_vqa(
-    detector: Detector, model: torch.nn.Module, scenes: Sequence[Scene], *, answers: Sequence[str]
-) -> VqaMetrics:
-    """VQA accuracy of the detector + LXMERT pair on ``scenes``."""
-    predicted = answer_scenes(detector, model, scenes, answers=answers)
-    questions = [q for scene in scenes for q in scene.questions]
+def evaluate_vqa(detector: Detector, encoder: Encoder, scenes: Sequence[Scene]) -> VqaMetrics:
+    """VQA accuracy of the detector + encoder pair on ``scenes``."""
+    predicted = answer_scenes(detector, encoder, scenes)
+    questions = [q for scene in scenes for q in scene_questions(scene)]
     return score_answers([q.kind for q in questions], predicted, [q.answer for q in questions])
-
-
-def read_answers(directory: Path) -> list[str]:
-    """The answer list (label order) shipped beside an LXMERT model."""
-    path = directory / LABEL2ANS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; the shapes LXMERT ships its answers there")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, list) or not all(isinstance(a, str) for a in data):
-        raise ValueError(f"{path} must hold a JSON list of answer strings")
-    return data
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,11 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    from detector.checkpoint import load_detector
-    from shapesworld.train import DETECTOR_FILE
-
-    detector = load_detector(args.detector / DETECTOR_FILE)
+    detector = load_trained_detector(args.detector)
     scenes = make_split(args.split, args.count)
     metrics = evaluate_detections(scenes, [detect_standard(detector, s) for s in scenes])
     report: dict[str, object] = {
@@ -269,12 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "detector": vars(metrics),
     }
     if args.lxmert is not None:
-        from encoder.model import build_model
+        from encoder.build import load_encoder
 
-        model = build_model(args.lxmert, head="qa")
-        report["vqa"] = vars(
-            evaluate_vqa(detector, model, scenes, answers=read_answers(args.lxmert))
-        )
+        # The directory's label2ans.json names the answers (Encoder reads it).
+        report["vqa"] = vars(evaluate_vqa(detector, load_encoder(args.lxmert), scenes))
     print(json.dumps(report, indent=1))
     return 0
 

@@ -1,4 +1,4 @@
-"""Questions with answers about a scene's ground truth.
+"""Questions with answers about a scene's ground truth (made from scenes, never the reverse).
 
 Kinds (``vocab.QUESTION_KINDS``), at most ``QUESTIONS_PER_KIND`` of each per scene:
 
@@ -21,16 +21,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shapesworld.scenes import Scene, SceneObject
 from shapesworld.vocab import COLORS, SHAPE_PLURALS, SHAPES
 
-if TYPE_CHECKING:
-    from shapesworld.scenes import SceneObject
-
-__all__ = ["QUESTIONS_PER_KIND", "SPATIAL_MARGIN_PERCENT", "Question", "make_questions"]
+__all__ = [
+    "QUESTIONS_PER_KIND",
+    "SPATIAL_MARGIN_PERCENT",
+    "Question",
+    "make_questions",
+    "scene_questions",
+]
 
 QUESTIONS_PER_KIND = 2
 SPATIAL_MARGIN_PERCENT = 10
@@ -43,6 +46,12 @@ class Question:
     text: str
     answer: str
     kind: str
+
+
+def scene_questions(scene: Scene) -> tuple[Question, ...]:
+    """The questions of ``scene``, grouped by kind: :func:`make_questions` of its objects, size
+    and seed (the same questions every time)."""
+    return make_questions(scene.objects, width=scene.width, height=scene.height, seed=scene.seed)
 
 
 def make_questions(

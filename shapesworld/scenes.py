@@ -1,6 +1,8 @@
-"""Seeded synthetic scenes: coloured shapes on gray backgrounds, with boxes and questions.
+"""Seeded synthetic scenes: coloured shapes on gray backgrounds, with their boxes.
 
-A scene is a pure function of its seed. All random draws are integers from
+A scene is data: pixels and ground truth, a pure function of its seed. Questions are made from
+scenes (``questions.scene_questions``), and ``records.scene_record`` writes both as JSON; this
+module imports neither. All random draws are integers from
 ``numpy.random.Generator(PCG64)`` and all pixel arithmetic is integer (polygon vertices in cv2's
 1/16-pixel fixed point, alpha blending in int32, uint8 resizes), so the same seed gives the same
 bytes on any machine.
@@ -18,7 +20,6 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from shapesworld.questions import Question, make_questions
 from shapesworld.vocab import (
     BACKGROUND_MAX,
     BACKGROUND_MIN,
@@ -35,13 +36,12 @@ from shapesworld.vocab import (
 )
 
 __all__ = [
-    "Question",
     "Scene",
     "SceneObject",
+    "Split",
     "make_scene",
     "make_split",
     "object_alpha",
-    "scene_record",
     "split_seeds",
 ]
 
@@ -110,13 +110,11 @@ class Scene:
         seed: the seed that generated it (``make_scene(seed)`` reproduces it exactly).
         image_rgb: uint8 [H, W, 3], RGB order (convert to BGR for the detector), read-only.
         objects: in drawing order; a later object is painted over an earlier one.
-        questions: questions about the scene with their answers, grouped by kind.
     """
 
     seed: int
     image_rgb: np.ndarray = field(repr=False)
     objects: tuple[SceneObject, ...]
-    questions: tuple[Question, ...]
 
     @property
     def height(self) -> int:
@@ -127,6 +125,10 @@ class Scene:
     def width(self) -> int:
         """Image width W in pixels."""
         return int(self.image_rgb.shape[1])
+
+    def image_bgr(self) -> np.ndarray:
+        """The pixels as the detector and ``cv2.imencode`` read them: uint8 [H, W, 3], BGR."""
+        return cv2.cvtColor(self.image_rgb, cv2.COLOR_RGB2BGR)
 
     def class_ids(self) -> np.ndarray:
         """Object class ids, int64 [N], indices into ``vocab.SHAPES``."""
@@ -166,7 +168,7 @@ def make_split(split: Split, count: int, *, offset: int = 0) -> list[Scene]:
 
 
 def make_scene(seed: int) -> Scene:
-    """Render the scene of ``seed`` (a non-negative int): image, objects and questions."""
+    """Render the scene of ``seed`` (a non-negative int): image and objects."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     seed = int(seed)
@@ -187,8 +189,7 @@ def make_scene(seed: int) -> Scene:
         image += noise - 2 * amplitude
     pixels = np.clip(image, 0, 255).astype(np.uint8)
     pixels.setflags(write=False)
-    questions = make_questions(objects, width=width, height=height, seed=seed)
-    return Scene(seed=seed, image_rgb=pixels, objects=tuple(objects), questions=questions)
+    return Scene(seed=seed, image_rgb=pixels, objects=tuple(objects))
 
 
 def object_alpha(obj: SceneObject, *, height: int, width: int) -> np.ndarray:
@@ -379,30 +380,3 @@ def _paint(image: np.ndarray, obj: SceneObject, rgb: tuple[int, int, int]) -> No
     a = alpha.astype(np.int32)[:, :, None]
     color = np.asarray(rgb, dtype=np.int32)[None, None, :]
     region[...] = (region.astype(np.int32) * (255 - a) + color * a + 127) // 255
-
-
-def scene_record(scene: Scene) -> dict[str, object]:
-    """JSON-ready ground truth of a scene (everything but the pixels).
-
-    Keys: seed, width, height, objects (shape, color, size, box xyxy raw-image pixels, class_id,
-    attribute_id), questions (text, answer, kind).
-    """
-    return {
-        "seed": scene.seed,
-        "width": scene.width,
-        "height": scene.height,
-        "objects": [
-            {
-                "shape": o.shape,
-                "color": o.color,
-                "size": o.size,
-                "box": list(o.box),
-                "class_id": o.class_id,
-                "attribute_id": o.attribute_id,
-            }
-            for o in scene.objects
-        ],
-        "questions": [
-            {"text": q.text, "answer": q.answer, "kind": q.kind} for q in scene.questions
-        ],
-    }

@@ -2,66 +2,65 @@
 
     python -m shapesworld.train --out weights/shipped --seed 0 [--stage detector|lxmert|all]
 
-writes ``<out>/shapes-detector/`` (``model.safetensors`` with its config in the metadata,
-``objects_vocab.txt``, ``attributes_vocab.txt``) and ``<out>/shapes-lxmert/`` (``config.json``,
-``model.safetensors`` from ``save_pretrained``, ``label2ans.json``). The ``lxmert`` stage reads
-the detector from ``<out>/shapes-detector/``.
+writes ``<out>/shapes-detector/`` and ``<out>/shapes-lxmert/`` (files: see
+:mod:`shapesworld.models`). The ``lxmert`` stage reads the detector from
+``<out>/shapes-detector/``.
 
-Detector: the ``detector/`` model with the :data:`SHAPES_DETECTOR` config, trained from scratch
-on fresh train-split scenes (one image per step) with :mod:`detector.training`'s losses.
+Detector: the ``detector/`` model with the "shapes" preset, trained from scratch on fresh
+train-split scenes (one image per step) with :mod:`detector.training`'s losses.
 LXMERT: a small :class:`~transformers.LxmertConfig`; the trained detector's regions of
 train-split scenes are extracted once and cached in memory; then pretraining with the
 encoder's targets (masked LM on captions made from the ground truth, masked object prediction
 against the detector's labels with feature regression, image-caption matching, QA), then
-question-answering fine-tuning. Everything is seeded; scenes come from the ``train`` split only
-(``val``/``heldout`` are for evaluation).
+question-answering fine-tuning. All three run in :func:`shapesworld.schedule.run_schedule`.
+Everything is seeded; scenes come from the ``train`` split only (``val``/``heldout`` are for
+evaluation).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 
-from detector.checkpoint import save_detector
-from detector.config import DetectorConfig, get_preset
 from detector.model import Detector, build_detector
-from detector.preprocess import PreparedImage, preprocess_for
 from detector.structures import RegionFeatures
 from detector.training import (
+    DetectorLosses,
     Targets,
     TrainingConfig,
     detector_losses,
     trainable_parameters,
 )
-from detector.vocab import ATTRIBUTES_FILE, OBJECTS_FILE
+from shapesworld.models import (
+    DETECTOR_DIR,
+    LABEL2ANS_FILE,
+    LXMERT_DIR,
+    load_trained_detector,
+    prepare_scene,
+    shapes_detector_config,
+    write_detector,
+    write_lxmert,
+)
+from shapesworld.questions import Question, scene_questions
 from shapesworld.scenes import Scene, make_scene, split_seeds
+from shapesworld.schedule import Schedule, TotalLoss, adamw, log, run_schedule
 from shapesworld.vocab import ANSWERS, COLORS, SHAPES
 
-DETECTOR_DIR = "shapes-detector"
-LXMERT_DIR = "shapes-lxmert"
-DETECTOR_FILE = "model.safetensors"
-LABEL2ANS_FILE = "label2ans.json"
+if TYPE_CHECKING:
+    # transformers and the encoder load in the LXMERT stage only (seconds of imports).
+    from transformers import LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering
 
-#: The shapes-world detector: the same C4 Faster R-CNN code, tiny. Images resize to a short
-#: side of 288 (long side <= 480), so that even small objects (43..107 px squares, hence square
-#: anchors of 36..144 px) span several stride-16 cells: at 192 the classifier barely told the
-#: shapes apart. RoIs pool to 7x7 and res5 is undilated (dilated convs take PyTorch's slow CPU
-#: path in backward). Regions: bottom-up selection, 4..16 boxes.
-#: The detector preset the shipped model was trained with (``detector.config`` preset "shapes").
-SHAPES_DETECTOR = get_preset("shapes")
-if (SHAPES_DETECTOR.num_classes, SHAPES_DETECTOR.num_attributes) != (len(SHAPES), len(COLORS)):
-    raise RuntimeError("detector preset 'shapes' does not match shapesworld.vocab")
-
+    from encoder.answers import AnswerTable
+    from encoder.build import Encoder
+    from encoder.pretrain import PretrainingExample, PretrainingLosses
+    from encoder.tokenizer import LxmertTokenizer
 
 #: Detectron2's matching and sampling; 64 RoIs per image (a scene has at most 6 objects).
 SHAPES_TRAINING = TrainingConfig(roi_batch_size_per_image=64)
@@ -83,6 +82,17 @@ class DetectorRecipe:
     """Gradient-norm clip."""
     losses: TrainingConfig = SHAPES_TRAINING
     """Matching, sampling and loss settings."""
+
+    def schedule(self, *, log_every: int = 100) -> Schedule:
+        """The detector stage's schedule (logging the loss means every ``log_every`` steps)."""
+        return Schedule(
+            name="detector",
+            steps=self.steps,
+            peak_lr=self.lr,
+            warmup=self.warmup,
+            clip_norm=self.clip_norm,
+            log_every=log_every,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ class LxmertRecipe:
     finetune_steps: int = 8000
     lr: float = 5e-4
     warmup: int = 150
+    clip_norm: float = 1.0
+    """Gradient-norm clip of both stages."""
     initializer_range: float = 0.1
     """Std of the initial weights. BERT's 0.02 suits width 768; at width 64 it leaves every
     attention map uniform and the gradients on queries and keys tiny, and QA stayed at the
@@ -113,23 +125,18 @@ class LxmertRecipe:
     weight_decay: float = 0.01
     max_question_length: int = 20
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.pretrain_batch_size <= self.scenes:
+            raise ValueError(
+                f"LxmertRecipe needs 1 <= pretrain_batch_size <= scenes, got "
+                f"pretrain_batch_size={self.pretrain_batch_size}, scenes={self.scenes}"
+            )
 
-def cosine_lr(step: int, *, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def scene_bgr(scene: Scene) -> np.ndarray:
-    """The scene's pixels as the detector reads them: uint8 ``[H, W, 3]`` BGR."""
-    return cv2.cvtColor(scene.image_rgb, cv2.COLOR_RGB2BGR)
-
-
-def prepare_scene(scene: Scene, config: DetectorConfig) -> PreparedImage:
-    """Preprocess a scene for a detector with ``config`` (image id ``seed-<seed>``)."""
-    return preprocess_for(scene_bgr(scene), config, image_id=f"seed-{scene.seed}")
+    def schedule(self, name: str, steps: int) -> Schedule:
+        """The schedule of one LXMERT stage (both share peak rate, warm-up and clip)."""
+        return Schedule(
+            name=name, steps=steps, peak_lr=self.lr, warmup=self.warmup, clip_norm=self.clip_norm
+        )
 
 
 def scene_targets(scene: Scene, scale: float) -> Targets:
@@ -139,10 +146,6 @@ def scene_targets(scene: Scene, scale: float) -> Targets:
         classes=torch.from_numpy(scene.class_ids()),
         attributes=torch.from_numpy(scene.attribute_ids()),
     )
-
-
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def train_detector(
@@ -159,65 +162,74 @@ def train_detector(
     (so a long run can be evaluated while it trains).
     """
     torch.manual_seed(seed)
-    config = SHAPES_DETECTOR
+    config = shapes_detector_config()
     detector = build_detector(
         config, seed=seed, object_names=list(SHAPES), attribute_names=list(COLORS)
     )
-    detector.train()
     params = trainable_parameters(detector, train_norm=True)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+    optimizer = adamw(
+        decay=[p for p in params if p.ndim > 1],
+        no_decay=[p for p in params if p.ndim <= 1],
         lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
     )
     generator = torch.Generator().manual_seed(seed)
-    running: dict[str, float] = {}
     # Scene order is a seeded permutation of the first `steps` train seeds.
     order = np.random.default_rng(seed).permutation(recipe.steps)
     seeds = split_seeds("train", recipe.steps)
-    start = time.perf_counter()
-    for step in range(recipe.steps):
+
+    def losses_of_step(step: int) -> DetectorLosses:
         scene = make_scene(seeds[int(order[step])])
         image = prepare_scene(scene, config)
         targets = scene_targets(scene, image.scale)
-        lr = cosine_lr(step, total=recipe.steps, warmup=recipe.warmup, peak=recipe.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses = detector_losses(
+        return detector_losses(
             detector, image.tensor[None], [targets], config=recipe.losses, generator=generator
         )
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        torch.nn.utils.clip_grad_norm_(params, recipe.clip_norm)
-        optimizer.step()
-        for key, value in losses.as_floats().items():
-            running[key] = running.get(key, 0.0) + value
-        if (step + 1) % log_every == 0:
-            means = " ".join(f"{k}={v / log_every:.3f}" for k, v in running.items())
-            elapsed = time.perf_counter() - start
-            _log(f"detector step {step + 1}/{recipe.steps} lr={lr:.2e} {means} ({elapsed:.0f}s)")
-            running = {}
+
+    def snapshot(step: int) -> None:
         if snapshot_dir is not None and (step + 1) % snapshot_every == 0:
             write_detector(detector, snapshot_dir)
-    return detector.eval()
 
-
-def write_detector(detector: Detector, directory: Path) -> Path:
-    """``model.safetensors`` plus the two vocabulary files into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (DETECTOR_FILE + ".tmp.safetensors")
-    save_detector(detector, tmp)
-    os.replace(tmp, directory / DETECTOR_FILE)
-    (directory / OBJECTS_FILE).write_text("\n".join(SHAPES) + "\n", encoding="utf-8")
-    (directory / ATTRIBUTES_FILE).write_text("\n".join(COLORS) + "\n", encoding="utf-8")
-    return directory / DETECTOR_FILE
+    run_schedule(
+        model=detector,
+        optimizer=optimizer,
+        clip_parameters=params,
+        schedule=recipe.schedule(log_every=log_every),
+        losses_of_step=losses_of_step,
+        after_step=snapshot,
+    )
+    return detector
 
 
 # --- LXMERT ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LxmertData:
+    """What the LXMERT stages read of their train-split scenes, aligned by scene index.
+
+    Attributes:
+        scenes: the scenes.
+        questions: each scene's questions (``questions.scene_questions``).
+        regions: each scene's regions from the trained detector (inference path, BN folded).
+    """
+
+    scenes: tuple[Scene, ...]
+    questions: tuple[tuple[Question, ...], ...]
+    regions: tuple[RegionFeatures, ...]
+
+
+def lxmert_data(detector: Detector, count: int) -> LxmertData:
+    """The first ``count`` train-split scenes, their questions and the detector's regions."""
+    # The detector stage trained on train-split scenes too; reusing them here is fine (the
+    # evaluation uses the heldout split).
+    scenes = tuple(make_scene(s) for s in split_seeds("train", count))
+    log(f"extracting regions of {len(scenes)} train scenes")
+    return LxmertData(
+        scenes=scenes,
+        questions=tuple(scene_questions(scene) for scene in scenes),
+        regions=tuple(extract_regions(detector, scenes)),
+    )
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
@@ -243,11 +255,11 @@ def extract_regions(
     for index, scene in enumerate(scenes):
         out.extend(detector.detect([prepare_scene(scene, detector.config)]))
         if (index + 1) % log_every == 0:
-            _log(f"regions {index + 1}/{len(scenes)} ({time.perf_counter() - start:.0f}s)")
+            log(f"regions {index + 1}/{len(scenes)} ({time.perf_counter() - start:.0f}s)")
     return out
 
 
-def lxmert_config(recipe: LxmertRecipe, *, visual_feat_dim: int) -> object:
+def lxmert_config(recipe: LxmertRecipe, *, visual_feat_dim: int) -> LxmertConfig:
     """A small :class:`~transformers.LxmertConfig` for the shapes world."""
     from transformers import LxmertConfig
 
@@ -272,165 +284,161 @@ def lxmert_config(recipe: LxmertRecipe, *, visual_feat_dim: int) -> object:
 
 
 def _batches(count: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless shuffled index batches over ``range(count)``."""
-    while True:
-        order = rng.permutation(count)
-        for start in range(0, count - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
+    """Endless shuffled index batches over ``range(count)`` (a reshuffle per pass; the last
+    partial batch of a pass is dropped)."""
+    if not 1 <= batch_size <= count:
+        raise ValueError(f"cannot fill batches of {batch_size} from {count} examples")
+
+    def endless() -> Iterator[np.ndarray]:
+        while True:
+            order = rng.permutation(count)
+            for start in range(0, count - batch_size + 1, batch_size):
+                yield order[start : start + batch_size]
+
+    return endless()
 
 
-def _optimizer(model: torch.nn.Module, recipe: LxmertRecipe) -> torch.optim.Optimizer:
+def _lxmert_adamw(model: torch.nn.Module, recipe: LxmertRecipe) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights (BERT's rule)."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         (no_decay if param.ndim <= 1 or "LayerNorm" in name else decay).append(param)
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=recipe.lr,
-    )
+    return adamw(decay=decay, no_decay=no_decay, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def _run_schedule(
+def _pretraining_example(
+    data: LxmertData, index: int, rng: np.random.Generator
+) -> PretrainingExample:
+    """Scene ``index`` with a caption (half the time, or when it has no question) or one of
+    its questions and that question's answer: LXMERT pretrains on both."""
+    from encoder.pretrain import PretrainingExample
+
+    questions = data.questions[index]
+    if rng.random() < 0.5 or not questions:
+        text, answer = caption(data.scenes[index], rng), None
+    else:
+        question = questions[int(rng.integers(len(questions)))]
+        text, answer = question.text, question.answer
+    return PretrainingExample(regions=data.regions[index], caption=text, answer=answer)
+
+
+def pretrain(
+    model: LxmertForPreTraining,
+    data: LxmertData,
     *,
-    name: str,
-    model: torch.nn.Module,
+    tokenizer: LxmertTokenizer,
+    table: AnswerTable,
     recipe: LxmertRecipe,
-    steps: int,
-    loss_of_batch: Callable[[int], dict[str, torch.Tensor]],
-    log_every: int = 100,
+    seed: int,
+    rng: np.random.Generator,
 ) -> None:
-    optimizer = _optimizer(model, recipe)
-    model.train()
-    running: dict[str, float] = {}
-    start = time.perf_counter()
-    for step in range(steps):
-        lr = cosine_lr(step, total=steps, warmup=recipe.warmup, peak=recipe.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        terms = loss_of_batch(step)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        for key, value in terms.items():
-            running[key] = running.get(key, 0.0) + float(value.detach())
-        if (step + 1) % log_every == 0:
-            means = " ".join(f"{k}={v / log_every:.3f}" for k, v in running.items())
-            elapsed = time.perf_counter() - start
-            _log(f"{name} step {step + 1}/{steps} lr={lr:.2e} {means} ({elapsed:.0f}s)")
-            running = {}
-    model.eval()
+    """Pretrain ``model`` in place for ``recipe.pretrain_steps`` steps (masked LM, masked
+    objects, matching, QA; targets drawn with ``seed`` and the step)."""
+    from encoder.pretrain import pretraining_step
 
+    batches = _batches(len(data.scenes), recipe.pretrain_batch_size, rng)
 
-def train_lxmert(detector: Detector, *, seed: int, recipe: LxmertRecipe = LxmertRecipe()) -> object:
-    """Pretrain then fine-tune a small LXMERT on the detector's regions; returns the QA model."""
-    from transformers import LxmertForPreTraining, LxmertForQuestionAnswering
-
-    from encoder.answers import AnswerTable
-    from encoder.inputs import build_visual_inputs
-    from encoder.losses import ignorable_cross_entropy
-    from encoder.pretrain import PretrainingExample, pretraining_step
-    from encoder.tokenizer import encode_text, load_tokenizer
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    # Seeds disjoint from the detector stage's? Not needed: both are train-split scenes.
-    scenes = [make_scene(s) for s in split_seeds("train", recipe.scenes)]
-    _log(f"extracting regions of {len(scenes)} train scenes")
-    regions = extract_regions(detector, scenes)
-    tokenizer = load_tokenizer()
-    table = AnswerTable(name=LABEL2ANS_FILE, answers=tuple(ANSWERS))
-    config = lxmert_config(recipe, visual_feat_dim=detector.config.feature_dim)
-
-    pretrain = LxmertForPreTraining(config)  # type: ignore[arg-type]
-    batches = _batches(len(scenes), recipe.pretrain_batch_size, rng)
-
-    def pretrain_batch(step: int) -> dict[str, torch.Tensor]:
-        indices = next(batches)
-        examples = []
-        for i in indices:
-            scene = scenes[int(i)]
-            # LXMERT pretrains on captions and on questions (with their answers).
-            if rng.random() < 0.5 or not scene.questions:
-                text, answer = caption(scene, rng), None
-            else:
-                question = scene.questions[int(rng.integers(len(scene.questions)))]
-                text, answer = question.text, question.answer
-            examples.append(
-                PretrainingExample(regions=regions[int(i)], caption=text, answer=answer)
-            )
-        losses = pretraining_step(
-            pretrain, tokenizer, examples, seed=seed * 1_000_003 + step, answer_table=table
+    def losses_of_step(step: int) -> PretrainingLosses:
+        examples = [_pretraining_example(data, int(i), rng) for i in next(batches)]
+        return pretraining_step(
+            model, tokenizer, examples, seed=seed * 1_000_003 + step, answer_table=table
         )
-        return {
-            k: getattr(losses, k)
-            for k in ("total", "masked_lm", "matched", "obj", "attr", "feat", "qa")
-        }
 
-    _log("LXMERT pretraining")
-    _run_schedule(
-        name="pretrain",
-        model=pretrain,
-        recipe=recipe,
-        steps=recipe.pretrain_steps,
-        loss_of_batch=pretrain_batch,
+    run_schedule(
+        model=model,
+        optimizer=_lxmert_adamw(model, recipe),
+        clip_parameters=list(model.parameters()),
+        schedule=recipe.schedule("pretrain", recipe.pretrain_steps),
+        losses_of_step=losses_of_step,
     )
 
-    qa = LxmertForQuestionAnswering(config)  # type: ignore[arg-type]
-    missing, unexpected = qa.load_state_dict(pretrain.state_dict(), strict=False)
+
+def finetune(
+    encoder: Encoder,
+    data: LxmertData,
+    *,
+    table: AnswerTable,
+    recipe: LxmertRecipe,
+    rng: np.random.Generator,
+) -> None:
+    """Fine-tune ``encoder.model`` in place on question answering for
+    ``recipe.finetune_steps`` steps, its inputs built by :meth:`Encoder.model_inputs`."""
+    from encoder.answers import answer_labels
+    from encoder.losses import ignorable_cross_entropy
+
+    pairs = [(index, q) for index, questions in enumerate(data.questions) for q in questions]
+    batches = _batches(len(pairs), recipe.batch_size, rng)
+
+    def losses_of_step(step: int) -> TotalLoss:
+        del step  # batches come from the shuffled stream
+        picked = [pairs[int(j)] for j in next(batches)]
+        inputs = encoder.model_inputs(
+            [data.regions[index] for index, _ in picked], [q.text for _, q in picked]
+        )
+        labels = answer_labels([q.answer for _, q in picked], table)
+        logits = encoder.model(**inputs).question_answering_score
+        return TotalLoss(total=ignorable_cross_entropy(logits, labels))
+
+    run_schedule(
+        model=encoder.model,
+        optimizer=_lxmert_adamw(encoder.model, recipe),
+        clip_parameters=list(encoder.model.parameters()),
+        schedule=recipe.schedule("finetune", recipe.finetune_steps),
+        losses_of_step=losses_of_step,
+    )
+
+
+def _qa_model(pretrained: LxmertForPreTraining) -> LxmertForQuestionAnswering:
+    """A QA model (fresh QA head) carrying every weight it shares with ``pretrained``."""
+    from transformers import LxmertForQuestionAnswering
+
+    qa = LxmertForQuestionAnswering(pretrained.config)
+    missing, unexpected = qa.load_state_dict(pretrained.state_dict(), strict=False)
     if missing:
         raise RuntimeError(f"pretrained LXMERT lacks QA-model weights: {missing}")
     del unexpected  # the pretraining heads (cls, obj_predict_head) are not part of QA
-    questions = [(i, q) for i, scene in enumerate(scenes) for q in scene.questions]
-    question_batches = _batches(len(questions), recipe.batch_size, rng)
-
-    def qa_batch(step: int) -> dict[str, torch.Tensor]:
-        del step
-        picked = [questions[int(j)] for j in next(question_batches)]
-        text = encode_text(
-            tokenizer, [q.text for _, q in picked], max_length=recipe.max_question_length
-        )
-        visual = build_visual_inputs([regions[i] for i, _ in picked])
-        labels = torch.tensor([table.label(q.answer) for _, q in picked], dtype=torch.long)
-        logits = qa(**vars(text), **vars(visual)).question_answering_score
-        return {"total": ignorable_cross_entropy(logits, labels)}
-
-    _log("LXMERT question-answering fine-tuning")
-    _run_schedule(
-        name="finetune",
-        model=qa,
-        recipe=recipe,
-        steps=recipe.finetune_steps,
-        loss_of_batch=qa_batch,
-    )
     return qa
 
 
-def write_lxmert(model: object, directory: Path) -> Path:
-    """``save_pretrained`` (config.json + model.safetensors) and ``label2ans.json``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)  # type: ignore[attr-defined]
-    (directory / LABEL2ANS_FILE).write_text(json.dumps(list(ANSWERS)) + "\n", encoding="utf-8")
-    return directory
+def train_lxmert(
+    detector: Detector, *, seed: int, recipe: LxmertRecipe = LxmertRecipe()
+) -> LxmertForQuestionAnswering:
+    """Pretrain then fine-tune a small LXMERT on the detector's regions; returns the QA model
+    (eval mode)."""
+    from transformers import LxmertForPreTraining
+
+    from encoder.answers import AnswerTable
+    from encoder.build import Encoder
+    from encoder.config import EncoderConfig
+    from encoder.tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    data = lxmert_data(detector, recipe.scenes)
+    tokenizer = load_tokenizer()
+    table = AnswerTable(name=LABEL2ANS_FILE, answers=tuple(ANSWERS))
+    model = LxmertForPreTraining(lxmert_config(recipe, visual_feat_dim=detector.config.feature_dim))
+    log("LXMERT pretraining")
+    pretrain(model, data, tokenizer=tokenizer, table=table, recipe=recipe, seed=seed, rng=rng)
+    qa = _qa_model(model)
+    encoder = Encoder(
+        config=EncoderConfig(
+            checkpoint=LXMERT_DIR, head="qa", max_question_length=recipe.max_question_length
+        ),
+        model=qa,
+        tokenizer=tokenizer,
+        answers=table,
+    )
+    log("LXMERT question-answering fine-tuning")
+    finetune(encoder, data, table=table, recipe=recipe, rng=rng)
+    return qa
 
 
-def load_trained_detector(directory: Path) -> Detector:
-    """The detector written by the detector stage, ready for inference."""
-    from detector.checkpoint import load_detector
-
-    path = directory / DETECTOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; run the detector stage first (--stage detector or all)"
-        )
-    return load_detector(path)
+# --- command line ---------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shapesworld.train", description=__doc__.split("\n")[0]
     )
@@ -444,32 +452,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lxmert-scenes", type=int, default=LxmertRecipe.scenes)
     parser.add_argument("--pretrain-steps", type=int, default=LxmertRecipe.pretrain_steps)
     parser.add_argument("--finetune-steps", type=int, default=LxmertRecipe.finetune_steps)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        detector_recipe = DetectorRecipe(steps=args.detector_steps)
+        lxmert_recipe = LxmertRecipe(
+            scenes=args.lxmert_scenes,
+            pretrain_steps=args.pretrain_steps,
+            finetune_steps=args.finetune_steps,
+        )
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     # Tiny gradients and Adam moments go subnormal, which is very slow on x86 without this.
     torch.set_flush_denormal(True)
     start = time.perf_counter()
     if args.stage in ("detector", "all"):
         detector = train_detector(
-            seed=args.seed,
-            recipe=DetectorRecipe(steps=args.detector_steps),
-            snapshot_dir=args.out / DETECTOR_DIR,
+            seed=args.seed, recipe=detector_recipe, snapshot_dir=args.out / DETECTOR_DIR
         )
         path = write_detector(detector, args.out / DETECTOR_DIR)
-        _log(f"wrote {path} ({time.perf_counter() - start:.0f}s so far)")
+        log(f"wrote {path} ({time.perf_counter() - start:.0f}s so far)")
     if args.stage in ("lxmert", "all"):
         detector = load_trained_detector(args.out / DETECTOR_DIR)
-        recipe = LxmertRecipe(
-            scenes=args.lxmert_scenes,
-            pretrain_steps=args.pretrain_steps,
-            finetune_steps=args.finetune_steps,
-        )
-        model = train_lxmert(detector, seed=args.seed, recipe=recipe)
+        model = train_lxmert(detector, seed=args.seed, recipe=lxmert_recipe)
         path = write_lxmert(model, args.out / LXMERT_DIR)
-        _log(f"wrote {path} ({time.perf_counter() - start:.0f}s so far)")
-    _log(f"done in {time.perf_counter() - start:.0f}s")
+        log(f"wrote {path} ({time.perf_counter() - start:.0f}s so far)")
+    log(f"done in {time.perf_counter() - start:.0f}s")
     return 0
 
 

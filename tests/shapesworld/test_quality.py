@@ -1,8 +1,8 @@
 """Quality of the shipped shapes-world models on held-out scenes, and the metrics themselves.
 
 The held-out split (``vocab.SPLIT_SEED_BASE["heldout"]``) is never used by training.
-Thresholds are those of issue 7: detector mAP@0.5 >= 0.90, attribute accuracy >= 0.90 on
-matched boxes, VQA accuracy >= 0.85 overall.
+Thresholds are the README's ("Shapes world", quality table): detector mAP@0.5 >= 0.90,
+attribute accuracy >= 0.90 on matched boxes, VQA accuracy >= 0.85 overall.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector.model import Detector
 from shapesworld.evaluate import (
     Detections,
     DetectorMetrics,
@@ -20,12 +21,11 @@ from shapesworld.evaluate import (
     detect_standard,
     evaluate_detections,
     evaluate_vqa,
-    read_answers,
     score_answers,
     voc_average_precision,
 )
+from shapesworld.models import DETECTOR_DIR, DETECTOR_FILE, LABEL2ANS_FILE, LXMERT_DIR
 from shapesworld.scenes import Scene, make_scene, make_split
-from shapesworld.train import DETECTOR_DIR, DETECTOR_FILE, LXMERT_DIR
 from shapesworld.vocab import ANSWERS, QUESTION_KINDS
 
 SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "shipped"
@@ -128,7 +128,7 @@ def heldout() -> list[Scene]:
 
 
 @pytest.fixture(scope="module")
-def detector() -> torch.nn.Module:
+def detector() -> Detector:
     from detector.checkpoint import load_detector
 
     # One thread: with other jobs on a 2-core machine, two threads spin against each other
@@ -138,7 +138,7 @@ def detector() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def detector_metrics(detector: torch.nn.Module, heldout: list[Scene]) -> DetectorMetrics:
+def detector_metrics(detector: Detector, heldout: list[Scene]) -> DetectorMetrics:
     return evaluate_detections(heldout, [detect_standard(detector, s) for s in heldout])
 
 
@@ -152,7 +152,7 @@ def test_shipped_detector_attribute_accuracy(detector_metrics: DetectorMetrics) 
     assert detector_metrics.attribute_accuracy >= 0.90, detector_metrics
 
 
-def test_shipped_detector_vocabularies(detector: torch.nn.Module) -> None:
+def test_shipped_detector_vocabularies(detector: Detector) -> None:
     from shapesworld.vocab import COLORS, SHAPES
 
     assert detector.object_names == list(SHAPES)
@@ -160,14 +160,13 @@ def test_shipped_detector_vocabularies(detector: torch.nn.Module) -> None:
 
 
 @pytest.fixture(scope="module")
-def vqa_metrics(detector: torch.nn.Module, heldout: list[Scene]) -> VqaMetrics:
-    from encoder.model import build_model
+def vqa_metrics(detector: Detector, heldout: list[Scene]) -> VqaMetrics:
+    from encoder.build import load_encoder
 
-    directory = _shipped(LXMERT_DIR, "config.json").parent
-    answers = read_answers(directory)
-    assert answers == list(ANSWERS)
-    model = build_model(directory, head="qa")
-    return evaluate_vqa(detector, model, heldout, answers=answers)
+    directory = _shipped(LXMERT_DIR, LABEL2ANS_FILE).parent
+    encoder = load_encoder(directory)
+    assert encoder.answers is not None and encoder.answers.answers == ANSWERS
+    return evaluate_vqa(detector, encoder, heldout)
 
 
 def test_shipped_lxmert_vqa_accuracy(vqa_metrics: VqaMetrics) -> None:

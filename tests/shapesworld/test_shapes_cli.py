@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,10 +13,19 @@ import pytest
 from PIL import Image
 
 from shapesworld.__main__ import main
-from shapesworld.scenes import make_scene, scene_record
+from shapesworld.records import scene_record
+from shapesworld.scenes import make_scene
 from shapesworld.vocab import ANSWERS, COLORS, SHAPES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# sha256 of json.dumps(scene_record(make_scene(seed)), indent=1): the ground truth and questions
+# as scenes.json holds them. A change means the same seed no longer gives the same record.
+GOLDEN_RECORDS = {
+    0: "5cd20505ead28f5fd9b30a28c4e4f1ac334047404acb4bb38a002e84d6d1106d",
+    10_000_004: "0e1b643737826eaf189aff5f4801bc4b2d698e67bfac5892a8a78506b4032a32",
+    30_000_000: "eb224b4b9e701462c1df80e01ce0ea682f97072d1b9f329de7a37b2bdacde779",
+}
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -48,6 +58,12 @@ def test_render_round_trip(tmp_path):
         np.testing.assert_array_equal(_read_rgb(out / record["file"]), scene.image_rgb)
         expected = json.loads(json.dumps(scene_record(scene)))
         assert {k: v for k, v in record.items() if k != "file"} == expected
+
+
+@pytest.mark.parametrize("seed", sorted(GOLDEN_RECORDS))
+def test_golden_records(seed):
+    text = json.dumps(scene_record(make_scene(seed)), indent=1)
+    assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN_RECORDS[seed]
 
 
 def test_render_rejects_bad_arguments(tmp_path, capsys):

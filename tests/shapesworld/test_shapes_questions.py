@@ -6,10 +6,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from shapesworld.questions import make_questions
-from shapesworld.scenes import make_split
+from shapesworld.questions import make_questions, scene_questions
+from shapesworld.scenes import Scene, make_split
 from shapesworld.vocab import ANSWERS, COLORS, QUESTION_KINDS, QUESTION_WORDS, SHAPES
 
 BERT_VOCAB = (
@@ -75,7 +76,7 @@ def _expected(question, scene):
 
 def test_answers_match_independent_reading(scenes):
     for scene in scenes:
-        for q in scene.questions:
+        for q in scene_questions(scene):
             assert q.answer == _expected(q, scene), (scene.seed, q)
 
 
@@ -85,7 +86,7 @@ def test_words_in_bert_vocab_and_answers_in_answer_vocab(scenes, bert_words):
     assert set(ANSWERS).issubset(bert_words)
     assert len(set(ANSWERS)) == len(ANSWERS)
     for scene in scenes:
-        for q in scene.questions:
+        for q in scene_questions(scene):
             assert q.text == q.text.lower() and q.text.endswith("?")
             words = q.text[:-1].split(" ")
             assert set(words) <= QUESTION_WORDS, q.text
@@ -94,30 +95,41 @@ def test_words_in_bert_vocab_and_answers_in_answer_vocab(scenes, bert_words):
 
 
 def test_kinds_answers_and_no_duplicates(scenes):
-    kinds = Counter(q.kind for s in scenes for q in s.questions)
+    kinds = Counter(q.kind for s in scenes for q in scene_questions(s))
     assert set(kinds) == set(QUESTION_KINDS)
     # Every kind is asked in most scenes.
     assert min(kinds.values()) >= 0.75 * len(scenes)
-    answers = Counter(q.answer for s in scenes for q in s.questions)
+    answers = Counter(q.answer for s in scenes for q in scene_questions(s))
     assert set(SHAPES) | set(COLORS) | {"yes", "no", "0", "1", "2", "3"} <= set(answers)
     for scene in scenes:
-        texts = [q.text for q in scene.questions]
+        texts = [q.text for q in scene_questions(scene)]
         assert len(texts) == len(set(texts))
-        order = [QUESTION_KINDS.index(q.kind) for q in scene.questions]
+        order = [QUESTION_KINDS.index(q.kind) for q in scene_questions(scene)]
         assert order == sorted(order)
 
 
 @pytest.mark.parametrize("kind", ["exist", "spatial"])
 def test_yes_no_balanced(scenes, kind):
-    answers = Counter(q.answer for s in scenes for q in s.questions if q.kind == kind)
+    answers = Counter(q.answer for s in scenes for q in scene_questions(s) if q.kind == kind)
     assert set(answers) == {"yes", "no"}
     share = answers["yes"] / (answers["yes"] + answers["no"])
     assert 0.45 <= share <= 0.55, answers
 
 
-def test_questions_reproducible_from_ground_truth(scenes):
+def test_questions_come_from_ground_truth_and_seed_only(scenes):
     for scene in scenes[:50]:
-        again = make_questions(
+        # The pixels play no part: a blank image with the same objects asks the same.
+        blank = Scene(
+            seed=scene.seed, image_rgb=np.zeros_like(scene.image_rgb), objects=scene.objects
+        )
+        expected = make_questions(
             scene.objects, width=scene.width, height=scene.height, seed=scene.seed
         )
-        assert again == scene.questions
+        assert scene_questions(blank) == scene_questions(scene) == expected
+    # The seed draws which questions are asked: another seed asks others of most scenes.
+    changed = sum(
+        make_questions(s.objects, width=s.width, height=s.height, seed=s.seed + 1)
+        != scene_questions(s)
+        for s in scenes[:50]
+    )
+    assert changed >= 25
