@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from transformers import LxmertConfig
 
@@ -95,9 +97,9 @@ def make_regions(
     )
 
 
-def tiny_config(**overrides: object) -> LxmertConfig:
+def tiny_config(**overrides: Any) -> LxmertConfig:
     """A seconds-fast LXMERT: hidden 32, 2 heads, one layer per encoder, no dropout."""
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "vocab_size": len(SMALL_VOCAB),
         "hidden_size": 32,
         "num_attention_heads": 2,

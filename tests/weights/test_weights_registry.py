@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_records_and_registry_are_immutable() -> None:
         ({"revision": " main"}, "revision"),
     ],
 )
-def test_invalid_records_are_rejected(changes: dict[str, object], match: str) -> None:
+def test_invalid_records_are_rejected(changes: dict[str, Any], match: str) -> None:
     valid = CheckpointRecord(
         name="t",
         kind="detector",

@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub  # imported before the env is patched: resolution must not care
 import pytest
@@ -50,7 +51,7 @@ TEST_RECORD = CheckpointRecord(
 )
 
 
-def record_with(**changes: object) -> CheckpointRecord:
+def record_with(**changes: Any) -> CheckpointRecord:
     """A detector record for tests: name ``test-detector``, one file, changed by ``changes``
     (validated again, like any record)."""
     return dataclasses.replace(TEST_RECORD, **changes)
