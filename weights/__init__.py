@@ -2,15 +2,22 @@
 
 ``python -m weights list`` prints the registry; see ``weights.resolve`` for where checkpoints
 are looked for (including the ``LXMERT_PIPELINE_WEIGHTS`` directory) and ``weights.io`` for
-the formats read. This package imports none of detector/encoder/pipeline. ``weights.io``
-(which imports torch) is loaded only when one of its names is first used.
+the formats read, ``weights.files`` for the one way files are replaced atomically. This
+package imports none of detector/encoder/pipeline. ``weights.io`` (which imports torch) is
+loaded only when one of its names is first used.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from weights.registry import REGISTRY, CheckpointRecord, UnknownCheckpointError, get_record
+from weights.registry import (
+    REGISTRY,
+    REVISION_UNKNOWN,
+    CheckpointRecord,
+    UnknownCheckpointError,
+    get_record,
+)
 from weights.resolve import (
     ENV_VAR,
     LOCK_FILE_NAME,
@@ -44,6 +51,7 @@ __all__ = [
     "ENV_VAR",
     "LOCK_FILE_NAME",
     "REGISTRY",
+    "REVISION_UNKNOWN",
     "CheckpointNotFoundError",
     "CheckpointRecord",
     "ChecksumError",
