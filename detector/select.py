@@ -63,6 +63,15 @@ class Selection:
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
+    def to(self, device: torch.device) -> Selection:
+        """The same selection with every tensor on ``device``."""
+        return Selection(
+            indices=self.indices.to(device),
+            boxes=self.boxes.to(device),
+            object_ids=self.object_ids.to(device),
+            object_conf=self.object_conf.to(device),
+        )
+
 
 def _check_probs(class_probs: Tensor, num_rows: int, name: str) -> int:
     """Validate ``[R, C + 1]`` class probabilities; return C."""
@@ -105,6 +114,35 @@ def _greedy_nms_all_classes(overlap: np.ndarray, scores: np.ndarray) -> np.ndarr
         rows = np.flatnonzero(alive)
         suppressed[rows] |= overlap[current[rows]]
     return kept
+
+
+def _surviving_max_conf(boxes32: Tensor, scores: np.ndarray, nms_thresh: float) -> np.ndarray:
+    """float64 ``[R]``: each box's highest score (float32 ``[C, R]``) at which it survived its
+    class's greedy Caffe NMS over ``boxes32`` (float32 ``[R, 4]``); 0 where it never did."""
+    # One Caffe IoU matrix serves every class; compare in float64 as Cython's float-vs-double
+    # comparison does, so a float32 IoU sitting at the threshold is treated as the reference.
+    iou = pairwise_iou_caffe(boxes32, boxes32).numpy()
+    overlap = iou.astype(np.float64) >= float(nms_thresh)
+    kept = _greedy_nms_all_classes(overlap, scores)
+    # Scores are probabilities (>= 0), so the reference's running max from 0 equals this.
+    max_conf: np.ndarray = np.where(kept, scores, np.float32(0)).max(axis=0, initial=0.0)
+    return max_conf.astype(np.float64)
+
+
+def _bottom_up_selection(keep_boxes: np.ndarray, boxes32: Tensor, scores: np.ndarray) -> Selection:
+    """The :class:`Selection` (on the CPU) of rows ``keep_boxes`` of ``boxes32`` ``[R, 4]``,
+    each with its best class by ``scores`` (float32 ``[C, R]``)."""
+    # copy(): the reversed argsort view has negative strides, which torch refuses.
+    indices = torch.from_numpy(keep_boxes.astype(np.int64, copy=True))
+    # numpy's argmax takes the first of equal maxima, as torch's does.
+    chosen_scores = scores[:, keep_boxes]
+    best = chosen_scores.argmax(axis=0)
+    return Selection(
+        indices=indices,
+        boxes=boxes32[indices],
+        object_ids=torch.from_numpy(best.astype(np.int64)),
+        object_conf=torch.from_numpy(chosen_scores[best, np.arange(len(best))].astype(np.float32)),
+    )
 
 
 def select_bottom_up(
@@ -152,34 +190,14 @@ def select_bottom_up(
 
     boxes32 = proposals.detach().to("cpu", torch.float32)
     probs32 = class_probs.detach().to("cpu", torch.float32)[:, :num_classes]
-    # One Caffe IoU matrix serves every class; compare in float64 as Cython's float-vs-double
-    # comparison does, so a float32 IoU sitting at the threshold is treated as the reference.
-    iou = pairwise_iou_caffe(boxes32, boxes32).numpy()
-    overlap = iou.astype(np.float64) >= float(nms_thresh)
     scores = np.ascontiguousarray(probs32.numpy().T)
-    kept = _greedy_nms_all_classes(overlap, scores)
-    # Scores are probabilities (>= 0), so the reference's running max from 0 equals this.
-    max_conf = np.where(kept, scores, np.float32(0)).max(axis=0, initial=0.0).astype(np.float64)
-
+    max_conf = _surviving_max_conf(boxes32, scores, nms_thresh)
     keep_boxes = np.where(max_conf >= conf_thresh)[0]
     if len(keep_boxes) < min_boxes:
         keep_boxes = np.argsort(max_conf)[::-1][:min_boxes]
     elif len(keep_boxes) > max_boxes:
         keep_boxes = np.argsort(max_conf)[::-1][:max_boxes]
-
-    # copy(): the reversed argsort view has negative strides, which torch refuses.
-    indices = torch.from_numpy(keep_boxes.astype(np.int64, copy=True))
-    # numpy's argmax takes the first of equal maxima, as torch's does.
-    chosen_scores = scores[:, keep_boxes]
-    best = chosen_scores.argmax(axis=0)
-    object_ids = torch.from_numpy(best.astype(np.int64))
-    object_conf = torch.from_numpy(chosen_scores[best, np.arange(len(best))].astype(np.float32))
-    return Selection(
-        indices=indices.to(device),
-        boxes=boxes32[indices].to(device),
-        object_ids=object_ids.to(device),
-        object_conf=object_conf.to(device),
-    )
+    return _bottom_up_selection(keep_boxes, boxes32, scores).to(device)
 
 
 def select_max_class(
@@ -222,42 +240,64 @@ def select_max_class(
             f"pred_boxes must have shape [{num_rows}, {4 * num_classes}] (or [{num_rows}, 4]), "
             f"got {tuple(pred_boxes.shape)}"
         )
-    thresholds = [float(t) for t in nms_thresholds]
-    if not thresholds:
-        raise ValueError("nms_thresholds must not be empty")
     _check_counts(min_boxes, max_boxes)
 
     scores = class_probs.detach().float()[:, :num_classes].to(pred_boxes.device)
     best_scores, best_classes = scores.max(dim=1)
-    boxes = clip_boxes(pred_boxes.detach().float().reshape(-1, 4), image_size)
-    if pred_boxes.shape[1] == 4:
-        best_boxes = boxes
-    else:
-        best_boxes = boxes.view(num_rows, num_classes, 4)[
-            torch.arange(num_rows, device=boxes.device), best_classes
-        ]
-
-    results: list[Tensor] = []
-    for threshold in thresholds:
-        results.append(nms(best_boxes, best_scores, threshold)[:max_boxes])
-        if len(results[-1]) >= min_boxes:
-            break
-    keep = results[-1]
-    if len(keep) < min_boxes:
-        most = max(len(r) for r in results)
-        keep = next(r for r in reversed(results) if len(r) == most)
-        warnings.warn(
-            f"max-class selection found only {most} boxes (min_boxes={min_boxes}) at every NMS "
-            f"threshold {thresholds}; returning those {most}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    best_boxes = _best_class_boxes(pred_boxes, best_classes, image_size)
+    keep = _nms_until_enough(
+        best_boxes,
+        best_scores,
+        nms_thresholds=nms_thresholds,
+        min_boxes=min_boxes,
+        max_boxes=max_boxes,
+    )
     return Selection(
         indices=keep.to(torch.int64),
         boxes=best_boxes[keep],
         object_ids=best_classes[keep],
         object_conf=best_scores[keep],
     )
+
+
+def _best_class_boxes(
+    pred_boxes: Tensor, best_classes: Tensor, image_size: tuple[int, int]
+) -> Tensor:
+    """float32 ``[R, 4]``: each row's box of its ``best_classes`` class from ``pred_boxes``
+    (``[R, C*4]``, or ``[R, 4]`` class-agnostic), clipped to ``image_size`` ``(h, w)``."""
+    boxes = clip_boxes(pred_boxes.detach().float().reshape(-1, 4), image_size)
+    if pred_boxes.shape[1] == 4:
+        return boxes
+    num_rows = pred_boxes.shape[0]
+    return boxes.view(num_rows, -1, 4)[torch.arange(num_rows, device=boxes.device), best_classes]
+
+
+def _nms_until_enough(
+    boxes: Tensor,
+    scores: Tensor,
+    *,
+    nms_thresholds: Sequence[float],
+    min_boxes: int,
+    max_boxes: int,
+) -> Tensor:
+    """Indices kept by class-agnostic NMS at the first threshold leaving ``min_boxes``
+    (truncated to ``max_boxes``); failing that, the largest result, with a warning."""
+    thresholds = [float(t) for t in nms_thresholds]
+    if not thresholds:
+        raise ValueError("nms_thresholds must not be empty")
+    results: list[Tensor] = []
+    for threshold in thresholds:
+        results.append(nms(boxes, scores, threshold)[:max_boxes])
+        if len(results[-1]) >= min_boxes:
+            return results[-1]
+    most = max(len(r) for r in results)
+    warnings.warn(
+        f"max-class selection found only {most} boxes (min_boxes={min_boxes}) at every NMS "
+        f"threshold {thresholds}; returning those {most}",
+        RuntimeWarning,
+        stacklevel=4,  # the caller of select_max_class
+    )
+    return next(r for r in reversed(results) if len(r) == most)
 
 
 def attributes_from_probs(attr_logits: Tensor, *, renormalize: bool) -> tuple[Tensor, Tensor]:
