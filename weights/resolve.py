@@ -365,7 +365,7 @@ def _probe_hub(repo: str, filename: str, revision: str | None, endpoint: str | N
     """None when the hub answers one HEAD request for ``filename`` within
     :data:`PROBE_TIMEOUT_S`; else why not.
 
-    hf_hub_download retries a network error with a back-off (~31 s in all) when no cached copy
+    hf_hub_download retries a network error with a back-off (24-31 s in all) when no cached copy
     exists; this single try, through huggingface_hub's own client (proxies, token, endpoint),
     makes a machine without network fail fast. A missing repository or file fails here too,
     exactly as the download would.
