@@ -1,0 +1,88 @@
+"""weights.defaults: the default model names and the one device rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from weights import REGISTRY
+from weights.defaults import (
+    CPU_FALLBACK_MESSAGE,
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    DEFAULT_ENCODER,
+    SHAPES_DETECTOR,
+    SHAPES_ENCODER,
+    DeviceError,
+    resolve_device,
+)
+
+
+def fake_cuda(monkeypatch: pytest.MonkeyPatch, *, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_defaults_are_the_real_models_and_name_registry_records() -> None:
+    assert (DEFAULT_DETECTOR, DEFAULT_ENCODER) == ("vg-r101-c4-attr", "lxmert-vqa")
+    assert DEFAULT_DEVICE == "auto"
+    for name, kind in [
+        (DEFAULT_DETECTOR, "detector"),
+        (DEFAULT_ENCODER, "encoder"),
+        (SHAPES_DETECTOR, "detector"),
+        (SHAPES_ENCODER, "encoder"),
+    ]:
+        assert REGISTRY[name].kind == kind
+    assert REGISTRY[SHAPES_DETECTOR].shipped_dir and REGISTRY[SHAPES_ENCODER].shipped_dir
+
+
+@pytest.mark.parametrize("spec", ["auto", None, " AUTO "])
+def test_auto_falls_back_to_the_cpu_saying_so_once(monkeypatch, spec) -> None:
+    fake_cuda(monkeypatch, count=0)
+    said: list[str] = []
+    assert resolve_device(spec, on_fallback=said.append) == torch.device("cpu")
+    assert said == [CPU_FALLBACK_MESSAGE]
+
+
+def test_auto_warns_by_default(monkeypatch) -> None:
+    fake_cuda(monkeypatch, count=0)
+    with pytest.warns(RuntimeWarning, match="running on the CPU"):
+        resolve_device("auto")
+
+
+def test_auto_takes_cuda_when_there_is_one(monkeypatch) -> None:
+    fake_cuda(monkeypatch, count=1)
+    said: list[str] = []
+    assert resolve_device("auto", on_fallback=said.append) == torch.device("cuda")
+    assert said == []
+
+
+@pytest.mark.parametrize("spec", ["cpu", torch.device("cpu"), "cpu:0"])
+def test_cpu_is_always_usable(monkeypatch, spec) -> None:
+    fake_cuda(monkeypatch, count=0)
+    assert resolve_device(spec, on_fallback=None).type == "cpu"
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", torch.device("cuda", 0)])
+def test_explicit_cuda_without_cuda_is_a_usage_error(monkeypatch, spec) -> None:
+    fake_cuda(monkeypatch, count=0)
+    with pytest.raises(DeviceError, match="no CUDA device is usable here"):
+        resolve_device(spec)
+
+
+def test_cuda_index_past_the_last_device_is_a_usage_error(monkeypatch) -> None:
+    fake_cuda(monkeypatch, count=2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(DeviceError, match=r"2 CUDA device\(s\), numbered 0..1"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "banana", "cuda:x", ""])
+def test_unknown_names_are_usage_errors(spec) -> None:
+    with pytest.raises(DeviceError, match="cpu, cuda, cuda:N or auto"):
+        resolve_device(spec)
+
+
+def test_device_types_this_project_does_not_run_on_are_refused() -> None:
+    with pytest.raises(DeviceError, match="not supported"):
+        resolve_device("meta")
