@@ -66,8 +66,8 @@ def cosine_lr(step: int, *, total: int, warmup: int, peak: float) -> float:
 
 def adamw(
     *,
-    decay: Sequence[torch.nn.Parameter],
-    no_decay: Sequence[torch.nn.Parameter],
+    decay: Sequence[torch.Tensor],
+    no_decay: Sequence[torch.Tensor],
     lr: float,
     weight_decay: float,
 ) -> torch.optim.AdamW:
@@ -90,7 +90,7 @@ def run_schedule(
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    clip_parameters: Sequence[torch.nn.Parameter],
+    clip_parameters: Sequence[torch.Tensor],
     schedule: Schedule,
     losses_of_step: Callable[[int], StepLosses],
     after_step: Callable[[int], None] | None = None,

@@ -20,6 +20,7 @@ evaluation).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -410,7 +411,7 @@ def train_lxmert(
 
     from encoder.answers import AnswerTable
     from encoder.build import Encoder
-    from encoder.config import EncoderConfig
+    from encoder.config import get_preset
     from encoder.tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
@@ -422,10 +423,10 @@ def train_lxmert(
     log("LXMERT pretraining")
     pretrain(model, data, tokenizer=tokenizer, table=table, recipe=recipe, seed=seed, rng=rng)
     qa = _qa_model(model)
+    # The encoder preset of the model being trained (head "qa", answers from label2ans.json).
+    settings = get_preset("shapes-lxmert")
     encoder = Encoder(
-        config=EncoderConfig(
-            checkpoint=LXMERT_DIR, head="qa", max_question_length=recipe.max_question_length
-        ),
+        config=dataclasses.replace(settings, max_question_length=recipe.max_question_length),
         model=qa,
         tokenizer=tokenizer,
         answers=table,
