@@ -49,8 +49,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     # os.open with 0o666 honours the umask, so the file gets the permissions a plain open()
     # would give it (mkstemp would make it private to the user).
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = tmp.stat().st_mode & 0o777
     try:
         yield tmp
+        # Some writers (safetensors) recreate the file privately; give it the mode it was made
+        # with.
+        os.chmod(tmp, mode)
         fsync_file(tmp)
         os.replace(tmp, path)
     finally:

@@ -119,3 +119,16 @@ def test_a_failed_writer_is_neither_fsynced_nor_renamed(
 def test_fsync_directory_ignores_a_folder_it_cannot_open(tmp_path: Path) -> None:
     fsync_directory(tmp_path / "does-not-exist")  # no error: durability is best effort
     fsync_directory(tmp_path)
+
+
+def test_a_writer_that_recreates_the_file_privately_still_gets_the_umask_mode(tmp_path) -> None:
+    # safetensors' save_file does this; the replaced file must not end up 0600.
+    target = tmp_path / "model.bin"
+    old = os.umask(0o022)
+    try:
+        with atomic_path(target) as tmp:
+            tmp.unlink()
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
