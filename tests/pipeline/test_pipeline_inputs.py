@@ -9,6 +9,7 @@ import pytest
 from pipeline.inputs import (
     DuplicateIdError,
     gather_inputs,
+    list_inputs,
     parse_shard,
     select_shard,
     shard_output_path,
@@ -89,10 +90,13 @@ def test_empty_directory_is_an_error(tmp_path: Path) -> None:
         gather_inputs([str(tmp_path / "empty")])
 
 
-def test_id_with_newline_is_refused(tmp_path: Path) -> None:
+def test_id_with_newline_is_a_failure_and_the_rest_is_listed(tmp_path: Path) -> None:
     bad = touch(tmp_path / "a\nb.jpg")
-    with pytest.raises(ValueError, match="tab or newline"):
-        gather_inputs([str(bad)])
+    good = touch(tmp_path / "good.jpg")
+    listing = list_inputs([str(bad), str(good)])
+    assert ids(listing.items) == ["good"]
+    assert [(f.image_id, f.path) for f in listing.failures] == [("a\nb", str(bad))]
+    assert "tab, carriage return or newline" in listing.failures[0].reason
 
 
 def test_shards_partition_the_sorted_inputs(tree: Path) -> None:
