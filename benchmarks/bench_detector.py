@@ -16,7 +16,6 @@ matmul peak measured in the same run on the same device.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import platform
@@ -30,10 +29,10 @@ import cv2
 import numpy as np
 import torch
 
-from detector import build_detector, get_preset
+from detector import Detector, DetectorConfig, InferenceOptions, build_detector, get_preset
 from detector.image import load_image
-from detector.model import default_res5_chunk
 from detector.preprocess import PreparedImage, prepare, preprocess_for
+from pipeline.writers import encode_tsv_line
 
 SIZES = {"600x800": (600, 800), "600x1000": (600, 1000)}
 
@@ -66,14 +65,11 @@ def matmul_peak_gflops(device: torch.device, *, seconds: float) -> float:
 
 
 def behaved_detector(
-    device: torch.device,
-    channels_last: bool | None,
-    fold_bn: bool,
-    calibration: PreparedImage,
-    res5_chunk: int | None = None,
-):
+    options: InferenceOptions, *, fold_bn: bool, calibration: PreparedImage
+) -> Detector:
     """Full-size model with seeded weights, RPN calibrated on a photo so that its objectness
-    and deltas spread like a trained one's and ~300 proposals survive NMS, as with real weights.
+    and deltas spread like a trained one's and ~300 proposals survive NMS, as with real weights;
+    run with ``options`` (BN folded unless ``fold_bn`` is False, e.g. to save it).
     """
     detector = build_detector(get_preset("vg-r101-c4-attr"), seed=0)
     head = detector.proposal_generator.rpn_head
@@ -82,14 +78,9 @@ def behaved_detector(
     with torch.no_grad():
         head.objectness_logits.weight.mul_(2.0 / logits.std())
         head.anchor_deltas.weight.mul_(0.3 / deltas.std())
-    detector.to(device)
     if fold_bn:
-        detector.optimize_for_inference(channels_last=channels_last, res5_chunk=res5_chunk)
-    else:
-        if channels_last is not None:
-            detector.set_channels_last(channels_last)
-        detector.roi_heads.chunk_size = res5_chunk or default_res5_chunk(device)
-    return detector.eval()
+        return detector.optimize_for_inference(options)
+    return detector.apply_options(options).eval()
 
 
 def photo_jpeg(index: int, size: tuple[int, int]) -> bytes:
@@ -105,23 +96,13 @@ def photo_jpeg(index: int, size: tuple[int, int]) -> bytes:
     return encoded.tobytes()
 
 
-def prepare_jpeg(jpeg: bytes, config, image_id: str) -> PreparedImage:
+def prepare_jpeg(jpeg: bytes, config: DetectorConfig, image_id: str) -> PreparedImage:
     return prepare(jpeg, config=config, image_id=image_id)
 
 
-def encode_tsv_record(regions) -> bytes:
-    """The obj36 TSV line the pipeline writes (base64 of raw little-endian arrays)."""
-    record = regions.to_record()
-    fields = [str(record["img_id"]), str(record["img_h"]), str(record["img_w"])]
-    for name in ("objects_id", "objects_conf", "attrs_id", "attrs_conf"):
-        fields.append(base64.b64encode(record[name].tobytes()).decode())
-    fields.append(str(record["num_boxes"]))
-    for name in ("boxes", "features"):
-        fields.append(base64.b64encode(record[name].tobytes()).decode())
-    return ("\t".join(fields) + "\n").encode()
-
-
-def count_macs(detector, prepared: PreparedImage, device: torch.device) -> dict[str, float]:
+def count_macs(
+    detector: Detector, prepared: PreparedImage, device: torch.device
+) -> dict[str, float]:
     """Multiply-adds per image by fvcore: trunk, RPN head, res5 + predictors on the proposals."""
     from fvcore.nn import FlopCountAnalysis
 
@@ -147,9 +128,14 @@ def count_macs(detector, prepared: PreparedImage, device: torch.device) -> dict[
         }
 
 
-def bench_stages(detector, jpeg: bytes, image_id: str, device: torch.device) -> dict[str, float]:
-    """Seconds per stage for one image, batch 1."""
+def bench_stages(
+    detector: Detector, jpeg: bytes, image_id: str, device: torch.device
+) -> dict[str, float]:
+    """Seconds per stage for one image, batch 1, each stage run as ``Detector.forward_raw``
+    runs it (same options: layout, autocast, res5 chunk); writing is the pipeline's own TSV
+    encoder (:func:`pipeline.writers.encode_tsv_line`)."""
     config = detector.config
+    options = detector.options
     times: dict[str, float] = {}
     image, times["decode"] = timed(device, lambda: load_image(jpeg))
     prepared, times["preprocess"] = timed(
@@ -158,9 +144,9 @@ def bench_stages(detector, jpeg: bytes, image_id: str, device: torch.device) -> 
     )
     with torch.inference_mode():
         x = prepared.tensor[None].to(device)
-        if detector.channels_last:
+        if options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with detector._autocast():
+        with detector.autocast():
             features, times["trunk"] = timed(device, lambda: detector.backbone(x))
             rpn, times["rpn"] = timed(
                 device, lambda: detector.proposal_generator(features, prepared.resized_size)
@@ -168,26 +154,28 @@ def bench_stages(detector, jpeg: bytes, image_id: str, device: torch.device) -> 
             pooled, times["roi_pool"] = timed(
                 device, lambda: detector.roi_heads.pool(features, rpn.proposals)
             )
-            if detector.roi_heads.channels_last:
+            if options.channels_last:
                 pooled = pooled.contiguous(memory_format=torch.channels_last)
 
-            def head():
-                region = detector.roi_heads.region_features(pooled)
+            def head() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                region = detector.roi_heads.region_features(pooled, chunk_size=options.res5_chunk)
                 return region, detector.roi_heads.box_predictor(region)
 
             (region, (logits, deltas, attr_logits)), times["res5_head"] = timed(device, head)
         regions, times["selection"] = timed(
             device,
-            lambda: detector._select(
+            lambda: detector.select_regions(
                 prepared, rpn.proposals[0], region, logits.float(), deltas.float(), attr_logits
             ),
         )
-    _, times["writing"] = timed(device, lambda: io.BytesIO().write(encode_tsv_record(regions)))
+    _, times["writing"] = timed(device, lambda: io.BytesIO().write(encode_tsv_line(regions)))
     times["proposals"] = float(len(rpn.proposals[0]))
     return times
 
 
-def bench_throughput(detector, prepared: list[PreparedImage], batch_size: int, device) -> float:
+def bench_throughput(
+    detector: Detector, prepared: list[PreparedImage], batch_size: int, device: torch.device
+) -> float:
     """Images per second of ``Detector.detect`` at ``batch_size`` (after one warm-up batch)."""
     detector.detect(prepared[:batch_size], batch_size=batch_size)
     _, elapsed = timed(device, lambda: detector.detect(prepared, batch_size=batch_size))
@@ -198,8 +186,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="one 600x800 image, no throughput runs (< 60 s)"
     )
@@ -215,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--autocast", choices=("none", "bf16", "fp16"), default="none", help="CUDA only"
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the res5 head")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the trunk and res5 head"
+    )
     parser.add_argument(
         "--res5-chunk",
         type=int,
@@ -223,72 +213,92 @@ def main(argv: list[str] | None = None) -> int:
         help="regions per res5 pass (default: the library's per-device choice)",
     )
     parser.add_argument("--images", type=int, default=4, help="images per throughput run")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The detector's options from the flags (None: the library's per-device default)."""
+    return InferenceOptions(
+        device=args.device,
+        autocast=args.autocast,
+        channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+        res5_chunk=args.res5_chunk,
+        compile=args.compile,
+    )
+
+
+def bench_size(
+    detector: Detector,
+    size: tuple[int, int],
+    label: str,
+    *,
+    args: argparse.Namespace,
+    peak: float,
+) -> dict[str, Any]:
+    """Stage times, FLOPs, utilisation against ``peak`` and throughput at one image size."""
+    device = detector.options.device
+    jpegs = [photo_jpeg(i, size) for i in range(args.images)]
+    if not args.quick:
+        bench_stages(detector, jpegs[0], "warmup", device)
+    stages = bench_stages(detector, jpegs[1 % len(jpegs)], label, device)
+    prepared = [prepare_jpeg(jpeg, detector.config, f"{label}-{i}") for i, jpeg in enumerate(jpegs)]
+    macs = count_macs(detector, prepared[1 % len(prepared)], device)
+    detector_seconds = sum(
+        stages[k] for k in ("trunk", "rpn", "roi_pool", "res5_head", "selection")
+    )
+    gmacs = macs["trunk"] + macs["rpn_head"] + macs["res5"]
+    entry: dict[str, Any] = {
+        "resized": list(prepared[0].resized_size),
+        "stage_seconds": {k: round(v, 4) for k, v in stages.items() if k != "proposals"},
+        "proposals": int(stages["proposals"]),
+        "gmac": {k: round(v, 1) for k, v in macs.items() if k != "proposals"},
+        "detector_seconds": round(detector_seconds, 3),
+        "achieved_gflops": round(2 * gmacs / detector_seconds, 1),
+        "utilisation_pct": round(100 * 2 * gmacs / detector_seconds / peak, 1),
+        "selection_pct_of_detector": round(100 * stages["selection"] / detector_seconds, 2),
+        "images_per_second": {},
+        "peak_rss_mb_after_batch1": round(peak_rss_mb(), 1),
+    }
+    if args.quick:
+        total = sum(v for k, v in stages.items() if k != "proposals")
+        entry["images_per_second"]["1"] = round(1.0 / total, 4)
+        return entry
+    for batch_size in (1, 4):
+        entry["images_per_second"][str(batch_size)] = round(
+            bench_throughput(detector, prepared, batch_size, device), 4
+        )
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     config = get_preset("vg-r101-c4-attr")
     calibration = prepare_jpeg(photo_jpeg(0, SIZES["600x800"]), config, "calibration")
     detector = behaved_detector(
-        device,
-        channels_last,
-        fold_bn=not args.no_fold_bn,
-        calibration=calibration,
-        res5_chunk=args.res5_chunk,
+        inference_options(args), fold_bn=not args.no_fold_bn, calibration=calibration
     )
-    if args.autocast != "none":
-        detector.autocast_dtype = torch.bfloat16 if args.autocast == "bf16" else torch.float16
-    if args.compile:
-        detector.roi_heads.res5 = torch.compile(detector.roi_heads.res5)
-
+    options = detector.options
+    device = options.device
     peak = matmul_peak_gflops(device, seconds=1.0 if args.quick else 3.0)
     sizes = {"600x800": SIZES["600x800"]} if args.quick else SIZES
-    batch_sizes = (1, 4)
     report: dict[str, Any] = {
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "fold_bn": not args.no_fold_bn,
-        "channels_last": detector.channels_last,
-        "res5_chunk": detector.roi_heads.chunk_size,
-        "autocast": args.autocast,
+        "fold_bn": detector.bn_folded,
+        "channels_last": options.channels_last,
+        "res5_chunk": options.res5_chunk,
+        "autocast": options.autocast,
+        "compile": options.compile,
         "matmul_peak_gflops": round(peak, 1),
-        "sizes": {},
+        "sizes": {
+            label: bench_size(detector, size, label, args=args, peak=peak)
+            for label, size in sizes.items()
+        },
     }
-    for label, size in sizes.items():
-        jpegs = [photo_jpeg(i, size) for i in range(args.images)]
-        if not args.quick:
-            bench_stages(detector, jpegs[0], "warmup", device)
-        stages = bench_stages(detector, jpegs[1 % len(jpegs)], label, device)
-        prepared = [prepare_jpeg(jpeg, config, f"{label}-{i}") for i, jpeg in enumerate(jpegs)]
-        macs = count_macs(detector, prepared[1 % len(prepared)], device)
-        detector_seconds = sum(
-            stages[k] for k in ("trunk", "rpn", "roi_pool", "res5_head", "selection")
-        )
-        gmacs = macs["trunk"] + macs["rpn_head"] + macs["res5"]
-        entry: dict[str, Any] = {
-            "resized": list(prepared[0].resized_size),
-            "stage_seconds": {k: round(v, 4) for k, v in stages.items() if k != "proposals"},
-            "proposals": int(stages["proposals"]),
-            "gmac": {k: round(v, 1) for k, v in macs.items() if k != "proposals"},
-            "detector_seconds": round(detector_seconds, 3),
-            "achieved_gflops": round(2 * gmacs / detector_seconds, 1),
-            "utilisation_pct": round(100 * 2 * gmacs / detector_seconds / peak, 1),
-            "selection_pct_of_detector": round(100 * stages["selection"] / detector_seconds, 2),
-            "images_per_second": {},
-        }
-        entry["peak_rss_mb_after_batch1"] = round(peak_rss_mb(), 1)
-        if args.quick:
-            total = sum(v for k, v in stages.items() if k != "proposals")
-            entry["images_per_second"]["1"] = round(1.0 / total, 4)
-        for batch_size in () if args.quick else batch_sizes:
-            entry["images_per_second"][str(batch_size)] = round(
-                bench_throughput(detector, prepared, batch_size, device), 4
-            )
-        report["sizes"][label] = entry
     # The peak is measured again after the runs and the best kept: turbo and neighbours make
     # a single short measurement noisy, and a low peak would inflate the utilisation.
     final_peak = max(peak, matmul_peak_gflops(device, seconds=1.0 if args.quick else 3.0))

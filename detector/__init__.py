@@ -3,7 +3,7 @@
 Raw image in, :class:`RegionFeatures` out. Never imports transformers.
 """
 
-from detector.checkpoint import load_detector, save_detector
+from detector.checkpoint import detector_config, load_detector, save_detector
 from detector.config import PRESETS, DetectorConfig, get_preset
 from detector.model import Detector, build_detector
 from detector.options import InferenceOptions, ResolvedOptions
@@ -18,6 +18,7 @@ __all__ = [
     "RegionFeatures",
     "ResolvedOptions",
     "build_detector",
+    "detector_config",
     "get_preset",
     "load_detector",
     "save_detector",

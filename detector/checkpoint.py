@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from detector.model import Detector, build_detector
 from detector.options import InferenceOptions
 from detector.structures import CheckpointInfo
 from detector.vocab import load_names
+
+if TYPE_CHECKING:
+    from weights import CheckpointRecord
 
 ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 #: Keys a checkpoint may omit: the model computes them itself.
@@ -161,14 +164,15 @@ def load_detector(
     preset: str | None = None,
     device: str | torch.device | None = None,
     overrides: Mapping[str, Any] | None = None,
+    config: DetectorConfig | None = None,
     options: InferenceOptions | None = None,
     optimize: bool = True,
 ) -> Detector:
     """A detector from a registry name or a checkpoint file in any supported layout.
 
-    The weights file is read twice at most: once hashed (during checksum verification for
-    registry checkpoints, else here) and once loaded; the digest lands in
-    :attr:`Detector.checkpoint` with the name, path and preset.
+    The weights file is hashed once (during checksum verification for registry checkpoints,
+    else here) and read once; the digest lands in :attr:`Detector.checkpoint` with the name,
+    path and preset.
 
     Args:
         name_or_path: registry name (``vg-r101-c4-attr``, ``shapes-detector``) or a path to a
@@ -178,25 +182,31 @@ def load_detector(
         device: ``cpu``, ``cuda`` or ``cuda:i``; replaces ``options.device`` when given
             (default: ``options.device``, else ``cpu``).
         overrides: :class:`DetectorConfig` fields to change (selection, box counts, sizes...).
+        config: the finished config (e.g. from :func:`detector_config`, validated before any
+            weights were read), instead of ``preset`` and ``overrides``.
         options: inference settings (autocast, layout, res5 chunk, compile ...); default: the
             per-device defaults.
         optimize: fold BN (:meth:`Detector.optimize_for_inference`); False only applies the
             options, leaving the weights as stored (for training or re-saving).
+
+    Raises:
+        ValueError: ``config`` given together with ``preset`` or ``overrides``; bad options.
+        weights.CheckpointNotFoundError, weights.ChecksumError, CheckpointMismatchError.
     """
     from weights import locate_checkpoint
     from weights.io import load_state_dict
 
+    if config is not None and (preset is not None or overrides):
+        raise ValueError("give load_detector either config or preset/overrides, not both")
     requested = options if options is not None else InferenceOptions()
     if device is not None:
         requested = requested.on(device)
     located = locate_checkpoint(name_or_path)
-    path = located.path
-    record_preset = located.record.preset if located.record is not None else None
-    config = _checkpoint_config(path, preset=preset, record_preset=record_preset)
-    if overrides:
-        config = config.replace(**overrides)
+    path, record = located.path, located.record
+    if config is None:
+        config = _config_for(path, record, preset=preset, overrides=overrides)
     info = CheckpointInfo(
-        name=located.record.name if located.record is not None else path.name,
+        name=record.name if record is not None else path.name,
         path=str(path),
         sha256=located.sha256(),
         preset=config.name,
@@ -215,14 +225,58 @@ def load_detector(
     return detector.apply_options(requested).eval()
 
 
-def _checkpoint_config(
-    path: Path, *, preset: str | None, record_preset: str | None
+def detector_config(
+    name_or_path: str | os.PathLike[str],
+    *,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> DetectorConfig:
-    """The config to build for ``path``: ``preset`` if given, else the one stored in our
-    safetensors, else the registry record's preset, else ``vg-r101-c4-attr``."""
+    """The config :func:`load_detector` builds for these arguments, from names and file
+    headers only: no weights are read or hashed and nothing is downloaded.
+
+    A registry checkpoint not on this machine yet gets its record's preset (downloaded
+    checkpoints carry no stored config).
+
+    Raises:
+        weights.CheckpointNotFoundError: a path that does not exist or an unknown name.
+        KeyError: an unknown preset. ValueError: overrides that make an invalid config.
+    """
+    from weights import CheckpointNotFoundError, locate_checkpoint
+
+    try:
+        located = locate_checkpoint(name_or_path, download=False, verify_checksums=False)
+    except CheckpointNotFoundError:
+        record = _registry_record(name_or_path)
+        if record is None:
+            raise
+        return _config_for(None, record, preset=preset, overrides=overrides)
+    return _config_for(located.path, located.record, preset=preset, overrides=overrides)
+
+
+def _registry_record(name_or_path: str | os.PathLike[str]) -> CheckpointRecord | None:
+    from weights import UnknownCheckpointError, get_record
+
+    if not isinstance(name_or_path, str):
+        return None
+    try:
+        return get_record(name_or_path)
+    except UnknownCheckpointError:
+        return None
+
+
+def _config_for(
+    path: Path | None,
+    record: CheckpointRecord | None,
+    *,
+    preset: str | None,
+    overrides: Mapping[str, Any] | None,
+) -> DetectorConfig:
+    """``preset`` if given, else the config stored in our safetensors at ``path``, else the
+    registry record's preset, else ``vg-r101-c4-attr``; then ``overrides``."""
     if preset is not None:
-        return get_preset(preset)
-    stored = read_config_metadata(path)
-    if stored is not None:
-        return stored
-    return get_preset(record_preset if record_preset is not None else "vg-r101-c4-attr")
+        config = get_preset(preset)
+    else:
+        stored = read_config_metadata(path) if path is not None else None
+        default = record.preset if record is not None else "vg-r101-c4-attr"
+        config = stored if stored is not None else get_preset(default)
+    return config.replace(**overrides) if overrides else config

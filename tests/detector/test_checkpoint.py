@@ -17,6 +17,7 @@ from detector import (
     CheckpointInfo,
     InferenceOptions,
     build_detector,
+    detector_config,
     get_preset,
     load_detector,
     save_detector,
@@ -225,3 +226,30 @@ def test_load_applies_options(tmp_path: Path) -> None:
     assert not plain.bn_folded and plain.options.res5_chunk == 4
     with pytest.raises(ValueError, match="device"):
         load_detector(path, device="gpu")
+
+
+def test_detector_config_reads_no_weights(tmp_path: Path, hash_calls: list[Path]) -> None:
+    custom = get_preset("tiny").replace(name="tiny-custom", max_boxes=7)
+    path = save_detector(build_detector(custom, seed=1), tmp_path / "c.safetensors")
+    assert detector_config(path) == custom
+    assert detector_config(path, overrides={"selection": "max-class"}) == custom.replace(
+        selection="max-class"
+    )
+    assert detector_config(path, preset="tiny") == get_preset("tiny")
+    assert detector_config("shapes-detector") == get_preset("shapes")
+    # A registry model need not be on this machine: its record names the preset.
+    assert detector_config("vg-r101-c4-attr") == get_preset("vg-r101-c4-attr")
+    assert hash_calls == []
+    with pytest.raises(FileNotFoundError):
+        detector_config(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="min_boxes"):
+        detector_config(path, overrides={"min_boxes": 50})
+
+
+def test_load_with_a_finished_config(tmp_path: Path) -> None:
+    path = save_detector(build_detector(get_preset("tiny"), seed=1), tmp_path / "t.safetensors")
+    config = detector_config(path, overrides={"max_boxes": 6})
+    detector = load_detector(path, config=config)
+    assert detector.config == config and detector.checkpoint.preset == "tiny"
+    with pytest.raises(ValueError, match="config"):
+        load_detector(path, config=config, preset="tiny")
