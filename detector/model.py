@@ -120,6 +120,7 @@ class Detector(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are (``options.device`` after any of the methods above)."""
         return next(self.parameters()).device
 
     # --- network -------------------------------------------------------------------------
@@ -129,8 +130,8 @@ class Detector(nn.Module):
         RoI pooling, proposal decoding, NMS, the predictors and selection cast back to fp32
         themselves.
         """
-        dtype = self._options.autocast_dtype
-        if dtype is not None and self._options.device.type == "cuda":
+        dtype = self._options.autocast_dtype  # resolved: None off CUDA
+        if dtype is not None:
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
