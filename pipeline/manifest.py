@@ -2,7 +2,7 @@
 
 ``out.tsv`` gets ``out.tsv.manifest.json``. It holds the detector (name, checkpoint path and
 sha256, full config), the versions of Python and the libraries, the command, the counts and every
-failed input with its reason. It is written atomically (temporary file, fsync, ``os.replace``):
+failed input with its reason. It is written atomically (:mod:`weights.files`):
 once when the run starts (``"status": "running"``) and again when it ends (``"finished"`` or
 ``"interrupted"``), so a killed run leaves a manifest that says so.
 """
@@ -18,10 +18,15 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from weights.files import atomic_write_text
 
 #: Version of the manifest's own layout.
 MANIFEST_VERSION = 1
+
+#: A run's state as its manifest says it (``merged`` for the output of ``merge``).
+Status = Literal["running", "finished", "interrupted", "error", "merged"]
 
 
 @dataclass(frozen=True)
@@ -79,17 +84,10 @@ def now_utc() -> str:
 
 def write_manifest(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically; returns ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     text = json.dumps(
         {"manifest_version": MANIFEST_VERSION, **data}, indent=2, sort_keys=False, default=str
     )
-    with open(tmp, "w", encoding="utf-8") as stream:
-        stream.write(text + "\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text + "\n")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -10,16 +10,17 @@ kill leaves at most one partial last line, which ``resume`` cuts away.
 
 HDF5 (``.h5``/``.hdf5``): flat datasets plus a per-image index (:data:`H5_LAYOUT`). While a
 run is going, records are appended to a journal beside the file (``out.h5.journal.tsv``, the TSV
-format above); the HDF5 file is only ever replaced whole (written to ``out.h5.tmp``, fsynced,
-then ``os.replace``), so at any moment it is a complete, readable file. The journal is folded
-into it every time it holds as many records as the file (at least ``fold_min``) and when the
-writer closes, so rewriting stays linear in the output size overall.
+format above); the HDF5 file is only ever replaced whole (written to a temporary file beside
+it, fsynced, then renamed: :mod:`weights.files`), so at any moment it is a complete, readable
+file. The journal is folded into it every time it holds as many records as the file (at least
+``fold_min``) and when the writer closes, so rewriting stays linear in the output size overall.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import glob
 import heapq
 import io
 import os
@@ -32,6 +33,7 @@ import h5py
 import numpy as np
 
 from detector.structures import ARRAY_DTYPES, TSV_FIELDNAMES, RegionFeatures
+from weights.files import atomic_path, fsync_directory
 
 Format = Literal["tsv", "hdf5"]
 WriteMode = Literal["create", "overwrite", "resume"]
@@ -90,20 +92,6 @@ def journal_path(path: str | os.PathLike[str]) -> Path:
     """Where an HDF5 output keeps the records not yet folded in: ``out.h5.journal.tsv``."""
     path = Path(path)
     return path.with_name(path.name + ".journal.tsv")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes a rename or a new file's directory entry durable; not possible on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- TSV -----------------------------------------------------------------------------------
@@ -191,11 +179,12 @@ def decode_tsv_line(line: bytes, *, source: str = "<tsv>") -> RegionFeatures:
     )
 
 
-def _scan_tsv(path: Path, *, repair: bool) -> list[str]:
-    """Ids of the complete records of ``path``; with ``repair``, cut an incomplete last line.
+def _scan_tsv(path: Path) -> tuple[list[str], int | None]:
+    """Ids of the complete records of ``path``, and the offset where an incomplete last
+    record starts (None when the file ends with a complete record).
 
     A line in the middle that is not a record means the file is not one of ours (or was
-    damaged otherwise than by a kill): ``ValueError``, nothing is changed.
+    damaged otherwise than by a kill): ``ValueError``.
     """
     ids: list[str] = []
     good_end = 0
@@ -226,11 +215,15 @@ def _scan_tsv(path: Path, *, repair: bool) -> list[str]:
             ids.pop()
             good_end -= len(last_line)
             bad_at = good_end
+    return ids, bad_at
+
+
+def _repair_tsv(path: Path) -> list[str]:
+    """Ids of the complete records of ``path``, after cutting an incomplete last record."""
+    ids, bad_at = _scan_tsv(path)
     if bad_at is not None:
-        if not repair:
-            raise ValueError(f"{path}: incomplete last record; run with --resume to repair it")
         with open(path, "r+b") as stream:
-            stream.truncate(good_end)
+            stream.truncate(bad_at)
             stream.flush()
             os.fsync(stream.fileno())
     return ids
@@ -259,12 +252,12 @@ class TsvWriter:
         self.path = Path(path)
         self._ids: set[str] = set()
         if resume and self.path.exists():
-            self._ids = set(_scan_tsv(self.path, repair=True))
+            self._ids = set(_repair_tsv(self.path))
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
         if not resume:
             flags |= os.O_TRUNC
         self._fd: int | None = os.open(self.path, flags, 0o644)
-        _fsync_dir(self.path.parent)
+        fsync_directory(self.path.parent)
 
     def existing_ids(self) -> set[str]:
         """Ids found complete in the file when it was opened."""
@@ -401,13 +394,6 @@ def _h5_ids(path: Path) -> list[str]:
         return [str(x) for x in f["img_id"].asstr()[()]] if f["img_id"].shape[0] else []
 
 
-def _replace_atomically(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as stream:
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def write_h5(
     path: str | os.PathLike[str],
     regions: Iterable[RegionFeatures],
@@ -415,14 +401,14 @@ def write_h5(
     feature_dim: int = 0,
     chunk: int = 64,
 ) -> int:
-    """Write a new HDF5 file atomically (tmp + ``os.replace``); returns the record count.
+    """Write a new HDF5 file atomically (:func:`weights.files.atomic_path`); returns the record
+    count.
 
     ``feature_dim`` fixes ``D`` when there may be no record at all.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         pending: list[RegionFeatures] = []
         for region in regions:
             pending.append(region)
@@ -434,7 +420,6 @@ def write_h5(
         count += len(pending)
         if "img_id" not in f:
             _create_h5_layout(f, feature_dim=feature_dim)
-    _replace_atomically(tmp, path)
     return count
 
 
@@ -460,9 +445,9 @@ class H5Writer:
         self.path = Path(path)
         self._feature_dim = feature_dim
         self._fold_min = max(1, fold_min)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        if tmp.exists():  # left by a run killed while folding; the real file is intact
-            tmp.unlink()
+        # Left by a run killed while folding; the real file is intact.
+        for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            leftover.unlink(missing_ok=True)
         self._file_ids: set[str] = set()
         if resume and self.path.exists():
             self._file_ids = set(_h5_ids(self.path))
@@ -488,14 +473,13 @@ class H5Writer:
         journal = self._journal.path
         fresh = [r for r in iter_tsv(journal) if r.image_id not in self._file_ids]
         if fresh or not self.path.exists():
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            if self.path.exists():
-                shutil.copyfile(self.path, tmp)
-            with h5py.File(tmp, "a") as f:
-                _append_h5(f, fresh)
-                if "img_id" not in f:
-                    _create_h5_layout(f, feature_dim=self._feature_dim)
-            _replace_atomically(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                if self.path.exists():
+                    shutil.copyfile(self.path, tmp)
+                with h5py.File(tmp, "a" if self.path.exists() else "w") as f:
+                    _append_h5(f, fresh)
+                    if "img_id" not in f:
+                        _create_h5_layout(f, feature_dim=self._feature_dim)
             self._file_ids.update(r.image_id for r in fresh)
         # A kill right here leaves records in both places; the next fold skips them by id.
         self._journal.truncate()
@@ -508,7 +492,7 @@ class H5Writer:
         self.fold()
         self._journal.close()
         self._journal.path.unlink()
-        _fsync_dir(self.path.parent)
+        fsync_directory(self.path.parent)
         self._closed = True
 
 
@@ -524,36 +508,59 @@ def existing_paths(path: str | os.PathLike[str]) -> list[Path]:
     return [p for p in candidates if p.exists()]
 
 
+def check_output_policy(path: str | os.PathLike[str], mode: WriteMode) -> None:
+    """Whether a run in ``mode`` may write ``path``: the one place that decides it.
+
+    Raises:
+        FileExistsError: ``create`` and the output (or its journal) exists; names the flags.
+        FileNotFoundError: the output's folder does not exist.
+        ValueError: an unknown ``mode``.
+    """
+    path = Path(path)
+    if mode not in ("create", "overwrite", "resume"):
+        raise ValueError(f"mode must be create, overwrite or resume, got {mode!r}")
+    clobbered = existing_paths(path)
+    if mode == "create" and clobbered:
+        raise FileExistsError(
+            f"output {clobbered[0]} already exists; pass --resume to finish that run or "
+            "--overwrite to replace it"
+        )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output directory {path.parent} does not exist; create it first")
+
+
 def open_writer(
     path: str | os.PathLike[str], *, mode: WriteMode, feature_dim: int = 0, fold_min: int = 256
 ) -> TsvWriter | H5Writer:
     """Open ``path`` for writing.
 
     Args:
-        mode: ``create`` refuses existing output (``FileExistsError`` naming the flags that
-            allow it), ``overwrite`` starts afresh, ``resume`` keeps complete records.
+        mode: ``create`` refuses existing output, ``overwrite`` starts afresh, ``resume`` keeps
+            complete records (see :func:`check_output_policy`).
         feature_dim: ``D`` for an HDF5 file that may end up empty.
         fold_min: see :class:`H5Writer`.
     """
     fmt = output_format(path)
     path = Path(path)
-    if mode == "create":
-        clobbered = existing_paths(path)
-        if clobbered:
-            raise FileExistsError(
-                f"output {clobbered[0]} already exists; pass --resume to finish that run or "
-                "--overwrite to replace it"
-            )
-    elif mode == "overwrite":
+    check_output_policy(path, mode)
+    if mode == "overwrite":
         for existing in existing_paths(path):
             existing.unlink()
-    elif mode != "resume":
-        raise ValueError(f"mode must be create, overwrite or resume, got {mode!r}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output directory {path.parent} does not exist; create it first")
     if fmt == "tsv":
         return TsvWriter(path, resume=mode == "resume")
     return H5Writer(path, resume=mode == "resume", feature_dim=feature_dim, fold_min=fold_min)
+
+
+def recorded_ids(path: str | os.PathLike[str]) -> set[str]:
+    """Ids of the complete records a ``--resume`` of ``path`` keeps, read without changing
+    anything: a TSV's complete lines (an incomplete last one, left by a kill, is not counted),
+    an HDF5 file's records and those of its journal. Empty when nothing exists yet."""
+    path = Path(path)
+    if output_format(path) == "tsv":
+        return set(_scan_tsv(path)[0]) if path.exists() else set()
+    ids = set(_h5_ids(path)) if path.exists() else set()
+    journal = journal_path(path)
+    return ids | set(_scan_tsv(journal)[0]) if journal.exists() else ids
 
 
 def read_features(path: str | os.PathLike[str]) -> Iterator[RegionFeatures]:
@@ -567,7 +574,10 @@ def read_ids(path: str | os.PathLike[str]) -> list[str]:
     """Image ids of a TSV or HDF5 feature file, in file order (without decoding arrays)."""
     path = Path(path)
     if output_format(path) == "tsv":
-        return _scan_tsv(path, repair=False)
+        ids, bad_at = _scan_tsv(path)
+        if bad_at is not None:
+            raise ValueError(f"{path}: incomplete last record; run with --resume to repair it")
+        return ids
     return _h5_ids(path)
 
 
@@ -611,11 +621,9 @@ def merge_outputs(
     merged = heapq.merge(*streams, key=lambda region: region.image_id)
     if fmt == "hdf5":
         return write_h5(output, merged, feature_dim=feature_dim)
-    tmp = output.with_name(output.name + ".tmp")
     count = 0
-    with open(tmp, "wb") as stream:
+    with atomic_path(output) as tmp, open(tmp, "wb") as stream:
         for region in merged:
             stream.write(encode_tsv_line(region))
             count += 1
-    _replace_atomically(tmp, output)
     return count

@@ -143,7 +143,8 @@ def test_h5_resume_after_abandoned_writer(tmp_path: Path) -> None:
     for region in regions(5):
         writer.write(region)
     # As if killed: the journal holds one record, the file four; and a stale tmp from a fold.
-    out.with_name("f.h5.tmp").write_bytes(b"half a file")
+    stale = out.with_name(".f.h5.999.dead.tmp")  # weights.files.atomic_path's naming
+    stale.write_bytes(b"half a file")
     with pytest.raises(FileExistsError, match="--resume"):
         open_writer(out, mode="create")
     resumed = open_writer(out, mode="resume", fold_min=2)
@@ -151,7 +152,8 @@ def test_h5_resume_after_abandoned_writer(tmp_path: Path) -> None:
     for region in regions(3, start=5):
         resumed.write(region)
     resumed.close()
-    assert not out.with_name("f.h5.tmp").exists()
+    assert not stale.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     for got, want in zip(read_features(out), regions(8), strict=True):
         assert_same_region(got, want)
 
