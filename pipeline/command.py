@@ -1,0 +1,54 @@
+"""What every sub-command shares: parse its flags, run it, turn errors into exit codes.
+
+A :class:`Command` is a parser and a function of the parsed flags that returns the exit code.
+:func:`run_command` is the one place where a :class:`~pipeline.exits.UsageError` becomes exit
+2 and any other exception exit 4, with the traceback under ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pipeline.exits import EXIT_ERROR, EXIT_USAGE, UsageError
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command.
+
+    Attributes:
+        name: what follows the program name (``merge``), or ``""`` for the default command.
+        summary: one line for the program's help.
+        build_parser: its argument parser.
+        run: parsed flags -> exit code; raises :class:`UsageError` for a usage problem.
+    """
+
+    name: str
+    summary: str
+    build_parser: Callable[[], argparse.ArgumentParser]
+    run: Callable[[argparse.Namespace], int]
+
+
+def run_command(command: Command, argv: Sequence[str]) -> int:
+    """Parse ``argv`` with ``command``'s parser and run it; returns the exit code.
+
+    ``argparse`` exits 2 itself on unknown flags, as the exit-code table says.
+    """
+    parser = command.build_parser()
+    args = parser.parse_args(list(argv))
+    try:
+        return command.run(args)
+    except UsageError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:
+        print(f"{parser.prog}: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        else:
+            print("(run with -v for the traceback)", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,1 @@
+"""Engines that execute an extraction plan: ``local`` (this machine)."""

@@ -1,0 +1,206 @@
+"""The local engine: decode on threads, detect on this machine's device, write each record.
+
+It executes an :class:`~pipeline.plan.ExtractPlan` with a loaded detector and an open writer,
+and fills in :class:`~pipeline.plan.RunStats`. A bad image becomes a
+:class:`~pipeline.manifest.Failure` (named, with its reason) and never ends the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from detector import Detector, RegionFeatures
+from detector.config import DetectorConfig
+from detector.image import ImageError, load_image
+from detector.preprocess import PreparedImage, prepare
+from pipeline.inputs import InputItem
+from pipeline.manifest import Failure
+from pipeline.plan import ExtractPlan, RunStats
+from pipeline.visualize import save_visualization
+from pipeline.writers import FeatureWriter
+
+LOG = logging.getLogger("pipeline.extract")
+
+#: What the decode threads hand to the model: an image ready for it, or why there is none.
+Prepared = PreparedImage | Failure
+
+
+@dataclass(frozen=True)
+class PrepareImage:
+    """Decode + resize of one listed image, never raising: a bad file becomes a Failure."""
+
+    items: Sequence[InputItem]
+    config: DetectorConfig
+    max_pixels: int
+
+    def __call__(self, index: int) -> Prepared:
+        item = self.items[index]
+        try:
+            return prepare(
+                str(item.path),
+                config=self.config,
+                image_id=item.image_id,
+                max_pixels=self.max_pixels,
+            )
+        except ImageError as error:
+            return Failure(item.image_id, str(item.path), error.reason)
+        except Exception as error:  # a bad file must never end the run; report it instead
+            return Failure(item.image_id, str(item.path), f"{type(error).__name__}: {error}")
+
+
+def prepared_batches(
+    prepare_one: PrepareImage, *, count: int, workers: int, batch_size: int
+) -> Generator[list[Prepared], None, None]:
+    """Batches of ``prepare_one(0..count-1)``, in input order.
+
+    With ``workers`` > 0, that many threads decode and resize ahead of the model, at most two
+    batches per worker in flight. Threads, not processes: OpenCV and NumPy release the GIL, so
+    decoding overlaps with torch's compute, and a thread starts at once where a spawned worker
+    process spends ~2 s importing torch (benchmarks/RESULTS.md). Closing the generator stops
+    the threads.
+    """
+    starts = range(0, count, batch_size)
+    if workers == 0:
+        for start in starts:
+            yield [prepare_one(i) for i in range(start, min(start + batch_size, count))]
+        return
+    import cv2
+
+    # One OpenCV thread per decode: its own pool would compete with torch's for the cores.
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    pending: deque[Future[Prepared]] = deque()
+    in_flight = 2 * workers * batch_size
+    submitted = 0
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            try:
+                for start in starts:
+                    while submitted < count and len(pending) < in_flight:
+                        pending.append(pool.submit(prepare_one, submitted))
+                        submitted += 1
+                    size = min(batch_size, count - start)
+                    yield [pending.popleft().result() for _ in range(size)]
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        cv2.setNumThreads(cv2_threads)
+
+
+def detect_or_fail(
+    detector: Detector, prepared: list[PreparedImage], paths: dict[str, str], batch_size: int
+) -> tuple[list[RegionFeatures], list[Failure]]:
+    """Regions for ``prepared``; a batch that fails is retried image by image so that one bad
+    image is reported and the others still get their records."""
+    try:
+        return detector.detect(prepared, batch_size=batch_size), []
+    except Exception as error:
+        if len(prepared) == 1:
+            reason = f"detector failed: {type(error).__name__}: {error}"
+            return [], [Failure(prepared[0].image_id, paths[prepared[0].image_id], reason)]
+    regions: list[RegionFeatures] = []
+    failures: list[Failure] = []
+    for image in prepared:
+        got, failed = detect_or_fail(detector, [image], paths, batch_size)
+        regions.extend(got)
+        failures.extend(failed)
+    return regions, failures
+
+
+@dataclass(frozen=True)
+class RecordSink:
+    """Where the loop puts each record: the writer, and a picture when ``--visualize`` asks."""
+
+    writer: FeatureWriter
+    detector: Detector
+    paths: dict[str, str]
+    visualize: Path | None
+    max_pixels: int
+
+    def put(self, region: RegionFeatures) -> None:
+        self.writer.write(region)
+        if self.visualize is None:
+            return
+        try:
+            save_visualization(
+                self.visualize,
+                load_image(self.paths[region.image_id], max_pixels=self.max_pixels),
+                region,
+                object_names=self.detector.object_names,
+                attribute_names=self.detector.attribute_names,
+            )
+        except (OSError, ValueError) as error:  # the record itself is fine
+            LOG.warning("no visualisation of %s: %s", region.image_id, error)
+
+
+def _handle_batch(
+    batch: list[Prepared], *, sink: RecordSink, batch_size: int, stats: RunStats
+) -> None:
+    """Detect the prepared images of ``batch``, record failures, write the records."""
+    seconds = stats.seconds
+    prepared = [entry for entry in batch if isinstance(entry, PreparedImage)]
+    failures = [entry for entry in batch if isinstance(entry, Failure)]
+    tick = time.monotonic()
+    regions, detect_failures = (
+        detect_or_fail(sink.detector, prepared, sink.paths, batch_size) if prepared else ([], [])
+    )
+    seconds["detector"] += time.monotonic() - tick
+    tick = time.monotonic()
+    for failure in [*failures, *detect_failures]:
+        LOG.warning("failed: %s: %s", failure.path, failure.reason)
+        stats.failures.append(failure)
+    LOG.debug(
+        "batch: %s -> %d regions, %d failed",
+        ", ".join(entry.image_id for entry in batch),
+        len(regions),
+        len(failures) + len(detect_failures),
+    )
+    for region in regions:
+        sink.put(region)
+        stats.written += 1
+    seconds["writing"] += time.monotonic() - tick
+
+
+def run_local(
+    plan: ExtractPlan,
+    *,
+    sink: RecordSink,
+    batch_size: int,
+    workers: int,
+    stats: RunStats,
+    show_progress: bool,
+) -> None:
+    """Execute ``plan`` on this machine. ``KeyboardInterrupt`` propagates after the decode
+    threads are stopped; every record written before it is durable."""
+    prepare_one = PrepareImage(
+        items=plan.todo, config=sink.detector.config, max_pixels=sink.max_pixels
+    )
+    batches = prepared_batches(
+        prepare_one, count=len(plan.todo), workers=workers, batch_size=batch_size
+    )
+    progress = tqdm(total=len(plan.todo), unit="img", disable=not show_progress, dynamic_ncols=True)
+    start = time.monotonic()
+    try:
+        with logging_redirect_tqdm(loggers=[logging.getLogger("pipeline")]):
+            while True:
+                tick = time.monotonic()
+                batch = next(batches, None)
+                stats.seconds["waiting"] += time.monotonic() - tick
+                if batch is None:
+                    break
+                _handle_batch(batch, sink=sink, batch_size=batch_size, stats=stats)
+                progress.update(len(batch))
+    finally:
+        batches.close()  # stops the decode threads
+        progress.close()
+        stats.seconds["loop"] = time.monotonic() - start

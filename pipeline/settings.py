@@ -1,0 +1,159 @@
+"""``extract_features`` settings: the flags as one typed, validated record.
+
+:func:`validate` is the command's first step. It checks every flag, resolves the device and
+the detector config the run will use (from the preset, the checkpoint's stored config or the
+registry record, with the flags' overrides), all without loading or hashing any weights, so a
+bad flag costs nothing. Nothing later reads ``argparse`` results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from detector.checkpoint import detector_config
+from detector.config import DetectorConfig
+from detector.image import DEFAULT_MAX_PIXELS
+from detector.options import Autocast
+from pipeline.exits import UsageError
+from pipeline.inputs import parse_shard, shard_output_path
+from pipeline.writers import WriteMode, output_format
+from weights.defaults import DeviceError, resolve_device
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Everything one ``extract_features`` run was asked to do, validated.
+
+    Attributes:
+        inputs: the input specs as given (files, folders, globs, ``@list.txt``).
+        out: the output as given (before ``--shard`` names the shard's file).
+        detector: registry name or checkpoint path.
+        preset: ``--preset``, or None for the checkpoint's own.
+        config: the detector config the run uses (preset + flag overrides), validated.
+        device: where the detector runs (``auto`` already resolved).
+        batch_size: images per detector call; None chooses by free device memory.
+        autocast: CUDA convolution dtype (``none``, ``bf16``, ``fp16``).
+        compile: ``torch.compile`` trunk and res5.
+        workers: decode threads (0: decode in the main thread).
+        max_pixels: refuse images with more pixels.
+        mode: ``create`` (refuse an existing output), ``overwrite`` or ``resume``.
+        shard: ``(K, N)`` or None.
+        limit: only the first N images (after the shard), or None.
+        visualize: folder for annotated pictures, or None.
+        quiet, verbose: how much to print.
+    """
+
+    inputs: tuple[str, ...]
+    out: Path
+    detector: str
+    preset: str | None
+    config: DetectorConfig
+    device: torch.device
+    batch_size: int | None
+    autocast: Autocast
+    compile: bool
+    workers: int
+    max_pixels: int
+    mode: WriteMode
+    shard: tuple[int, int] | None
+    limit: int | None
+    visualize: Path | None
+    quiet: bool
+    verbose: bool
+
+    @property
+    def output(self) -> Path:
+        """The file this run writes: ``out``, or with ``--shard K/N`` the shard's own file
+        (``feats.shard-K-of-N.h5``)."""
+        if self.shard is None:
+            return self.out
+        index, count = self.shard
+        return shard_output_path(self.out, index=index, count=count)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`DetectorConfig` fields the model flags change."""
+    overrides: dict[str, object] = {}
+    if args.selection is not None:
+        overrides["selection"] = args.selection
+    if args.boxes is not None:
+        overrides["min_boxes"] = overrides["max_boxes"] = args.boxes
+    for flag in ("min_boxes", "max_boxes", "conf_thresh", "min_size", "max_size"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    if args.nms_thresh is not None:
+        if len(args.nms_thresh) == 1:
+            overrides["nms_thresh"] = args.nms_thresh[0]
+        overrides["max_class_nms_thresholds"] = args.nms_thresh
+    return overrides
+
+
+def _config(args: argparse.Namespace) -> DetectorConfig:
+    """The run's detector config, from names and headers only (no weights read)."""
+    try:
+        overrides = config_overrides(args)
+        config = detector_config(args.detector, preset=args.preset, overrides=overrides)
+    except (KeyError, ValueError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        flag = "--preset" if args.preset is not None and isinstance(error, KeyError) else None
+        raise UsageError(f"{flag or '--detector ' + args.detector}: {message}") from error
+    if args.nms_thresh is not None and len(args.nms_thresh) > 1 and config.selection != "max-class":
+        raise UsageError(
+            "--nms-thresh takes a comma list only with max-class selection (bottom-up uses "
+            "one per-class NMS threshold); pass one value or --selection max-class"
+        )
+    return config
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    def say(message: str) -> None:
+        # Said once per run: in a container this usually means `docker run` without --gpus.
+        print(f"extract_features: {message}", file=sys.stderr)
+
+    try:
+        return resolve_device(args.device, on_fallback=say)
+    except DeviceError as error:
+        raise UsageError(f"--device {args.device}: {error}") from error
+
+
+def validate(args: argparse.Namespace) -> ExtractSettings:
+    """Check every flag of ``extract_features`` and build the run's settings.
+
+    Raises:
+        UsageError: a flag or a combination of flags that cannot run, named with the remedy.
+    """
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a directory; give a file name ending in .tsv or .h5")
+    try:
+        output_format(args.out)
+        shard = parse_shard(args.shard) if args.shard is not None else None
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
+        raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
+    config = _config(args)
+    mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
+    return ExtractSettings(
+        inputs=tuple(args.inputs),
+        out=args.out,
+        detector=args.detector,
+        preset=args.preset,
+        config=config,
+        device=_device(args),
+        batch_size=args.batch_size,
+        autocast=args.autocast,
+        compile=args.compile,
+        workers=args.workers,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        mode=mode,
+        shard=shard,
+        limit=args.limit,
+        visualize=args.visualize,
+        quiet=args.quiet,
+        verbose=args.verbose,
+    )

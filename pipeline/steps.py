@@ -1,0 +1,215 @@
+"""``extract_features`` as named steps: validate -> plan -> load -> extract -> finish.
+
+:func:`run_extract` calls them in that order; each takes and returns typed values, and the exit
+code is chosen in one place (:func:`exit_code`). A usage problem visible before any model loads
+is reported before any model loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from detector import Detector, load_detector
+from detector.model import auto_batch_size
+from detector.options import InferenceOptions
+from pipeline.engines.local import RecordSink, run_local
+from pipeline.exits import (
+    EXIT_ALL_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    UsageError,
+)
+from pipeline.lock import hold_output_lock
+from pipeline.manifest import (
+    Status,
+    command_line,
+    library_versions,
+    manifest_path,
+    now_utc,
+    write_manifest,
+)
+from pipeline.plan import ExtractPlan, RunStats, make_plan
+from pipeline.settings import ExtractSettings
+from pipeline.writers import open_writer, output_format
+from weights import CheckpointNotFoundError
+
+LOG = logging.getLogger("pipeline.extract")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The detector a run uses and the batch size chosen for it."""
+
+    detector: Detector
+    batch_size: int
+
+
+def load_model(settings: ExtractSettings) -> LoadedModel:
+    """Load the detector with the run's config and inference options.
+
+    Raises:
+        UsageError: the checkpoint cannot be found, read or matched to the config.
+    """
+    options = InferenceOptions(
+        device=settings.device, autocast=settings.autocast, compile=settings.compile
+    )
+    try:
+        detector = load_detector(
+            settings.detector, config=settings.config, device=settings.device, options=options
+        )
+    except (CheckpointNotFoundError, KeyError, ValueError, TypeError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise UsageError(f"--detector {settings.detector}: {message}") from error
+    batch_size = settings.batch_size
+    if batch_size is None:
+        worst = (detector.config.min_size, detector.config.max_size)
+        batch_size = auto_batch_size(detector.device, worst)
+        LOG.debug("batch size %d", batch_size)
+    LOG.debug("detector %s, config %s", detector.checkpoint.name, detector.config.to_dict())
+    return LoadedModel(detector=detector, batch_size=batch_size)
+
+
+def manifest_data(
+    settings: ExtractSettings,
+    plan: ExtractPlan,
+    model: LoadedModel,
+    *,
+    stats: RunStats,
+    status: Status,
+    started: str,
+) -> dict[str, Any]:
+    """The manifest of a run (see :mod:`pipeline.manifest`)."""
+    detector = model.detector
+    shard = settings.shard
+    return {
+        "status": status,
+        "output": str(plan.output),
+        "format": output_format(plan.output),
+        "started": started,
+        "updated": now_utc(),
+        "command": command_line(),
+        "inputs": list(settings.inputs),
+        "shard": {"index": shard[0], "count": shard[1]} if shard else None,
+        "limit": settings.limit,
+        "detector": {
+            "name": detector.checkpoint.name,
+            "path": detector.checkpoint.path,
+            "sha256": detector.checkpoint.sha256,
+            "preset": detector.config.name,
+            "config": detector.config.to_dict(),
+        },
+        "device": str(detector.device),
+        "versions": library_versions(),
+        "counts": {
+            "selected": stats.selected,
+            "already_done": stats.already_done,
+            "written": stats.written,
+            "failed": len(stats.failures),
+            "records_in_output": stats.records if status == "finished" else None,
+        },
+        "seconds": {name: round(value, 3) for name, value in stats.seconds.items()},
+        "failures": [failure.to_dict() for failure in stats.failures],
+    }
+
+
+def extract(
+    settings: ExtractSettings, plan: ExtractPlan, model: LoadedModel, *, started: str
+) -> tuple[RunStats, Status]:
+    """Run the plan on the local engine, keeping the manifest up to date; returns the stats and
+    how the run ended. Exceptions other than Ctrl-C propagate after the manifest says ``error``."""
+    stats = RunStats(
+        selected=len(plan.selected) + len(plan.input_failures),
+        already_done=plan.already_done,
+        failures=list(plan.input_failures),
+    )
+    for failure in plan.input_failures:
+        LOG.warning("failed: %s: %s", failure.path, failure.reason)
+    manifest = manifest_path(plan.output)
+
+    def save_manifest(status: Status) -> None:
+        data = manifest_data(settings, plan, model, stats=stats, status=status, started=started)
+        write_manifest(manifest, data)
+
+    writer = open_writer(plan.output, mode=settings.mode, feature_dim=settings.config.feature_dim)
+    save_manifest("running")
+    LOG.info(
+        "%d images selected, %d already in %s, %d to do",
+        len(plan.selected),
+        plan.already_done,
+        plan.output,
+        len(plan.todo),
+    )
+    sink = RecordSink(
+        writer=writer,
+        detector=model.detector,
+        paths=plan.paths(),
+        visualize=settings.visualize,
+        max_pixels=settings.max_pixels,
+    )
+    status: Status = "error"
+    try:
+        run_local(
+            plan,
+            sink=sink,
+            batch_size=model.batch_size,
+            workers=settings.workers,
+            stats=stats,
+            show_progress=not settings.quiet,
+        )
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        # Every record is already durable; closing folds an HDF5 journal into the file.
+        writer.close()
+        save_manifest(status)
+    return stats, status
+
+
+def exit_code(stats: RunStats, status: Status) -> int:
+    """The exit code of a run that got to the end of its loop (or was interrupted)."""
+    if status == "interrupted":
+        return EXIT_INTERRUPTED
+    if stats.failures and stats.written == 0 and stats.already_done == 0:
+        return EXIT_ALL_FAILED
+    return EXIT_SOME_FAILED if stats.failures else EXIT_OK
+
+
+def finish(settings: ExtractSettings, plan: ExtractPlan, stats: RunStats, status: Status) -> int:
+    """Print the summary and the failures; returns the exit code."""
+    if not settings.quiet:
+        elapsed = stats.seconds["loop"]
+        rate = stats.written / elapsed if elapsed > 0 else 0.0
+        print(
+            f"extract_features: {stats.selected} selected: {stats.written} written, "
+            f"{stats.already_done} already done (skipped), {len(stats.failures)} failed "
+            f"-> {plan.output} ({rate:.2f} img/s)",
+            file=sys.stderr,
+        )
+    if stats.failures:
+        print(f"{len(stats.failures)} input(s) failed:", file=sys.stderr)
+        for failure in stats.failures:
+            print(f"  {failure.path}: {failure.reason}", file=sys.stderr)
+    return exit_code(stats, status)
+
+
+def run_extract(settings: ExtractSettings) -> int:
+    """Plan, load, extract and finish one validated run; returns the exit code.
+
+    Raises:
+        UsageError: nothing was done (see :func:`make_plan` and :func:`load_model`).
+    """
+    started = now_utc()
+    with contextlib.ExitStack() as stack:
+        # Held from before the plan reads what is recorded until the manifest says how it
+        # ended: one process writes an output at a time.
+        hold_output_lock(stack, settings.output)
+        plan = make_plan(settings)
+        model = load_model(settings)
+        stats, status = extract(settings, plan, model, started=started)
+    return finish(settings, plan, stats, status)
