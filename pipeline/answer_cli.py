@@ -8,7 +8,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from pipeline.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from pipeline.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from weights.defaults import (
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    DEFAULT_ENCODER,
+    SHAPES_DETECTOR,
+    SHAPES_ENCODER,
+    DeviceError,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     from pipeline.api import Answer
@@ -16,12 +25,12 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``answer`` argument parser."""
-    from pipeline.api import DEFAULT_DETECTOR, DEFAULT_ENCODER
-
     parser = argparse.ArgumentParser(
         prog="answer",
         description="Answer questions about an image: detector regions -> LXMERT -> answers. "
-        "The detector runs once for all questions.",
+        "The detector runs once for all questions. Without --detector/--encoder the real models "
+        f"are used; the shipped shapes-world pair runs offline: --detector {SHAPES_DETECTOR} "
+        f"--encoder {SHAPES_ENCODER}.",
         epilog=f"exit codes: {EXIT_OK} answered; {EXIT_USAGE} bad arguments, unreadable image "
         f"or models that cannot be loaded; {EXIT_ERROR} unexpected error.",
     )
@@ -42,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|DIR",
         help="LXMERT registry name, preset or save_pretrained directory (default: %(default)s)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument(
+        "--device",
+        default=DEFAULT_DEVICE,
+        help="cpu, cuda, cuda:N, or auto (cuda when available) (default: %(default)s)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per question instead of text"
     )
@@ -56,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("answer: error: --top-k must be >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
+        device = resolve_device(
+            args.device, on_fallback=lambda message: print(f"answer: {message}", file=sys.stderr)
+        )
+    except DeviceError as error:
+        print(f"answer: error: --device {args.device}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         from detector.image import ImageError
         from pipeline.api import answer
 
@@ -66,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 top_k=args.top_k,
                 detector=args.detector,
                 encoder=args.encoder,
-                device=args.device,
+                device=str(device),
             )
         except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -7,9 +7,10 @@
 ... # doctest: +SKIP
 [[('yes', 0.97), ('no', 0.03)], [('2', 0.88), ('1', 0.09)]]
 
-The default models are the shapes-world pair shipped in ``weights/`` (:data:`DEFAULT_DETECTOR`,
-:data:`DEFAULT_ENCODER`); pass registry names or paths to use others (for example
-``detector="vg-r101-c4-attr", encoder="lxmert-vqa"``).
+The default models are the real ones (:data:`DEFAULT_DETECTOR` ``vg-r101-c4-attr``,
+:data:`DEFAULT_ENCODER` ``lxmert-vqa``, from :mod:`weights.defaults`); the shapes-world pair
+shipped in ``weights/`` runs offline when named: ``detector="shapes-detector",
+encoder="shapes-lxmert"``.
 """
 
 from __future__ import annotations
@@ -27,22 +28,12 @@ from detector import Detector, RegionFeatures, load_detector
 from detector.image import ChannelOrder, ImageSource
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
-
-#: Registry name of the default detector (the shapes-world model shipped in ``weights/``).
-DEFAULT_DETECTOR = "shapes-detector"
-#: Registry name of the default LXMERT (the shapes-world model shipped in ``weights/``).
-DEFAULT_ENCODER = "shapes-lxmert"
+from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DEFAULT_ENCODER, resolve_device
 
 #: One answer: the string (``top_k == 1``) or ``[(answer, probability), ...]`` best first.
 Answer = str | list[tuple[str, float]]
 
 _SINGLE_IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image)
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _check_image_list(images: object, what: str) -> None:
@@ -61,8 +52,10 @@ class Pipeline:
         encoder: an :class:`~encoder.build.Encoder`, an :class:`~encoder.config.EncoderConfig`,
             or a preset / registry name / ``save_pretrained`` directory for
             :func:`encoder.build.load_encoder`.
-        device: where both run; default: the given detector's device, else CUDA when available,
-            else CPU. Given models are moved there.
+        device: where both run: ``auto`` (default: CUDA when available, else the CPU, saying
+            so), ``cpu``, ``cuda`` or ``cuda:N`` (:func:`weights.defaults.resolve_device`; an
+            explicit device that cannot be used raises ``DeviceError`` before any model loads).
+            Given models are moved there, with their inference settings re-applied.
         detector_preset: config preset when ``detector`` is a name or path (default: the
             checkpoint's own).
         batch_size: images per detector call (same-shape images are batched, never padded).
@@ -73,18 +66,15 @@ class Pipeline:
         *,
         detector: Detector | str | os.PathLike[str] = DEFAULT_DETECTOR,
         encoder: Encoder | EncoderConfig | str | os.PathLike[str] = DEFAULT_ENCODER,
-        device: str | torch.device | None = None,
+        device: str | torch.device = DEFAULT_DEVICE,
         detector_preset: str | None = None,
         batch_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if device is None and isinstance(detector, Detector):
-            self.device = detector.device
-        else:
-            self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if isinstance(detector, Detector):
-            self.detector = detector.to(self.device)
+            self.detector = detector.move_to(self.device)
         else:
             self.detector = load_detector(str(detector), preset=detector_preset, device=self.device)
         if isinstance(encoder, Encoder):
@@ -101,7 +91,7 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return (
-            f"Pipeline(detector={self.detector.checkpoint_name!r}, "
+            f"Pipeline(detector={self.detector.checkpoint.name!r}, "
             f"encoder={self.encoder.config.checkpoint!r}, device={str(self.device)!r})"
         )
 
@@ -207,16 +197,16 @@ class Pipeline:
 def default_pipeline(
     detector: str = DEFAULT_DETECTOR,
     encoder: str = DEFAULT_ENCODER,
-    device: str | None = None,
+    device: str = DEFAULT_DEVICE,
 ) -> Pipeline:
     """The pipeline :func:`answer` uses, built once per (detector, encoder, device) and reused,
     so repeated calls do not reload weights. ``default_pipeline.cache_clear()`` frees it."""
     # One cache key per triple however it is spelt (positional, keywords, defaults).
-    return _cached_pipeline(detector, encoder, device)
+    return _cached_pipeline(detector, encoder, str(resolve_device(device)))
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_pipeline(detector: str, encoder: str, device: str | None) -> Pipeline:
+def _cached_pipeline(detector: str, encoder: str, device: str) -> Pipeline:
     return Pipeline(detector=detector, encoder=encoder, device=device)
 
 
@@ -231,7 +221,7 @@ def answer(
     top_k: int = 1,
     detector: str | os.PathLike[str] = DEFAULT_DETECTOR,
     encoder: str | os.PathLike[str] = DEFAULT_ENCODER,
-    device: str | None = None,
+    device: str = DEFAULT_DEVICE,
     channel_order: ChannelOrder = "rgb",
     pipeline: Pipeline | None = None,
 ) -> Answer | list[Answer]:
