@@ -36,7 +36,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-# Same two steps as the Makefile: the pinned requirements first (its own layer, so code changes
+# Same two steps as tasks.py (the README's setup): the pinned requirements first (its own layer, so code changes
 # do not re-download torch), then the project itself with --no-deps, so nothing but
 # requirements.txt decides a version. Not editable here, so the shipped shapes-world weights
 # (package data under weights/shipped/) are installed into site-packages and need no volume.
@@ -44,7 +44,7 @@ COPY requirements.txt /tmp/lxmert-pipeline/requirements.txt
 RUN python -m pip install --no-cache-dir -r /tmp/lxmert-pipeline/requirements.txt
 
 COPY . /tmp/lxmert-pipeline/
-# Build isolation stays on (unlike the Makefile's offline-friendly --no-build-isolation): the
+# Build isolation stays on (unlike tasks.py's offline-friendly --no-build-isolation): the
 # build has network, and pip then provides the setuptools pyproject.toml asks for.
 # The import check fails the build, not the first job, if a system library is missing.
 RUN python -m pip install --no-cache-dir --no-deps /tmp/lxmert-pipeline \

@@ -2,7 +2,7 @@
 """Set up .venv and run the project's jobs; needs only Python 3.10+ and pip.
 
     python3 tasks.py demo    # main job on the shipped shapes-world models (examples/)
-    python3 tasks.py test    # lint + the test suite (what CI runs)
+    python3 tasks.py test    # ruff, mypy and the test suite (what CI runs)
     python3 tasks.py bench   # quick detector benchmark (prints JSON)
     python3 tasks.py setup   # only create/refresh .venv
 
@@ -23,6 +23,8 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".lxmert-pipeline-installed"
 INSTALL_INPUTS = ("requirements.txt", "requirements-test.txt", "setup.py")
+#: Packages mypy checks in `test` (settings in pyproject.toml).
+TYPED_PACKAGES = ("detector", "encoder", "pipeline", "weights", "shapesworld")
 
 
 def run(*command: str | os.PathLike[str]) -> None:
@@ -67,13 +69,24 @@ def demo() -> None:
         "shapes-detector",
         "--overwrite",
     )
-    run(BIN / "answer", "examples/scene_000.png", "what color is the circle?", "--top-k", "3")
+    run(
+        BIN / "answer",
+        "examples/scene_000.png",
+        "what color is the circle?",
+        "--top-k",
+        "3",
+        "--detector",
+        "shapes-detector",
+        "--encoder",
+        "shapes-lxmert",
+    )
 
 
 def test() -> None:
     setup()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
+    run(BIN / "mypy", *TYPED_PACKAGES)
     run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
 
 

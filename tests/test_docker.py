@@ -1,5 +1,5 @@
-"""The Docker image, checked without a Docker engine: hadolint, and drift against the Makefile,
-requirements.txt, setup.py and .dockerignore.
+"""The Docker image, checked without a Docker engine: hadolint, and drift against tasks.py (the
+README's setup), requirements.txt, setup.py and .dockerignore.
 
 The Dockerfile is parsed here by a small reader (line continuations, comments, exec-form JSON);
 the .dockerignore by a matcher with Docker's rules (last matching pattern wins, a pattern that
@@ -104,8 +104,8 @@ def positional(args: list[str]) -> list[str]:
     return out
 
 
-def makefile_pip_installs() -> list[list[str]]:
-    """pip install arguments of the README's setup (tasks.py, which the Makefile wraps).
+def setup_pip_installs() -> list[list[str]]:
+    """pip install arguments of the README's setup (tasks.py).
 
     Every ``run(..., "-m", "pip", "install", ...)`` call in tasks.py, its string arguments
     after ``install``.
@@ -207,7 +207,7 @@ def project_install(instructions: list[Instruction]) -> tuple[int, list[str]]:
             for args in pip_installs(shell_commands(ins.args)):
                 if "--no-deps" in args:
                     return index, args
-    raise AssertionError("Dockerfile: no `pip install --no-deps <project>` (the Makefile's step)")
+    raise AssertionError("Dockerfile: no `pip install --no-deps <project>` (tasks.py's step)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_every_ignored_rule_is_explained() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Install steps: the same files and commands as the Makefile
+# Install steps: the same files and commands as tasks.py
 
 
 def test_dockerfile_parser_joins_continuations_and_skips_comments() -> None:
@@ -314,11 +314,11 @@ def test_requirements_come_only_from_requirements_txt(instructions: list[Instruc
         assert "-c" not in args and "--constraint" not in args, f"no constraints files: {args}"
 
 
-def test_makefile_installs_the_same_requirements_file() -> None:
-    calls = makefile_pip_installs()
-    makefile_files = {name for args in calls for name in requirement_files(args)}
-    assert "requirements.txt" in makefile_files, f"Makefile pip installs: {calls}"
-    assert any("--no-deps" in args for args in calls), "Makefile installs the project --no-deps"
+def test_setup_installs_the_same_requirements_file() -> None:
+    calls = setup_pip_installs()
+    setup_files = {name for args in calls for name in requirement_files(args)}
+    assert "requirements.txt" in setup_files, f"tasks.py pip installs: {calls}"
+    assert any("--no-deps" in args for args in calls), "tasks.py installs the project --no-deps"
 
 
 def test_project_installed_without_deps_after_requirements(
