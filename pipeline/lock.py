@@ -297,3 +297,16 @@ def _locked_message(*, output: Path, lock: Path, holder: LockInfo | None) -> str
         f"{output} is being written by another run: {who}, holds {lock}. "
         f"Wait for that run to finish ({check}). {released}"
     )
+
+
+def hold_output_lock(
+    stack: contextlib.ExitStack[bool | None], output: str | os.PathLike[str]
+) -> LockInfo:
+    """Take ``output``'s lock for the rest of ``stack``; a refusal (another run holds it, no
+    working flock, no folder to put the lock in) is a usage error (exit 2) naming the output."""
+    from pipeline.exits import UsageError
+
+    try:
+        return stack.enter_context(output_lock(output))
+    except OutputLockError as error:
+        raise UsageError(str(error)) from error
