@@ -170,9 +170,8 @@ def load_detector(
 ) -> Detector:
     """A detector from a registry name or a checkpoint file in any supported layout.
 
-    The weights file is hashed once (during checksum verification for registry checkpoints,
-    else here) and read once; the digest lands in :attr:`Detector.checkpoint` with the name,
-    path and preset.
+    The weights file is hashed once (by checksum verification for registry checkpoints, else
+    here) and read once; :attr:`Detector.checkpoint` records its name, path, sha256, preset.
 
     Args:
         name_or_path: registry name (``vg-r101-c4-attr``, ``shapes-detector``) or a path to a
@@ -189,9 +188,8 @@ def load_detector(
         optimize: fold BN (:meth:`Detector.optimize_for_inference`); False only applies the
             options, leaving the weights as stored (for training or re-saving).
 
-    Raises:
-        ValueError: ``config`` given together with ``preset`` or ``overrides``; bad options.
-        weights.CheckpointNotFoundError, weights.ChecksumError, CheckpointMismatchError.
+    Raises ``ValueError`` for ``config`` given with ``preset`` or ``overrides`` and for bad
+    options, besides ``weights``' not-found/checksum errors and CheckpointMismatchError.
     """
     from weights import locate_checkpoint
     from weights.io import load_state_dict
@@ -205,19 +203,18 @@ def load_detector(
     path, record = located.path, located.record
     if config is None:
         config = _config_for(path, record, preset=preset, overrides=overrides)
-    info = CheckpointInfo(
-        name=record.name if record is not None else path.name,
-        path=str(path),
-        sha256=located.sha256(),
-        preset=config.name,
-    )
     object_names, attribute_names = load_names(path.parent, config)
     detector = build_detector(
         config,
         seed=None,
         object_names=object_names,
         attribute_names=attribute_names,
-        checkpoint=info,
+        checkpoint=CheckpointInfo(
+            name=record.name if record is not None else path.name,
+            path=str(path),
+            sha256=located.sha256(),  # the digest verification computed, if it ran
+            preset=config.name,
+        ),
     )
     load_into(detector, remap_keys(load_state_dict(path)), source=str(path))
     if optimize:
