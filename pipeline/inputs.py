@@ -491,6 +491,47 @@ def gather_inputs(specs: Sequence[str]) -> list[InputItem]:
     return list(list_inputs(specs).items)
 
 
+def _spec_roots(spec: str) -> tuple[Path, ...]:
+    """The input root of one spec that is not a list, decided as :func:`_expand` decides it.
+
+    A file reached through a symbolic link also gives the folder of the real file, which the
+    run reads too. A spec that names nothing gives its folder (:func:`list_inputs` refuses it).
+    """
+    path = Path(spec)
+    if os.path.lexists(spec):
+        info = _stat(path)
+        if not isinstance(info, str) and stat.S_ISDIR(info.st_mode):
+            return (path,)
+        return (path.parent, Path(os.path.realpath(path)).parent)
+    if _has_glob(spec):
+        return (_split_pattern(spec)[0],)
+    return (path.parent,)
+
+
+def input_roots(specs: Sequence[str]) -> tuple[Path, ...]:
+    """The input root of every spec, resolved (``os.path.realpath``), each once, in spec order.
+
+    The root is the folder that ids are relative to (see the module docstring): a file's folder,
+    a directory itself, a glob's part before the first wildcard (the current directory when
+    there is none), and for ``@list.txt`` the roots of its lines. A file reached through a
+    symbolic link adds the real file's folder. Folders entered through links *below* a root are
+    not listed. Nothing is walked, so this costs one ``stat`` per spec.
+
+    Raises:
+        ValueError: a list naming lists, or a list that cannot be read (as :func:`list_inputs`).
+        FileNotFoundError: a list that does not exist.
+    """
+    roots: dict[Path, None] = {}
+    for spec in specs:
+        inner = _read_list(Path(spec[1:])) if spec.startswith("@") else [spec]
+        for one in inner:
+            if one.startswith("@"):
+                raise ValueError(f"input list {one[1:]}: lists cannot name other lists (@...)")
+            for root in _spec_roots(one):
+                roots.setdefault(Path(os.path.realpath(root)), None)
+    return tuple(roots)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """Parse ``K/N`` (1 <= K <= N) from ``--shard``; ``ValueError`` explains the format."""
     try:

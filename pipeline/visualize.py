@@ -1,15 +1,43 @@
-"""Draw an image's regions (boxes with "attribute object" labels) with OpenCV."""
+"""Draw an image's regions (boxes with "attribute object" labels) with OpenCV, and save them
+as pictures that never replace anything else.
+
+Safety rules of ``--visualize DIR`` (a picture is ``DIR/<image id>.png``):
+
+- :func:`check_visualize_dir`, before any work: DIR is neither an input root nor inside one
+  (pictures there could replace input images, and a later run would list them as inputs), and
+  no picture path falls inside an input root that lies inside DIR.
+- :func:`save_visualization`, per picture: it replaces only a PNG this tool wrote, known by its
+  text chunk :data:`PICTURE_MARK`; anything else at the path (another file, a folder, a symbolic
+  link, a folder link on the way below DIR) is left alone and the picture is refused with
+  :class:`ForeignFileError`. Pictures are written atomically (:mod:`weights.files`).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from pathlib import Path
+import stat
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
 from detector.structures import RegionFeatures
+from weights.files import atomic_write_bytes
+
+#: The ``tEXt`` chunk (keyword, text) that marks a PNG as written by ``--visualize``.
+PICTURE_MARK: tuple[str, str] = ("Software", "lxmert-pipeline visualize")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Chunks read, at most, when looking for the mark (it is written right after IHDR).
+_MAX_HEAD_CHUNKS = 64
+
+
+class ForeignFileError(ValueError):
+    """A picture's path holds something this tool did not write, or is reached through a
+    symbolic link below the visualisation folder; nothing there is changed."""
 
 
 def _colour(class_id: int) -> tuple[int, int, int]:
@@ -78,6 +106,144 @@ def draw_regions(
     return canvas
 
 
+def _real(path: str | os.PathLike[str]) -> Path:
+    # realpath resolves what exists and keeps the rest as given, so a folder that does not
+    # exist yet is compared by the path it will have.
+    return Path(os.path.realpath(path))
+
+
+def check_visualize_dir(
+    directory: str | os.PathLike[str], roots: Sequence[Path], *, image_ids: Iterable[str] = ()
+) -> None:
+    """Refuse a visualisation folder whose pictures could replace inputs or become inputs.
+
+    Args:
+        directory: the ``--visualize`` folder (it may not exist yet).
+        roots: the input roots (:func:`pipeline.inputs.input_roots`).
+        image_ids: the ids that will get a picture; needed only when a root lies inside
+            ``directory``, where a picture ``DIR/<id>.png`` may land inside that root.
+
+    Raises:
+        ValueError: ``directory`` is not a folder, or is (inside) an input root, or a picture
+            would land inside one; the message names both and the remedy.
+    """
+    folder = _real(directory)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ValueError(f"--visualize {directory} is not a folder; give a folder for pictures")
+    real_roots = [_real(root) for root in roots]
+    remedy = (
+        "its pictures could replace input images, and a later run (--resume) would read them "
+        "as inputs; choose a folder outside every input folder"
+    )
+    for root in real_roots:
+        if folder.is_relative_to(root):
+            where = "is the input folder" if folder == root else "is inside the input folder"
+            raise ValueError(f"--visualize {directory} ({folder}) {where} {root}: {remedy}")
+    inner = [root for root in real_roots if root.is_relative_to(folder)]
+    if not inner:
+        return
+    for image_id in image_ids:
+        picture = folder / f"{image_id}.png"
+        for root in inner:
+            if picture.is_relative_to(root):
+                raise ValueError(
+                    f"--visualize {directory}: the picture of {image_id!r} would be {picture}, "
+                    f"inside the input folder {root}: {remedy}"
+                )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type + data (all big-endian)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _mark_bytes() -> bytes:
+    keyword, text = PICTURE_MARK
+    return keyword.encode("latin-1") + b"\0" + text.encode("latin-1")
+
+
+def mark_png(encoded: bytes) -> bytes:
+    """``encoded`` (a PNG) with the :data:`PICTURE_MARK` ``tEXt`` chunk right after IHDR; the
+    pixels are untouched."""
+    ihdr_end = len(_PNG_SIGNATURE) + 8 + 13 + 4  # IHDR: length, type, 13 bytes of data, CRC
+    if not encoded.startswith(_PNG_SIGNATURE) or encoded[12:16] != b"IHDR":
+        raise ValueError("not a PNG with its IHDR first")
+    return encoded[:ihdr_end] + _chunk(b"tEXt", _mark_bytes()) + encoded[ihdr_end:]
+
+
+def is_marked_png(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file holding a PNG marked by :func:`mark_png`.
+
+    Reads the signature and the chunks before the first IDAT only (skipping their data), never
+    the whole file; a symbolic link, a FIFO or a device is not opened for reading at all.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or stream.read(8) != _PNG_SIGNATURE:
+            return False
+        wanted = _mark_bytes()
+        for _ in range(_MAX_HEAD_CHUNKS):
+            head = stream.read(8)
+            if len(head) < 8:
+                return False
+            length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            if kind == b"tEXt" and length == len(wanted):
+                data, crc = stream.read(length), stream.read(4)
+                if data == wanted and crc == struct.pack(">I", zlib.crc32(kind + data)):
+                    return True
+            else:
+                stream.seek(length + 4, os.SEEK_CUR)
+    return False
+
+
+def picture_path(directory: str | os.PathLike[str], image_id: str) -> Path:
+    """``directory/<image_id>.png``; an id that would leave ``directory`` is a ``ValueError``
+    (ids never hold ``..`` or absolute parts; this keeps the picture inside regardless)."""
+    parts = PurePosixPath(image_id).parts
+    if not parts or PurePosixPath(image_id).is_absolute() or ".." in parts:
+        raise ValueError(f"image id {image_id!r} would put its picture outside {directory}")
+    return Path(directory, *parts[:-1], f"{parts[-1]}.png")
+
+
+def check_picture_target(directory: str | os.PathLike[str], path: Path) -> None:
+    """Raise :class:`ForeignFileError` unless writing ``path`` (below ``directory``) replaces
+    nothing but a picture of ours, through no symbolic link below ``directory``."""
+    relative = path.relative_to(directory)
+    current = Path(directory)
+    for part in relative.parts:
+        current = current / part
+        if os.path.islink(current):
+            raise ForeignFileError(
+                f"{current} is a symbolic link; a picture is never written through one "
+                "(remove the link, or choose another --visualize folder)"
+            )
+        if not os.path.lexists(current):
+            return
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise ForeignFileError(
+            f"{path} exists and is not a file (a folder, FIFO, socket or device); it is left "
+            "alone (move it away, or choose another --visualize folder)"
+        )
+    if not is_marked_png(path):
+        raise ForeignFileError(
+            f"{path} exists and is not a picture this tool wrote; it is left unchanged "
+            "(move it away, or choose another --visualize folder)"
+        )
+
+
+def encode_picture(canvas: np.ndarray) -> bytes:
+    """``canvas`` (uint8 ``[H, W, 3]`` BGR) as PNG bytes: OpenCV's encoding plus the mark."""
+    ok, encoded = cv2.imencode(".png", canvas)
+    if not ok:
+        raise ValueError("OpenCV could not encode the picture as PNG")
+    return mark_png(encoded.tobytes())
+
+
 def save_visualization(
     directory: str | os.PathLike[str],
     image_bgr: np.ndarray,
@@ -86,14 +252,20 @@ def save_visualization(
     object_names: Sequence[str],
     attribute_names: Sequence[str],
 ) -> Path:
-    """Write ``directory/<image_id>.png`` (sub-folders follow the id); returns the path."""
-    path = Path(directory) / f"{region.image_id}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``directory/<image_id>.png`` (sub-folders follow the id) atomically; returns the
+    path.
+
+    Raises:
+        ForeignFileError: the path holds a file this tool did not write, or a symbolic link is
+            on the way; nothing is changed.
+        ValueError: the picture cannot be drawn or encoded.
+        OSError: the folder cannot be made or written.
+    """
+    path = picture_path(directory, region.image_id)
+    check_picture_target(directory, path)
     canvas = draw_regions(
         image_bgr, region, object_names=object_names, attribute_names=attribute_names
     )
-    ok, encoded = cv2.imencode(".png", canvas)
-    if not ok:
-        raise ValueError(f"could not encode the visualisation of {region.image_id!r} as PNG")
-    path.write_bytes(encoded.tobytes())
-    return path
+    data = encode_picture(canvas)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, data)
