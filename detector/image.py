@@ -13,6 +13,11 @@ Behaviour, by input:
   16-bit images go to 8 bit as ``cv2.imread`` does (``value >> 8`` for PNG, rounded
   ``value / 257`` for TIFF). Unlike ``cv2.imread``, a truncated file is an error rather than a
   partly grey picture.
+- Files are checked before they are read: ``os.stat`` first (a directory, FIFO, device or socket
+  is named as what it is and never opened; a file over ``max_bytes`` is refused unread), then
+  the format and size are read from the header alone, Pillow reading at most
+  :data:`HEADER_READ_LIMIT` bytes, so a huge file of garbage or a decompression bomb costs
+  almost nothing. Only a file that passes is read whole and decoded.
 - ``PIL.Image.Image``: converted by Pillow; its EXIF orientation (if any) is applied.
 - ``numpy.ndarray``: RGB by default, as from PIL or scikit-image; pass ``channel_order="bgr"``
   for arrays from OpenCV. Shapes ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` and ``[H, W, 4]``
@@ -25,18 +30,31 @@ Every failure to produce an image raises :class:`ImageError`, whose message name
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from collections.abc import Callable
-from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 #: Default cap on ``width * height`` of an input image (100 megapixels, ~300 MB as BGR uint8).
 DEFAULT_MAX_PIXELS: int = 100_000_000
+
+#: Default cap on the size of an encoded image (a file or bytes), checked before reading it
+#: (200 MB; a 100 MP photo is ~20-40 MB as JPEG).
+DEFAULT_MAX_BYTES: int = 200_000_000
+
+#: At most this many bytes of a file are read to find its format and size (16 MiB: room for
+#: JPEG APP segments with large ICC profiles; Pillow seeks, so a TIFF directory at the end of
+#: the file is still found). A file whose header needs more is refused without the rest.
+HEADER_READ_LIMIT: int = 16 * 2**20
 
 #: Anything :func:`load_image` accepts.
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
@@ -73,14 +91,17 @@ def load_image(
     *,
     channel_order: ChannelOrder = "rgb",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     name: str | None = None,
 ) -> np.ndarray:
     """Decode ``source`` into a new BGR uint8 array ``[H, W, 3]``, C-contiguous.
 
     ``H, W`` are the size after EXIF orientation. ``channel_order`` says how a numpy array's
     channels are ordered and is ignored for other sources. ``max_pixels`` caps ``H * W`` for
-    every source; for files and bytes it is checked on the header, before decoding. ``name``
-    replaces the source's description in error messages.
+    every source; for files and bytes it is checked on the header, before decoding.
+    ``max_bytes`` caps the encoded size of files (from ``os.stat``, before opening them) and
+    of bytes (their length); it does not apply to arrays and PIL images. ``name`` replaces
+    the source's description in error messages.
 
     Pillow also refuses, at header time, images above its own hard limit
     (``2 * PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP, also reported as :class:`ImageError`), and
@@ -88,14 +109,17 @@ def load_image(
     module setting yourself to admit larger images.
 
     Raises:
-        ImageError: missing, empty, unreadable, unrecognised, truncated or oversized input.
+        ImageError: missing, empty, not a regular file, unreadable, unrecognised, truncated
+            or oversized (pixels or bytes) input.
         TypeError: ``source`` is none of the accepted types.
-        ValueError: ``channel_order`` or ``max_pixels`` is invalid.
+        ValueError: ``channel_order``, ``max_pixels`` or ``max_bytes`` is invalid.
     """
     if channel_order not in ("rgb", "bgr"):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
     if isinstance(source, np.ndarray):
         return _array_to_bgr(
             source, channel_order=channel_order, max_pixels=max_pixels, label=name or "<array>"
@@ -105,13 +129,15 @@ def load_image(
         return _pil_to_oriented_bgr(source, max_pixels=max_pixels, label=label)
     if isinstance(source, (str, os.PathLike)):
         label = name or os.fspath(source)
-        return _decode_bytes(_read_file(source, label), max_pixels=max_pixels, label=label)
+        data = _read_file(source, label=label, max_pixels=max_pixels, max_bytes=max_bytes)
+        return _decode_bytes(data, max_pixels=max_pixels, label=label)
     if isinstance(source, (bytes, bytearray, memoryview)):
         label = name or "<bytes>"
-        data = bytes(source)
-        if not data:
+        size = source.nbytes if isinstance(source, memoryview) else len(source)
+        if not size:
             raise ImageError(label, "empty input (0 bytes)")
-        return _decode_bytes(data, max_pixels=max_pixels, label=label)
+        _check_bytes(size, max_bytes=max_bytes, label=label, before="decoding them")
+        return _decode_bytes(bytes(source), max_pixels=max_pixels, label=label)
     raise TypeError(
         "image source must be a path, bytes, a PIL image or a numpy array, "
         f"got {type(source).__name__}"
@@ -132,7 +158,7 @@ def image_size(source: ImageSource, *, name: str | None = None) -> tuple[int, in
         return _upright_size(source)
     if isinstance(source, (str, os.PathLike)):
         label = name or os.fspath(source)
-        _check_file(source, label)
+        _file_size(source, label)
         try:
             with open(source, "rb") as handle:
                 return _upright_size(_open_header(handle, label))
@@ -152,26 +178,107 @@ def image_size(source: ImageSource, *, name: str | None = None) -> tuple[int, in
 # --- files and bytes -------------------------------------------------------------------------
 
 
-def _check_file(path: str | os.PathLike, label: str) -> None:
-    target = Path(path)
+# What a path that is not a regular file is, by the ``stat`` test that recognises it. Such a
+# path is never opened: reading a FIFO blocks and a device can be endless.
+_NOT_REGULAR: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "is a directory, not an image file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a file"),
+    (stat.S_ISCHR, "is a character device, not a file"),
+    (stat.S_ISBLK, "is a block device, not a file"),
+    (stat.S_ISSOCK, "is a socket, not a file"),
+)
+
+
+def _file_size(path: str | os.PathLike, label: str) -> int:
+    """Size in bytes of the regular, non-empty file at ``path``, from ``os.stat`` alone."""
     try:
-        if not target.exists():
-            raise ImageError(label, "no such file")
-        if target.is_dir():
-            raise ImageError(label, "is a directory, not an image file")
-        if target.stat().st_size == 0:
-            raise ImageError(label, "empty file (0 bytes)")
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        broken = os.path.islink(path)
+        raise ImageError(label, "broken symbolic link" if broken else "no such file") from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(label, "symbolic link loop") from exc
         raise ImageError(label, f"cannot read file: {exc.strerror or exc}") from exc
+    for is_kind, reason in _NOT_REGULAR:
+        if is_kind(info.st_mode):
+            raise ImageError(label, reason)
+    if info.st_size == 0:
+        raise ImageError(label, "empty file (0 bytes)")
+    return info.st_size
 
 
-def _read_file(path: str | os.PathLike, label: str) -> bytes:
-    _check_file(path, label)
+def _check_bytes(size: int, *, max_bytes: int, label: str, before: str) -> None:
+    if size > max_bytes:
+        raise ImageError(
+            label,
+            f"{size} bytes ({size / 1e6:.1f} MB), more than max_bytes={max_bytes} (refused "
+            f"before {before}; raise the cap with --max-bytes N, or max_bytes=N in Python)",
+        )
+
+
+def _read_file(path: str | os.PathLike, *, label: str, max_pixels: int, max_bytes: int) -> bytes:
+    """The whole file, read only once its size, format and pixel count have passed."""
+    size = _file_size(path, label)
+    _check_bytes(size, max_bytes=max_bytes, label=label, before="reading it")
     try:
         with open(path, "rb") as handle:
-            return handle.read()
+            width, height = _open_file_header(handle, label).size
+            _check_pixels(height, width, max_pixels=max_pixels, label=label)
+            handle.seek(0)
+            data = handle.read(size)
+            if len(data) != size or handle.read(1):
+                raise ImageError(label, "the file changed size while it was being read")
     except OSError as exc:
         raise ImageError(label, f"cannot read file: {exc.strerror or exc}") from exc
+    return data
+
+
+class _HeaderBytes(io.RawIOBase):
+    """``handle`` for Pillow's header parsing: it reads as end of file once ``limit`` bytes
+    have been read (seeking is free), so no header parse reads more than ``limit``."""
+
+    def __init__(self, handle: IO[bytes], limit: int) -> None:
+        super().__init__()
+        self._handle = handle
+        self._left = limit
+        self.exhausted = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        wanted = memoryview(buffer).cast("B")
+        if self._left <= 0:
+            self.exhausted = self.exhausted or len(wanted) > 0
+            return 0
+        chunk = self._handle.read(min(len(wanted), self._left))
+        wanted[: len(chunk)] = chunk
+        self._left -= len(chunk)
+        return len(chunk)
+
+
+def _open_file_header(handle: IO[bytes], label: str) -> Image.Image:
+    """Pillow's header of the open file ``handle``, reading at most
+    :data:`HEADER_READ_LIMIT` bytes of it. The result must not be loaded."""
+    budget = _HeaderBytes(handle, HEADER_READ_LIMIT)
+    try:
+        return _open_header(io.BufferedReader(budget), label)
+    except ImageError as exc:
+        if not budget.exhausted:
+            raise
+        raise ImageError(
+            label, f"{exc.reason} (no image header in its first {HEADER_READ_LIMIT} bytes)"
+        ) from exc
 
 
 def _open_header(stream: IO[bytes], label: str) -> Image.Image:

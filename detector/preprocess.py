@@ -25,7 +25,14 @@ import cv2
 import numpy as np
 import torch
 
-from detector.image import DEFAULT_MAX_PIXELS, ChannelOrder, ImageError, ImageSource, load_image
+from detector.image import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ChannelOrder,
+    ImageError,
+    ImageSource,
+    load_image,
+)
 
 if TYPE_CHECKING:
     from detector.config import DetectorConfig
@@ -143,16 +150,20 @@ def prepare(
     image_id: str,
     channel_order: ChannelOrder = "rgb",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> PreparedImage:
     """:func:`~detector.image.load_image` then :func:`preprocess` with ``config``'s sizes,
-    mean and std. ``channel_order`` applies to numpy arrays only (RGB by default).
+    mean and std. ``channel_order`` applies to numpy arrays only (RGB by default);
+    ``max_pixels`` and ``max_bytes`` are :func:`~detector.image.load_image`'s caps.
 
     Raises :class:`~detector.image.ImageError` for any unreadable or oversized input; its
     message names the path, or ``image_id`` for in-memory sources.
     """
     # Paths name themselves in errors; in-memory sources are best named by their id.
     name = None if isinstance(source, (str, os.PathLike)) else (image_id or None)
-    image = load_image(source, channel_order=channel_order, max_pixels=max_pixels, name=name)
+    image = load_image(
+        source, channel_order=channel_order, max_pixels=max_pixels, max_bytes=max_bytes, name=name
+    )
     return preprocess_for(image, config, image_id=image_id)
 
 
