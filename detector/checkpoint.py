@@ -27,6 +27,7 @@ from detector.model import Detector, build_detector
 from detector.options import InferenceOptions
 from detector.structures import CheckpointInfo
 from detector.vocab import load_names
+from weights.defaults import DEFAULT_DEVICE, resolve_device
 
 if TYPE_CHECKING:
     from weights import CheckpointRecord
@@ -178,8 +179,10 @@ def load_detector(
             ``.bin``/``.pth``/``.pkl``/``.safetensors`` checkpoint.
         preset: config preset; default: the one stored in the checkpoint, else the registry's,
             else ``vg-r101-c4-attr``.
-        device: ``cpu``, ``cuda`` or ``cuda:i``; replaces ``options.device`` when given
-            (default: ``options.device``, else ``cpu``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:i``, checked by the project's one device
+            rule (:func:`weights.defaults.resolve_device`: only ``auto`` falls back to the
+            CPU; an explicit device that cannot be used raises ``DeviceError``); replaces
+            ``options.device`` when given (default: ``options.device``, else ``auto``).
         overrides: :class:`DetectorConfig` fields to change (selection, box counts, sizes...).
         config: the finished config (e.g. from :func:`detector_config`, validated before any
             weights were read), instead of ``preset`` and ``overrides``.
@@ -196,9 +199,12 @@ def load_detector(
 
     if config is not None and (preset is not None or overrides):
         raise ValueError("give load_detector either config or preset/overrides, not both")
-    requested = options if options is not None else InferenceOptions()
-    if device is not None:
-        requested = requested.on(device)
+    if device is None and options is not None:
+        resolve_device(options.device)  # the one device rule: an unusable device fails here
+        requested = options
+    else:
+        spec = DEFAULT_DEVICE if device is None else device
+        requested = (options or InferenceOptions()).on(resolve_device(spec))
     located = locate_checkpoint(name_or_path)
     path, record = located.path, located.record
     if config is None:

@@ -16,6 +16,7 @@ from encoder.config import EncoderConfig, config_for
 from encoder.inputs import build_visual_inputs
 from encoder.model import build_model, checkpoint_directory
 from encoder.tokenizer import VOCAB_PATH, LxmertTokenizer, encode_text, load_tokenizer
+from weights.defaults import DEFAULT_DEVICE, resolve_device
 
 #: Optional files of a checkpoint directory that override the shipped defaults: the answer
 #: set (JSON list, label order) and the WordPiece vocabulary.
@@ -72,7 +73,7 @@ class Encoder:
 
 
 def load_encoder(
-    source: str | Path | EncoderConfig, *, device: torch.device | str = "cpu"
+    source: str | Path | EncoderConfig, *, device: torch.device | str = DEFAULT_DEVICE
 ) -> Encoder:
     """Build an :class:`Encoder`.
 
@@ -81,7 +82,8 @@ def load_encoder(
             ``shapes-lxmert``), an :class:`EncoderConfig`, or a checkpoint directory / other
             registry name (head ``qa``, answer set by ``num_qa_labels``); see
             ``encoder.config.config_for``.
-        device: where the model runs.
+        device: where the model runs: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``, by
+            the one device rule (:func:`weights.defaults.resolve_device`).
 
     A checkpoint directory may carry ``label2ans.json`` (answers in label order) and
     ``vocab.txt``; they are used instead of the shipped answer set and vocabulary unless the
@@ -100,7 +102,7 @@ def load_encoder(
     # Called through the nn.Module type: transformers' functools.wraps on .to hides its
     # signature from the type checker; the call still runs transformers' own .to.
     module: torch.nn.Module = model
-    module.to(torch.device(device))
+    module.to(resolve_device(device))
     vocab = directory / VOCAB_FILE
     tokenizer = load_tokenizer(vocab if vocab.is_file() else VOCAB_PATH)
     answers = None
