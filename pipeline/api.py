@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from detector import Detector, RegionFeatures, load_detector
-from detector.image import ChannelOrder, ImageSource
+from detector.image import DEFAULT_MAX_BYTES, ChannelOrder, ImageError, ImageSource, load_image
+from detector.preprocess import PreparedImage, preprocess_for
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DEFAULT_ENCODER, resolve_device
@@ -41,6 +42,61 @@ def _check_image_list(images: object, what: str) -> None:
         raise TypeError(
             f"{what} takes a list of images, got one {type(images).__name__}; wrap it: [image]"
         )
+
+
+def _image_label(number: int, image: object, image_id: str | None) -> str:
+    """How errors name an image: a path by itself; anything else by its 1-based position and
+    kind, e.g. ``"image 2 (bytes)"`` (with the caller's id when one was given)."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fsdecode(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        kind = "bytes"
+    elif isinstance(image, np.ndarray):
+        kind = "numpy array"
+    elif isinstance(image, Image.Image):
+        filename = getattr(image, "filename", "")
+        kind = f"PIL image of {filename}" if filename else "PIL image"
+    else:
+        kind = type(image).__name__
+    named = "" if image_id is None else f", id {image_id!r}"
+    return f"image {number} ({kind}{named})"
+
+
+def _check_question(question: object, name: str) -> str:
+    """``question`` if it is a non-blank string; ``name`` says which one in the error."""
+    if question is None:
+        raise ValueError(f"{name} is None; pass the question as a string")
+    if isinstance(question, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{name} is bytes; pass a string, e.g. question.decode('utf-8')")
+    if not isinstance(question, str):
+        raise TypeError(f"{name} must be a string, got {type(question).__name__}")
+    if not question.strip():
+        # Never sent to the model: LXMERT answers an empty question too ("no", typically).
+        raise ValueError(f"{name} is empty" + (" (only whitespace)" if question else ""))
+    return question
+
+
+def _questions_of(entry: object, *, image: int | None) -> list[str]:
+    """The checked questions of one entry: one question or a list of them. ``image`` (1-based)
+    names the entry's image in errors; ``None`` when there is only one image."""
+    where = "" if image is None else f" for image {image}"
+    if entry is None or isinstance(entry, (str, bytes, bytearray, memoryview)):
+        return [_check_question(entry, f"question{where}")]
+    if not isinstance(entry, Sequence):
+        raise TypeError(
+            f"question{where} must be a string or a list of strings, got {type(entry).__name__}"
+        )
+    return [
+        _check_question(question, f"question {number}{where}")
+        for number, question in enumerate(entry, start=1)
+    ]
+
+
+def _checked_questions(questions: Sequence[object]) -> list[list[str]]:
+    """:func:`_questions_of` for every image's entry."""
+    if len(questions) == 1:
+        return [_questions_of(questions[0], image=None)]
+    return [_questions_of(entry, image=i) for i, entry in enumerate(questions, start=1)]
 
 
 class Pipeline:
@@ -101,6 +157,7 @@ class Pipeline:
         image_ids: Sequence[str] | None = None,
         *,
         channel_order: ChannelOrder = "rgb",
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> list[RegionFeatures]:
         """Detect the regions of each image, in input order.
 
@@ -108,17 +165,48 @@ class Pipeline:
             images: paths, encoded bytes, PIL images or numpy arrays (``[H, W, 3]`` uint8,
                 RGB unless ``channel_order="bgr"``).
             image_ids: ids stored in the results (default ``"0"``, ``"1"``, ...).
+            max_bytes: refuse an encoded image (file or bytes) larger than this, before
+                reading it (:func:`detector.image.load_image`).
 
         Returns:
             One :class:`RegionFeatures` per image: boxes xyxy in raw-image pixels.
 
         Raises:
-            detector.image.ImageError: an image cannot be decoded (the message names it).
+            detector.image.ImageError: an image cannot be decoded. The message names a path
+                by itself and anything else by position and kind: ``"image 2 (bytes)"``.
         """
         _check_image_list(images, "Pipeline.regions")
-        return self.detector.regions(
-            list(images), image_ids, channel_order=channel_order, batch_size=self.batch_size
-        )
+        sources = list(images)
+        ids = [str(i) for i in range(len(sources))] if image_ids is None else list(image_ids)
+        if len(ids) != len(sources):
+            raise ValueError(f"got {len(sources)} images but {len(ids)} image_ids")
+        prepared = [
+            self._prepare(
+                image,
+                image_id=image_id,
+                label=_image_label(number, image, None if image_ids is None else image_id),
+                channel_order=channel_order,
+                max_bytes=max_bytes,
+            )
+            for number, (image, image_id) in enumerate(zip(sources, ids, strict=True), start=1)
+        ]
+        return self.detector.detect(prepared, batch_size=self.batch_size)
+
+    def _prepare(
+        self,
+        image: ImageSource,
+        *,
+        image_id: str,
+        label: str,
+        channel_order: ChannelOrder,
+        max_bytes: int,
+    ) -> PreparedImage:
+        """Decode and preprocess one image for this detector; errors name it by ``label``."""
+        bgr = load_image(image, channel_order=channel_order, max_bytes=max_bytes, name=label)
+        try:
+            return preprocess_for(bgr, self.detector.config, image_id=image_id)
+        except ImageError as error:  # preprocess knows only the id; say which image it was
+            raise ImageError(label, error.reason) from error
 
     def answer_regions(
         self,
@@ -143,11 +231,7 @@ class Pipeline:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         pair_regions: list[RegionFeatures] = []
         pair_questions: list[str] = []
-        for region, entry in zip(regions, questions, strict=True):
-            asked = [entry] if isinstance(entry, str) else list(entry)
-            for question in asked:
-                if not isinstance(question, str):
-                    raise TypeError(f"questions must be strings, got {type(question).__name__}")
+        for region, asked in zip(regions, _checked_questions(questions), strict=True):
             pair_regions.extend([region] * len(asked))
             pair_questions.extend(asked)
         scored = (
@@ -175,14 +259,20 @@ class Pipeline:
         *,
         top_k: int = 1,
         channel_order: ChannelOrder = "rgb",
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> list[Answer | list[Answer]]:
         """Answer ``questions[i]`` (one question or a list) about ``images[i]``.
 
         The detector runs once per image, whatever the number of questions; LXMERT runs once on
-        all (image, question) pairs.
+        all (image, question) pairs. ``max_bytes`` is :meth:`regions`' cap.
 
         Returns:
             Per image: an :data:`Answer` for a single question, a list of them for a list.
+
+        Raises:
+            ValueError: a question is ``None``, bytes, empty or only whitespace (the message
+                says which: ``"question 2 is empty"``), before any image is decoded.
+            detector.image.ImageError: as :meth:`regions`.
         """
         _check_image_list(images, "Pipeline.answer")
         if len(images) != len(questions):
@@ -190,7 +280,8 @@ class Pipeline:
                 f"got {len(images)} images but {len(questions)} question entries; pass one "
                 "question (or one list of questions) per image"
             )
-        regions = self.regions(images, channel_order=channel_order)
+        _checked_questions(questions)
+        regions = self.regions(images, channel_order=channel_order, max_bytes=max_bytes)
         return self.answer_regions(regions, questions, top_k=top_k)
 
 
@@ -223,6 +314,7 @@ def answer(
     encoder: str | os.PathLike[str] = DEFAULT_ENCODER,
     device: str = DEFAULT_DEVICE,
     channel_order: ChannelOrder = "rgb",
+    max_bytes: int = DEFAULT_MAX_BYTES,
     pipeline: Pipeline | None = None,
 ) -> Answer | list[Answer]:
     """Answer a question (or several) about one image.
@@ -235,11 +327,22 @@ def answer(
             first (probabilities are a softmax over the model's answer set).
         detector, encoder, device: which models to use (registry names or paths); the pipeline
             for each combination is built on first use and cached (:func:`default_pipeline`).
+        max_bytes: refuse an encoded image (file or bytes) larger than this, before reading
+            it (default 200 MB).
         pipeline: use this :class:`Pipeline` instead of the cached default.
 
     Returns:
         For one question an :data:`Answer`; for a list, a list of them in the same order.
+
+    Raises:
+        ValueError: ``question`` (or one in the list) is ``None``, bytes, empty or only
+            whitespace; checked before any model loads. The message says which question.
+        detector.image.ImageError: the image cannot be used; a path is named by itself,
+            bytes and arrays as ``"image 1 (bytes)"`` / ``"image 1 (numpy array)"``.
     """
+    _questions_of(question, image=None)
     if pipeline is None:
         pipeline = default_pipeline(str(detector), str(encoder), device)
-    return pipeline.answer([image], [question], top_k=top_k, channel_order=channel_order)[0]
+    return pipeline.answer(
+        [image], [question], top_k=top_k, channel_order=channel_order, max_bytes=max_bytes
+    )[0]

@@ -8,6 +8,7 @@ A :class:`Command` is a parser and a function of the parsed flags that returns t
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -45,10 +46,27 @@ def run_command(command: Command, argv: Sequence[str]) -> int:
     except UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as error:
-        print(f"{parser.prog}: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        else:
-            print("(run with -v for the traceback)", file=sys.stderr)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            report_unexpected(parser, args, error)
+            return EXIT_ERROR
+        print(
+            f"{parser.prog}: error: the disk is full ({error}). Every record written so far is "
+            "kept; free some space and run the same command with --resume to continue.",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
+    except Exception as error:
+        report_unexpected(parser, args, error)
+        return EXIT_ERROR
+
+
+def report_unexpected(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, error: Exception
+) -> None:
+    """Report an unexpected error (exit 4): its type and message, and the traceback with -v."""
+    print(f"{parser.prog}: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+    if getattr(args, "verbose", False):
+        traceback.print_exception(error)
+    else:
+        print("(run with -v for the traceback)", file=sys.stderr)

@@ -48,6 +48,61 @@ class Failure:
         return {"image_id": self.image_id, "path": self.path, "reason": self.reason}
 
 
+#: The settings that change a record, as (name in the manifest's ``"settings"``, meaning). The
+#: one list: ``--resume`` and ``merge`` compare exactly these, and the README prints them. A new
+#: setting that changes records is added here, nowhere else.
+RECORD_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("detector_sha256", "sha256 of the detector checkpoint file"),
+    ("preset", "detector config preset"),
+    ("selection", "box selection mode (bottom-up, max-class)"),
+    ("proposals", "proposal layer"),
+    ("min_boxes", "fewest boxes per image"),
+    ("max_boxes", "most boxes per image"),
+    ("conf_thresh", "bottom-up confidence threshold"),
+    ("nms_thresh", "bottom-up per-class NMS IoU"),
+    ("max_class_nms_thresholds", "max-class NMS IoU thresholds"),
+    ("min_size", "short side after resizing"),
+    ("max_size", "cap on the long side after resizing"),
+    ("feature_dim", "feature dimension D"),
+    ("precision", "numeric precision of the detector"),
+    ("boxes_sha256", "sha256 of a given-boxes file"),
+)
+
+
+def record_settings(
+    config: Mapping[str, Any], *, detector_sha256: str | None, precision: str
+) -> dict[str, Any]:
+    """The :data:`RECORD_SETTINGS` of a run, from its detector config (``DetectorConfig.
+    to_dict()``), checkpoint digest and precision. Settings a run does not have yet (proposal
+    layer, given boxes) are recorded with their only value today."""
+    values: dict[str, Any] = {
+        "detector_sha256": detector_sha256,
+        "preset": config["name"],
+        "proposals": "detectron2",
+        "feature_dim": config["res2_channels"] * 8,
+        "precision": precision,
+        "boxes_sha256": None,
+    }
+    for name, _ in RECORD_SETTINGS:
+        if name not in values:
+            value = config[name]
+            values[name] = list(value) if isinstance(value, tuple) else value
+    return {name: values[name] for name, _ in RECORD_SETTINGS}
+
+
+def settings_differences(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
+    """One line per :data:`RECORD_SETTINGS` entry whose values differ: ``name: A vs B``. A
+    setting missing from ``theirs`` (an older manifest) counts as a difference."""
+    lines = []
+    missing = object()
+    for name, meaning in RECORD_SETTINGS:
+        mine, other = ours.get(name, missing), theirs.get(name, missing)
+        if mine != other:
+            shown = "(not recorded)" if other is missing else json.dumps(other, default=str)
+            lines.append(f"{name} ({meaning}): {json.dumps(mine, default=str)} vs {shown}")
+    return lines
+
+
 def manifest_path(output: str | os.PathLike[str]) -> Path:
     """``out.tsv`` -> ``out.tsv.manifest.json``."""
     output = Path(output)
@@ -88,6 +143,35 @@ def write_manifest(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Pat
         {"manifest_version": MANIFEST_VERSION, **data}, indent=2, sort_keys=False, default=str
     )
     return atomic_write_text(path, text + "\n")
+
+
+#: A manifest as read back (JSON object).
+Manifest = dict[str, Any]
+
+
+def own_manifest(output: str | os.PathLike[str]) -> Manifest | None:
+    """The manifest beside ``output`` if it is one this tool wrote (a JSON object with our
+    ``manifest_version`` and ``status``), else None (absent, unreadable, or foreign)."""
+    try:
+        data = read_manifest(manifest_path(output))
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(data, dict) and data.get("manifest_version") == MANIFEST_VERSION
+    return data if ours and "status" in data else None
+
+
+def recorded_settings(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The :data:`RECORD_SETTINGS` a manifest records: its ``settings``, or for a manifest
+    written before they were recorded, those derived from its detector section (then fp32,
+    the only precision there was). None when it records neither (a merge of foreign files)."""
+    if isinstance(manifest.get("settings"), dict):
+        return dict(manifest["settings"])
+    detector = manifest.get("detector")
+    if not isinstance(detector, dict) or not isinstance(detector.get("config"), dict):
+        return None
+    return record_settings(
+        detector["config"], detector_sha256=detector.get("sha256"), precision="fp32"
+    )
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,12 +1,31 @@
-"""``extract_features merge SHARD... --out X``: join feature files (the shards of one run).
+"""``extract_features merge FILE... --out X``: join feature files (the shards of one run).
 
-Also runnable as ``python -m pipeline.merge SHARD... --out X``.
+Also runnable as ``python -m pipeline.merge FILE... --out X``.
+
+The merge rules, all checked before anything is created (no output, temporary file, manifest
+or lock file is left by a refusal, which exits 2):
+
+- an input with a manifest must say ``finished`` or ``merged``; ``running``, ``interrupted``
+  and ``error`` are refused (finish the run first with ``--resume``), and so is an HDF5 input
+  with a journal (records not yet folded in);
+- inputs that carry a shard ``K/N`` cover 1..N exactly once, unless ``--allow-partial`` (the
+  merged manifest then lists the ``missing_shards``);
+- every :data:`~pipeline.manifest.RECORD_SETTINGS` value is equal across the inputs that have
+  a manifest (a manifest without ``settings``, from an older version, differs);
+- an input without a manifest (a plain obj36 TSV) is accepted when its feature dimension
+  equals the others' and its box counts lie within their ``min_boxes..max_boxes``;
+- no image id is in two inputs.
+
+The merged manifest lists every input (path, status, sha256, shard, settings) and keeps the
+common settings, so a merged file can be merged again or resumed against.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,8 +35,31 @@ from typing import Any
 from pipeline.command import Command, run_command
 from pipeline.exits import EXIT_OK, UsageError
 from pipeline.lock import hold_output_lock
-from pipeline.manifest import manifest_path, now_utc, read_manifest, write_manifest
-from pipeline.writers import merge_outputs
+from pipeline.manifest import (
+    command_line,
+    manifest_path,
+    now_utc,
+    read_manifest,
+    settings_differences,
+    write_manifest,
+)
+from pipeline.writers import (
+    FeatureFileFacts,
+    feature_file_facts,
+    journal_path,
+    merge_outputs,
+    output_format,
+)
+
+#: Manifest statuses of an input that ``merge`` accepts: a run that ended, or a merge.
+MERGEABLE_STATUSES = ("finished", "merged")
+
+#: Why each other status is refused, in words.
+_UNFINISHED = {
+    "running": "a run is still writing it, or was killed",
+    "interrupted": "its run was interrupted",
+    "error": "its run ended with an error",
+}
 
 
 @dataclass(frozen=True)
@@ -27,7 +69,66 @@ class MergeSettings:
     inputs: tuple[Path, ...]
     out: Path
     overwrite: bool
+    allow_partial: bool
     quiet: bool
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    """One input file as ``merge`` found it.
+
+    Attributes:
+        path: the file as given.
+        manifest: its manifest (``FILE.manifest.json``), None when it has none.
+        facts: its ids, feature dimensions and box counts.
+        sha256: hex digest of the file.
+    """
+
+    path: Path
+    manifest: dict[str, Any] | None
+    facts: FeatureFileFacts
+    sha256: str
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The settings its manifest records; None for no manifest, ``"settings": null`` (a
+        merge of files without settings) or a manifest without them (older versions)."""
+        value = (self.manifest or {}).get("settings")
+        return value if isinstance(value, dict) else None
+
+    def shards(self) -> tuple[int, tuple[int, ...]] | None:
+        """``(N, shard indices it holds)``: ``(N, (K,))`` for a shard run, the shards a merge
+        covered, or None when it is no shard."""
+        manifest = self.manifest or {}
+        try:
+            if isinstance(manifest.get("shard"), dict):
+                return int(manifest["shard"]["count"]), (int(manifest["shard"]["index"]),)
+            if isinstance(manifest.get("shards"), dict):
+                merged = manifest["shards"]
+                return int(merged["count"]), tuple(int(k) for k in merged["present"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise UsageError(f"{manifest_path(self.path)}: unreadable shard record") from error
+        return None
+
+
+@dataclass(frozen=True)
+class ShardCoverage:
+    """Which shards of ``count`` the inputs hold (``present``) and lack (``missing``)."""
+
+    count: int
+    present: tuple[int, ...]
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A merge whose every rule was checked: inputs, common settings, shard coverage."""
+
+    settings: MergeSettings
+    inputs: tuple[MergeInput, ...]
+    common: dict[str, Any] | None
+    reference: MergeInput | None
+    shards: ShardCoverage | None
 
 
 def build_merge_parser() -> argparse.ArgumentParser:
@@ -37,14 +138,22 @@ def build_merge_parser() -> argparse.ArgumentParser:
         description=(
             "Merge feature files (typically the shard outputs of one run) into one. Records are "
             "interleaved by image id, so the shards of a run merge into exactly the file a "
-            "single run would have written. Inputs and output may be TSV or HDF5 in any mix; "
-            "an id present in two inputs is an error. The output is written to a temporary "
-            "file and renamed. Shard manifests are combined into OUT.<ext>.manifest.json."
+            "single run would have written. Inputs and output may be TSV or HDF5 in any mix. "
+            "Refused (exit 2, nothing written): an id in two inputs, an input whose run did not "
+            "finish (finish it with --resume), missing or doubled shards, inputs made with "
+            "different settings, and files without a manifest whose feature dimension or box "
+            "counts differ from the others'. The output is written to a temporary file and "
+            "renamed; the inputs' manifests are combined into OUT.<ext>.manifest.json."
         ),
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="files to merge")
     parser.add_argument("-o", "--out", required=True, type=Path, help="merged *.tsv or *.h5")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="merge shards K/N that do not cover 1..N; the manifest lists the missing ones",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     verbosity.add_argument(
@@ -56,56 +165,379 @@ def build_merge_parser() -> argparse.ArgumentParser:
 def validate_merge(args: argparse.Namespace) -> MergeSettings:
     """The merge's settings from its parsed flags."""
     return MergeSettings(
-        inputs=tuple(args.inputs), out=args.out, overwrite=args.overwrite, quiet=args.quiet
+        inputs=tuple(args.inputs),
+        out=args.out,
+        overwrite=args.overwrite,
+        allow_partial=args.allow_partial,
+        quiet=args.quiet,
     )
 
 
-def _sources(inputs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Each input with its manifest (when it has one), and every failure they list."""
-    sources: list[dict[str, Any]] = []
+def check_output(settings: MergeSettings) -> None:
+    """Refuse an output the merge may not write, before anything is created.
+
+    Raises:
+        UsageError: unknown suffix, a directory, a missing folder, an existing output (or
+            journal) without ``--overwrite``, or an output that is also an input.
+    """
+    out = settings.out
+    if out.is_dir():
+        raise UsageError(f"merge output {out} is a directory; give a file name *.tsv or *.h5")
+    try:
+        output_format(out)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if not out.parent.is_dir():
+        raise UsageError(f"merge output folder {out.parent} does not exist; create it first")
+    if not settings.overwrite:
+        for existing in (out, journal_path(out)):
+            if existing.exists():
+                raise UsageError(
+                    f"merge output {existing} already exists; pass --overwrite to replace it"
+                )
+    resolved = out.resolve()
+    for path in settings.inputs:
+        if path.resolve() == resolved:
+            raise UsageError(f"merge: the output {out} is also an input")
+
+
+def check_input_path(path: Path) -> None:
+    """Refuse an input that is not a feature file, saying what it is.
+
+    Raises:
+        UsageError: missing, a directory, a manifest, a journal, not a regular file, or a name
+            that is neither ``*.tsv`` nor ``*.h5``/``*.hdf5``.
+    """
+    name = path.name
+    if name.endswith(".manifest.json"):
+        feature_file = path.with_name(name[: -len(".manifest.json")])
+        raise UsageError(f"merge input {path} is a manifest; give the feature file {feature_file}")
+    if name.endswith((".h5.journal.tsv", ".hdf5.journal.tsv")):
+        owner = path.with_name(name[: -len(".journal.tsv")])
+        raise UsageError(
+            f"merge input {path} is the journal of {owner}; finish that run with --resume and "
+            f"give {owner}"
+        )
+    if path.is_dir():
+        raise UsageError(
+            f"merge input {path} is a directory; give the feature files (*.tsv, *.h5) in it"
+        )
+    if not path.exists():
+        raise UsageError(f"merge input {path} does not exist")
+    if not path.is_file():
+        raise UsageError(f"merge input {path} is not a regular file (a FIFO, socket or device)")
+    try:
+        output_format(path)
+    except ValueError:
+        raise UsageError(
+            f"merge input {path}: unknown format; feature files are *.tsv (LXMERT obj36) or *.h5"
+        ) from None
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _input_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest beside ``path``, None when there is none.
+
+    Raises:
+        UsageError: it exists but is not a JSON object with a status.
+    """
+    location = manifest_path(path)
+    if not location.exists():
+        return None
+    try:
+        manifest = read_manifest(location)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"merge input {path}: its manifest {location} is unreadable: {error}"
+        ) from error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("status"), str):
+        raise UsageError(f"merge input {path}: its manifest {location} has no status")
+    return manifest
+
+
+def _check_finished(path: Path, manifest: dict[str, Any] | None) -> None:
+    """Refuse an input whose run did not finish, or that holds records not yet folded in."""
+    problems = []
+    status = None if manifest is None else manifest["status"]
+    if status is not None and status not in MERGEABLE_STATUSES:
+        why = _UNFINISHED.get(status, "not a status merge knows")
+        problems.append(f"its manifest says {json.dumps(status)} ({why})")
+    journal = journal_path(path)
+    if output_format(path) == "hdf5" and journal.exists():
+        with open(journal, "rb") as stream:
+            records = sum(line.endswith(b"\n") for line in stream)
+        problems.append(
+            f"it has a journal {journal} holding {records} record(s) not yet folded into it "
+            "(its run is still going, or was killed)"
+        )
+    if problems:
+        raise UsageError(
+            f"merge input {path} is not finished: {'; '.join(problems)}. Finish it first with "
+            "--resume (its extract_features command plus --resume), then merge."
+        )
+
+
+def read_input(path: Path) -> MergeInput:
+    """Check one input file (:func:`check_input_path`, its manifest's status, a journal) and
+    read its facts and digest.
+
+    Raises:
+        UsageError: any refusal, naming the file.
+    """
+    check_input_path(path)
+    manifest = _input_manifest(path)
+    _check_finished(path, manifest)
+    try:
+        facts = feature_file_facts(path)
+        digest = file_sha256(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"merge input {path}: {error}") from error
+    if len(facts.feature_dims) > 1:
+        raise UsageError(
+            f"merge input {path} holds records of several feature dimensions "
+            f"{sorted(facts.feature_dims)}; it cannot be merged"
+        )
+    return MergeInput(path=path, manifest=manifest, facts=facts, sha256=digest)
+
+
+def check_shards(inputs: Sequence[MergeInput], *, allow_partial: bool) -> ShardCoverage | None:
+    """The shard coverage of the inputs that carry a shard ``K/N`` (None when none does).
+
+    Raises:
+        UsageError: shards of different N, a shard given twice, or (without ``allow_partial``)
+            shards missing from 1..N; each named.
+    """
+    holders: dict[int, Path] = {}
+    counts: dict[int, Path] = {}
+    for item in inputs:
+        shards = item.shards()
+        if shards is None:
+            continue
+        count, indices = shards
+        counts.setdefault(count, item.path)
+        if len(counts) > 1:
+            (n1, p1), (n2, p2) = list(counts.items())[:2]
+            raise UsageError(
+                f"merge inputs are shards of different runs: {p1} is one of {n1} shards, "
+                f"{p2} one of {n2}"
+            )
+        for index in indices:
+            if index in holders:
+                raise UsageError(
+                    f"shard {index}/{count} is given twice: {holders[index]} and {item.path}"
+                )
+            holders[index] = item.path
+    if not counts:
+        return None
+    count = next(iter(counts))
+    missing = tuple(k for k in range(1, count + 1) if k not in holders)
+    if missing and not allow_partial:
+        raise UsageError(
+            f"shard(s) {', '.join(f'{k}/{count}' for k in missing)} missing: the inputs hold "
+            f"shards {', '.join(map(str, sorted(holders)))} of {count}. Give every shard, or "
+            "pass --allow-partial to merge these (the manifest then lists the missing ones)."
+        )
+    return ShardCoverage(count=count, present=tuple(sorted(holders)), missing=missing)
+
+
+def common_settings(
+    inputs: Sequence[MergeInput],
+) -> tuple[dict[str, Any] | None, MergeInput | None]:
+    """The settings every input with a manifest shares, and the input they are taken from
+    (``(None, None)`` when no input records settings).
+
+    Raises:
+        UsageError: an input whose settings differ, naming it and each field with both values;
+            a manifest without settings (older versions) differs from any other input.
+    """
+    with_manifest = [item for item in inputs if item.manifest is not None]
+    reference = next((item for item in with_manifest if item.settings is not None), None)
+    older = [item for item in with_manifest if "settings" not in (item.manifest or {})]
+    if reference is None:
+        if older and len(inputs) > 1:
+            raise UsageError(
+                f"merge input {older[0].path}: its manifest records no settings (written by an "
+                "older version), so it cannot be checked against the other inputs"
+            )
+        return None, None
+    for item in with_manifest:
+        if item is reference or ("settings" in (item.manifest or {}) and item.settings is None):
+            continue  # a merge of files without settings: checked by its records
+        differences = settings_differences(reference.settings or {}, item.settings or {})
+        if differences:
+            raise UsageError(
+                f"merge input {item.path} was made with other settings than {reference.path} "
+                f"({reference.path} vs {item.path}):\n  "
+                + "\n  ".join(differences)
+                + "\nOnly the outputs of one run configuration merge into one file."
+            )
+    return dict(reference.settings or {}), reference
+
+
+def check_records(inputs: Sequence[MergeInput], common: dict[str, Any] | None) -> None:
+    """Every input's feature dimension equals the others' (and the common settings'); an
+    input without recorded settings has box counts within their ``min_boxes..max_boxes``; no
+    image id is in two inputs.
+
+    Raises:
+        UsageError: naming the input, what it holds and what the others hold.
+    """
+    dim: tuple[int, str] | None = None
+    if common is not None and isinstance(common.get("feature_dim"), int):
+        dim = (common["feature_dim"], "the recorded settings")
+    for item in inputs:
+        for value in item.facts.feature_dims:
+            if dim is None:
+                dim = (value, str(item.path))
+            elif value != dim[0]:
+                raise UsageError(
+                    f"merge input {item.path} has {value}-d features, {dim[1]} {dim[0]}-d; "
+                    "one feature file holds one feature dimension"
+                )
+        if item.settings is None and common is not None:
+            _check_box_counts(item, common)
+    seen: dict[str, Path] = {}
+    for item in inputs:
+        for image_id in item.facts.ids:
+            if image_id in seen:
+                raise UsageError(
+                    f"image id {image_id!r} is in both {seen[image_id]} and {item.path}; "
+                    "merge inputs must not overlap"
+                )
+            seen[image_id] = item.path
+
+
+def _check_box_counts(item: MergeInput, common: dict[str, Any]) -> None:
+    low, high = common.get("min_boxes"), common.get("max_boxes")
+    facts = item.facts
+    if not isinstance(low, int) or not isinstance(high, int) or facts.min_boxes is None:
+        return
+    if facts.min_boxes < low or (facts.max_boxes or 0) > high:
+        raise UsageError(
+            f"merge input {item.path} (no recorded settings) has {facts.min_boxes}.."
+            f"{facts.max_boxes} boxes per image; the other inputs were made with "
+            f"{low}..{high}"
+        )
+
+
+def plan_merge(settings: MergeSettings) -> MergePlan:
+    """Check every merge rule (module docstring) without creating anything.
+
+    Raises:
+        UsageError: the first rule broken, naming the file(s) and the remedy.
+    """
+    check_output(settings)
+    seen: set[Path] = set()
+    for path in settings.inputs:
+        if path.resolve() in seen:
+            raise UsageError(f"merge input {path} is given twice")
+        seen.add(path.resolve())
+    inputs = tuple(read_input(path) for path in settings.inputs)
+    shards = check_shards(inputs, allow_partial=settings.allow_partial)
+    common, reference = common_settings(inputs)
+    check_records(inputs, common)
+    return MergePlan(
+        settings=settings, inputs=inputs, common=common, reference=reference, shards=shards
+    )
+
+
+def _source_entry(item: MergeInput) -> dict[str, Any]:
+    """One input as the merged manifest lists it."""
+    manifest = item.manifest
+    shards = item.shards()
+    entry: dict[str, Any] = {
+        "path": str(item.path),
+        "sha256": item.sha256,
+        "status": None if manifest is None else manifest["status"],
+        "records": len(item.facts.ids),
+        "shard": None if shards is None else {"count": shards[0], "indices": list(shards[1])},
+        "settings": item.settings,
+    }
+    if item.settings is None:
+        entry["note"] = "no recorded settings"
+    if manifest is not None:
+        entry["manifest"] = manifest
+    return entry
+
+
+def merged_manifest(plan: MergePlan, count: int) -> dict[str, Any]:
+    """The manifest of the merged output (``"status": "merged"``)."""
     failures: list[Any] = []
-    for path in inputs:
-        entry: dict[str, Any] = {"path": str(path)}
-        if manifest_path(path).is_file():
-            shard_manifest = read_manifest(manifest_path(path))
-            entry["manifest"] = shard_manifest
-            failures.extend(shard_manifest.get("failures", []))
-        sources.append(entry)
-    return sources, failures
+    known: set[str] = set()
+    for item in plan.inputs:
+        for failure in (item.manifest or {}).get("failures", []):
+            key = json.dumps(failure, sort_keys=True, default=str)
+            if key not in known:  # each failure once, however many inputs list it
+                known.add(key)
+                failures.append(failure)
+    shards = plan.shards
+    reference = plan.reference.manifest if plan.reference is not None else None
+    return {
+        "status": "merged",
+        "output": str(plan.settings.out),
+        "format": output_format(plan.settings.out),
+        "updated": now_utc(),
+        "command": command_line(),
+        "settings": plan.common,
+        "detector": None if reference is None else reference.get("detector"),
+        "shards": None
+        if shards is None
+        else {"count": shards.count, "present": list(shards.present)},
+        "missing_shards": [] if shards is None else list(shards.missing),
+        "counts": {"records_in_output": count, "failed": len(failures)},
+        "failures": failures,
+        "sources": [_source_entry(item) for item in plan.inputs],
+    }
+
+
+def _feature_dim(plan: MergePlan) -> int:
+    """``D`` of the merged records, for laying out an HDF5 output that holds none (0 unknown)."""
+    dims = {dim for item in plan.inputs for dim in item.facts.feature_dims}
+    recorded = (plan.common or {}).get("feature_dim")
+    return dims.pop() if dims else recorded if isinstance(recorded, int) else 0
 
 
 def run_merge(settings: MergeSettings) -> int:
-    """Join the inputs into the output and write its manifest; returns the exit code.
+    """Check every rule, then join the inputs into the output and write its manifest; returns
+    the exit code.
 
     Raises:
-        UsageError: a missing input, an existing output without ``--overwrite``, overlapping
-            or damaged inputs.
+        UsageError: a refusal (see :func:`plan_merge`), found before anything is created.
     """
-    for path in settings.inputs:
-        if not path.is_file():
-            raise UsageError(f"merge input {path} does not exist")
+    plan = plan_merge(settings)
+    out = settings.out
     with contextlib.ExitStack() as stack:
-        hold_output_lock(stack, settings.out)
+        hold_output_lock(stack, out)
+        if settings.overwrite:
+            # A journal or manifest of what the output was would describe the merged records
+            # wrongly if the merge stopped between writing the output and its manifest.
+            journal_path(out).unlink(missing_ok=True)
+            manifest_path(out).unlink(missing_ok=True)
         try:
-            count = merge_outputs(settings.inputs, settings.out, overwrite=settings.overwrite)
+            count = merge_outputs(
+                settings.inputs, out, overwrite=settings.overwrite, feature_dim=_feature_dim(plan)
+            )
         except (FileExistsError, ValueError) as error:
             raise UsageError(str(error)) from error
-        sources, failures = _sources(settings.inputs)
-        write_manifest(
-            manifest_path(settings.out),
-            {
-                "status": "merged",
-                "output": str(settings.out),
-                "updated": now_utc(),
-                "counts": {"records_in_output": count, "failed": len(failures)},
-                "failures": failures,
-                "sources": sources,
-            },
-        )
+        write_manifest(manifest_path(out), merged_manifest(plan, count))
     if not settings.quiet:
+        if plan.shards is not None and plan.shards.missing:
+            missing = ", ".join(map(str, plan.shards.missing))
+            print(
+                f"extract_features merge: warning: shard(s) {missing} of {plan.shards.count} "
+                "are missing (--allow-partial)",
+                file=sys.stderr,
+            )
         print(
-            f"extract_features merge: {count} records from {len(settings.inputs)} files "
-            f"-> {settings.out}",
+            f"extract_features merge: {count} records from {len(settings.inputs)} files -> {out}",
             file=sys.stderr,
         )
     return EXIT_OK

@@ -8,14 +8,27 @@ changing any file. Every engine executes the same :class:`ExtractPlan`.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from detector.config import DetectorConfig
 from pipeline.exits import UsageError
-from pipeline.inputs import InputItem, list_inputs, select_shard
-from pipeline.manifest import Failure
+from pipeline.inputs import InputItem, input_roots, list_inputs, select_shard
+from pipeline.lock import lock_path
+from pipeline.manifest import (
+    Failure,
+    Manifest,
+    manifest_path,
+    own_manifest,
+    recorded_settings,
+    settings_differences,
+)
 from pipeline.settings import ExtractSettings
-from pipeline.writers import check_output_policy, recorded_ids
+from pipeline.visualize import check_visualize_dir
+from pipeline.writers import check_output_policy, journal_path, read_features, recorded_ids
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,8 @@ class ExtractPlan:
         output: the file written (the shard's own file with ``--shard``).
         selected: every image of the run (after ``--shard`` and ``--limit``), in id order.
         todo: those not yet in the output (all of them unless ``--resume``), in id order.
+        previous: with ``--resume``, the manifest of the run that wrote the output (None when
+            there is none: a file written elsewhere, or a first run).
         input_failures: files found but not usable as inputs (a FIFO, a broken link, an id
             that would leave its root ...), each named with its reason; they count as failed
             inputs of the run. With ``--shard`` each failure belongs to one shard, by the same
@@ -36,6 +51,7 @@ class ExtractPlan:
     selected: tuple[InputItem, ...]
     todo: tuple[InputItem, ...]
     input_failures: tuple[Failure, ...] = ()
+    previous: Manifest | None = None
 
     @property
     def already_done(self) -> int:
@@ -89,13 +105,96 @@ def make_plan(settings: ExtractSettings) -> ExtractPlan:
         items = items[: settings.limit]
         last = items[-1].image_id if items else ""
         failures = [failure for failure in failures if failure.image_id <= last]
+    if settings.visualize is not None:
+        try:
+            check_visualize_dir(
+                settings.visualize,
+                input_roots(settings.inputs),
+                image_ids=(item.image_id for item in items),
+            )
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from error
     output = settings.output
+    _check_not_an_input(output, listing.items)
     try:
         check_output_policy(output, settings.mode)
-        done = recorded_ids(output) if settings.mode == "resume" else set()
     except (OSError, ValueError) as error:
         raise UsageError(str(error)) from error
+    previous = own_manifest(output) if settings.mode == "resume" else None
+    done = resumable_ids(output, previous) if settings.mode == "resume" else set()
     todo = tuple(item for item in items if item.image_id not in done)
     return ExtractPlan(
-        output=output, selected=tuple(items), todo=todo, input_failures=tuple(failures)
+        output=output,
+        selected=tuple(items),
+        todo=todo,
+        input_failures=tuple(failures),
+        previous=previous,
     )
+
+
+def _check_not_an_input(output: Path, items: tuple[InputItem, ...]) -> None:
+    """An input is never the output or a file written beside it (``--overwrite`` would empty
+    it before reading it)."""
+    written = [output, manifest_path(output), journal_path(output), lock_path(output)]
+    ours = {os.path.realpath(path) for path in written}
+    for item in items:
+        if os.path.realpath(item.path) in ours:
+            raise UsageError(
+                f"input {item.path} is also what this run writes (--out {output}); "
+                "write the features to another file"
+            )
+
+
+def resumable_ids(output: Path, previous: Manifest | None) -> set[str]:
+    """Ids ``--resume`` keeps. Only an output with this tool's manifest, or whose every line
+    is a record, is resumed; a killed run's partial last record is dropped only when the
+    manifest says we wrote the file. Anything else is refused, untouched.
+
+    Raises:
+        UsageError: the output is not one of ours (or is damaged).
+    """
+    try:
+        return recorded_ids(output, allow_partial=previous is not None)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"--resume {output}: {error}. It does not look like an output of this tool, so it "
+            "was not modified; choose another --out, or pass --overwrite to replace it"
+        ) from error
+
+
+def check_resume_settings(
+    plan: ExtractPlan, ours: Mapping[str, Any], config: DetectorConfig
+) -> None:
+    """Refuse to add this run's records to an output made with other settings.
+
+    ``ours`` is this run's :data:`~pipeline.manifest.RECORD_SETTINGS`. With a manifest, every
+    setting must be equal; without one, each existing record must fit this run's feature
+    dimension and box-count rule.
+
+    Raises:
+        UsageError: listing each differing setting with both values (or the first record that
+            does not fit). There is no override: a different setting is a different output.
+    """
+    theirs = recorded_settings(plan.previous) if plan.previous is not None else None
+    if theirs is not None:
+        differences = settings_differences(ours, theirs)
+        if differences:
+            raise UsageError(
+                f"--resume {plan.output}: this run's settings differ from those its records "
+                "were made with (this run vs the output):\n  "
+                + "\n  ".join(differences)
+                + "\nA different setting is a different output file: choose another --out."
+            )
+        return
+    if not plan.output.exists():
+        return
+    for region in read_features(plan.output):
+        dim = region.features.shape[1] if region.features.ndim == 2 else None
+        count_fits = config.min_boxes <= region.num_boxes <= config.max_boxes
+        if dim != config.feature_dim or not count_fits:
+            raise UsageError(
+                f"--resume {plan.output}: record {region.image_id!r} has {region.num_boxes} "
+                f"boxes of dimension {dim}, but this run makes {config.min_boxes}.."
+                f"{config.max_boxes} boxes of dimension {config.feature_dim}; a different "
+                "setting is a different output file: choose another --out"
+            )

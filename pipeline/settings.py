@@ -9,6 +9,7 @@ bad flag costs nothing. Nothing later reads ``argparse`` results.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,44 @@ def _config(args: argparse.Namespace) -> DetectorConfig:
             "--nms-thresh takes a comma list only with max-class selection (bottom-up uses "
             "one per-class NMS threshold); pass one value or --selection max-class"
         )
+    _check_model_limits(config)
     return config
+
+
+#: Resized short sides the detector can run: below two res4 cells (stride 16) the trunk's
+#: pooling leaves nothing to propose from; above it one image needs tens of GB.
+SIZE_RANGE = (32, 4000)
+
+
+def _check_model_limits(config: DetectorConfig) -> None:
+    """Box counts and sizes the model can produce and run."""
+    most = config.rpn_post_nms_topk
+    if config.max_boxes > most:
+        raise UsageError(
+            f"--boxes/--max-boxes {config.max_boxes}: preset {config.name!r} keeps {most} "
+            f"proposals per image, so it can give at most {most} boxes"
+        )
+    low, high = SIZE_RANGE
+    for flag, value in (("--min-size", config.min_size), ("--max-size", config.max_size)):
+        if not low <= value <= high:
+            raise UsageError(f"{flag} {value}: must be in {low}..{high} pixels")
+
+
+def _check_name_lengths(output: Path) -> None:
+    """The output and the files beside it (manifest, lock, journal) must fit the folder's
+    name limit; checked before anything is created."""
+    folder = output.parent if str(output.parent) else Path(".")
+    try:
+        limit = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = output.name + ".manifest.json"
+    if len(os.fsencode(longest)) > limit:
+        raise UsageError(
+            f"--out {output}: the name is too long for the files written beside it "
+            f"({longest!r} is {len(os.fsencode(longest))} bytes; this folder allows {limit}); "
+            "choose a shorter name"
+        )
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -137,6 +175,9 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
         raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
     config = _config(args)
+    _check_name_lengths(
+        shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
+    )
     mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
     return ExtractSettings(
         inputs=tuple(args.inputs),

@@ -8,8 +8,10 @@ is reported before any model loads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +33,12 @@ from pipeline.manifest import (
     library_versions,
     manifest_path,
     now_utc,
+    record_settings,
     write_manifest,
 )
-from pipeline.plan import ExtractPlan, RunStats, make_plan
+from pipeline.plan import ExtractPlan, RunStats, check_resume_settings, make_plan
 from pipeline.settings import ExtractSettings
-from pipeline.writers import open_writer, output_format
+from pipeline.writers import FeatureWriter, open_writer, output_format
 from weights import CheckpointNotFoundError
 
 LOG = logging.getLogger("pipeline.extract")
@@ -74,6 +77,16 @@ def load_model(settings: ExtractSettings) -> LoadedModel:
     return LoadedModel(detector=detector, batch_size=batch_size)
 
 
+def run_record_settings(detector: Detector) -> dict[str, Any]:
+    """The :data:`~pipeline.manifest.RECORD_SETTINGS` of a run with ``detector``."""
+    autocast = detector.options.autocast
+    return record_settings(
+        detector.config.to_dict(),
+        detector_sha256=detector.checkpoint.sha256,
+        precision="fp32" if autocast == "none" else autocast,
+    )
+
+
 def manifest_data(
     settings: ExtractSettings,
     plan: ExtractPlan,
@@ -103,6 +116,7 @@ def manifest_data(
             "preset": detector.config.name,
             "config": detector.config.to_dict(),
         },
+        "settings": run_record_settings(detector),
         "device": str(detector.device),
         "versions": library_versions(),
         "counts": {
@@ -121,7 +135,8 @@ def extract(
     settings: ExtractSettings, plan: ExtractPlan, model: LoadedModel, *, started: str
 ) -> tuple[RunStats, Status]:
     """Run the plan on the local engine, keeping the manifest up to date; returns the stats and
-    how the run ended. Exceptions other than Ctrl-C propagate after the manifest says ``error``."""
+    how the run ended. Exceptions other than Ctrl-C propagate after the manifest says ``error``
+    (with the reason: ``disk full`` for ENOSPC)."""
     stats = RunStats(
         selected=len(plan.selected) + len(plan.input_failures),
         already_done=plan.already_done,
@@ -131,9 +146,9 @@ def extract(
         LOG.warning("failed: %s: %s", failure.path, failure.reason)
     manifest = manifest_path(plan.output)
 
-    def save_manifest(status: Status) -> None:
+    def save_manifest(status: Status, error: str | None = None) -> None:
         data = manifest_data(settings, plan, model, stats=stats, status=status, started=started)
-        write_manifest(manifest, data)
+        write_manifest(manifest, {**data, "error": error} if error else data)
 
     writer = open_writer(plan.output, mode=settings.mode, feature_dim=settings.config.feature_dim)
     save_manifest("running")
@@ -152,6 +167,7 @@ def extract(
         max_pixels=settings.max_pixels,
     )
     status: Status = "error"
+    error: str | None = None
     try:
         run_local(
             plan,
@@ -164,11 +180,42 @@ def extract(
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
+    except BaseException as exc:
+        error = error_reason(exc)
+        raise
     finally:
-        # Every record is already durable; closing folds an HDF5 journal into the file.
-        writer.close()
-        save_manifest(status)
+        _close(writer, stats, save_manifest, status, error)
     return stats, status
+
+
+def error_reason(error: BaseException) -> str:
+    """What the manifest says about an error that ended a run."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "disk full"
+    return f"{type(error).__name__}: {error}"
+
+
+def _close(
+    writer: FeatureWriter,
+    stats: RunStats,
+    save_manifest: Callable[[Status, str | None], None],
+    status: Status,
+    error: str | None,
+) -> None:
+    """Close the writer (an HDF5 journal is folded in) and record how the run ended. When
+    closing fails (a full disk while folding), the records stay in the journal and the
+    manifest says ``error``; ``--resume`` continues."""
+    try:
+        writer.close()
+    except BaseException as exc:
+        if status != "error":
+            status, error = "error", error_reason(exc)
+        raise
+    finally:
+        try:
+            save_manifest(status, error)
+        except OSError as exc:  # e.g. the disk is full: the records are safe, say so
+            LOG.warning("could not update the manifest: %s", exc)
 
 
 def exit_code(stats: RunStats, status: Status) -> int:
@@ -211,5 +258,8 @@ def run_extract(settings: ExtractSettings) -> int:
         hold_output_lock(stack, settings.output)
         plan = make_plan(settings)
         model = load_model(settings)
+        if settings.mode == "resume":
+            ours = run_record_settings(model.detector)
+            check_resume_settings(plan, ours, model.detector.config)
         stats, status = extract(settings, plan, model, started=started)
     return finish(settings, plan, stats, status)

@@ -26,6 +26,7 @@ import io
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -551,16 +552,27 @@ def open_writer(
     return H5Writer(path, resume=mode == "resume", feature_dim=feature_dim, fold_min=fold_min)
 
 
-def recorded_ids(path: str | os.PathLike[str]) -> set[str]:
+def recorded_ids(path: str | os.PathLike[str], *, allow_partial: bool = True) -> set[str]:
     """Ids of the complete records a ``--resume`` of ``path`` keeps, read without changing
-    anything: a TSV's complete lines (an incomplete last one, left by a kill, is not counted),
-    an HDF5 file's records and those of its journal. Empty when nothing exists yet."""
+    anything: a TSV's complete lines, an HDF5 file's records and those of its journal. Empty
+    when nothing exists yet.
+
+    An incomplete last line (what a kill leaves) is not counted; with ``allow_partial=False``
+    it is a ``ValueError`` instead (a file that may not be ours). A line that is not a record
+    followed by more lines is always a ``ValueError``; so is an HDF5 file of another layout.
+    """
     path = Path(path)
-    if output_format(path) == "tsv":
-        return set(_scan_tsv(path)[0]) if path.exists() else set()
-    ids = set(_h5_ids(path)) if path.exists() else set()
-    journal = journal_path(path)
-    return ids | set(_scan_tsv(journal)[0]) if journal.exists() else ids
+    tsv = path if output_format(path) == "tsv" else journal_path(path)
+    ids = set() if tsv == path or not path.exists() else set(_h5_ids(path))
+    if tsv.exists():
+        complete, bad_at = _scan_tsv(tsv)
+        if bad_at is not None and not allow_partial:
+            raise ValueError(
+                f"{tsv}: the text from byte {bad_at} on is not an obj36 record, and no manifest "
+                "says this tool wrote the file"
+            )
+        ids.update(complete)
+    return ids
 
 
 def read_features(path: str | os.PathLike[str]) -> Iterator[RegionFeatures]:
@@ -581,6 +593,107 @@ def read_ids(path: str | os.PathLike[str]) -> list[str]:
     return _h5_ids(path)
 
 
+# --- merging -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureFileFacts:
+    """What ``merge`` checks of an input file before writing anything, read without decoding
+    any array.
+
+    Attributes:
+        ids: image ids, in file order.
+        feature_dims: the feature dimensions ``D`` its records have: one value for a sound
+            file, none when no record has a box (an HDF5 file with records has its
+            ``feature_dim``).
+        min_boxes: fewest boxes of a record (None without records).
+        max_boxes: most boxes of a record (None without records).
+    """
+
+    ids: tuple[str, ...]
+    feature_dims: frozenset[int]
+    min_boxes: int | None
+    max_boxes: int | None
+
+
+def _tsv_facts(path: Path) -> FeatureFileFacts:
+    ids: list[str] = []
+    dims: set[int] = set()
+    counts: list[int] = []
+    with open(path, "rb") as stream:
+        for number, line in enumerate(stream, start=1):
+            fields = _split_line(line) if line.endswith(b"\n") else None
+            if fields is None:
+                raise ValueError(
+                    f"{path}: line {number} is not a complete obj36 TSV record (a run of this "
+                    "tool that is still writing the file, or was killed, leaves an incomplete "
+                    "last line: finish it first with --resume)"
+                )
+            n = int(fields[7])
+            if n:
+                dims.add(_b64_size(fields[9]) // (4 * n))
+            ids.append(_unquote(fields[0]))
+            counts.append(n)
+    return FeatureFileFacts(
+        ids=tuple(ids),
+        feature_dims=frozenset(dims),
+        min_boxes=min(counts, default=None),
+        max_boxes=max(counts, default=None),
+    )
+
+
+def _h5_facts(path: Path) -> FeatureFileFacts:
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path}: not an HDF5 file")
+    with h5py.File(path, "r") as f:
+        layout = f.attrs.get("format")
+        if layout != H5_FORMAT_NAME:
+            raise ValueError(
+                f"{path}: an HDF5 file of another layout (root attribute format is "
+                f"{layout!r}, not {H5_FORMAT_NAME!r}); merge reads feature files of this tool"
+            )
+        version = int(f.attrs.get("format_version", -1))
+        if version != H5_FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version {version}, merge reads {H5_FORMAT_VERSION}")
+        ids = tuple(str(x) for x in f["img_id"].asstr()[()]) if f["img_id"].shape[0] else ()
+        counts = [int(n) for n in f["num_boxes"][()]]
+        dim = int(f.attrs["feature_dim"])
+    return FeatureFileFacts(
+        ids=ids,
+        feature_dims=frozenset({dim} if ids else ()),
+        min_boxes=min(counts, default=None),
+        max_boxes=max(counts, default=None),
+    )
+
+
+def feature_file_facts(path: str | os.PathLike[str]) -> FeatureFileFacts:
+    """The ids, feature dimensions and box counts of a TSV or HDF5 feature file.
+
+    Raises:
+        ValueError: an unknown suffix, a line that is not a complete record (an incomplete
+            last line included), not an HDF5 file, or an HDF5 file of another layout.
+    """
+    path = Path(path)
+    return _tsv_facts(path) if output_format(path) == "tsv" else _h5_facts(path)
+
+
+def _one_dimension(regions: Iterable[RegionFeatures]) -> Iterator[RegionFeatures]:
+    """``regions`` unchanged; ``ValueError`` at the first record whose feature dimension
+    differs from the first record's (records without boxes have none)."""
+    first: tuple[str, int] | None = None
+    for region in regions:
+        if region.num_boxes:
+            dim = int(region.features.shape[1])
+            if first is None:
+                first = (region.image_id, dim)
+            elif dim != first[1]:
+                raise ValueError(
+                    f"image {region.image_id!r} has {dim}-d features, image {first[0]!r} "
+                    f"{first[1]}-d; one feature file holds one feature dimension"
+                )
+        yield region
+
+
 def merge_outputs(
     inputs: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
@@ -595,7 +708,9 @@ def merge_outputs(
     temporary file and renamed, so it is complete or absent. Returns the record count.
 
     Raises:
-        ValueError: an id occurs in more than one input, or an input is damaged.
+        ValueError: an id occurs in more than one input, an HDF5 input has a journal (records
+            a run has not folded in yet), the inputs' records have different feature
+            dimensions, or an input is damaged (no temporary file is left).
         FileExistsError: ``output`` exists and ``overwrite`` is false.
     """
     output = Path(output)
@@ -608,6 +723,12 @@ def merge_outputs(
             raise ValueError(f"merge: the output {output} is also an input")
     if output.exists() and not overwrite:
         raise FileExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    for item in inputs:
+        if output_format(item) == "hdf5" and journal_path(item).exists():
+            raise ValueError(
+                f"{item} has a journal {journal_path(item)} of records not yet folded into it; "
+                "finish that run first with --resume"
+            )
     seen: dict[str, Path] = {}
     for item in inputs:
         for image_id in read_ids(item):
@@ -618,7 +739,7 @@ def merge_outputs(
                 )
             seen[image_id] = Path(item)
     streams = [read_features(item) for item in inputs]
-    merged = heapq.merge(*streams, key=lambda region: region.image_id)
+    merged = _one_dimension(heapq.merge(*streams, key=lambda region: region.image_id))
     if fmt == "hdf5":
         return write_h5(output, merged, feature_dim=feature_dim)
     count = 0
