@@ -211,6 +211,13 @@ def _add_execution_flags(execution: argparse._ArgumentGroup) -> None:
         metavar="N",
         help="refuse images with more than N pixels (decompression bombs; default 100000000)",
     )
+    execution.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse image files larger than N bytes, before reading them (default 200000000)",
+    )
 
 
 def _add_run_flags(runs: argparse._ArgumentGroup) -> None:

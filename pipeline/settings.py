@@ -18,7 +18,7 @@ import torch
 
 from detector.checkpoint import detector_config
 from detector.config import DetectorConfig
-from detector.image import DEFAULT_MAX_PIXELS
+from detector.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from detector.options import Autocast
 from pipeline.exits import UsageError
 from pipeline.inputs import parse_shard, shard_output_path
@@ -42,6 +42,7 @@ class ExtractSettings:
         compile: ``torch.compile`` trunk and res5.
         workers: decode threads (0: decode in the main thread).
         max_pixels: refuse images with more pixels.
+        max_bytes: refuse image files larger than this, unread.
         mode: ``create`` (refuse an existing output), ``overwrite`` or ``resume``.
         shard: ``(K, N)`` or None.
         limit: only the first N images (after the shard), or None.
@@ -60,6 +61,7 @@ class ExtractSettings:
     compile: bool
     workers: int
     max_pixels: int
+    max_bytes: int
     mode: WriteMode
     shard: tuple[int, int] | None
     limit: int | None
@@ -191,6 +193,7 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
         compile=args.compile,
         workers=args.workers,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,
         mode=mode,
         shard=shard,
         limit=args.limit,

@@ -165,6 +165,7 @@ def extract(
         paths=plan.paths(),
         visualize=settings.visualize,
         max_pixels=settings.max_pixels,
+        max_bytes=settings.max_bytes,
     )
     status: Status = "error"
     error: str | None = None

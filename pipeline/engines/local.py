@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detector import Detector, RegionFeatures
 from detector.config import DetectorConfig
-from detector.image import ImageError, load_image
+from detector.image import DEFAULT_MAX_BYTES, ImageError, load_image
 from detector.preprocess import PreparedImage, prepare
 from pipeline.inputs import InputItem
 from pipeline.manifest import Failure
@@ -41,6 +41,7 @@ class PrepareImage:
     items: Sequence[InputItem]
     config: DetectorConfig
     max_pixels: int
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     def __call__(self, index: int) -> Prepared:
         item = self.items[index]
@@ -50,6 +51,7 @@ class PrepareImage:
                 config=self.config,
                 image_id=item.image_id,
                 max_pixels=self.max_pixels,
+                max_bytes=self.max_bytes,
             )
         except ImageError as error:
             return Failure(item.image_id, str(item.path), error.reason)
@@ -126,6 +128,7 @@ class RecordSink:
     paths: dict[str, str]
     visualize: Path | None
     max_pixels: int
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     def put(self, region: RegionFeatures) -> None:
         self.writer.write(region)
@@ -134,7 +137,11 @@ class RecordSink:
         try:
             save_visualization(
                 self.visualize,
-                load_image(self.paths[region.image_id], max_pixels=self.max_pixels),
+                load_image(
+                    self.paths[region.image_id],
+                    max_pixels=self.max_pixels,
+                    max_bytes=self.max_bytes,
+                ),
                 region,
                 object_names=self.detector.object_names,
                 attribute_names=self.detector.attribute_names,
@@ -183,7 +190,10 @@ def run_local(
     """Execute ``plan`` on this machine. ``KeyboardInterrupt`` propagates after the decode
     threads are stopped; every record written before it is durable."""
     prepare_one = PrepareImage(
-        items=plan.todo, config=sink.detector.config, max_pixels=sink.max_pixels
+        items=plan.todo,
+        config=sink.detector.config,
+        max_pixels=sink.max_pixels,
+        max_bytes=sink.max_bytes,
     )
     batches = prepared_batches(
         prepare_one, count=len(plan.todo), workers=workers, batch_size=batch_size
