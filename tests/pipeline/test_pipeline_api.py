@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import LxmertConfig
 
 from detector import Detector, build_detector, get_preset
+from detector.image import DEFAULT_MAX_BYTES, ImageError
 from encoder.answers import AnswerTable
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
@@ -121,6 +122,91 @@ def test_batched_answer_keeps_pairs_in_order(counted, photos: Path) -> None:
         pipe.answer(images[0], QUESTIONS)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="question"):
         pipe.answer(images, QUESTIONS)
+
+
+@pytest.mark.parametrize(
+    ("question", "message"),
+    [
+        (None, "question is None; pass the question as a string"),
+        (b"is there a cup?", r"question is bytes; pass a string, e\.g\. question\.decode"),
+        ("", "question is empty$"),
+        (" \t\n", r"question is empty \(only whitespace\)$"),
+        (["is there a cup?", ""], "question 2 is empty$"),
+        (["is there a cup?", None], "question 2 is None"),
+        ([b"what?"], "question 1 is bytes"),
+    ],
+)
+def test_bad_questions_are_value_errors_before_any_detection(
+    counted, photos: Path, question: object, message: str
+) -> None:
+    # Issue 15: an empty question was answered "no"; None and bytes gave unclear errors.
+    pipe, calls = counted
+    with pytest.raises(ValueError, match=message):
+        answer(photo_path(photos), question, pipeline=pipe)  # type: ignore[arg-type]
+    assert calls == []
+    regions = pipe.regions([str(photo_path(photos))])
+    with pytest.raises(ValueError, match=message):
+        pipe.answer_regions(regions, [question])  # type: ignore[list-item]
+    # Checked before any model is loaded: the unknown detector is never looked up.
+    with pytest.raises(ValueError, match=message):
+        answer(photo_path(photos), question, detector="no-such-model")  # type: ignore[arg-type]
+
+
+def test_bad_question_names_its_image_when_there_are_several(counted, photos: Path) -> None:
+    pipe, calls = counted
+    images = [str(photo_path(photos))] * 2
+    with pytest.raises(ValueError, match=r"^question 2 for image 2 is empty \(only whitespace\)$"):
+        pipe.answer(images, [QUESTIONS[0], [QUESTIONS[1], "  "]])
+    with pytest.raises(ValueError, match=r"^question for image 1 is None"):
+        pipe.answer(images, [None, QUESTIONS[0]])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="question 1 for image 2 must be a string, got int"):
+        pipe.answer(images, [QUESTIONS[0], [7]])  # type: ignore[list-item]
+    assert calls == []
+
+
+def test_in_memory_images_are_named_by_position_and_kind(
+    counted, photos: Path, tmp_path: Path
+) -> None:
+    # Issue 15: errors for bytes and arrays said "0: ...", naming nothing the caller passed.
+    pipe, calls = counted
+    path = str(photo_path(photos))
+    with pytest.raises(ImageError, match=r"^image 1 \(bytes\): not a recognised image format"):
+        answer(b"not an image", QUESTIONS[0], pipeline=pipe)
+    with pytest.raises(ImageError, match=r"^image 1 \(numpy array\): unsupported array shape"):
+        answer(np.zeros((4, 4, 5), np.uint8), QUESTIONS[0], pipeline=pipe)
+    with pytest.raises(ImageError, match=r"^image 2 \(bytes\): empty input"):
+        pipe.regions([path, b""])
+    with pytest.raises(ImageError, match=r"^image 1 \(bytes, id 'photo-7'\): not a recognised"):
+        pipe.regions([b"junk"], ["photo-7"])
+    # Preprocessing errors too (tiny preset: 1x5000 resizes to 0 rows).
+    with pytest.raises(ImageError, match=r"^image 2 \(numpy array\): aspect ratio too extreme"):
+        pipe.regions([path, np.zeros((1, 5000, 3), np.uint8)])
+    with pytest.raises(ImageError, match=r"^image 1 \(PIL image\): aspect ratio too extreme"):
+        pipe.regions([Image.new("RGB", (5000, 1))])
+    # A file is named by its path, whatever its position.
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(ImageError, match=rf"^{bad}: not a recognised image format"):
+        pipe.regions([path, bad])
+    assert calls == []
+
+
+def test_answer_refuses_a_huge_file_before_reading_it(
+    counted, photos: Path, tmp_path: Path
+) -> None:
+    # Issue 15, item 6: answer() reads images through the same code as extract_features.
+    pipe, calls = counted
+    huge = tmp_path / "x.jpg"
+    with open(huge, "wb") as handle:
+        handle.truncate(3 * 10**9)  # sparse: no disk used
+    with pytest.raises(ImageError, match=rf"^{huge}: 3000000000 bytes") as info:
+        answer(huge, QUESTIONS[0], pipeline=pipe)
+    assert f"max_bytes={DEFAULT_MAX_BYTES}" in info.value.reason
+    small = photo_path(photos).stat().st_size
+    with pytest.raises(ImageError, match=rf"^image 1 \(bytes\): {small} bytes .*max_bytes=100 "):
+        answer(photo_path(photos).read_bytes(), QUESTIONS[0], pipeline=pipe, max_bytes=100)
+    assert calls == []
+    assert answer(photo_path(photos), QUESTIONS[0], pipeline=pipe, max_bytes=small) in ANSWERS
 
 
 @pytest.fixture(scope="module")
