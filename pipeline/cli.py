@@ -286,6 +286,8 @@ EXTRACT_COMMAND = Command(
     summary="extract region features from images (the default command)",
     build_parser=build_parser,
     run=run,
+    disk_full_remedy="every record written so far is kept; free some space and run the same "
+    "command with --resume to continue",
 )
 
 #: Sub-commands by the word that selects them; anything else is the default command's input.

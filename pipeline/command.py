@@ -26,12 +26,14 @@ class Command:
         summary: one line for the program's help.
         build_parser: its argument parser.
         run: parsed flags -> exit code; raises :class:`UsageError` for a usage problem.
+        disk_full_remedy: what to do after the disk filled up (ENOSPC, exit 4).
     """
 
     name: str
     summary: str
     build_parser: Callable[[], argparse.ArgumentParser]
     run: Callable[[argparse.Namespace], int]
+    disk_full_remedy: str = "free some space and run the same command again"
 
 
 def run_command(command: Command, argv: Sequence[str]) -> int:
@@ -51,8 +53,7 @@ def run_command(command: Command, argv: Sequence[str]) -> int:
             report_unexpected(parser, args, error)
             return EXIT_ERROR
         print(
-            f"{parser.prog}: error: the disk is full ({error}). Every record written so far is "
-            "kept; free some space and run the same command with --resume to continue.",
+            f"{parser.prog}: error: the disk is full ({error}); {command.disk_full_remedy}.",
             file=sys.stderr,
         )
         return EXIT_ERROR

@@ -103,6 +103,29 @@ def settings_differences(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> 
     return lines
 
 
+def check_name_length(output: str | os.PathLike[str]) -> None:
+    """Refuse an output whose name leaves no room for the files written beside it (the
+    manifest's temporary file is the longest), before anything is created.
+
+    Raises:
+        ValueError: naming the output, the longest name and the folder's limit.
+    """
+    output = Path(output)
+    folder = output.parent if output.parent.is_dir() else Path(".")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    # weights.files.atomic_path: ".<name>.<pid>.<8 hex>.tmp", pid up to 7 digits.
+    longest = f".{manifest_path(output).name}.{'9' * 7}.{'f' * 8}.tmp"
+    if len(os.fsencode(longest)) > limit:
+        raise ValueError(
+            f"--out {output}: the name is too long for the files written beside it (the "
+            f"manifest's temporary name is {len(os.fsencode(longest))} bytes; this folder "
+            f"allows {limit}); choose a shorter name"
+        )
+
+
 def manifest_path(output: str | os.PathLike[str]) -> Path:
     """``out.tsv`` -> ``out.tsv.manifest.json``."""
     output = Path(output)

@@ -11,7 +11,8 @@ or lock file is left by a refusal, which exits 2):
 - inputs that carry a shard ``K/N`` cover 1..N exactly once, unless ``--allow-partial`` (the
   merged manifest then lists the ``missing_shards``);
 - every :data:`~pipeline.manifest.RECORD_SETTINGS` value is equal across the inputs that have
-  a manifest (a manifest without ``settings``, from an older version, differs);
+  a manifest (the settings of a manifest from before they were recorded are derived from its
+  detector section, as ``--resume`` does: :func:`pipeline.manifest.recorded_settings`);
 - an input without a manifest (a plain obj36 TSV) is accepted when its feature dimension
   equals the others' and its box counts lie within their ``min_boxes..max_boxes``;
 - no image id is in two inputs.
@@ -36,10 +37,12 @@ from pipeline.command import Command, run_command
 from pipeline.exits import EXIT_OK, UsageError
 from pipeline.lock import hold_output_lock
 from pipeline.manifest import (
+    check_name_length,
     command_line,
     manifest_path,
     now_utc,
     read_manifest,
+    recorded_settings,
     settings_differences,
     write_manifest,
 )
@@ -92,9 +95,13 @@ class MergeInput:
     @property
     def settings(self) -> dict[str, Any] | None:
         """The settings its manifest records; None for no manifest, ``"settings": null`` (a
-        merge of files without settings) or a manifest without them (older versions)."""
-        value = (self.manifest or {}).get("settings")
-        return value if isinstance(value, dict) else None
+        merge of files without settings); for an older manifest, those derived from its
+        detector section (:func:`pipeline.manifest.recorded_settings`)."""
+        if self.manifest is None or (
+            "settings" in self.manifest and self.manifest["settings"] is None
+        ):
+            return None
+        return recorded_settings(self.manifest)
 
     def shards(self) -> tuple[int, tuple[int, ...]] | None:
         """``(N, shard indices it holds)``: ``(N, (K,))`` for a shard run, the shards a merge
@@ -189,6 +196,10 @@ def check_output(settings: MergeSettings) -> None:
         raise UsageError(str(error)) from error
     if not out.parent.is_dir():
         raise UsageError(f"merge output folder {out.parent} does not exist; create it first")
+    try:
+        check_name_length(out)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     if not settings.overwrite:
         for existing in (out, journal_path(out)):
             if existing.exists():
@@ -548,6 +559,8 @@ MERGE_COMMAND = Command(
     summary="join feature files (the shards of one run) into one",
     build_parser=build_merge_parser,
     run=lambda args: run_merge(validate_merge(args)),
+    disk_full_remedy="the merged file is written whole or not at all; free some space and run "
+    "the merge again",
 )
 
 

@@ -9,7 +9,6 @@ bad flag costs nothing. Nothing later reads ``argparse`` results.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from detector.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from detector.options import Autocast
 from pipeline.exits import UsageError
 from pipeline.inputs import parse_shard, shard_output_path
+from pipeline.manifest import check_name_length
 from pipeline.writers import WriteMode, output_format
 from weights.defaults import DeviceError, resolve_device
 
@@ -133,23 +133,6 @@ def _check_model_limits(config: DetectorConfig) -> None:
             raise UsageError(f"{flag} {value}: must be in {low}..{high} pixels")
 
 
-def _check_name_lengths(output: Path) -> None:
-    """The output and the files beside it (manifest, lock, journal) must fit the folder's
-    name limit; checked before anything is created."""
-    folder = output.parent if str(output.parent) else Path(".")
-    try:
-        limit = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    longest = output.name + ".manifest.json"
-    if len(os.fsencode(longest)) > limit:
-        raise UsageError(
-            f"--out {output}: the name is too long for the files written beside it "
-            f"({longest!r} is {len(os.fsencode(longest))} bytes; this folder allows {limit}); "
-            "choose a shorter name"
-        )
-
-
 def _device(args: argparse.Namespace) -> torch.device:
     def say(message: str) -> None:
         # Said once per run: in a container this usually means `docker run` without --gpus.
@@ -177,9 +160,12 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
         raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
     config = _config(args)
-    _check_name_lengths(
-        shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
-    )
+    try:
+        check_name_length(
+            shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
     return ExtractSettings(
         inputs=tuple(args.inputs),

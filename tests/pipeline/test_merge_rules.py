@@ -250,12 +250,20 @@ def test_inputs_made_with_other_settings_are_refused_naming_field_and_values(
     assert f"merge input {other} was made with other settings than {first}" in err
     assert "max_boxes (most boxes per image): 10 vs 8" in err
     assert "min_boxes" not in err  # only the fields that differ
-    # A manifest from before settings were recorded differs from any other input.
+    # A manifest from before settings were recorded: they are derived from its detector section
+    # (as --resume does), so it merges when they agree and is refused when they do not.
     second = copy_output(runs.halves[1], tmp_path)
     edit_manifest(second, lambda data: data.pop("settings"))
+    assert merge(first, second, "--out", out, "-q") == 0
+    out.unlink()
+    manifest_path(out).unlink()
+
+    def older_with_other_boxes(data: dict) -> None:
+        data["detector"]["config"]["max_boxes"] = 9
+
+    edit_manifest(second, older_with_other_boxes)
     err = refused(capsys, out.parent, first, second, "--out", out)
-    assert f"merge input {second}" in err and "feature_dim" in err
-    assert "(not recorded)" in err
+    assert f"merge input {second}" in err and "max_boxes (most boxes per image): 10 vs 9" in err
 
 
 # --- files without a manifest -----------------------------------------------------------------
