@@ -35,7 +35,7 @@ from encoder.losses import (
     ignorable_cross_entropy,
     weighted_label_loss,
 )
-from encoder.tokenizer import LxmertTokenizer, encode_text
+from encoder.tokenizer import LxmertTokenizer, TextInputs, encode_text
 
 
 @dataclass(frozen=True)
@@ -274,6 +274,50 @@ def _answer_label(example: PretrainingExample, table: AnswerTable | None) -> int
     return IGNORE_INDEX if label is None else label
 
 
+def _masked_text(
+    tokenizer: LxmertTokenizer,
+    captions: Sequence[str],
+    *,
+    rng: np.random.Generator,
+    config: PretrainingConfig,
+) -> tuple[np.ndarray, np.ndarray, TextInputs]:
+    """Token ids with words masked for the masked-LM target, its labels, and the text inputs."""
+    text = encode_text(tokenizer, captions, max_length=config.max_caption_length)
+    ids = text.input_ids.numpy()
+    special = np.isin(ids, tokenizer.all_special_ids)
+    maskable = text.attention_mask.numpy().astype(bool) & ~special
+    masked_ids, lm_labels = mask_words(
+        ids,
+        maskable,
+        rng=rng,
+        vocab_size=len(tokenizer),
+        mask_token_id=tokenizer.mask_token_id,
+        config=config,
+    )
+    return masked_ids, lm_labels, text
+
+
+def _detector_labels(
+    regions: Sequence[RegionFeatures],
+    key: str,
+    *,
+    valid: np.ndarray,
+    feat_mask: np.ndarray,
+    config: PretrainingConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detector's ``objects`` or ``attrs`` ids and confidences as masked-object targets,
+    ``[B, N]`` padded like the boxes; confidences zeroed outside the masked boxes when the
+    recipe labels only those."""
+    label_ids = np.zeros(valid.shape, np.int64)
+    confs = np.zeros(valid.shape, np.float32)
+    for row, item in enumerate(regions):
+        label_ids[row, : item.num_boxes] = getattr(item, f"{key}_id")
+        confs[row, : item.num_boxes] = getattr(item, f"{key}_conf")
+    if config.label_boxes == "masked":
+        confs = confs * feat_mask
+    return torch.from_numpy(label_ids), torch.from_numpy(confs)
+
+
 def build_pretraining_batch(
     examples: Sequence[PretrainingExample],
     tokenizer: LxmertTokenizer,
@@ -297,37 +341,17 @@ def build_pretraining_batch(
     regions = [example.regions for example in examples]
     captions, matched = _swap_captions(examples, rng, config.mismatch_rate)
 
-    text = encode_text(tokenizer, captions, max_length=config.max_caption_length)
-    ids = text.input_ids.numpy()
-    special = np.isin(ids, tokenizer.all_special_ids)
-    maskable = text.attention_mask.numpy().astype(bool) & ~special
-    masked_ids, lm_labels = mask_words(
-        ids,
-        maskable,
-        rng=rng,
-        vocab_size=len(tokenizer),
-        mask_token_id=tokenizer.mask_token_id,
-        config=config,
-    )
-
+    masked_ids, lm_labels, text = _masked_text(tokenizer, captions, rng=rng, config=config)
     visual = build_visual_inputs(regions)
     valid = visual.visual_attention_mask.numpy().astype(bool)
     features = visual.visual_feats.numpy()
     masked_feats, feat_mask = mask_boxes(
         features, valid, [r.image_id for r in regions], rng=rng, config=config
     )
-
-    labels = {}
-    for key in ("objects", "attrs"):
-        label_ids = np.zeros(valid.shape, np.int64)
-        confs = np.zeros(valid.shape, np.float32)
-        for row, item in enumerate(regions):
-            label_ids[row, : item.num_boxes] = getattr(item, f"{key}_id")
-            confs[row, : item.num_boxes] = getattr(item, f"{key}_conf")
-        if config.label_boxes == "masked":
-            confs = confs * feat_mask
-        labels[key] = (torch.from_numpy(label_ids), torch.from_numpy(confs))
-
+    labels = {
+        key: _detector_labels(regions, key, valid=valid, feat_mask=feat_mask, config=config)
+        for key in ("objects", "attrs")
+    }
     answers = [
         _answer_label(example, answer_table) if matched[index] else IGNORE_INDEX
         for index, example in enumerate(examples)
