@@ -181,12 +181,24 @@ def image_size(source: ImageSource, *, name: str | None = None) -> tuple[int, in
 # What a path that is not a regular file is, by the ``stat`` test that recognises it. Such a
 # path is never opened: reading a FIFO blocks and a device can be endless.
 _NOT_REGULAR: tuple[tuple[Callable[[int], bool], str], ...] = (
-    (stat.S_ISDIR, "is a directory, not an image file"),
+    (stat.S_ISDIR, "is a directory, not a file"),
     (stat.S_ISFIFO, "is a FIFO (named pipe), not a file"),
     (stat.S_ISCHR, "is a character device, not a file"),
     (stat.S_ISBLK, "is a block device, not a file"),
     (stat.S_ISSOCK, "is a socket, not a file"),
 )
+
+
+def not_a_file(mode: int) -> str | None:
+    """What a path with ``stat`` mode ``mode`` is when it is not a regular file ("is a FIFO
+    (named pipe), not a file", ...), or None for a regular file. The one wording, used by the
+    decoder and by the input listing."""
+    if stat.S_ISREG(mode):
+        return None
+    for is_kind, reason in _NOT_REGULAR:
+        if is_kind(mode):
+            return reason
+    return "is not a regular file"
 
 
 def _file_size(path: str | os.PathLike, label: str) -> int:
@@ -200,9 +212,9 @@ def _file_size(path: str | os.PathLike, label: str) -> int:
         if exc.errno == errno.ELOOP:
             raise ImageError(label, "symbolic link loop") from exc
         raise ImageError(label, f"cannot read file: {exc.strerror or exc}") from exc
-    for is_kind, reason in _NOT_REGULAR:
-        if is_kind(info.st_mode):
-            raise ImageError(label, reason)
+    reason = not_a_file(info.st_mode)
+    if reason is not None:
+        raise ImageError(label, reason)
     if info.st_size == 0:
         raise ImageError(label, "empty file (0 bytes)")
     return info.st_size

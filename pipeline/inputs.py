@@ -54,10 +54,11 @@ import heapq
 import os
 import stat
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from detector.image import not_a_file
 from pipeline.manifest import Failure
 
 #: Extensions (lower case) that directory walks and globs pick up.
@@ -68,15 +69,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 _GLOB_CHARS = frozenset("*?[")
 #: Characters that would break a TSV line (and so resuming); a file whose id holds one fails.
 _FORBIDDEN_ID_CHARS = frozenset("\t\n\r")
-
-#: What a non-regular file is, by the ``stat`` test that recognises it.
-_SPECIAL_FILES: tuple[tuple[Callable[[int], bool], str], ...] = (
-    (stat.S_ISFIFO, "is a FIFO (named pipe), not a file"),
-    (stat.S_ISCHR, "is a character device, not a file"),
-    (stat.S_ISBLK, "is a block device, not a file"),
-    (stat.S_ISSOCK, "is a socket, not a file"),
-    (stat.S_ISDIR, "is a directory, not a file"),
-)
 
 
 @dataclass(frozen=True)
@@ -204,10 +196,7 @@ def _stat(path: Path) -> os.stat_result | str:
 def _file_problem(path: Path, info: os.stat_result) -> str | None:
     """Why the file at ``path`` cannot be read as an image, or ``None``."""
     if not stat.S_ISREG(info.st_mode):
-        for test, reason in _SPECIAL_FILES:
-            if test(info.st_mode):
-                return reason
-        return "is not a regular file"
+        return not_a_file(info.st_mode)
     # As root ``os.access`` is true regardless of the bits, just as the read would succeed.
     if not os.access(path, os.R_OK):
         return "cannot read file: permission denied"

@@ -277,5 +277,5 @@ def test_links_and_folders_are_named(tmp_path: Path) -> None:
         load_image(broken)
     with pytest.raises(ImageError, match=r"no such file$"):
         load_image(tmp_path / "gone.jpg")
-    with pytest.raises(ImageError, match=r"is a directory, not an image file$"):
+    with pytest.raises(ImageError, match=r"is a directory, not a file$"):
         load_image(tmp_path)
