@@ -260,3 +260,19 @@ def test_answer_command_reports_a_bad_image(
     err = capsys.readouterr().err
     assert "answer: error" in err and "bad.jpg" in err
     assert answer_main([str(bad), "what?", "--detector", "no-such-model"]) == 2
+
+
+def test_pipeline_moves_a_given_detector_with_its_settings(tiny_encoder: Encoder) -> None:
+    from detector.options import InferenceOptions
+    from weights.defaults import DeviceError
+
+    detector = build_detector(get_preset("tiny"), seed=0).optimize_for_inference(
+        InferenceOptions(res5_chunk=3, channels_last=True)
+    )
+    pipe = Pipeline(detector=detector, encoder=tiny_encoder, device="cpu")
+    assert pipe.device == torch.device("cpu")
+    assert pipe.detector.options.res5_chunk == 3 and pipe.detector.options.channels_last
+    assert pipe.detector.requested_options.res5_chunk == 3
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA device"):
+            Pipeline(detector=detector, encoder=tiny_encoder, device="cuda")
