@@ -1,7 +1,8 @@
 """The glue and the public faces: :func:`answer`, :class:`Pipeline`, ``extract_features``.
 
 ``from pipeline import answer, Pipeline`` imports the models lazily, so the command-line tools
-start without loading transformers.
+start without loading transformers; ``from pipeline import FeatureStore`` (random access to
+feature files, :mod:`pipeline.store`) likewise.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.api import DEFAULT_DETECTOR, DEFAULT_ENCODER, Pipeline, answer
+    from pipeline.store import FeatureStore
 
-__all__ = ["DEFAULT_DETECTOR", "DEFAULT_ENCODER", "Pipeline", "answer"]
+__all__ = ["DEFAULT_DETECTOR", "DEFAULT_ENCODER", "FeatureStore", "Pipeline", "answer"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "FeatureStore":
+        from pipeline import store
+
+        return store.FeatureStore
     if name in __all__:
         from pipeline import api
 

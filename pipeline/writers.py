@@ -158,6 +158,15 @@ def _split_line(line: bytes) -> list[str] | None:
     return fields
 
 
+def tsv_line_id(line: bytes) -> str | None:
+    """The image id of a complete, structurally sound obj36 line (its ``\\n`` included), else
+    ``None``. Checks field count, integers and base64 lengths only: no array is decoded."""
+    if not line.endswith(b"\n"):
+        return None
+    fields = _split_line(line)
+    return None if fields is None else _unquote(fields[0])
+
+
 def decode_tsv_line(line: bytes, *, source: str = "<tsv>") -> RegionFeatures:
     """Parse one obj36 line; ``ValueError`` naming ``source`` if it is not a complete record."""
     fields = _split_line(line)
@@ -367,25 +376,43 @@ def _append_h5(f: h5py.File, regions: Sequence[RegionFeatures]) -> None:
             dataset[boxes:] = np.concatenate(parts).astype(ARRAY_DTYPES[name], copy=False)
 
 
+def open_h5(path: str | os.PathLike[str]) -> h5py.File:
+    """One of our HDF5 files, open read-only; ``ValueError`` for another layout or version."""
+    path = Path(path)
+    f = h5py.File(path, "r")
+    try:
+        _check_h5(f, path)
+    except ValueError:
+        f.close()
+        raise
+    return f
+
+
+def read_h5_record(
+    f: h5py.File, *, image_id: str, image_h: int, image_w: int, start: int, count: int
+) -> RegionFeatures:
+    """One record of an open file of our layout: rows ``start:start + count`` of the per-box
+    datasets (``box_offset`` and ``num_boxes`` of the image)."""
+    arrays = {name: f[name][start : start + count] for name in _PER_BOX}
+    if count == 0:
+        arrays["features"] = np.zeros((0, int(f.attrs["feature_dim"])), np.float32)
+    return RegionFeatures(image_id=image_id, image_h=image_h, image_w=image_w, **arrays)
+
+
 def iter_h5(path: str | os.PathLike[str]) -> Iterator[RegionFeatures]:
     """Records of one of our HDF5 files, in file order."""
-    path = Path(path)
-    with h5py.File(path, "r") as f:
-        _check_h5(f, path)
+    with open_h5(path) as f:
         ids = f["img_id"].asstr()[()] if f["img_id"].shape[0] else []
         heights, widths = f["img_h"][()], f["img_w"][()]
         counts, offsets = f["num_boxes"][()], f["box_offset"][()]
-        dim = int(f.attrs["feature_dim"])
         for index, image_id in enumerate(ids):
-            start, n = int(offsets[index]), int(counts[index])
-            arrays = {name: f[name][start : start + n] for name in _PER_BOX}
-            if n == 0:
-                arrays["features"] = np.zeros((0, dim), np.float32)
-            yield RegionFeatures(
+            yield read_h5_record(
+                f,
                 image_id=str(image_id),
                 image_h=int(heights[index]),
                 image_w=int(widths[index]),
-                **arrays,
+                start=int(offsets[index]),
+                count=int(counts[index]),
             )
 
 

@@ -1,0 +1,271 @@
+"""Random access to feature files by image id: :class:`FeatureStore`.
+
+LXMERT's own loader reads a whole TSV into memory (hundreds of GB for COCO). The store keeps
+only an index: for a TSV the byte range of each line (:mod:`pipeline.tsv_index`, built once
+and cached), for our HDF5 layout its ``box_offset`` and ``num_boxes`` datasets. A record is
+read from disk when it is asked for, with the writers' own decoders.
+
+Files are opened lazily in each process and never pickled, so a store can be handed to
+DataLoader workers, forked or spawned: each opens its own handles on first access.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, SupportsIndex
+
+import h5py
+import numpy as np
+import torch.utils.data
+
+from detector.structures import RegionFeatures
+from pipeline.tsv_index import TsvIndex, load_tsv_index
+from pipeline.writers import (
+    decode_tsv_line,
+    journal_path,
+    open_h5,
+    output_format,
+    read_h5_record,
+)
+
+
+class _Part(Protocol):
+    """One file of a store."""
+
+    path: Path
+    ids: tuple[str, ...]
+
+    def read(self, local: int) -> RegionFeatures: ...
+
+    def where(self, local: int) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def _changed(path: Path, what: str) -> ValueError:
+    return ValueError(
+        f"{path}: {what}; the file changed after the feature store opened it: open it again"
+    )
+
+
+class _TsvPart:
+    """An obj36 TSV read by byte offsets (``os.pread``: no shared file position)."""
+
+    def __init__(self, path: Path, index: TsvIndex) -> None:
+        self.path = path
+        self.ids = index.ids
+        self._offsets = index.offsets
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def _handle(self) -> int:
+        if self._fd is not None and self._pid != os.getpid():
+            os.close(self._fd)  # this process's copy of its parent's descriptor
+            self._fd = None
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._pid = os.getpid()
+        return self._fd
+
+    def where(self, local: int) -> str:
+        return f"{self.path}:{local + 1}"
+
+    def read(self, local: int) -> RegionFeatures:
+        start, end = int(self._offsets[local]), int(self._offsets[local + 1])
+        line = os.pread(self._handle(), end - start, start)
+        source = self.where(local)
+        if len(line) != end - start:
+            raise _changed(self.path, f"line {local + 1} ends past the end of the file")
+        region = decode_tsv_line(line, source=source)
+        if region.image_id != self.ids[local]:
+            raise _changed(
+                self.path,
+                f"line {local + 1} holds image {region.image_id!r}, indexed as {self.ids[local]!r}",
+            )
+        return region
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # in a forked child, only the child's copy
+        self._fd = self._pid = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+
+class _H5Part:
+    """One of our HDF5 files; its per-image datasets are read once, boxes on demand."""
+
+    def __init__(self, path: Path) -> None:
+        if journal_path(path).exists():
+            raise ValueError(
+                f"{path} has a journal {journal_path(path)} of records not yet folded into it; "
+                "finish that run first (extract_features --resume)"
+            )
+        stat = os.stat(path)
+        self.path = path
+        self._stamp = (stat.st_size, stat.st_mtime_ns)
+        with open_h5(path) as f:
+            ids = f["img_id"].asstr()[()] if f["img_id"].shape[0] else []
+            self.ids = tuple(str(image_id) for image_id in ids)
+            columns = ("img_h", "img_w", "box_offset", "num_boxes")
+            self._per_image = np.stack([np.asarray(f[name][()], np.int64) for name in columns])
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _handle(self) -> h5py.File:
+        if self._file is not None and self._pid != os.getpid():
+            self._file.close()  # this process's copy of its parent's handle
+            self._file = None
+        if self._file is None:
+            stat = os.stat(self.path)
+            if (stat.st_size, stat.st_mtime_ns) != self._stamp:
+                raise _changed(self.path, "its size or modification time differs")
+            self._file = open_h5(self.path)
+            self._pid = os.getpid()
+        return self._file
+
+    def where(self, local: int) -> str:
+        return f"{self.path} (record {local + 1})"
+
+    def read(self, local: int) -> RegionFeatures:
+        image_h, image_w, start, count = (int(v) for v in self._per_image[:, local])
+        return read_h5_record(
+            self._handle(),
+            image_id=self.ids[local],
+            image_h=image_h,
+            image_w=image_w,
+            start=start,
+            count=count,
+        )
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # in a forked child, only the child's copy
+        self._file = self._pid = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+
+def _open_part(path: Path, *, cache_dir: Path | None) -> _Part:
+    if output_format(path) == "tsv":
+        return _TsvPart(path, load_tsv_index(path, cache_dir=cache_dir))
+    return _H5Part(path)
+
+
+class FeatureStore(torch.utils.data.Dataset[RegionFeatures]):
+    """Records of one or several feature files, by position or by image id, read on demand.
+
+    Positions follow the files in the order given, each in file order. Memory holds the ids and
+    the index only (a few dozen bytes per image), never the features. Build it with
+    :meth:`open`. Picklable: a copy reopens its files on first access (DataLoader workers).
+    """
+
+    def __init__(self, *, parts: Sequence[_Part]) -> None:
+        self._parts = tuple(parts)
+        self._starts: list[int] = []
+        lookup: dict[str, int] = {}
+        total = 0
+        for part in self._parts:
+            self._starts.append(total)
+            for local, image_id in enumerate(part.ids):
+                if image_id in lookup:
+                    raise ValueError(
+                        f"image id {image_id!r} is in {self._where(lookup[image_id])} and in "
+                        f"{part.where(local)}; joined feature files must not share an id"
+                    )
+                lookup[image_id] = total + local
+            total += len(part.ids)
+        self._lookup = lookup
+        self._ids = tuple(image_id for part in self._parts for image_id in part.ids)
+
+    @classmethod
+    def open(cls, *paths: str | os.PathLike[str], cache_dir: Path | None = None) -> FeatureStore:
+        """Open and join feature files: obj36 TSVs (ours or LXMERT's) and our HDF5 files.
+
+        Args:
+            paths: one or more ``.tsv``/``.h5``/``.hdf5`` files, e.g. the shards of one run or
+                train2014 and val2014.
+            cache_dir: where TSV indexes go when they cannot lie beside their TSV (default
+                :func:`pipeline.tsv_index.index_cache_dir`).
+
+        Raises:
+            ValueError: no path; an unknown suffix; a TSV line before the last that is not a
+                complete record (names the file and line); an HDF5 file of another layout or
+                with an unfolded journal; an id in two places (names both).
+            FileNotFoundError: a file does not exist.
+        """
+        if not paths:
+            raise ValueError("FeatureStore.open needs at least one feature file")
+        parts = [_open_part(Path(path), cache_dir=cache_dir) for path in paths]
+        return cls(parts=parts)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """The files, in the order given."""
+        return tuple(part.path for part in self._parts)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _locate(self, index: int) -> tuple[_Part, int]:
+        part = bisect.bisect_right(self._starts, index) - 1
+        return self._parts[part], index - self._starts[part]
+
+    def _where(self, index: int) -> str:
+        part, local = self._locate(index)
+        return part.where(local)
+
+    def __getitem__(self, index: SupportsIndex) -> RegionFeatures:
+        """Record ``index`` of the joined order (an int or numpy integer; negative counts
+        from the end).
+
+        Raises:
+            IndexError: out of range.
+            ValueError: a corrupt record (names file and line), or a file changed since
+                :meth:`open`.
+        """
+        position = operator.index(index)
+        if position < 0:
+            position += len(self._ids)
+        if not 0 <= position < len(self._ids):
+            raise IndexError(f"record {index} of a feature store of {len(self._ids)}")
+        part, local = self._locate(position)
+        return part.read(local)
+
+    def ids(self) -> tuple[str, ...]:
+        """Image ids in the joined order."""
+        return self._ids
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and image_id in self._lookup
+
+    def get(self, image_id: str) -> RegionFeatures:
+        """The record of ``image_id``; ``KeyError`` naming the id and the files."""
+        position = self._lookup.get(image_id)
+        if position is None:
+            files = ", ".join(str(path) for path in self.paths)
+            raise KeyError(f"image id {image_id!r} is not in the feature files {files}")
+        return self[position]
+
+    def close(self) -> None:
+        """Close this process's open files (a later access opens them again)."""
+        for part in self._parts:
+            part.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
