@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,10 +23,13 @@ from detector.options import InferenceOptions, ResolvedOptions
 from detector.preprocess import PreparedImage, prepare
 from detector.roi_heads import Res5RoIHeads, RoIHeadOutput
 from detector.rpn import RPN, RPNOutput
-from detector.select import select_regions
+from detector.select import check_given_boxes, given_box_rois, given_regions, select_regions
 from detector.structures import CheckpointInfo, RegionFeatures
 
 FEATURE_STRIDE = 16
+
+#: One image's given boxes: ``[K, 4]`` xyxy, raw-image pixels, as a Tensor or an array.
+GivenBoxes = torch.Tensor | np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,33 +180,92 @@ class Detector(nn.Module):
     def forward(self, images: torch.Tensor) -> RawOutput:
         return self.forward_raw(images)
 
+    def forward_given(self, images: torch.Tensor, rois: list[torch.Tensor]) -> RoIHeadOutput:
+        """The RoI heads on given ``rois`` (per image ``Tensor[K_i, 4]`` xyxy, resized pixels)
+        of ``Tensor[B, 3, h, w]`` same-size images; the RPN does not run.
+
+        Returns:
+            Per-RoI outputs, images concatenated in order (``K_i`` rows each).
+        """
+        if self._options.batch_invariant and images.shape[0] > 1:
+            parts = [
+                self._forward_given(images[i : i + 1], rois[i : i + 1])
+                for i in range(images.shape[0])
+            ]
+            return RoIHeadOutput(
+                *(torch.cat([getattr(p, f) for p in parts]) for f in RoIHeadOutput.fields())
+            )
+        return self._forward_given(images, rois)
+
+    def _forward_given(self, images: torch.Tensor, rois: list[torch.Tensor]) -> RoIHeadOutput:
+        # The trunk and the heads exactly as _forward_raw runs them, without the RPN.
+        options = self._options
+        if options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            features = self.backbone(images)
+        with self.autocast():
+            return self.roi_heads(
+                features,
+                rois,
+                chunk_size=options.res5_chunk,
+                channels_last=options.channels_last,
+            )
+
     # --- inference -----------------------------------------------------------------------
     @torch.inference_mode()
     def detect(
-        self, images: Sequence[PreparedImage], *, batch_size: int = 1
+        self,
+        images: Sequence[PreparedImage],
+        *,
+        batch_size: int = 1,
+        boxes: Sequence[GivenBoxes] | None = None,
     ) -> list[RegionFeatures]:
         """Regions of each prepared image, in input order.
 
         Images are grouped by resized shape and run ``batch_size`` at a time, never padded.
+
+        Args:
+            images: prepared images (:func:`detector.preprocess.prepare`).
+            batch_size: images per network call.
+            boxes: None to detect (RPN, then the config's selection); or one ``[K_i, 4]``
+                xyxy set per image, raw-image pixels (a Tensor or an array), whose regions
+                are returned instead: exactly these boxes in this order, clipped to the
+                image, each pooled as a RoI (:func:`detector.select.given_box_rois`), with
+                the heads' objects and attributes. No RPN, no selection.
+
+        Raises:
+            ValueError: ``boxes`` does not have one set per image, or a set is unusable (no
+                boxes, NaN or infinite, degenerate, wholly outside the image); the message
+                names the image id and the box. Checked before any network runs.
         """
+        given = None if boxes is None else checked_given_boxes(images, boxes)
         results: list[RegionFeatures | None] = [None] * len(images)
         for indices in batches_by_shape(images, batch_size):
             batch = [images[i] for i in indices]
-            for index, regions in zip(indices, self._detect_splitting(batch), strict=True):
+            batch_boxes = None if given is None else [given[i] for i in indices]
+            for index, regions in zip(
+                indices, self._detect_splitting(batch, batch_boxes), strict=True
+            ):
                 results[index] = regions
         return [r for r in results if r is not None]
 
-    def _detect_splitting(self, batch: Sequence[PreparedImage]) -> list[RegionFeatures]:
+    def _detect_splitting(
+        self, batch: Sequence[PreparedImage], boxes: Sequence[torch.Tensor] | None
+    ) -> list[RegionFeatures]:
         """:meth:`_detect_same_size`, halving the batch and retrying on CUDA out-of-memory."""
         try:
-            return self._detect_same_size(batch)
+            return self._detect_same_size(batch, boxes)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(batch) // 2
-        return self._detect_splitting(batch[:half]) + self._detect_splitting(batch[half:])
+        first, second = (None, None) if boxes is None else (boxes[:half], boxes[half:])
+        return self._detect_splitting(batch[:half], first) + self._detect_splitting(
+            batch[half:], second
+        )
 
     def regions(
         self,
@@ -211,8 +274,13 @@ class Detector(nn.Module):
         *,
         channel_order: ChannelOrder = "rgb",
         batch_size: int = 1,
+        boxes: Sequence[GivenBoxes] | None = None,
     ) -> list[RegionFeatures]:
-        """Decode, preprocess and detect: paths, bytes, PIL images or arrays -> regions."""
+        """Decode, preprocess and detect: paths, bytes, PIL images or arrays -> regions.
+
+        ``boxes`` (one ``[K_i, 4]`` xyxy set per image, raw-image pixels) gives the regions of
+        exactly those boxes instead of detecting them; see :meth:`detect`.
+        """
         ids = list(image_ids) if image_ids is not None else [str(i) for i in range(len(images))]
         if len(ids) != len(images):
             raise ValueError(f"got {len(images)} images but {len(ids)} image_ids")
@@ -220,15 +288,19 @@ class Detector(nn.Module):
             prepare(image, config=self.config, image_id=image_id, channel_order=channel_order)
             for image, image_id in zip(images, ids, strict=True)
         ]
-        return self.detect(prepared, batch_size=batch_size)
+        return self.detect(prepared, batch_size=batch_size, boxes=boxes)
 
-    def _detect_same_size(self, batch: Sequence[PreparedImage]) -> list[RegionFeatures]:
+    def _detect_same_size(
+        self, batch: Sequence[PreparedImage], boxes: Sequence[torch.Tensor] | None
+    ) -> list[RegionFeatures]:
         device = self.device
         stacked = torch.stack([image.tensor for image in batch])
         if device.type == "cuda":
             stacked = stacked.pin_memory().to(device, non_blocking=True)
         else:
             stacked = stacked.to(device)
+        if boxes is not None:
+            return self._given_same_size(batch, stacked, boxes)
         raw = self.forward_raw(stacked)
         counts = [len(p) for p in raw.rpn.proposals]
         per_image = zip(
@@ -241,6 +313,37 @@ class Detector(nn.Module):
             strict=True,
         )
         return [self.select_regions(*args) for args in per_image]
+
+    def _given_same_size(
+        self, batch: Sequence[PreparedImage], stacked: torch.Tensor, boxes: Sequence[torch.Tensor]
+    ) -> list[RegionFeatures]:
+        """Regions of checked given ``boxes`` (per image ``[K_i, 4]`` raw pixels, clipped) of
+        the same-size images ``stacked`` (``[B, 3, h, w]`` on the device)."""
+        rois = [
+            given_box_rois(image_boxes, image).to(stacked.device)
+            for image_boxes, image in zip(boxes, batch, strict=True)
+        ]
+        roi = self.forward_given(stacked, rois)
+        counts = [len(r) for r in rois]
+        per_image = zip(
+            batch,
+            boxes,
+            roi.features.split(counts),
+            roi.class_logits.split(counts),
+            roi.attr_logits.split(counts),
+            strict=True,
+        )
+        return [
+            given_regions(
+                self.config,
+                image=image,
+                boxes=image_boxes,
+                features=features,
+                class_logits=class_logits,
+                attr_logits=attr_logits,
+            )
+            for image, image_boxes, features, class_logits, attr_logits in per_image
+        ]
 
     def select_regions(
         self,
@@ -335,6 +438,30 @@ def batches_by_shape(images: Sequence[PreparedImage], batch_size: int) -> Iterat
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             yield indices[start : start + batch_size]
+
+
+def checked_given_boxes(
+    images: Sequence[PreparedImage], boxes: Sequence[GivenBoxes]
+) -> list[torch.Tensor]:
+    """Each image's given boxes checked and clipped (:func:`detector.select.check_given_boxes`):
+    float32 CPU ``Tensor[K_i, 4]`` xyxy, raw-image pixels.
+
+    Raises:
+        ValueError: not one set per image, or a set unusable; the message names the image id.
+    """
+    if isinstance(boxes, torch.Tensor | np.ndarray) or len(boxes) != len(images):
+        count = "one array" if isinstance(boxes, torch.Tensor | np.ndarray) else len(boxes)
+        raise ValueError(
+            f"boxes takes one [K, 4] set per image: got {len(images)} images and {count} box "
+            "sets; wrap one image's boxes in a list: [boxes]"
+        )
+    checked = []
+    for image, image_boxes in zip(images, boxes, strict=True):
+        try:
+            checked.append(check_given_boxes(image_boxes, image_h=image.raw_h, image_w=image.raw_w))
+        except ValueError as error:
+            raise ValueError(f"image {image.image_id!r}: {error}") from None
+    return checked
 
 
 def generic_names(kind: str, count: int) -> list[str]:

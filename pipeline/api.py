@@ -26,6 +26,7 @@ from PIL import Image
 
 from detector import Detector, RegionFeatures, load_detector
 from detector.image import DEFAULT_MAX_BYTES, ChannelOrder, ImageError, ImageSource, load_image
+from detector.model import GivenBoxes
 from detector.preprocess import PreparedImage, preprocess_for
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
@@ -158,6 +159,7 @@ class Pipeline:
         *,
         channel_order: ChannelOrder = "rgb",
         max_bytes: int = DEFAULT_MAX_BYTES,
+        boxes: Sequence[GivenBoxes] | None = None,
     ) -> list[RegionFeatures]:
         """Detect the regions of each image, in input order.
 
@@ -167,6 +169,9 @@ class Pipeline:
             image_ids: ids stored in the results (default ``"0"``, ``"1"``, ...).
             max_bytes: refuse an encoded image (file or bytes) larger than this, before
                 reading it (:func:`detector.image.load_image`).
+            boxes: one ``[K_i, 4]`` xyxy set per image in raw-image pixels (Tensor or array)
+                to get the features and labels of exactly those boxes, in that order, clipped
+                to the image, instead of detected ones (:meth:`detector.Detector.detect`).
 
         Returns:
             One :class:`RegionFeatures` per image: boxes xyxy in raw-image pixels.
@@ -174,6 +179,8 @@ class Pipeline:
         Raises:
             detector.image.ImageError: an image cannot be decoded. The message names a path
                 by itself and anything else by position and kind: ``"image 2 (bytes)"``.
+            ValueError: ``boxes`` is not one set per image, or a set is unusable (none, NaN,
+                degenerate, wholly outside its image); the message names the image and box.
         """
         _check_image_list(images, "Pipeline.regions")
         sources = list(images)
@@ -190,7 +197,7 @@ class Pipeline:
             )
             for number, (image, image_id) in enumerate(zip(sources, ids, strict=True), start=1)
         ]
-        return self.detector.detect(prepared, batch_size=self.batch_size)
+        return self.detector.detect(prepared, batch_size=self.batch_size, boxes=boxes)
 
     def _prepare(
         self,
@@ -260,11 +267,13 @@ class Pipeline:
         top_k: int = 1,
         channel_order: ChannelOrder = "rgb",
         max_bytes: int = DEFAULT_MAX_BYTES,
+        boxes: Sequence[GivenBoxes] | None = None,
     ) -> list[Answer | list[Answer]]:
         """Answer ``questions[i]`` (one question or a list) about ``images[i]``.
 
         The detector runs once per image, whatever the number of questions; LXMERT runs once on
-        all (image, question) pairs. ``max_bytes`` is :meth:`regions`' cap.
+        all (image, question) pairs. ``max_bytes`` is :meth:`regions`' cap; ``boxes`` (one
+        ``[K_i, 4]`` xyxy set per image, raw pixels) makes LXMERT see exactly those regions.
 
         Returns:
             Per image: an :data:`Answer` for a single question, a list of them for a list.
@@ -281,7 +290,9 @@ class Pipeline:
                 "question (or one list of questions) per image"
             )
         _checked_questions(questions)
-        regions = self.regions(images, channel_order=channel_order, max_bytes=max_bytes)
+        regions = self.regions(
+            images, channel_order=channel_order, max_bytes=max_bytes, boxes=boxes
+        )
         return self.answer_regions(regions, questions, top_k=top_k)
 
 

@@ -140,6 +140,16 @@ def _add_model_flags(model: argparse._ArgumentGroup) -> None:
     )
     model.add_argument("--max-boxes", type=_positive_int, metavar="N", help="most boxes per image")
     model.add_argument(
+        "--boxes-from",
+        type=Path,
+        metavar="FILE",
+        help="features of these boxes instead of detected ones (no RPN, no selection; the "
+        "boxes in file order, clipped to the image): .json {img_id: [[x1, y1, x2, y2], ...]} "
+        "in raw-image pixels, COCO annotations .json (id = stem of file_name, bbox xywh), an "
+        "obj36 .tsv or an .h5 output of this tool. Inputs without an entry fail; ids without "
+        "an input are ignored and counted. Not with --boxes/--min-boxes/--max-boxes",
+    )
+    model.add_argument(
         "--conf-thresh",
         type=_fraction,
         metavar="P",

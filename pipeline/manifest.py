@@ -70,18 +70,23 @@ RECORD_SETTINGS: tuple[tuple[str, str], ...] = (
 
 
 def record_settings(
-    config: Mapping[str, Any], *, detector_sha256: str | None, precision: str
+    config: Mapping[str, Any],
+    *,
+    detector_sha256: str | None,
+    precision: str,
+    boxes_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The :data:`RECORD_SETTINGS` of a run, from its detector config (``DetectorConfig.
-    to_dict()``), checkpoint digest and precision. Settings a run does not have yet (proposal
-    layer, given boxes) are recorded with their only value today."""
+    to_dict()``), checkpoint digest, precision and given-boxes file digest (None: boxes were
+    detected). Settings a run does not have yet (proposal layer) are recorded with their only
+    value today."""
     values: dict[str, Any] = {
         "detector_sha256": detector_sha256,
         "preset": config["name"],
         "proposals": "detectron2",
         "feature_dim": config["res2_channels"] * 8,
         "precision": precision,
-        "boxes_sha256": None,
+        "boxes_sha256": boxes_sha256,
     }
     for name, _ in RECORD_SETTINGS:
         if name not in values:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.config import DetectorConfig
+from pipeline.boxes_file import BoxesFile
 from pipeline.exits import UsageError
 from pipeline.inputs import InputItem, input_roots, list_inputs, select_shard
 from pipeline.lock import lock_path
@@ -41,6 +42,8 @@ class ExtractPlan:
         todo: those not yet in the output (all of them unless ``--resume``), in id order.
         previous: with ``--resume``, the manifest of the run that wrote the output (None when
             there is none: a file written elsewhere, or a first run).
+        boxes_not_among_inputs: with ``--boxes-from``, the ids of the boxes file that no input
+            has (sorted; ignored, and counted in the summary).
         input_failures: files found but not usable as inputs (a FIFO, a broken link, an id
             that would leave its root ...), each named with its reason; they count as failed
             inputs of the run. With ``--shard`` each failure belongs to one shard, by the same
@@ -52,6 +55,7 @@ class ExtractPlan:
     todo: tuple[InputItem, ...]
     input_failures: tuple[Failure, ...] = ()
     previous: Manifest | None = None
+    boxes_not_among_inputs: tuple[str, ...] = ()
 
     @property
     def already_done(self) -> int:
@@ -129,7 +133,16 @@ def make_plan(settings: ExtractSettings) -> ExtractPlan:
         todo=todo,
         input_failures=tuple(failures),
         previous=previous,
+        boxes_not_among_inputs=_boxes_not_among(settings.boxes_from, listing.items),
     )
+
+
+def _boxes_not_among(boxes: BoxesFile | None, items: tuple[InputItem, ...]) -> tuple[str, ...]:
+    """Ids of the boxes file that none of the listed inputs has (before --shard and --limit:
+    an id of another shard is among the inputs)."""
+    if boxes is None:
+        return ()
+    return tuple(boxes.ids_not_among(item.image_id for item in items))
 
 
 def _check_not_an_input(output: Path, items: tuple[InputItem, ...]) -> None:
@@ -163,13 +176,14 @@ def resumable_ids(output: Path, previous: Manifest | None) -> set[str]:
 
 
 def check_resume_settings(
-    plan: ExtractPlan, ours: Mapping[str, Any], config: DetectorConfig
+    plan: ExtractPlan, ours: Mapping[str, Any], config: DetectorConfig, *, given_boxes: bool = False
 ) -> None:
     """Refuse to add this run's records to an output made with other settings.
 
     ``ours`` is this run's :data:`~pipeline.manifest.RECORD_SETTINGS`. With a manifest, every
     setting must be equal; without one, each existing record must fit this run's feature
-    dimension and box-count rule.
+    dimension and box-count rule (the count rule only when boxes are detected: with
+    ``given_boxes`` each record has as many boxes as its entry in the boxes file).
 
     Raises:
         UsageError: listing each differing setting with both values (or the first record that
@@ -190,7 +204,7 @@ def check_resume_settings(
         return
     for region in read_features(plan.output):
         dim = region.features.shape[1] if region.features.ndim == 2 else None
-        count_fits = config.min_boxes <= region.num_boxes <= config.max_boxes
+        count_fits = given_boxes or config.min_boxes <= region.num_boxes <= config.max_boxes
         if dim != config.feature_dim or not count_fits:
             raise UsageError(
                 f"--resume {plan.output}: record {region.image_id!r} has {region.num_boxes} "

@@ -19,6 +19,7 @@ from detector.checkpoint import detector_config
 from detector.config import DetectorConfig
 from detector.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from detector.options import Autocast
+from pipeline.boxes_file import BoxesFile, read_boxes_file
 from pipeline.exits import UsageError
 from pipeline.inputs import parse_shard, shard_output_path
 from pipeline.manifest import check_name_length
@@ -48,6 +49,7 @@ class ExtractSettings:
         limit: only the first N images (after the shard), or None.
         visualize: folder for annotated pictures, or None.
         quiet, verbose: how much to print.
+        boxes_from: ``--boxes-from``: the given boxes, read and hashed once (None: detect).
     """
 
     inputs: tuple[str, ...]
@@ -68,6 +70,7 @@ class ExtractSettings:
     visualize: Path | None
     quiet: bool
     verbose: bool
+    boxes_from: BoxesFile | None = None
 
     @property
     def output(self) -> Path:
@@ -159,7 +162,9 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
         raise UsageError(str(error)) from error
     if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
         raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
+    _check_boxes_from_flags(args)  # before _config, whose box-count limits it overrides
     config = _config(args)
+    boxes_from = _boxes_from(args)
     try:
         check_name_length(
             shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
@@ -186,4 +191,27 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
         visualize=args.visualize,
         quiet=args.quiet,
         verbose=args.verbose,
+        boxes_from=boxes_from,
     )
+
+
+def _check_boxes_from_flags(args: argparse.Namespace) -> None:
+    """``--boxes-from`` gives the boxes: the detected box counts do not apply."""
+    counts = [flag for flag in ("boxes", "min_boxes", "max_boxes") if getattr(args, flag)]
+    if args.boxes_from is not None and counts:
+        flags = "/".join("--" + flag.replace("_", "-") for flag in counts)
+        raise UsageError(
+            f"--boxes-from gives each image's boxes; {flags} (the detected box count) does not "
+            "apply to it: drop one of them"
+        )
+
+
+def _boxes_from(args: argparse.Namespace) -> BoxesFile | None:
+    """``--boxes-from FILE`` read (and hashed) once, or None. A file that cannot be read or is
+    malformed is a usage error naming the file and the entry, before any model loads."""
+    if args.boxes_from is None:
+        return None
+    try:
+        return read_boxes_file(args.boxes_from)
+    except ValueError as error:
+        raise UsageError(f"--boxes-from: {error}") from error

@@ -77,12 +77,14 @@ def load_model(settings: ExtractSettings) -> LoadedModel:
     return LoadedModel(detector=detector, batch_size=batch_size)
 
 
-def run_record_settings(detector: Detector) -> dict[str, Any]:
-    """The :data:`~pipeline.manifest.RECORD_SETTINGS` of a run with ``detector``."""
+def run_record_settings(detector: Detector, *, boxes_sha256: str | None = None) -> dict[str, Any]:
+    """The :data:`~pipeline.manifest.RECORD_SETTINGS` of a run with ``detector`` (and the
+    sha256 of its ``--boxes-from`` file, if any)."""
     autocast = detector.options.autocast
     return record_settings(
         detector.config.to_dict(),
         detector_sha256=detector.checkpoint.sha256,
+        boxes_sha256=boxes_sha256,
         precision="fp32" if autocast == "none" else autocast,
     )
 
@@ -116,7 +118,8 @@ def manifest_data(
             "preset": detector.config.name,
             "config": detector.config.to_dict(),
         },
-        "settings": run_record_settings(detector),
+        "settings": run_record_settings(detector, boxes_sha256=_boxes_sha256(settings)),
+        "given_boxes": None if settings.boxes_from is None else settings.boxes_from.to_manifest(),
         "device": str(detector.device),
         "versions": library_versions(),
         "counts": {
@@ -129,6 +132,10 @@ def manifest_data(
         "seconds": {name: round(value, 3) for name, value in stats.seconds.items()},
         "failures": [failure.to_dict() for failure in stats.failures],
     }
+
+
+def _boxes_sha256(settings: ExtractSettings) -> str | None:
+    return None if settings.boxes_from is None else settings.boxes_from.sha256
 
 
 def extract(
@@ -177,6 +184,7 @@ def extract(
             workers=settings.workers,
             stats=stats,
             show_progress=not settings.quiet,
+            boxes=settings.boxes_from,
         )
         status = "finished"
     except KeyboardInterrupt:
@@ -236,7 +244,7 @@ def finish(settings: ExtractSettings, plan: ExtractPlan, stats: RunStats, status
         print(
             f"extract_features: {stats.selected} selected: {stats.written} written, "
             f"{stats.already_done} already done (skipped), {len(stats.failures)} failed "
-            f"-> {plan.output} ({rate:.2f} img/s)",
+            f"-> {plan.output} ({rate:.2f} img/s)" + _unused_boxes(settings, plan),
             file=sys.stderr,
         )
     if stats.failures:
@@ -244,6 +252,19 @@ def finish(settings: ExtractSettings, plan: ExtractPlan, stats: RunStats, status
         for failure in stats.failures:
             print(f"  {failure.path}: {failure.reason}", file=sys.stderr)
     return exit_code(stats, status)
+
+
+def _unused_boxes(settings: ExtractSettings, plan: ExtractPlan) -> str:
+    """The summary's note of the boxes file's ids that no input has (none: nothing)."""
+    unused = plan.boxes_not_among_inputs
+    if settings.boxes_from is None or not unused:
+        return ""
+    shown = ", ".join(repr(i) for i in unused[:3]) + (", ..." if len(unused) > 3 else "")
+    ids, are = ("id", "is") if len(unused) == 1 else ("ids", "are")
+    return (
+        f"; {len(unused)} {ids} in the boxes file {settings.boxes_from.path} {are} not among "
+        f"the inputs ({shown}), ignored"
+    )
 
 
 def run_extract(settings: ExtractSettings) -> int:
@@ -260,7 +281,9 @@ def run_extract(settings: ExtractSettings) -> int:
         plan = make_plan(settings)
         model = load_model(settings)
         if settings.mode == "resume":
-            ours = run_record_settings(model.detector)
-            check_resume_settings(plan, ours, model.detector.config)
+            ours = run_record_settings(model.detector, boxes_sha256=_boxes_sha256(settings))
+            check_resume_settings(
+                plan, ours, model.detector.config, given_boxes=settings.boxes_from is not None
+            )
         stats, status = extract(settings, plan, model, started=started)
     return finish(settings, plan, stats, status)

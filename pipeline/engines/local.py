@@ -22,6 +22,7 @@ from detector import Detector, RegionFeatures
 from detector.config import DetectorConfig
 from detector.image import DEFAULT_MAX_BYTES, ImageError, load_image
 from detector.preprocess import PreparedImage, prepare
+from pipeline.boxes_file import BoxesFile
 from pipeline.inputs import InputItem
 from pipeline.manifest import Failure
 from pipeline.plan import ExtractPlan, RunStats
@@ -36,15 +37,31 @@ Prepared = PreparedImage | Failure
 
 @dataclass(frozen=True)
 class PrepareImage:
-    """Decode + resize of one listed image, never raising: a bad file becomes a Failure."""
+    """Decode + resize of one listed image, never raising: a bad file becomes a Failure.
+
+    With ``boxes`` (``--boxes-from``), an image without an entry fails before it is decoded,
+    and one whose boxes are unusable for it fails after (:meth:`BoxesFile.boxes_for`).
+    """
 
     items: Sequence[InputItem]
     config: DetectorConfig
     max_pixels: int
     max_bytes: int = DEFAULT_MAX_BYTES
+    boxes: BoxesFile | None = None
 
     def __call__(self, index: int) -> Prepared:
         item = self.items[index]
+        if self.boxes is not None and item.image_id not in self.boxes:
+            return Failure(item.image_id, str(item.path), self.boxes.no_entry(item.image_id))
+        prepared = self._prepare(item)
+        if self.boxes is not None and isinstance(prepared, PreparedImage):
+            try:
+                self.boxes.boxes_for(item.image_id, image_h=prepared.raw_h, image_w=prepared.raw_w)
+            except ValueError as error:  # the message names the boxes file and the entry
+                return Failure(item.image_id, str(item.path), str(error))
+        return prepared
+
+    def _prepare(self, item: InputItem) -> Prepared:
         try:
             return prepare(
                 str(item.path),
@@ -100,12 +117,18 @@ def prepared_batches(
 
 
 def detect_or_fail(
-    detector: Detector, prepared: list[PreparedImage], paths: dict[str, str], batch_size: int
+    detector: Detector,
+    prepared: list[PreparedImage],
+    paths: dict[str, str],
+    batch_size: int,
+    boxes: BoxesFile | None = None,
 ) -> tuple[list[RegionFeatures], list[Failure]]:
-    """Regions for ``prepared``; a batch that fails is retried image by image so that one bad
-    image is reported and the others still get their records."""
+    """Regions for ``prepared`` (of their entries in ``boxes`` when given); a batch that fails
+    is retried image by image so that one bad image is reported and the others still get their
+    records."""
+    given = None if boxes is None else [boxes.boxes[image.image_id] for image in prepared]
     try:
-        return detector.detect(prepared, batch_size=batch_size), []
+        return detector.detect(prepared, batch_size=batch_size, boxes=given), []
     except Exception as error:
         if len(prepared) == 1:
             reason = f"detector failed: {type(error).__name__}: {error}"
@@ -113,7 +136,7 @@ def detect_or_fail(
     regions: list[RegionFeatures] = []
     failures: list[Failure] = []
     for image in prepared:
-        got, failed = detect_or_fail(detector, [image], paths, batch_size)
+        got, failed = detect_or_fail(detector, [image], paths, batch_size, boxes)
         regions.extend(got)
         failures.extend(failed)
     return regions, failures
@@ -151,7 +174,12 @@ class RecordSink:
 
 
 def _handle_batch(
-    batch: list[Prepared], *, sink: RecordSink, batch_size: int, stats: RunStats
+    batch: list[Prepared],
+    *,
+    sink: RecordSink,
+    batch_size: int,
+    stats: RunStats,
+    boxes: BoxesFile | None,
 ) -> None:
     """Detect the prepared images of ``batch``, record failures, write the records."""
     seconds = stats.seconds
@@ -159,7 +187,9 @@ def _handle_batch(
     failures = [entry for entry in batch if isinstance(entry, Failure)]
     tick = time.monotonic()
     regions, detect_failures = (
-        detect_or_fail(sink.detector, prepared, sink.paths, batch_size) if prepared else ([], [])
+        detect_or_fail(sink.detector, prepared, sink.paths, batch_size, boxes)
+        if prepared
+        else ([], [])
     )
     seconds["detector"] += time.monotonic() - tick
     tick = time.monotonic()
@@ -186,14 +216,17 @@ def run_local(
     workers: int,
     stats: RunStats,
     show_progress: bool,
+    boxes: BoxesFile | None = None,
 ) -> None:
-    """Execute ``plan`` on this machine. ``KeyboardInterrupt`` propagates after the decode
-    threads are stopped; every record written before it is durable."""
+    """Execute ``plan`` on this machine; with ``boxes`` (``--boxes-from``) each image's regions
+    are those of its given boxes. ``KeyboardInterrupt`` propagates after the decode threads are
+    stopped; every record written before it is durable."""
     prepare_one = PrepareImage(
         items=plan.todo,
         config=sink.detector.config,
         max_pixels=sink.max_pixels,
         max_bytes=sink.max_bytes,
+        boxes=boxes,
     )
     batches = prepared_batches(
         prepare_one, count=len(plan.todo), workers=workers, batch_size=batch_size
@@ -208,7 +241,7 @@ def run_local(
                 stats.seconds["waiting"] += time.monotonic() - tick
                 if batch is None:
                     break
-                _handle_batch(batch, sink=sink, batch_size=batch_size, stats=stats)
+                _handle_batch(batch, sink=sink, batch_size=batch_size, stats=stats, boxes=boxes)
                 progress.update(len(batch))
     finally:
         batches.close()  # stops the decode threads

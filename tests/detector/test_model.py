@@ -207,11 +207,11 @@ def test_out_of_memory_splits_the_batch_and_retries(tiny_detector, photos, monke
     real = type(tiny_detector)._detect_same_size
     sizes = []
 
-    def fails_above_one(self, batch):
+    def fails_above_one(self, batch, boxes):
         sizes.append(len(batch))
         if len(batch) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, batch)
+        return real(self, batch, boxes)
 
     monkeypatch.setattr(type(tiny_detector), "_detect_same_size", fails_above_one)
     got = tiny_detector.detect(images, batch_size=4)

@@ -1,0 +1,380 @@
+"""extract_features --boxes-from and Pipeline(boxes=...) on real photos with the tiny preset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from transformers import LxmertConfig
+
+from detector import RegionFeatures, build_detector, get_preset, load_detector
+from encoder.answers import AnswerTable
+from encoder.build import Encoder
+from encoder.config import EncoderConfig
+from encoder.model import build_model
+from encoder.tokenizer import load_tokenizer
+from pipeline import Pipeline
+from pipeline.boxes_file import coco_image_id, read_boxes_file
+from pipeline.cli import main
+from pipeline.manifest import manifest_path, read_manifest
+from pipeline.writers import read_features
+
+IDS = ["astronaut", "cats/chelsea", "coffee", "gray/camera"]
+
+
+def extract(*args: object) -> int:
+    return main([str(arg) for arg in args])
+
+
+def records(path: Path) -> dict[str, RegionFeatures]:
+    return {region.image_id: region for region in read_features(path)}
+
+
+def photo_size(photos: Path, image_id: str) -> tuple[int, int]:
+    """(h, w) of a photo, read here with OpenCV (none of them has an EXIF orientation)."""
+    image = cv2.imread(str(next(photos.glob(f"{image_id}.*"))), cv2.IMREAD_UNCHANGED)
+    return int(image.shape[0]), int(image.shape[1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, photos: Path, tiny_checkpoint: Path):
+    """Bottom-up runs over the photos, to TSV and to HDF5: {"tsv": path, "h5": path}."""
+    folder = tmp_path_factory.mktemp("bottom-up")
+    outputs = {"tsv": folder / "ref.tsv", "h5": folder / "ref.h5"}
+    for out in outputs.values():
+        assert extract(photos, "--out", out, "--detector", tiny_checkpoint, "-q") == 0
+    return outputs
+
+
+def assert_reproduces(got: RegionFeatures, ref: RegionFeatures) -> None:
+    """Same boxes and ids; features within 1e-5 relative; confidences as close."""
+    assert (got.image_h, got.image_w, got.num_boxes) == (ref.image_h, ref.image_w, ref.num_boxes)
+    np.testing.assert_array_equal(got.boxes, ref.boxes)
+    np.testing.assert_array_equal(got.objects_id, ref.objects_id)
+    np.testing.assert_array_equal(got.attrs_id, ref.attrs_id)
+    scale = float(np.abs(ref.features).max())
+    np.testing.assert_allclose(got.features, ref.features, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(got.objects_conf, ref.objects_conf, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.attrs_conf, ref.attrs_conf, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("source", "output"), [("tsv", "given.tsv"), ("h5", "given.h5")])
+def test_a_runs_own_output_as_boxes_reproduces_it(
+    runs, photos: Path, tiny_checkpoint: Path, tmp_path: Path, source: str, output: str
+) -> None:
+    out = tmp_path / output
+    code = extract(
+        photos, "--out", out, "--detector", tiny_checkpoint, "--boxes-from", runs[source], "-q"
+    )
+    assert code == 0
+    reference, got = records(runs[source]), records(out)
+    assert list(got) == IDS == list(reference)
+    for image_id in IDS:
+        assert_reproduces(got[image_id], reference[image_id])
+
+    manifest = read_manifest(manifest_path(out))
+    digest = hashlib.sha256(runs[source].read_bytes()).hexdigest()
+    assert manifest["given_boxes"]["path"] == str(runs[source])
+    assert manifest["given_boxes"]["sha256"] == digest
+    assert manifest["given_boxes"]["kind"] == {"tsv": "obj36-tsv", "h5": "hdf5"}[source]
+    assert manifest["settings"]["boxes_sha256"] == digest
+    detected = read_manifest(manifest_path(runs[source]))
+    assert detected["given_boxes"] is None
+    assert detected["settings"]["boxes_sha256"] is None
+
+
+def test_json_boxes_in_order_clipped_with_failures_named(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h, w = photo_size(photos, "astronaut")
+    given = {
+        "astronaut": [[w - 40, 10, w + 30, 80], [0, 0, 50, 60], [-9, h / 2, 30, h + 5]],
+        "cats/chelsea": [[0, 0, 40, 40], [20, 30, 20, 90]],  # box 1: x2 == x1
+        "coffee": [[1, 2, 30, float("nan")]],
+        "unused-1": [[0, 0, 1, 1]],
+        "unused-2": [],
+    }
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps(given))  # NaN is written as JSON's NaN literal
+    out = tmp_path / "out.h5"
+    code = extract(photos, "--out", out, "--detector", tiny_checkpoint, "--boxes-from", boxes_file)
+    err = capsys.readouterr().err
+    assert code == 1
+    got = records(out)
+    assert list(got) == ["astronaut"]
+    expected = np.clip(
+        np.array(given["astronaut"], np.float32), 0, np.array([w, h, w, h], np.float32)
+    )
+    np.testing.assert_array_equal(got["astronaut"].boxes, expected)
+    direct = load_detector(str(tiny_checkpoint)).regions(
+        [str(photos / "astronaut.jpg")], ["astronaut"], boxes=[expected]
+    )[0]
+    np.testing.assert_array_equal(got["astronaut"].features, direct.features)
+
+    failures = {f["image_id"]: f["reason"] for f in read_manifest(manifest_path(out))["failures"]}
+    assert set(failures) == {"cats/chelsea", "coffee", "gray/camera"}
+    assert (
+        f"boxes file {boxes_file}, entry 'cats/chelsea': box 1 [20, 30, 20, 90] is degenerate"
+        in (failures["cats/chelsea"])
+    )
+    assert f"boxes file {boxes_file}, entry 'coffee': box 0" in failures["coffee"]
+    assert "NaN or infinite" in failures["coffee"]
+    assert f"boxes file {boxes_file} has no entry for 'gray/camera'" in failures["gray/camera"]
+    assert f"2 ids in the boxes file {boxes_file} are not among the inputs" in err
+    assert "'unused-1', 'unused-2'" in err
+
+
+def coco_file(path: Path, photos: Path) -> dict:
+    """COCO annotations for two photos (one without annotations) and two images not among
+    the inputs, with file names in folders."""
+    h, w = photo_size(photos, "coffee")
+    data = {
+        "info": {"description": "test"},
+        "images": [
+            {"id": 7, "file_name": "val/coffee.jpg", "height": h, "width": w},
+            {"id": 8, "file_name": "val/astronaut.jpg"},
+            {"id": 9, "file_name": "val/COCO_val2014_000000000042.jpg"},
+            {"id": "x", "file_name": "other.png"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 7, "bbox": [10.5, 20, 100, 50], "category_id": 3},
+            {"id": 2, "image_id": 9, "bbox": [0, 0, 5, 5], "category_id": 1},
+            {"id": 3, "image_id": 7, "bbox": [w - 20, 0, 60, h], "category_id": 2},
+            {"id": 4, "image_id": 7, "bbox": [0, 0, 30, 30], "category_id": 2},
+        ],
+    }
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_coco_annotations_give_xyxy_boxes_per_image_extra_images_counted(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = coco_file(tmp_path / "instances.json", photos)
+    h, w = photo_size(photos, "coffee")
+    expected = []
+    for annotation in data["annotations"]:  # file order, image 7 only, xywh -> xyxy, clipped
+        if annotation["image_id"] == 7:
+            x, y, bw, bh = annotation["bbox"]
+            expected.append([max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)])
+    out = tmp_path / "coco.tsv"
+    code = extract(
+        photos / "coffee.jpg",
+        photos / "astronaut.jpg",
+        "--out",
+        out,
+        "--detector",
+        tiny_checkpoint,
+        "--boxes-from",
+        tmp_path / "instances.json",
+    )
+    err = capsys.readouterr().err
+    assert code == 1  # astronaut has no annotations
+    got = records(out)
+    assert list(got) == ["coffee"]
+    np.testing.assert_array_equal(got["coffee"].boxes, np.array(expected, np.float32))
+    assert got["coffee"].num_boxes == 3
+    failures = read_manifest(manifest_path(out))["failures"]
+    assert [f["image_id"] for f in failures] == ["astronaut"]
+    assert "entry 'astronaut': no boxes given" in failures[0]["reason"]
+    assert "2 ids in the boxes file" in err and "not among the inputs" in err
+    assert "'COCO_val2014_000000000042', 'other'" in err
+
+
+def test_coco_image_ids_are_file_name_stems() -> None:
+    assert coco_image_id("COCO_val2014_000000000042.jpg") == "COCO_val2014_000000000042"
+    assert coco_image_id("val2014/a.b.png") == "a.b"
+    assert coco_image_id("C:\\data\\img.jpg") == "img"
+
+
+def test_a_recorded_image_size_that_differs_fails_that_image(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = coco_file(tmp_path / "instances.json", photos)
+    h, w = photo_size(photos, "coffee")
+    data["images"][0].update(height=w, width=h)  # rotated
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    out = tmp_path / "out.tsv"
+    args = (
+        "--out",
+        out,
+        "--detector",
+        tiny_checkpoint,
+        "--boxes-from",
+        tmp_path / "instances.json",
+    )
+    assert extract(photos / "coffee.jpg", *args, "-q") == 3  # every input failed
+    reason = read_manifest(manifest_path(out))["failures"][0]["reason"]
+    assert f"entry 'coffee': the file records a {h}x{w} image, but this image is {w}x{h}" in reason
+
+
+def corrupt_tsv(source: Path, target: Path) -> None:
+    """A copy of ``source`` whose second line has a truncated boxes field."""
+    lines = source.read_bytes().split(b"\r\n")
+    fields = lines[1].split(b"\t")
+    fields[8] = fields[8][:-8]
+    lines[1] = b"\t".join(fields)
+    target.write_bytes(b"\r\n".join(lines))
+
+
+BAD_JSON = {
+    "malformed.json": ('{"astronaut": [[1, 2, 3, 4]],}', "not valid JSON", "line 1, column 30"),
+    "short-box.json": ('{"astronaut": [[1, 2, 3]]}', "entry 'astronaut', box 0 is [1, 2, 3]", ""),
+    "not-number.json": ('{"coffee": [[1, 2, "3", 4]]}', "entry 'coffee', box 0", "expected"),
+    "not-list.json": ('{"coffee": {"x": 1}}', "entry 'coffee' is", "a list of boxes"),
+    "top-list.json": ("[[1, 2, 3, 4]]", "the top level is a JSON list", ""),
+    "twice.json": ('{"coffee": [], "coffee": [[1, 2, 3, 4]]}', "'coffee' appears twice", ""),
+    "negative.json": (
+        '{"images": [{"id": 1, "file_name": "coffee.jpg"}], '
+        '"annotations": [{"id": 5, "image_id": 1, "bbox": [1, 2, -3, 4]}]}',
+        "annotations[0] (id 5), bbox [1, 2, -3, 4] has a negative size",
+        "",
+    ),
+    "unknown-image.json": (
+        '{"images": [{"id": 1, "file_name": "coffee.jpg"}], '
+        '"annotations": [{"id": 5, "image_id": 2, "bbox": [1, 2, 3, 4]}]}',
+        "annotations[0] (id 5) refers to image_id 2, which no entry of 'images' has",
+        "",
+    ),
+    "same-stem.json": (
+        '{"images": [{"id": 1, "file_name": "a/coffee.jpg"}, {"id": 2, "file_name": '
+        '"b/coffee.png"}], "annotations": []}',
+        "images[1] ('b/coffee.png') and images[0] have the same image id 'coffee'",
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted([*BAD_JSON, "bad-line.tsv", "boxes.txt", "absent.json"]))
+def test_a_malformed_boxes_file_is_refused_before_any_model_loads(
+    name: str,
+    runs,
+    photos: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / name
+    if name in BAD_JSON:
+        path.write_text(BAD_JSON[name][0])
+        expected = BAD_JSON[name][1:]
+    elif name == "bad-line.tsv":
+        corrupt_tsv(runs["tsv"], path)
+        expected = ("line 2: not a complete obj36 TSV record", "")
+    elif name == "boxes.txt":
+        path.write_text("{}")
+        expected = ("unknown boxes file format", "")
+    else:
+        expected = ("cannot read the boxes file", "No such file")
+    out = tmp_path / "out.tsv"
+    code = extract(photos, "--out", out, "--detector", tiny_checkpoint, "--boxes-from", path)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--boxes-from: {path}: " in err
+    assert all(part in err for part in expected), err
+    assert not out.exists() and not manifest_path(out).exists()
+
+
+def test_given_boxes_exclude_box_counts(photos: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "b.json").write_text("{}")
+    for flags in (["--boxes", "400"], ["--min-boxes", "2"], ["--max-boxes", "3"]):
+        code = extract(
+            photos, "--out", tmp_path / "o.tsv", "--boxes-from", tmp_path / "b.json", *flags
+        )
+        assert code == 2
+        assert f"{flags[0]} (the detected box count) does not apply" in capsys.readouterr().err
+
+
+def test_resume_of_given_boxes_skips_the_box_count_rule(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    boxes = tmp_path / "b.json"
+    boxes.write_text(json.dumps({image_id: [[0, 0, 20, 20]] for image_id in IDS}))
+    out = tmp_path / "out.tsv"
+    args = ("--out", out, "--detector", tiny_checkpoint, "--boxes-from", boxes, "-q")
+    assert extract(photos, *args, "--limit", "2") == 0
+    manifest_path(out).unlink()  # a plain TSV: resume checks each record against the run
+    # One box per record, below the preset's min_boxes (5): fine with given boxes.
+    assert extract(photos, *args, "--resume") == 0
+    got = records(out)
+    assert list(got) == IDS and all(region.num_boxes == 1 for region in got.values())
+    # Its manifest now records the boxes file: resuming without it is refused.
+    assert extract(photos, "--out", out, "--detector", tiny_checkpoint, "--resume", "-q") == 2
+
+
+def test_read_boxes_file_hashes_and_freezes(tmp_path: Path) -> None:
+    text = '{"a": [[1, 2, 3, 4], [0.5, 0, 9, 9]], "b": []}'
+    (tmp_path / "b.json").write_text(text)
+    boxes = read_boxes_file(tmp_path / "b.json")
+    assert boxes.sha256 == hashlib.sha256(text.encode()).hexdigest()
+    assert boxes.kind == "json"
+    assert boxes.boxes["a"].dtype == np.float32
+    assert boxes.boxes["a"].tolist() == [[1, 2, 3, 4], [0.5, 0, 9, 9]]
+    assert boxes.boxes["b"].shape == (0, 4)
+    with pytest.raises(TypeError):
+        boxes.boxes["c"] = np.zeros((1, 4), np.float32)
+    with pytest.raises(ValueError):
+        boxes.boxes["a"][0, 0] = 7
+
+
+# --- Python API ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    torch.manual_seed(0)
+    config = LxmertConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        l_layers=1,
+        x_layers=1,
+        r_layers=1,
+        visual_feat_dim=get_preset("tiny").feature_dim,
+        num_qa_labels=3,
+    )
+    encoder = Encoder(
+        config=EncoderConfig(checkpoint="tiny-random"),
+        model=build_model(config, head="qa"),
+        tokenizer=load_tokenizer(),
+        answers=AnswerTable(name="tiny", answers=("yes", "no", "red")),
+    )
+    detector = build_detector(get_preset("tiny"), seed=0).optimize_for_inference()
+    return Pipeline(detector=detector, encoder=encoder, device="cpu")
+
+
+def test_pipeline_regions_and_answer_with_boxes(pipeline: Pipeline, photos: Path) -> None:
+    images = [str(photos / "coffee.jpg"), str(photos / "astronaut.jpg")]
+    boxes = [
+        np.array([[0, 0, 60, 40], [10, 10, 90, 90]], np.float32),
+        torch.tensor([[5.0, 5, 50, 50]]),
+    ]
+    regions = pipeline.regions(images, ["c", "a"], boxes=boxes)
+    direct = pipeline.detector.regions(images, ["c", "a"], boxes=boxes)
+    for region, expected in zip(regions, direct, strict=True):
+        assert region.num_boxes == expected.num_boxes
+        np.testing.assert_array_equal(region.features, expected.features)
+    np.testing.assert_array_equal(regions[1].boxes, [[5, 5, 50, 50]])
+    questions = ["is there a cup?", ["what color?", "is it red?"]]
+    answers = pipeline.answer(images, questions, top_k=3, boxes=boxes)
+    assert answers == pipeline.answer_regions(regions, questions, top_k=3)
+    with pytest.raises(ValueError, match=r"image 'a': box 0 .* is degenerate"):
+        pipeline.regions(images, ["c", "a"], boxes=[boxes[0], np.array([[9, 9, 9, 20]])])
+
+
+def test_tsv_source_copies_keep_the_same_sha(runs, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.tsv"
+    shutil.copyfile(runs["tsv"], copy)
+    first, second = read_boxes_file(runs["tsv"]), read_boxes_file(copy)
+    assert first.sha256 == second.sha256 == hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert first.kind == "obj36-tsv"
+    assert list(first.boxes) == IDS
+    for image_id, region in records(runs["tsv"]).items():
+        np.testing.assert_array_equal(first.boxes[image_id], region.boxes)
+        assert first.image_sizes[image_id] == (region.image_h, region.image_w)
