@@ -14,6 +14,7 @@ Key remapping is a pure function; every tensor must be consumed and match in sha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from detector.config import DetectorConfig, get_preset
+from detector.config import PROPOSALS_BEFORE_THE_FIELD, DetectorConfig, get_preset
 from detector.model import Detector, build_detector
 from detector.options import InferenceOptions
 from detector.structures import CheckpointInfo
@@ -38,6 +39,7 @@ OPTIONAL_KEYS = frozenset({ANCHORS_KEY})
 CONFIG_METADATA_KEY = "lxmert_pipeline.detector_config"
 
 _ALIASES = ((re.compile(r"\.gamma$"), ".weight"), (re.compile(r"\.beta$"), ".bias"))
+LOG = logging.getLogger("detector")
 
 
 class CheckpointMismatchError(ValueError):
@@ -82,6 +84,8 @@ def load_into(model: Detector, state: Mapping[str, torch.Tensor], *, source: str
     if model.bn_folded:
         raise CheckpointMismatchError("load checkpoints before folding batch norm")
     own = model.state_dict()
+    if ANCHORS_KEY in state:
+        _check_stored_anchors(model.config, state[ANCHORS_KEY], source=source)
     missing = set(own) - set(state) - OPTIONAL_KEYS
     unexpected = set(state) - set(own)
     hint = (
@@ -104,17 +108,61 @@ def load_into(model: Detector, state: Mapping[str, torch.Tensor], *, source: str
         raise CheckpointMismatchError(
             f"checkpoint {source} has tensors of the wrong shape:{_listing(wrong)}{hint}"
         )
-    if ANCHORS_KEY in state and not torch.allclose(
-        state[ANCHORS_KEY].float(), own[ANCHORS_KEY], atol=1e-3
-    ):
-        raise CheckpointMismatchError(
-            f"checkpoint {source} was trained with other anchors than preset "
-            f"{model.config.name!r} makes ({model.config.anchor_sizes} x "
-            f"{model.config.anchor_ratios}).{hint}"
-        )
+    if ANCHORS_KEY in state:
+        _log_stored_anchors(model.config, state[ANCHORS_KEY], own[ANCHORS_KEY], source=source)
     with torch.no_grad():
         for key, value in state.items():
             own[key].copy_(torch.as_tensor(value).to(own[key].dtype))
+
+
+def _check_stored_anchors(config: DetectorConfig, stored: torch.Tensor, *, source: str) -> None:
+    """Refuse stored cell anchors the preset's RPN cannot use: not ``[A, 4]`` with the
+    preset's A (its RPN head has one logit and four deltas per anchor). Other values are
+    fine: the stored ones are used (see :func:`_log_stored_anchors`)."""
+    shape = tuple(stored.shape)
+    expected = config.num_anchors
+    made = f"{len(config.anchor_sizes)} sizes x {len(config.anchor_ratios)} ratios"
+    if len(shape) != 2 or shape[1] != 4:
+        raise CheckpointMismatchError(
+            f"checkpoint {source} stores cell anchors ({ANCHORS_KEY}) of shape {list(shape)}; "
+            f"expected [{expected}, 4] (xyxy per anchor) for preset {config.name!r}"
+        )
+    if shape[0] != expected:
+        raise CheckpointMismatchError(
+            f"checkpoint {source} stores {shape[0]} cell anchors per location, but preset "
+            f"{config.name!r} makes {expected} ({made}); pick the preset that matches the "
+            "checkpoint with --preset"
+        )
+
+
+def _log_stored_anchors(
+    config: DetectorConfig, stored: torch.Tensor, preset: torch.Tensor, *, source: str
+) -> None:
+    """Log, once per load, stored anchors that differ from the preset's (they are used in
+    detectron2 mode, as the Hugging Face port uses them) or that caffe mode overrides."""
+    stored = stored.detach().float().cpu()
+    preset = preset.detach().float().cpu()
+    differ = not torch.allclose(stored, preset, atol=1e-3)
+    both = f"\n  stored: {stored.tolist()}\n  preset: {preset.tolist()}" if differ else ""
+    if config.proposal_mode == "caffe":
+        LOG.info(
+            "checkpoint %s stores cell anchors%s; caffe proposals override them with "
+            "generate_anchors' (base %d, sizes %s, ratios %s)%s",
+            source,
+            f" that differ from preset {config.name!r}'s" if differ else "",
+            config.anchor_base_size,
+            list(config.anchor_sizes),
+            list(config.anchor_ratios),
+            both,
+        )
+    elif differ:
+        LOG.warning(
+            "checkpoint %s stores cell anchors that differ from preset %r's; using the "
+            "stored ones.%s",
+            source,
+            config.name,
+            both,
+        )
 
 
 def read_config_metadata(path: str | os.PathLike[str]) -> DetectorConfig | None:
@@ -131,12 +179,18 @@ def read_config_metadata(path: str | os.PathLike[str]) -> DetectorConfig | None:
 
 
 def config_from_dict(fields: Mapping[str, Any]) -> DetectorConfig:
-    """Inverse of :meth:`DetectorConfig.to_dict` (lists become tuples)."""
+    """Inverse of :meth:`DetectorConfig.to_dict` (lists become tuples).
+
+    A config stored before the ``proposals`` field existed ran Detectron2's proposal layer
+    (the only one then), so it gets ``proposals="detectron2"``, not the field's ``auto``:
+    the shipped shapes-detector's metadata is such a config.
+    """
     known = DetectorConfig.__dataclass_fields__
     unknown = set(fields) - set(known)
     if unknown:
         raise ValueError(f"unknown detector config fields: {sorted(unknown)}")
     values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    values.setdefault("proposals", PROPOSALS_BEFORE_THE_FIELD)
     return DetectorConfig(**values)
 
 

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Selection = Literal["bottom-up", "max-class"]
+#: The test-time proposal layer (:mod:`detector.proposals`).
+ProposalMode = Literal["detectron2", "caffe"]
+#: The ``proposals`` field: a mode, or ``auto`` (chosen by the selection).
+ProposalsSetting = Literal["auto", "detectron2", "caffe"]
+#: The proposal layer of every run and checkpoint made before configs recorded one: a stored
+#: config or manifest without a ``proposals`` entry ran Detectron2's layer.
+PROPOSALS_BEFORE_THE_FIELD: ProposalMode = "detectron2"
 
 #: Class-agnostic NMS thresholds tried in order by ``max-class`` selection
 #: (py-bottom-up-attention's LXMERT script: numpy.arange(0.3, 1.0, 0.1)).
@@ -65,9 +72,19 @@ class DetectorConfig:
     rpn_post_nms_topk: int = 300
     """Proposals kept after NMS, per image."""
     rpn_nms_thresh: float = 0.7
-    """IoU threshold of the RPN's NMS (torchvision semantics: suppress IoU > thresh)."""
+    """IoU threshold of the RPN's NMS (detectron2 proposals: suppress IoU > thresh; caffe
+    proposals: +1-pixel IoU, suppress IoU >= thresh)."""
     rpn_min_box_size: float = 0.0
-    """Proposals with a side <= this (resized pixels) are dropped after clipping."""
+    """detectron2 proposals: a side <= this (resized pixels) is dropped after clipping. (caffe
+    proposals drop sides below ``detector.proposals.CAFFE_RPN_MIN_SIZE`` raw pixels.)"""
+    proposals: ProposalsSetting = "auto"
+    """Test-time proposal layer: ``detectron2``, ``caffe`` (the original Caffe model's
+    ``proposal_layer.py``) or ``auto``: caffe with bottom-up selection (LXMERT's features were
+    made by Caffe), detectron2 with max-class (the HF demo). Consumers read
+    :attr:`proposal_mode`."""
+    anchor_base_size: int = 16
+    """caffe proposals: side of ``generate_anchors``' reference box ``[0, 0, base - 1, base -
+    1]``, which is rounded per ratio and then scaled by ``anchor_sizes / base``."""
 
     # --- RoI heads -------------------------------------------------------------------------
     pooler_resolution: int = 14
@@ -108,6 +125,26 @@ class DetectorConfig:
             raise ValueError(f"need 0 < min_size <= max_size, got {self.min_size}/{self.max_size}")
         if not self.max_class_nms_thresholds:
             raise ValueError("max_class_nms_thresholds must not be empty")
+        if self.proposal_mode == "caffe":  # resolving also rejects an unknown setting
+            from detector.proposals import caffe_cell_anchors  # numpy/torch only when needed
+
+            try:
+                caffe_cell_anchors(
+                    base_size=self.anchor_base_size,
+                    sizes=self.anchor_sizes,
+                    ratios=self.anchor_ratios,
+                )
+            except ValueError as error:
+                raise ValueError(
+                    f"preset {self.name!r} cannot run caffe proposals (proposals="
+                    f"{self.proposals!r}, selection {self.selection!r}): {error}; "
+                    "use proposals='detectron2'"
+                ) from None
+
+    @property
+    def proposal_mode(self) -> ProposalMode:
+        """The proposal layer this config runs: :attr:`proposals` with ``auto`` resolved."""
+        return resolve_proposals(self.proposals, self.selection)
 
     @property
     def num_anchors(self) -> int:
@@ -136,6 +173,19 @@ class DetectorConfig:
         }
 
 
+def resolve_proposals(proposals: str, selection: str) -> ProposalMode:
+    """The proposal layer for a ``proposals`` setting and a ``selection`` mode: ``auto`` is
+    ``caffe`` for ``bottom-up`` (whose purpose is LXMERT's own features, made by Caffe) and
+    ``detectron2`` for ``max-class`` (the py-bottom-up-attention / HF demo behaviour)."""
+    if proposals == "auto":
+        return "caffe" if selection == "bottom-up" else "detectron2"
+    if proposals == "caffe":
+        return "caffe"
+    if proposals == "detectron2":
+        return "detectron2"
+    raise ValueError(f"proposals must be 'auto', 'detectron2' or 'caffe', got {proposals!r}")
+
+
 PRESETS: dict[str, DetectorConfig] = {
     "vg-r101-c4-attr": DetectorConfig(),
     # Same model with the py-bottom-up-attention / Hugging Face demo box selection.
@@ -148,6 +198,7 @@ PRESETS: dict[str, DetectorConfig] = {
     ),
     # The shapes-world model shipped in weights/shipped/shapes-detector (shapesworld/train.py):
     # 6 shape classes, 7 colour attributes, square anchors, 7x7 RoIs, 256-d region features.
+    # Trained and evaluated with Detectron2's proposal layer, so pinned to it.
     "shapes": DetectorConfig(
         name="shapes",
         pixel_std=(57.375, 57.12, 58.395),
@@ -161,6 +212,7 @@ PRESETS: dict[str, DetectorConfig] = {
         anchor_sizes=(36.0, 51.0, 72.0, 102.0, 144.0),
         anchor_ratios=(1.0,),
         rpn_channels=64,
+        proposals="detectron2",
         rpn_pre_nms_topk=1000,
         rpn_post_nms_topk=100,
         pooler_resolution=7,

@@ -140,25 +140,38 @@ class Detector(nn.Module):
         return contextlib.nullcontext()
 
     def forward_raw(
-        self, images: torch.Tensor, *, proposals: list[torch.Tensor] | None = None
+        self,
+        images: torch.Tensor,
+        *,
+        proposals: list[torch.Tensor] | None = None,
+        image_scales: Sequence[float] | None = None,
     ) -> RawOutput:
         """Run the network on ``Tensor[B, 3, h, w]`` (same-size images).
 
         ``proposals`` (per image ``Tensor[R, 4]`` xyxy, resized pixels) replaces the RPN's
         proposals for the RoI heads, as training does with sampled proposals.
+        ``image_scales``: each image's ``PreparedImage.scale``, which caffe proposals need
+        (default 1.0 each: the tensor is the raw image).
         """
         if self._options.batch_invariant and images.shape[0] > 1:
             return RawOutput.concat(
                 [
                     self._forward_raw(
-                        images[i : i + 1], None if proposals is None else proposals[i : i + 1]
+                        images[i : i + 1],
+                        None if proposals is None else proposals[i : i + 1],
+                        None if image_scales is None else image_scales[i : i + 1],
                     )
                     for i in range(images.shape[0])
                 ]
             )
-        return self._forward_raw(images, proposals)
+        return self._forward_raw(images, proposals, image_scales)
 
-    def _forward_raw(self, images: torch.Tensor, proposals: list[torch.Tensor] | None) -> RawOutput:
+    def _forward_raw(
+        self,
+        images: torch.Tensor,
+        proposals: list[torch.Tensor] | None,
+        image_scales: Sequence[float] | None = None,
+    ) -> RawOutput:
         options = self._options
         if options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -166,7 +179,7 @@ class Detector(nn.Module):
             features = self.backbone(images)
         image_size = (int(images.shape[2]), int(images.shape[3]))
         with self.autocast():
-            rpn = self.proposal_generator(features, image_size)
+            rpn = self.proposal_generator(features, image_size, image_scales=image_scales)
         boxes = rpn.proposals if proposals is None else proposals
         with self.autocast():
             roi = self.roi_heads(
@@ -301,7 +314,7 @@ class Detector(nn.Module):
             stacked = stacked.to(device)
         if boxes is not None:
             return self._given_same_size(batch, stacked, boxes)
-        raw = self.forward_raw(stacked)
+        raw = self.forward_raw(stacked, image_scales=[image.scale for image in batch])
         counts = [len(p) for p in raw.rpn.proposals]
         per_image = zip(
             batch,
@@ -505,6 +518,8 @@ def build_detector(
             post_nms_topk=config.rpn_post_nms_topk,
             nms_thresh=config.rpn_nms_thresh,
             min_box_size=config.rpn_min_box_size,
+            proposal_mode=config.proposal_mode,
+            anchor_base_size=config.anchor_base_size,
         ),
         roi_heads=Res5RoIHeads(
             in_channels=config.res4_channels,

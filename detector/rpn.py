@@ -1,19 +1,28 @@
-"""Region proposal network on res4: Detectron2's anchors, head layout and proposal filtering."""
+"""Region proposal network on res4: Detectron2's anchors and head layout, and either proposal
+layer of :mod:`detector.proposals` (Detectron2's or the original Caffe model's)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import nms
 
-from detector.boxes import apply_deltas, clip_boxes, nonempty
+from detector.proposals import (
+    RPN_BOX_WEIGHTS,
+    caffe_cell_anchors,
+    caffe_proposals,
+    detectron2_proposals,
+)
 
-RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+if TYPE_CHECKING:
+    from detector.config import ProposalMode
+
+__all__ = ["RPN", "RPN_BOX_WEIGHTS", "AnchorGenerator", "RPNHead", "RPNOutput", "cell_anchors"]
 
 
 def cell_anchors(sizes: Sequence[float], ratios: Sequence[float]) -> torch.Tensor:
@@ -49,12 +58,13 @@ class AnchorGenerator(nn.Module):
         """``Tensor[A, 4]`` the cell anchors."""
         return getattr(self.cell_anchors, "0")
 
-    def forward(self, height: int, width: int) -> torch.Tensor:
+    def forward(self, height: int, width: int, *, cell: torch.Tensor | None = None) -> torch.Tensor:
         """All anchors of an ``height x width`` map: ``Tensor[H * W * A, 4]`` xyxy, resized pixels.
 
-        Order: row-major over locations, then the A cell anchors at each location.
+        Order: row-major over locations, then the A cell anchors at each location. ``cell``
+        (``Tensor[A, 4]``) replaces :attr:`base_anchors` (the Caffe rule's anchors).
         """
-        base = self.base_anchors
+        base = self.base_anchors if cell is None else cell
         device = base.device
         shifts_x = torch.arange(0, width * self.stride, step=self.stride, device=device)
         shifts_y = torch.arange(0, height * self.stride, step=self.stride, device=device)
@@ -111,7 +121,15 @@ class RPNOutput:
 
 
 class RPN(nn.Module):
-    """Anchors + head + Detectron2's ``find_top_rpn_proposals`` for one feature level."""
+    """Anchors + head + a test-time proposal layer for one feature level.
+
+    ``proposal_mode="detectron2"``: the cell anchors of :attr:`anchor_generator` (the preset's, or
+    the checkpoint's stored ``cell_anchors.0`` once loaded) and
+    :func:`~detector.proposals.detectron2_proposals`. ``"caffe"``: the anchors of
+    :func:`~detector.proposals.caffe_cell_anchors` for the same sizes and ratios (a buffer
+    outside the state dict; stored anchors stay loaded but unused) and
+    :func:`~detector.proposals.caffe_proposals`, which needs each image's ``im_scale``.
+    """
 
     def __init__(
         self,
@@ -125,8 +143,16 @@ class RPN(nn.Module):
         post_nms_topk: int,
         nms_thresh: float,
         min_box_size: float,
+        proposal_mode: ProposalMode = "detectron2",
+        anchor_base_size: int = 16,
     ) -> None:
         super().__init__()
+        if proposal_mode not in ("detectron2", "caffe"):
+            raise ValueError(
+                f"proposal_mode must be 'detectron2' or 'caffe', got {proposal_mode!r}"
+            )
+        self.proposal_mode: ProposalMode = proposal_mode
+        self.num_sizes, self.num_ratios = len(anchor_sizes), len(anchor_ratios)
         self.anchor_generator = AnchorGenerator(
             sizes=anchor_sizes, ratios=anchor_ratios, stride=stride
         )
@@ -139,23 +165,63 @@ class RPN(nn.Module):
         self.post_nms_topk = post_nms_topk
         self.nms_thresh = nms_thresh
         self.min_box_size = min_box_size
+        if proposal_mode == "caffe":
+            # Not persistent: the checkpoint's keys stay Detectron2's; moves with .to().
+            caffe = caffe_cell_anchors(
+                base_size=anchor_base_size, sizes=anchor_sizes, ratios=anchor_ratios
+            )
+            self.register_buffer("caffe_cell_anchors", caffe, persistent=False)
 
-    def forward(self, features: torch.Tensor, image_size: tuple[int, int]) -> RPNOutput:
-        """Proposals for a batch of images that share one resized ``image_size`` (h, w)."""
+    def forward(
+        self,
+        features: torch.Tensor,
+        image_size: tuple[int, int],
+        *,
+        image_scales: Sequence[float] | None = None,
+    ) -> RPNOutput:
+        """Proposals for a batch of images that share one resized ``image_size`` (h, w).
+
+        ``image_scales``: each image's ``im_scale`` (resized / raw, ``PreparedImage.scale``),
+        which the caffe layer's minimum size depends on; default 1.0 each (the tensor is the
+        raw image). The detectron2 layer ignores it.
+        """
         logits, deltas = self.rpn_head(features)
-        anchors = self.anchor_generator(features.shape[2], features.shape[3])
+        batch = logits.shape[0]
+        scales = [1.0] * batch if image_scales is None else [float(s) for s in image_scales]
+        if len(scales) != batch:
+            raise ValueError(f"got {len(scales)} image_scales for a batch of {batch} images")
+        caffe = self.proposal_mode == "caffe"
+        cell = self.get_buffer("caffe_cell_anchors") if caffe else None
+        anchors = self.anchor_generator(features.shape[2], features.shape[3], cell=cell)
         proposals, proposal_logits = [], []
         # Decoding and NMS in fp32 whatever the convs ran in (autocast on CUDA).
-        for image_logits, image_deltas in zip(logits.float(), deltas.float(), strict=True):
-            topk = min(self.pre_nms_topk, image_logits.numel())
-            top_logits, top_index = image_logits.topk(topk, sorted=True)
-            boxes = apply_deltas(
-                image_deltas[top_index], anchors[top_index], weights=RPN_BOX_WEIGHTS
-            )
-            boxes = clip_boxes(boxes, image_size)
-            keep = nonempty(boxes, self.min_box_size)
-            boxes, top_logits = boxes[keep], top_logits[keep]
-            keep = nms(boxes, top_logits, self.nms_thresh)[: self.post_nms_topk]
-            proposals.append(boxes[keep])
-            proposal_logits.append(top_logits[keep])
+        for image_logits, image_deltas, scale in zip(
+            logits.float(), deltas.float(), scales, strict=True
+        ):
+            if caffe:
+                boxes, kept_logits = caffe_proposals(
+                    image_logits,
+                    image_deltas,
+                    anchors,
+                    image_size=image_size,
+                    im_scale=scale,
+                    num_sizes=self.num_sizes,
+                    num_ratios=self.num_ratios,
+                    pre_nms_topk=self.pre_nms_topk,
+                    post_nms_topk=self.post_nms_topk,
+                    nms_thresh=self.nms_thresh,
+                )
+            else:
+                boxes, kept_logits = detectron2_proposals(
+                    image_logits,
+                    image_deltas,
+                    anchors,
+                    image_size=image_size,
+                    pre_nms_topk=self.pre_nms_topk,
+                    post_nms_topk=self.post_nms_topk,
+                    nms_thresh=self.nms_thresh,
+                    min_box_size=self.min_box_size,
+                )
+            proposals.append(boxes)
+            proposal_logits.append(kept_logits)
         return RPNOutput(anchors, logits, deltas, proposals, proposal_logits)

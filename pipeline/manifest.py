@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from detector.config import PROPOSALS_BEFORE_THE_FIELD, resolve_proposals
 from weights.files import atomic_write_text
 
 #: Version of the manifest's own layout.
@@ -78,12 +79,15 @@ def record_settings(
 ) -> dict[str, Any]:
     """The :data:`RECORD_SETTINGS` of a run, from its detector config (``DetectorConfig.
     to_dict()``), checkpoint digest, precision and given-boxes file digest (None: boxes were
-    detected). Settings a run does not have yet (proposal layer) are recorded with their only
-    value today."""
+    detected)."""
     values: dict[str, Any] = {
         "detector_sha256": detector_sha256,
         "preset": config["name"],
-        "proposals": "detectron2",
+        # The config's mode, auto resolved by its selection; a config recorded before the
+        # field existed ran Detectron2's layer (detector.config, one rule for both).
+        "proposals": resolve_proposals(
+            config.get("proposals", PROPOSALS_BEFORE_THE_FIELD), config["selection"]
+        ),
         "feature_dim": config["res2_channels"] * 8,
         "precision": precision,
         "boxes_sha256": boxes_sha256,

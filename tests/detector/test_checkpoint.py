@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -23,6 +24,7 @@ from detector import (
     save_detector,
 )
 from detector.checkpoint import CheckpointMismatchError, remap_keys
+from detector.preprocess import PreparedImage, prepare
 from detector.rpn import cell_anchors
 
 KEYS_TSV = Path(__file__).parents[2] / "detector" / "data" / "frcnn-vg-finetuned.keys.tsv"
@@ -253,3 +255,117 @@ def test_load_with_a_finished_config(tmp_path: Path) -> None:
     assert detector.config == config and detector.checkpoint.preset == "tiny"
     with pytest.raises(ValueError, match="config"):
         load_detector(path, config=config, preset="tiny")
+
+
+# -- stored anchors: the checkpoint's win; only a wrong count or shape is refused ---------------
+def _tiny_state_with_zero_deltas(anchors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """A tiny detector's weights whose RPN predicts zero deltas, so every proposal is a
+    decoded anchor; ``anchors`` replaces the stored cell anchors."""
+    state = {
+        k: v.clone() for k, v in build_detector(get_preset("tiny"), seed=0).state_dict().items()
+    }
+    state["proposal_generator.rpn_head.anchor_deltas.weight"].zero_()
+    state["proposal_generator.rpn_head.anchor_deltas.bias"].zero_()
+    if anchors is not None:
+        state["proposal_generator.anchor_generator.cell_anchors.0"] = anchors
+    return state
+
+
+@pytest.fixture(scope="module")
+def coffee() -> np.ndarray:
+    from skimage import data
+
+    return data.coffee()  # 400 x 600 RGB
+
+
+def _proposals(detector, photo) -> tuple[torch.Tensor, PreparedImage]:
+    image = prepare(photo, config=detector.config, image_id="x")
+    with torch.inference_mode():
+        raw = detector.forward_raw(image.tensor[None], image_scales=[image.scale])
+    return raw.rpn.proposals[0], image
+
+
+def _on_grid(boxes: list[tuple[float, ...]], cell: torch.Tensor, size: tuple[int, int]) -> bool:
+    """Whether every box is, within 1e-3 px, an anchor of ``cell`` on the 16-px grid."""
+    height, width = (-(-side // 16) + 1 for side in size)
+    ys, xs = torch.meshgrid(torch.arange(height) * 16.0, torch.arange(width) * 16.0, indexing="ij")
+    shifts = torch.stack((xs, ys, xs, ys), dim=-1).reshape(-1, 1, 4)
+    grid = (shifts + cell.reshape(1, -1, 4)).reshape(-1, 4).double()
+    gaps = (torch.tensor(boxes, dtype=torch.float64)[:, None, :] - grid[None]).abs().amax(-1)
+    return bool((gaps.amin(dim=1) < 1e-3).all())
+
+
+def test_stored_anchors_are_used_and_logged(tmp_path: Path, coffee, caplog) -> None:
+    tiny = get_preset("tiny")
+    preset_cell = cell_anchors(tiny.anchor_sizes, tiny.anchor_ratios)
+    stored = preset_cell * 1.5 + 0.5  # other anchors, same count
+    path = tmp_path / "model.pth"
+    torch.save({"model": _tiny_state_with_zero_deltas(stored)}, path)
+    with caplog.at_level(logging.INFO, logger="detector"):
+        detector = load_detector(
+            path, preset="tiny", overrides={"proposals": "detectron2"}, optimize=False
+        )
+    messages = [r.getMessage() for r in caplog.records if "cell anchors" in r.getMessage()]
+    assert len(messages) == 1 and "differ from preset 'tiny'" in messages[0]
+    assert str(stored[0].tolist()) in messages[0] and str(preset_cell[0].tolist()) in messages[0]
+    torch.testing.assert_close(
+        detector.proposal_generator.anchor_generator.base_anchors, stored, rtol=0, atol=0
+    )
+    proposals, image = _proposals(detector, coffee)
+    # Zero deltas: each proposal is a stored anchor, clipped to the image (detectron2 rules).
+    h, w = image.resized_size
+    inside = [
+        tuple(box)
+        for box in proposals.tolist()
+        if box[0] > 0 and box[1] > 0 and box[2] < w and box[3] < h
+    ]
+    assert inside and _on_grid(inside, stored, (h, w))
+    assert not any(_on_grid([box], preset_cell, (h, w)) for box in inside)
+
+
+def test_caffe_mode_overrides_stored_anchors(tmp_path: Path, coffee, caplog) -> None:
+    from detector.proposals import caffe_cell_anchors
+
+    tiny = get_preset("tiny")
+    stored = cell_anchors(tiny.anchor_sizes, tiny.anchor_ratios) * 1.5
+    path = tmp_path / "model.pth"
+    torch.save({"model": _tiny_state_with_zero_deltas(stored)}, path)
+    with caplog.at_level(logging.INFO, logger="detector"):
+        detector = load_detector(path, preset="tiny", optimize=False)  # bottom-up: caffe
+    assert detector.config.proposal_mode == "caffe"
+    messages = [r.getMessage() for r in caplog.records if "cell anchors" in r.getMessage()]
+    assert len(messages) == 1 and "caffe proposals override them" in messages[0]
+    proposals, image = _proposals(detector, coffee)
+    # Caffe's decoding of a zero delta moves x2, y2 by +1; clipping is to W - 1, H - 1.
+    caffe = caffe_cell_anchors(base_size=16, sizes=tiny.anchor_sizes, ratios=tiny.anchor_ratios)
+    h, w = image.resized_size
+    inside = [
+        tuple(box)
+        for box in proposals.tolist()
+        if box[0] > 0 and box[1] > 0 and box[2] < w - 1 and box[3] < h - 1
+    ]
+    assert inside and _on_grid(inside, caffe + torch.tensor([0.0, 0.0, 1.0, 1.0]), (h, w))
+    assert float(proposals[:, 2].max()) <= w - 1 and float(proposals[:, 3].max()) <= h - 1
+
+
+def test_nine_anchors_are_refused_naming_both_counts(tmp_path: Path) -> None:
+    state = _tiny_state_with_zero_deltas(torch.zeros(9, 4))
+    # A real 9-anchor checkpoint (3 sizes x 3 ratios) has a 9-anchor RPN head too.
+    for key, rows in (("objectness_logits", 9), ("anchor_deltas", 36)):
+        for part in ("weight", "bias"):
+            name = f"proposal_generator.rpn_head.{key}.{part}"
+            state[name] = state[name][:rows].clone()
+    path = tmp_path / "nine.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_detector(path, preset="tiny")
+    message = str(error.value)
+    assert "stores 9 cell anchors" in message and "makes 12 (4 sizes x 3 ratios)" in message
+    assert "'tiny'" in message and str(path) in message
+
+
+def test_anchors_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "odd.pth"
+    torch.save({"model": _tiny_state_with_zero_deltas(torch.zeros(12, 5))}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"of shape \[12, 5\]; expected \[12, 4\]"):
+        load_detector(path, preset="tiny")
