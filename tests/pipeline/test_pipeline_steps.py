@@ -129,3 +129,23 @@ def test_answer_with_an_unusable_device_exits_2_before_loading(monkeypatch, caps
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--device cuda" in err and "no CUDA device is usable here" in err
+
+
+def test_proposals_flag_reaches_the_config_and_resume_compares_it(
+    photos, tiny_checkpoint, tmp_path, capsys
+) -> None:
+    from pipeline.manifest import manifest_path, read_manifest
+
+    flags = ["--detector", str(tiny_checkpoint), "--device", "cpu", "--workers", "0", "-q"]
+    auto = validate(parse(photos, "--out", tmp_path / "a.tsv", *flags))
+    assert auto.config.proposal_mode == "caffe"  # bottom-up selection: the Caffe layer
+    maxclass = validate(
+        parse(photos, "--out", tmp_path / "b.tsv", "--selection", "max-class", *flags)
+    )
+    assert maxclass.config.proposal_mode == "detectron2"
+    out = tmp_path / "p.tsv"
+    assert main([str(photos), "--out", str(out), "--limit", "1", *flags]) == EXIT_OK
+    assert read_manifest(manifest_path(out))["settings"]["proposals"] == "caffe"
+    code = main([str(photos), "--out", str(out), "--resume", "--proposals", "detectron2", *flags])
+    assert code == EXIT_USAGE
+    assert '"detectron2" vs "caffe"' in capsys.readouterr().err
