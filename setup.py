@@ -32,6 +32,7 @@ setup(
         "console_scripts": [
             "extract_features=pipeline.cli:main",
             "answer=pipeline.answer_cli:main",
+            "lxmert-finetune=pipeline.finetune_cli:main",
         ]
     },
 )

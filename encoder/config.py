@@ -116,6 +116,11 @@ PRESETS: Mapping[str, EncoderConfig] = MappingProxyType(
         # The shipped shapes-world LXMERT (LxmertForQuestionAnswering, hidden 64, 256-d
         # visual features): its 22 answers come from the label2ans.json beside its weights.
         "shapes-lxmert": EncoderConfig(checkpoint="shapes-lxmert", head="qa", answer_set=None),
+        # The same model after pretraining only (LxmertForPreTraining; its pretraining QA head
+        # over the same 22 answers): the starting point of lxmert-finetune.
+        "shapes-lxmert-pretrained": EncoderConfig(
+            checkpoint="shapes-lxmert-pretrained", head="pretraining", answer_set=None
+        ),
     }
 )
 

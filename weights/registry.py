@@ -205,6 +205,25 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         },
         shipped_dir="shapes-lxmert",
     ),
+    CheckpointRecord(
+        name="shapes-lxmert-pretrained",
+        kind="encoder",
+        preset="shapes-lxmert-pretrained",
+        license="MIT (this project); trained here on synthetic shapesworld scenes",
+        description=(
+            "The shapes LXMERT after pretraining only (LxmertForPreTraining: masked LM, masked "
+            "objects, matching, QA over 22 answers), before QA fine-tuning; the starting point "
+            "of lxmert-finetune. Retrain: python -m shapesworld.pretrained."
+        ),
+        hf_repo=None,
+        files=("config.json", "model.safetensors", "label2ans.json"),
+        sha256={
+            "model.safetensors": (
+                "ca9143c3efcf930d9f1ca2c8a8ce835db1077f51df0cd2556da45408fa02ce4f"
+            ),
+        },
+        shipped_dir="shapes-lxmert-pretrained",
+    ),
 )
 
 REGISTRY: Mapping[str, CheckpointRecord] = MappingProxyType({r.name: r for r in _RECORDS})

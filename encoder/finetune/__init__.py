@@ -1,0 +1,87 @@
+"""Fine-tuning LXMERT on question files (VQA/GQA-style LXMERT JSON) over any source of
+regions, answer-table surgery, and the VQA/GQA metrics.
+
+Nothing here imports ``pipeline``: regions come through :class:`RegionSource`, which a
+``pipeline.store.FeatureStore`` satisfies.
+"""
+
+from encoder.finetune.config import FinetuneConfig, Precision
+from encoder.finetune.data import (
+    DataError,
+    QADataset,
+    QAExample,
+    QuestionEntry,
+    RegionSource,
+    answer_table_from_labels,
+    read_question_files,
+    read_questions,
+    with_regions,
+)
+from encoder.finetune.evaluation import (
+    TASKS,
+    HumanAnswers,
+    Task,
+    prediction_records,
+    question_scores,
+    read_vqa_annotations,
+)
+from encoder.finetune.fit import FitResult, ResumeError, fit
+from encoder.finetune.loop import (
+    EpochRecord,
+    Progress,
+    TrainingState,
+    evaluate,
+    load_checkpoint,
+    predict,
+    train_epoch,
+)
+from encoder.finetune.metrics import (
+    AccuracyReport,
+    exact_match,
+    normalize_vqa_answer,
+    soft_score,
+    summarize,
+    vqa_human_accuracy,
+)
+from encoder.finetune.model import FINETUNE_FILE, prepare_encoder, write_model_dir
+from encoder.finetune.surgery import transfer_answer_head
+
+__all__ = [
+    "FINETUNE_FILE",
+    "TASKS",
+    "AccuracyReport",
+    "DataError",
+    "EpochRecord",
+    "FinetuneConfig",
+    "FitResult",
+    "HumanAnswers",
+    "Precision",
+    "Progress",
+    "QADataset",
+    "QAExample",
+    "QuestionEntry",
+    "RegionSource",
+    "ResumeError",
+    "Task",
+    "TrainingState",
+    "answer_table_from_labels",
+    "evaluate",
+    "exact_match",
+    "fit",
+    "load_checkpoint",
+    "normalize_vqa_answer",
+    "predict",
+    "prediction_records",
+    "prepare_encoder",
+    "question_scores",
+    "read_question_files",
+    "read_questions",
+    "read_vqa_annotations",
+    "soft_score",
+    "summarize",
+    "train_epoch",
+    "transfer_answer_head",
+    "vqa_human_accuracy",
+    "with_regions",
+    "write_model_dir",
+]

@@ -1,0 +1,136 @@
+"""``fit``: epochs of :func:`~encoder.finetune.loop.train_epoch`, validation after each, the
+best model handed to the caller, and a resumable checkpoint after every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from encoder.build import Encoder
+from encoder.finetune.config import FinetuneConfig
+from encoder.finetune.data import QADataset
+from encoder.finetune.evaluation import Task
+from encoder.finetune.loop import (
+    EpochRecord,
+    Progress,
+    TrainingState,
+    capture_state,
+    evaluate,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    restore_rng_state,
+    save_checkpoint,
+    train_epoch,
+)
+
+
+class ResumeError(ValueError):
+    """A checkpoint that does not belong to this run (other recipe or answer table)."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` did.
+
+    Attributes:
+        history: every finished epoch, resumed ones included, in order.
+        best: best validation accuracy (None without validation data).
+        best_epoch: 1-based epoch of the model handed to ``on_best`` last.
+        resumed_from: finished epochs found in the checkpoint (0 for a fresh run).
+    """
+
+    history: tuple[EpochRecord, ...]
+    best: float | None
+    best_epoch: int
+    resumed_from: int
+
+
+def _checked(path: Path, encoder: Encoder, config: FinetuneConfig) -> TrainingState:
+    state = load_checkpoint(path)
+    if dict(state.config) != asdict(config):
+        raise ResumeError(
+            f"{path} was written with other settings ({dict(state.config)}); resume with the "
+            "same flags, or start afresh in another --out"
+        )
+    answers = tuple(encoder.answers.answers) if encoder.answers else ()
+    if state.answers != answers:
+        raise ResumeError(f"{path} was written with another answer table")
+    return state
+
+
+def fit(
+    *,
+    encoder: Encoder,
+    train: QADataset,
+    valid: QADataset | None,
+    config: FinetuneConfig,
+    task: Task,
+    checkpoint: Path,
+    on_best: Callable[[Encoder, EpochRecord], None],
+    resume: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FitResult:
+    """Fine-tune ``encoder.model`` in place for ``config.epochs`` epochs.
+
+    After each epoch the model is evaluated on ``valid`` (when given); ``on_best`` receives
+    it whenever the validation accuracy improves (every epoch without ``valid``, so the last
+    is kept); then ``checkpoint`` is replaced atomically. With ``resume`` and an existing
+    ``checkpoint``, training continues after its last finished epoch; the caller must set up
+    ``encoder`` exactly as for the first run (same source, answer table and seed).
+
+    Raises:
+        ValueError: ``train`` is empty.
+        ResumeError: the checkpoint was written with other settings or answers.
+    """
+    if len(train) == 0:
+        raise ValueError("no training questions")
+    optimizer = make_optimizer(encoder.model, config)
+    steps = -(-len(train) // config.batch_size) * config.epochs
+    scheduler = make_scheduler(optimizer, total_steps=steps, config=config)
+    history: list[EpochRecord] = []
+    best: float | None = None
+    best_epoch = 0
+    if resume and checkpoint.is_file():
+        state = _checked(checkpoint, encoder, config)
+        encoder.model.load_state_dict(dict(state.model))
+        optimizer.load_state_dict(dict(state.optimizer))
+        scheduler.load_state_dict(dict(state.scheduler))
+        history, best, best_epoch = list(state.history), state.best, state.best_epoch
+        restore_rng_state(state.rng)
+    resumed_from = len(history)
+    for epoch in range(resumed_from, config.epochs):
+        record = train_epoch(
+            encoder,
+            train,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=config,
+            epoch=epoch,
+            on_progress=on_progress,
+        )
+        if valid is not None and len(valid) > 0:
+            report = evaluate(encoder, valid, config=config, task=task)
+            record = replace(record, valid_accuracy=report.overall)
+        history.append(record)
+        score = record.valid_accuracy
+        if score is None or best is None or score > best:
+            best, best_epoch = score, record.epoch
+            on_best(encoder, record)
+        if on_epoch is not None:
+            on_epoch(record)
+        state = capture_state(
+            encoder=encoder,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=config,
+            history=history,
+            best=best,
+            best_epoch=best_epoch,
+        )
+        save_checkpoint(checkpoint, state)
+    return FitResult(
+        history=tuple(history), best=best, best_epoch=best_epoch, resumed_from=resumed_from
+    )

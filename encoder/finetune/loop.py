@@ -1,0 +1,305 @@
+"""The fine-tuning loop: one ``train_epoch``, one ``evaluate``, and ``fit`` around them with a
+checkpoint that holds everything a resume needs.
+
+A resumed run continues from the last finished epoch and ends with the same weights as a run
+that was never interrupted: the shuffling of epoch ``e`` depends only on (seed, e), and the
+checkpoint restores the model, optimiser, scheduler and RNG states (dropout draws from torch's
+global generator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from encoder.build import Encoder
+from encoder.finetune.config import FinetuneConfig
+from encoder.finetune.data import QADataset, QAExample, collate
+from encoder.finetune.evaluation import Task, question_scores
+from encoder.finetune.metrics import AccuracyReport
+from encoder.losses import soft_score_loss
+from weights.files import atomic_path
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One optimiser step, for progress display.
+
+    Attributes:
+        epoch: 0-based epoch.
+        step: 1-based step within the epoch; ``steps`` in all.
+        loss: mean training loss of the epoch so far.
+        examples_per_s: training throughput of the epoch so far.
+    """
+
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    examples_per_s: float
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch did (kept in the checkpoint and in the output's history).
+
+    Attributes:
+        epoch: 1-based number of the finished epoch.
+        loss: mean training loss.
+        examples: training questions seen.
+        seconds: wall time of the training part.
+        valid_accuracy: overall accuracy on the validation questions, or None without them.
+    """
+
+    epoch: int
+    loss: float
+    examples: int
+    seconds: float
+    valid_accuracy: float | None
+
+
+def make_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and LayerNorm weights (BERT's rule)."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim <= 1 or "LayerNorm" in name else decay).append(param)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+
+
+def linear_schedule(step: int, *, total: int, warmup: int) -> float:
+    """Learning-rate factor at optimiser step ``step`` (0-based): ``(step + 1) / warmup``
+    during warm-up, then linear decay from 1 to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(total - warmup, 1))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, config: FinetuneConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio * total_steps`` steps, then linear decay to 0."""
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        return linear_schedule(step, total=total_steps, warmup=warmup)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_batches(count: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled index batches of one epoch; the order depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(count, generator=generator).tolist()
+    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
+
+
+def autocast(
+    device: torch.device, config: FinetuneConfig
+) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast of the forward when ``config.precision`` is bf16, else nothing."""
+    if config.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _loader(
+    dataset: QADataset, batches: Sequence[list[int]], workers: int
+) -> Iterator[list[QAExample]]:
+    loader: DataLoader[QAExample] = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers
+    )
+    return iter(loader)
+
+
+def train_epoch(
+    encoder: Encoder,
+    dataset: QADataset,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: FinetuneConfig,
+    epoch: int,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> EpochRecord:
+    """One pass over ``dataset`` (0-based ``epoch``): soft-score BCE, clipped AdamW steps."""
+    model = encoder.model
+    model.train()
+    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    parameters = list(model.parameters())
+    for step, batch in enumerate(_loader(dataset, batches, config.workers), start=1):
+        inputs = encoder.model_inputs([e.regions for e in batch], [e.entry.sentence for e in batch])
+        targets = torch.stack([e.target for e in batch]).to(model.device)
+        with autocast(model.device, config):
+            logits = model(**inputs).question_answering_score
+        loss = soft_score_loss(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, config.clip_norm)
+        optimizer.step()
+        scheduler.step()
+        total_loss += float(loss.detach()) * len(batch)
+        seen += len(batch)
+        if on_progress is not None:
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            on_progress(Progress(epoch, step, len(batches), total_loss / seen, seen / elapsed))
+    model.eval()
+    return EpochRecord(
+        epoch=epoch + 1,
+        loss=total_loss / max(seen, 1),
+        examples=seen,
+        seconds=time.perf_counter() - start,
+        valid_accuracy=None,
+    )
+
+
+@torch.inference_mode()
+def predict(encoder: Encoder, dataset: QADataset, *, config: FinetuneConfig) -> list[str]:
+    """The top answer (argmax of the QA logits) of every question of ``dataset``, in order."""
+    if encoder.answers is None:
+        raise ValueError("the encoder has no answer table")
+    model = encoder.model
+    model.eval()
+    size = config.eval_batch_size
+    batches = [list(range(s, min(s + size, len(dataset)))) for s in range(0, len(dataset), size)]
+    out: list[str] = []
+    for batch in _loader(dataset, batches, config.workers):
+        inputs = encoder.model_inputs([e.regions for e in batch], [e.entry.sentence for e in batch])
+        with autocast(model.device, config):
+            logits = model(**inputs).question_answering_score
+        out.extend(encoder.answers.answers[i] for i in logits.float().argmax(dim=1).tolist())
+    return out
+
+
+def evaluate(
+    encoder: Encoder, dataset: QADataset, *, config: FinetuneConfig, task: Task
+) -> AccuracyReport:
+    """Accuracy of :func:`predict` on ``dataset`` (soft score for vqa, exact match for gqa)."""
+    predictions = predict(encoder, dataset, config=config)
+    return question_scores(dataset.entries, predictions, task=task)
+
+
+def _rng_state() -> dict[str, object]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate()}
+
+
+def restore_rng_state(state: Mapping[str, object]) -> None:
+    """Set torch's (CPU and CUDA) and Python's generators to a state saved by a checkpoint."""
+    torch_state = state.get("torch")
+    if not isinstance(torch_state, torch.Tensor):
+        raise ValueError("checkpoint: bad torch RNG state")
+    torch.set_rng_state(torch_state)
+    cuda = state.get("cuda")
+    if isinstance(cuda, list) and cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    python = state.get("python")
+    if isinstance(python, tuple):
+        random.setstate(python)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingState:
+    """The contents of a fine-tuning checkpoint.
+
+    Attributes:
+        model, optimizer, scheduler: their state dicts.
+        history: the finished epochs.
+        best: best validation accuracy so far (None without validation).
+        best_epoch: 1-based epoch of that model (0 before the first epoch).
+        rng: torch CPU/CUDA and Python generator states after the last finished epoch.
+        config: ``asdict`` of the recipe.
+        answers: the answer table, in label order.
+    """
+
+    model: Mapping[str, torch.Tensor]
+    optimizer: Mapping[str, object]
+    scheduler: Mapping[str, object]
+    history: tuple[EpochRecord, ...]
+    best: float | None
+    best_epoch: int
+    rng: Mapping[str, object]
+    config: Mapping[str, object]
+    answers: tuple[str, ...]
+
+
+def save_checkpoint(path: Path, state: TrainingState) -> None:
+    """Write ``state`` to ``path``, replacing it atomically (``weights.files.atomic_path``)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": dict(state.model),
+        "optimizer": dict(state.optimizer),
+        "scheduler": dict(state.scheduler),
+        "history": [asdict(record) for record in state.history],
+        "best": state.best,
+        "best_epoch": state.best_epoch,
+        "rng": dict(state.rng),
+        "config": dict(state.config),
+        "answers": list(state.answers),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as target:
+        torch.save(payload, target)
+
+
+def capture_state(
+    *,
+    encoder: Encoder,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: FinetuneConfig,
+    history: Sequence[EpochRecord],
+    best: float | None,
+    best_epoch: int,
+) -> TrainingState:
+    """The :class:`TrainingState` of a run now (RNG states included)."""
+    return TrainingState(
+        model=encoder.model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        history=tuple(history),
+        best=best,
+        best_epoch=best_epoch,
+        rng=_rng_state(),
+        config=asdict(config),
+        answers=tuple(encoder.answers.answers) if encoder.answers else (),
+    )
+
+
+def load_checkpoint(path: Path) -> TrainingState:
+    """A checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``:
+    no code runs); ``ValueError`` naming ``path`` when it is not one."""
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a fine-tuning checkpoint of this version")
+    try:
+        best = raw["best"]
+        return TrainingState(
+            model=dict(raw["model"]),
+            optimizer=dict(raw["optimizer"]),
+            scheduler=dict(raw["scheduler"]),
+            history=tuple(EpochRecord(**record) for record in raw["history"]),
+            best=None if best is None else float(best),
+            best_epoch=int(raw["best_epoch"]),
+            rng=dict(raw["rng"]),
+            config=dict(raw["config"]),
+            answers=tuple(str(a) for a in raw["answers"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: damaged fine-tuning checkpoint ({err})") from None

@@ -1,0 +1,554 @@
+"""``lxmert-finetune``: fine-tune LXMERT on question files over feature stores, and evaluate.
+
+    lxmert-finetune train --task vqa|gqa --train FILE [FILE...] [--valid FILE] \\
+        --features STORE [STORE...] --from NAME|DIR --out DIR [--answers FILE] [--epochs N] \\
+        [--batch-size N] [--lr X] [--max-length N] [--num-boxes N] [--precision fp32|bf16] \\
+        [--device auto|cpu|cuda[:N]] [--resume] [--skip-missing]
+    lxmert-finetune evaluate --model DIR --questions FILE [FILE...] --features STORE [...] \\
+        [--annotations VQA.json] [--predictions OUT.json|OUT.csv] [--report OUT.json]
+
+Each sub-command runs validate -> plan -> run -> finish: flags and data are checked (and
+question files read, stores opened) before any model loads; the library
+(``encoder.finetune``) does the work; the exit code is chosen in one place
+(``pipeline.command.run_command``; 130 here on Ctrl-C).
+
+Output of ``train`` (``--out DIR``): the best model so far as a ``save_pretrained``
+directory (``config.json``, ``model.safetensors``), ``label2ans.json``, ``finetune.json``
+(recipe, equivalent command, data, history) and ``training/last.pt`` (the resume
+checkpoint). ``answer(..., encoder=DIR)`` and ``Pipeline(encoder=DIR)`` load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.command import Command, run_command
+from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from weights.defaults import DEFAULT_DEVICE
+from weights.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from encoder.answers import AnswerTable
+    from encoder.build import Encoder
+    from encoder.config import EncoderConfig
+    from encoder.finetune import (
+        AccuracyReport,
+        EpochRecord,
+        FinetuneConfig,
+        Progress,
+        QuestionEntry,
+        Task,
+    )
+    from pipeline.store import FeatureStore
+
+PROG = "lxmert-finetune"
+#: Resume checkpoint inside ``--out``.
+CHECKPOINT = Path("training") / "last.pt"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Validated flags of ``train``."""
+
+    task: Task
+    train: tuple[Path, ...]
+    valid: Path | None
+    features: tuple[Path, ...]
+    source: str
+    out: Path
+    answers: Path | None
+    recipe: FinetuneConfig
+    device: str
+    resume: bool
+    skip_missing: bool
+    log_every: int
+    quiet: bool
+
+    def command(self) -> str:
+        """The equivalent command line, every setting explicit."""
+        r = self.recipe
+        words = [PROG, "train", "--task", self.task, "--train", *map(str, self.train)]
+        words += ["--valid", str(self.valid)] if self.valid else []
+        words += ["--features", *map(str, self.features), "--from", self.source]
+        words += ["--out", str(self.out)]
+        words += ["--answers", str(self.answers)] if self.answers else []
+        words += ["--epochs", str(r.epochs), "--batch-size", str(r.batch_size), "--lr", str(r.lr)]
+        words += ["--warmup-ratio", str(r.warmup_ratio), "--max-length", str(r.max_question_length)]
+        words += ["--num-boxes", str(r.num_boxes), "--seed", str(r.seed)]
+        words += ["--precision", r.precision, "--device", self.device]
+        words += ["--skip-missing"] if self.skip_missing else []
+        return shlex.join(words)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="STORE",
+        help="feature files (TSV or HDF5 from extract_features, or obj36 TSVs), joined",
+    )
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: autocast of the forward (default fp32)",
+    )
+    parser.add_argument(
+        "--num-boxes",
+        type=_positive,
+        default=36,
+        metavar="N",
+        help="regions per image, at most (default 36)",
+    )
+    parser.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="skip (and count) questions whose image is not in the stores",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """Flags of ``lxmert-finetune train``."""
+    from encoder.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    parser = argparse.ArgumentParser(prog=f"{PROG} train", description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=("vqa", "gqa"), required=True)
+    parser.add_argument("--train", nargs="+", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--valid", type=Path, metavar="FILE", help="evaluated after each epoch")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="NAME|DIR",
+        help="registry name (lxmert-base, shapes-lxmert-pretrained) or a directory",
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        metavar="FILE",
+        help="JSON list of answers (default: every answer of the training labels)",
+    )
+    parser.add_argument("--epochs", type=_positive, default=d.epochs)
+    parser.add_argument("--batch-size", type=_positive, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    parser.add_argument(
+        "--max-length",
+        type=_positive,
+        default=d.max_question_length,
+        help="question tokens with [CLS]/[SEP] (default 20)",
+    )
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    parser.add_argument("--log-every", type=_positive, default=50, metavar="STEPS")
+    _add_common(parser)
+    return parser
+
+
+def _existing(paths: Sequence[Path], flag: str) -> tuple[Path, ...]:
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    return tuple(paths)
+
+
+def validate_train(args: argparse.Namespace) -> TrainSettings:
+    """Flags -> :class:`TrainSettings`; :class:`UsageError` for anything wrong, before work."""
+    from encoder.finetune import FinetuneConfig
+
+    try:
+        recipe = FinetuneConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_ratio=args.warmup_ratio,
+            max_question_length=args.max_length,
+            num_boxes=args.num_boxes,
+            seed=args.seed,
+            precision=args.precision,
+            workers=args.workers,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a directory")
+    if (args.out / CHECKPOINT).exists() and not args.resume:
+        raise UsageError(
+            f"--out {args.out} holds a training run; pass --resume to continue it, or "
+            "choose another --out"
+        )
+    return TrainSettings(
+        task=args.task,
+        train=_existing(args.train, "--train"),
+        valid=_existing([args.valid], "--valid")[0] if args.valid else None,
+        features=_existing(args.features, "--features"),
+        source=args.source,
+        out=args.out,
+        answers=_existing([args.answers], "--answers")[0] if args.answers else None,
+        recipe=recipe,
+        device=args.device,
+        resume=args.resume,
+        skip_missing=args.skip_missing,
+        log_every=args.log_every,
+        quiet=args.quiet,
+    )
+
+
+def open_stores(paths: Sequence[Path]) -> FeatureStore:
+    """The joined feature stores; :class:`UsageError` naming the file when one cannot open."""
+    from pipeline.store import FeatureStore
+
+    try:
+        return FeatureStore.open(*paths)
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"--features: cannot open {', '.join(map(str, paths))}: {err}") from None
+
+
+def read_entries(
+    paths: Sequence[Path], store: FeatureStore, *, skip_missing: bool, flag: str
+) -> tuple[tuple[QuestionEntry, ...], int]:
+    """Questions of ``paths`` whose image is in ``store`` and the count skipped (bad data and
+    missing images without ``--skip-missing`` are :class:`UsageError`\\s naming the entry)."""
+    from encoder.finetune import DataError, read_question_files, with_regions
+
+    try:
+        entries = read_question_files(paths)
+        kept, skipped = with_regions(entries, store, skip_missing=skip_missing)
+    except DataError as err:
+        raise UsageError(str(err)) from None
+    if not kept:
+        raise UsageError(f"{flag}: no question left to use in {', '.join(map(str, paths))}")
+    if skipped:
+        print(
+            f"{flag}: skipped {skipped} question(s) whose image is not in --features",
+            file=sys.stderr,
+        )
+    return kept, skipped
+
+
+def answer_table(settings: TrainSettings, entries: Sequence[QuestionEntry]) -> AnswerTable:
+    """``--answers`` or the training labels' answers; :class:`UsageError` when empty."""
+    from encoder.answers import load_answer_table
+    from encoder.finetune import DataError, answer_table_from_labels
+
+    try:
+        if settings.answers is not None:
+            table = load_answer_table(settings.answers)
+            if len(table) == 0:
+                raise DataError(f"--answers {settings.answers}: the answer list is empty")
+            return table
+        return answer_table_from_labels(entries, name=", ".join(map(str, settings.train)))
+    except (DataError, ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _progress_printer(settings: TrainSettings) -> Callable[[Progress], None] | None:
+    def show(p: Progress) -> None:
+        if p.step % settings.log_every == 0 or p.step == p.steps:
+            print(
+                f"epoch {p.epoch + 1}/{settings.recipe.epochs} step {p.step}/{p.steps} "
+                f"loss {p.loss:.4f} {p.examples_per_s:.0f} examples/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return None if settings.quiet else show
+
+
+def _epoch_line(record: EpochRecord) -> None:
+    valid = "" if record.valid_accuracy is None else f", valid accuracy {record.valid_accuracy:.4f}"
+    print(
+        f"epoch {record.epoch} done: loss {record.loss:.4f}, {record.seconds:.0f}s{valid}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``train``: validate -> plan (data, answers) -> run (model, fit) -> finish."""
+    from encoder.finetune import FINETUNE_FILE, QADataset, fit, prepare_encoder, write_model_dir
+    from weights.defaults import DeviceError, resolve_device
+
+    settings = validate_train(args)
+    store = open_stores(settings.features)
+    train_entries, skipped = read_entries(
+        settings.train, store, skip_missing=settings.skip_missing, flag="--train"
+    )
+    valid_entries: tuple[QuestionEntry, ...] = ()
+    if settings.valid is not None:
+        valid_entries, _ = read_entries(
+            [settings.valid], store, skip_missing=settings.skip_missing, flag="--valid"
+        )
+    table = answer_table(settings, train_entries)
+    try:
+        device = resolve_device(settings.device)
+        encoder, kept = prepare_encoder(
+            settings.source, answers=table, config=settings.recipe, device=device
+        )
+    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        raise UsageError(f"cannot load --from {settings.source}: {err}") from None
+    boxes = settings.recipe.num_boxes
+    train = QADataset(train_entries, store, table, num_boxes=boxes)
+    valid = QADataset(valid_entries, store, table, num_boxes=boxes) if valid_entries else None
+    if not settings.quiet:
+        print(
+            f"{len(train)} training questions ({skipped} skipped), "
+            f"{len(valid) if valid else 0} valid; {len(table)} answers, {kept} kept from "
+            f"{settings.source}; device {device}",
+            file=sys.stderr,
+        )
+    record: dict[str, object] = {
+        "task": settings.task,
+        "from": settings.source,
+        "command": settings.command(),
+        "config": asdict(settings.recipe),
+        "train": [str(p) for p in settings.train],
+        "valid": str(settings.valid) if settings.valid else None,
+        "features": [str(p) for p in settings.features],
+        "answers": len(table),
+        "answers_kept_from_source": kept,
+        "skipped_missing": skipped,
+    }
+
+    def keep_best(best: Encoder, epoch: EpochRecord) -> None:
+        write_model_dir(best, settings.out, record={**record, "best": asdict(epoch)})
+
+    try:
+        result = fit(
+            encoder=encoder,
+            train=train,
+            valid=valid,
+            config=settings.recipe,
+            task=settings.task,
+            checkpoint=settings.out / CHECKPOINT,
+            on_best=keep_best,
+            resume=settings.resume,
+            on_progress=_progress_printer(settings),
+            on_epoch=None if settings.quiet else _epoch_line,
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    history = [asdict(r) for r in result.history]
+    final = {**record, "history": history, "best_epoch": result.best_epoch}
+    atomic_write_text(settings.out / FINETUNE_FILE, json.dumps(final, indent=1) + "\n")
+    if not settings.quiet:
+        print(f"wrote {settings.out} (epoch {result.best_epoch})", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    """Flags of ``lxmert-finetune evaluate``."""
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} evaluate", description="accuracy and prediction files of a QA model"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR|NAME",
+        help="a train --out directory, another save_pretrained one, or a name",
+    )
+    parser.add_argument(
+        "--questions",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="LXMERT JSON question files",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("vqa", "gqa"),
+        help="metric and submission format (default: the model's finetune.json, else vqa)",
+    )
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        metavar="FILE",
+        help="official VQA annotation file: score by the ten human answers",
+    )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="OUT.json|OUT.csv",
+        help="VQA [{question_id, answer}] / GQA [{questionId, prediction}]",
+    )
+    parser.add_argument("--report", type=Path, metavar="OUT.json", help="the scores as JSON")
+    parser.add_argument("--batch-size", type=_positive, default=256)
+    _add_common(parser)
+    return parser
+
+
+def _model_record(model: str) -> dict[str, object]:
+    """The ``finetune.json`` of a model directory, or {} when there is none."""
+    from encoder.finetune import FINETUNE_FILE
+
+    path = Path(model) / FINETUNE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: unreadable ({err})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _prediction_text(records: list[dict[str, int | str]], path: Path) -> str:
+    if path.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        keys = list(records[0]) if records else ["question_id", "answer"]
+        writer.writerow(keys)
+        writer.writerows([[r[k] for k in keys] for r in records])
+        return buffer.getvalue()
+    return json.dumps(records) + "\n"
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: validate -> plan -> predict -> score and write."""
+    from encoder.build import load_encoder
+    from encoder.config import config_for
+    from encoder.finetune import (
+        DataError,
+        FinetuneConfig,
+        QADataset,
+        predict,
+        prediction_records,
+        question_scores,
+        read_vqa_annotations,
+    )
+    from weights.defaults import DeviceError, resolve_device
+
+    for out, flag in ((args.predictions, "--predictions"), (args.report, "--report")):
+        if out is not None and out.is_dir():
+            raise UsageError(f"{flag} {out} is a directory; give a file")
+    record = _model_record(args.model)
+    task: Task = args.task or ("gqa" if record.get("task") == "gqa" else "vqa")
+    saved = record.get("config")
+    length = saved.get("max_question_length", 20) if isinstance(saved, dict) else 20
+    try:
+        recipe = FinetuneConfig(
+            num_boxes=args.num_boxes,
+            precision=args.precision,
+            eval_batch_size=args.batch_size,
+            workers=args.workers,
+            max_question_length=int(length),
+        )
+        annotations = read_vqa_annotations(args.annotations) if args.annotations else None
+    except (DataError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    store = open_stores(_existing(args.features, "--features"))
+    entries, skipped = read_entries(
+        _existing(args.questions, "--questions"),
+        store,
+        skip_missing=args.skip_missing,
+        flag="--questions",
+    )
+    try:
+        settings = replace_length(config_for(args.model), recipe.max_question_length)
+        encoder = load_encoder(settings, device=resolve_device(args.device))
+    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        raise UsageError(f"cannot load --model {args.model}: {err}") from None
+    if encoder.answers is None:
+        raise UsageError(f"--model {args.model} has no QA head")
+    try:
+        predictions = predict(
+            encoder,
+            QADataset(entries, store, encoder.answers, num_boxes=recipe.num_boxes),
+            config=recipe,
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    labelled = annotations is not None or any(e.label for e in entries)
+    report: dict[str, object] = {"task": task, "questions": len(entries), "skipped": skipped}
+    if labelled:
+        try:
+            scores = question_scores(entries, predictions, task=task, annotations=annotations)
+        except DataError as err:
+            raise UsageError(str(err)) from None
+        report.update(asdict(scores))
+        print(_score_lines(scores))
+    else:
+        print(f"{len(entries)} questions without labels: predictions only")
+    if args.predictions is not None:
+        records = prediction_records(entries, predictions, task=task)
+        atomic_write_text(args.predictions, _prediction_text(records, args.predictions))
+    if args.report is not None:
+        atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
+    return EXIT_OK
+
+
+def replace_length(settings: EncoderConfig, length: int) -> EncoderConfig:
+    """``settings`` with head ``qa`` and questions cut at ``length`` tokens."""
+    from dataclasses import replace
+
+    return replace(settings, head="qa", max_question_length=length)
+
+
+def _score_lines(scores: AccuracyReport) -> str:
+    lines = [f"accuracy {scores.overall:.4f} over {scores.count} questions"]
+    for kind, values in scores.per_type.items():
+        for name, value in values.items():
+            lines.append(f"  {kind} {name}: {value:.4f} ({scores.type_counts[kind][name]})")
+    return "\n".join(lines)
+
+
+TRAIN_COMMAND = Command(
+    name="train",
+    summary="fine-tune a QA model on question files over feature stores",
+    build_parser=build_train_parser,
+    run=run_train,
+    disk_full_remedy="the last finished epoch is kept; free some space and run the same "
+    "command with --resume",
+)
+EVALUATE_COMMAND = Command(
+    name="evaluate",
+    summary="accuracy and prediction files of a QA model",
+    build_parser=build_evaluate_parser,
+    run=run_evaluate,
+)
+COMMANDS: dict[str, Command] = {c.name: c for c in (TRAIN_COMMAND, EVALUATE_COMMAND)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lxmert-finetune`` (sub-commands :data:`COMMANDS`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return run_command(COMMANDS[argv[0]], argv[1:])
+    names = "|".join(COMMANDS)
+    lines = [f"usage: {PROG} {{{names}}} ...", ""]
+    lines += [f"  {c.name:<9} {c.summary}" for c in COMMANDS.values()]
+    helped = bool(argv) and argv[0] in ("-h", "--help")
+    print("\n".join(lines), file=sys.stdout if helped else sys.stderr)
+    return EXIT_OK if helped else EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
