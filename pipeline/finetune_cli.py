@@ -37,7 +37,7 @@ from weights.defaults import DEFAULT_DEVICE
 from weights.files import atomic_write_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from encoder.answers import AnswerTable
     from encoder.build import Encoder
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         AccuracyReport,
         EpochRecord,
         FinetuneConfig,
+        HumanAnswers,
         Progress,
         QuestionEntry,
         Task,
@@ -290,6 +291,22 @@ def _epoch_line(record: EpochRecord) -> None:
     )
 
 
+def plan_train(
+    settings: TrainSettings, store: FeatureStore
+) -> tuple[tuple[QuestionEntry, ...], tuple[QuestionEntry, ...], int]:
+    """Training and validation questions whose images are in ``store``, and how many
+    training questions were skipped (:func:`read_entries`)."""
+    train, skipped = read_entries(
+        settings.train, store, skip_missing=settings.skip_missing, flag="--train"
+    )
+    valid: tuple[QuestionEntry, ...] = ()
+    if settings.valid is not None:
+        valid, _ = read_entries(
+            [settings.valid], store, skip_missing=settings.skip_missing, flag="--valid"
+        )
+    return train, valid, skipped
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``train``: validate -> plan (data, answers) -> run (model, fit) -> finish."""
     from encoder.finetune import FINETUNE_FILE, QADataset, fit, prepare_encoder, write_model_dir
@@ -297,14 +314,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     settings = validate_train(args)
     store = open_stores(settings.features)
-    train_entries, skipped = read_entries(
-        settings.train, store, skip_missing=settings.skip_missing, flag="--train"
-    )
-    valid_entries: tuple[QuestionEntry, ...] = ()
-    if settings.valid is not None:
-        valid_entries, _ = read_entries(
-            [settings.valid], store, skip_missing=settings.skip_missing, flag="--valid"
-        )
+    train_entries, valid_entries, skipped = plan_train(settings, store)
     table = answer_table(settings, train_entries)
     try:
         device = resolve_device(settings.device)
@@ -439,8 +449,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         FinetuneConfig,
         QADataset,
         predict,
-        prediction_records,
-        question_scores,
         read_vqa_annotations,
     )
     from weights.defaults import DeviceError, resolve_device
@@ -486,6 +494,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    _finish_evaluate(args, task, entries, predictions, annotations, skipped)
+    return EXIT_OK
+
+
+def _finish_evaluate(
+    args: argparse.Namespace,
+    task: Task,
+    entries: Sequence[QuestionEntry],
+    predictions: Sequence[str],
+    annotations: Mapping[int | str, HumanAnswers] | None,
+    skipped: int,
+) -> None:
+    """Score (when there are labels or annotations), print, and write the files asked for."""
+    from encoder.finetune import DataError, prediction_records, question_scores
+
     labelled = annotations is not None or any(e.label for e in entries)
     report: dict[str, object] = {"task": task, "questions": len(entries), "skipped": skipped}
     if labelled:
@@ -502,7 +525,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         atomic_write_text(args.predictions, _prediction_text(records, args.predictions))
     if args.report is not None:
         atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
-    return EXIT_OK
 
 
 def replace_length(settings: EncoderConfig, length: int) -> EncoderConfig:
