@@ -7,10 +7,11 @@ Runs the full-size ResNet-101 C4 model (seeded random weights that behave: finit
 
     python benchmarks/bench_detector.py --quick          # < 60 s: one size, batch 1
     python benchmarks/bench_detector.py                  # both sizes, batch 1 and 4
-    python benchmarks/bench_detector.py --device cuda --autocast bf16   # on a GPU
+    python benchmarks/bench_detector.py --device cuda --precision bf16   # on a GPU
+    python benchmarks/bench_detector.py --quick --precision bf16         # CPU with bf16
 
-Utilisation is achieved FLOP/s (2 x fvcore's multiply-adds / detector seconds) over a fp32
-matmul peak measured in the same run on the same device.
+Utilisation is achieved FLOP/s (2 x fvcore's multiply-adds / detector seconds) over a matmul
+peak measured in the same run on the same device, in the precision the convolutions run in.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def matmul_peak_gflops(device: torch.device, *, seconds: float) -> float:
-    """Best fp32 GFLOP/s of a 2048^3 matmul over ``seconds`` (the machine's practical peak)."""
+def matmul_peak_gflops(
+    device: torch.device, *, seconds: float, dtype: torch.dtype = torch.float32
+) -> float:
+    """Best GFLOP/s of a 2048^3 ``dtype`` matmul over ``seconds`` (the machine's practical
+    peak in that precision)."""
     n = 2048
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
     best = 0.0
     deadline = time.perf_counter() + seconds
@@ -132,7 +136,7 @@ def bench_stages(
     detector: Detector, jpeg: bytes, image_id: str, device: torch.device
 ) -> dict[str, float]:
     """Seconds per stage for one image, batch 1, each stage run as ``Detector.forward_raw``
-    runs it (same options: layout, autocast, res5 chunk); writing is the pipeline's own TSV
+    runs it (same options: layout, precision, res5 chunk); writing is the pipeline's own TSV
     encoder (:func:`pipeline.writers.encode_tsv_line`)."""
     config = detector.config
     options = detector.options
@@ -146,22 +150,24 @@ def bench_stages(
         x = prepared.tensor[None].to(device)
         if options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with detector.autocast():
+        with detector.low_precision():
             features, times["trunk"] = timed(device, lambda: detector.backbone(x))
             rpn, times["rpn"] = timed(
                 device, lambda: detector.proposal_generator(features, prepared.resized_size)
             )
-            pooled, times["roi_pool"] = timed(
-                device, lambda: detector.roi_heads.pool(features, rpn.proposals)
+        pooled, times["roi_pool"] = timed(
+            device, lambda: detector.roi_heads.pool(features, rpn.proposals)
+        )
+        if options.channels_last:
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+
+        def head() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            region = detector.roi_heads.region_features(
+                pooled, chunk_size=options.res5_chunk, conv_dtype=options.precision_dtype
             )
-            if options.channels_last:
-                pooled = pooled.contiguous(memory_format=torch.channels_last)
+            return region, detector.roi_heads.box_predictor(region)
 
-            def head() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-                region = detector.roi_heads.region_features(pooled, chunk_size=options.res5_chunk)
-                return region, detector.roi_heads.box_predictor(region)
-
-            (region, (logits, deltas, attr_logits)), times["res5_head"] = timed(device, head)
+        (region, (logits, deltas, attr_logits)), times["res5_head"] = timed(device, head)
         regions, times["selection"] = timed(
             device,
             lambda: detector.select_regions(
@@ -201,7 +207,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-fold-bn", action="store_true", help="keep frozen BN separate")
     parser.add_argument(
-        "--autocast", choices=("none", "bf16", "fp16"), default="none", help="CUDA only"
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="the detector's precision (fp16: CUDA only)",
+    )
+    parser.add_argument(
+        "--allow-emulated-bf16",
+        action="store_true",
+        help="run bf16 on a CPU without bf16 instructions (slow; for drift, not speed)",
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the trunk and res5 head"
@@ -220,7 +234,8 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     """The detector's options from the flags (None: the library's per-device default)."""
     return InferenceOptions(
         device=args.device,
-        autocast=args.autocast,
+        precision=args.precision,
+        allow_emulated_bf16=args.allow_emulated_bf16,
         channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         res5_chunk=args.res5_chunk,
         compile=args.compile,
@@ -281,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = detector.options
     device = options.device
-    peak = matmul_peak_gflops(device, seconds=1.0 if args.quick else 3.0)
+    dtype = options.precision_dtype or torch.float32
+    peak = matmul_peak_gflops(device, seconds=1.0 if args.quick else 3.0, dtype=dtype)
     sizes = {"600x800": SIZES["600x800"]} if args.quick else SIZES
     report: dict[str, Any] = {
         "device": str(device),
@@ -291,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "fold_bn": detector.bn_folded,
         "channels_last": options.channels_last,
         "res5_chunk": options.res5_chunk,
-        "autocast": options.autocast,
+        "precision": options.precision,
         "compile": options.compile,
         "matmul_peak_gflops": round(peak, 1),
         "sizes": {
@@ -301,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     # The peak is measured again after the runs and the best kept: turbo and neighbours make
     # a single short measurement noisy, and a low peak would inflate the utilisation.
-    final_peak = max(peak, matmul_peak_gflops(device, seconds=1.0 if args.quick else 3.0))
+    final_peak = max(
+        peak, matmul_peak_gflops(device, seconds=1.0 if args.quick else 3.0, dtype=dtype)
+    )
     if final_peak > peak:
         report["matmul_peak_gflops"] = round(final_peak, 1)
         for entry in report["sizes"].values():

@@ -240,7 +240,7 @@ def load_detector(
         overrides: :class:`DetectorConfig` fields to change (selection, box counts, sizes...).
         config: the finished config (e.g. from :func:`detector_config`, validated before any
             weights were read), instead of ``preset`` and ``overrides``.
-        options: inference settings (autocast, layout, res5 chunk, compile ...); default: the
+        options: inference settings (precision, layout, res5 chunk, compile ...); default: the
             per-device defaults.
         optimize: fold BN (:meth:`Detector.optimize_for_inference`); False only applies the
             options, leaving the weights as stored (for training or re-saving).
@@ -259,6 +259,7 @@ def load_detector(
     else:
         spec = DEFAULT_DEVICE if device is None else device
         requested = (options or InferenceOptions()).on(resolve_device(spec))
+    requested.resolve()  # a precision the device cannot run fails before any weights are read
     located = locate_checkpoint(name_or_path)
     path, record = located.path, located.record
     if config is None:

@@ -20,6 +20,7 @@ from detector.backbone import ConvNorm, ResNetC4, fold_frozen_batchnorm
 from detector.config import DetectorConfig
 from detector.image import ChannelOrder, ImageSource
 from detector.options import InferenceOptions, ResolvedOptions
+from detector.precision import low_precision
 from detector.preprocess import PreparedImage, prepare
 from detector.roi_heads import Res5RoIHeads, RoIHeadOutput
 from detector.rpn import RPN, RPNOutput
@@ -37,7 +38,7 @@ class RawOutput:
     """Everything the network computes for a batch of same-size images (before selection)."""
 
     features: torch.Tensor
-    """res4 ``[B, C4, h/16, w/16]``."""
+    """res4 ``[B, C4, h/16, w/16]``, in the precision's dtype (bf16/fp16 convs) or fp32."""
     rpn: RPNOutput
     roi: RoIHeadOutput
     """Per-proposal outputs, images concatenated in order (``rpn.proposals`` gives the split)."""
@@ -128,16 +129,11 @@ class Detector(nn.Module):
         return next(self.parameters()).device
 
     # --- network -------------------------------------------------------------------------
-    def autocast(self) -> contextlib.AbstractContextManager[None]:
-        """The autocast context of the convolutions: ``options.autocast`` on CUDA, else none.
-
-        RoI pooling, proposal decoding, NMS, the predictors and selection cast back to fp32
-        themselves.
-        """
-        dtype = self._options.autocast_dtype  # resolved: None off CUDA
-        if dtype is not None:
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
+    def low_precision(self) -> contextlib.AbstractContextManager[None]:
+        """Autocast of the trunk's and RPN head's convolutions to ``options.precision``
+        (nothing for fp32). Proposal decoding and NMS take fp32 logits and deltas (the RPN
+        casts them); the RoI heads run res5 in their own region and the rest in fp32."""
+        return low_precision(self._options.device, self._options.precision_dtype)
 
     def forward_raw(
         self,
@@ -175,19 +171,19 @@ class Detector(nn.Module):
         options = self._options
         if options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
+        with self.low_precision():
             features = self.backbone(images)
         image_size = (int(images.shape[2]), int(images.shape[3]))
-        with self.autocast():
+        with self.low_precision():
             rpn = self.proposal_generator(features, image_size, image_scales=image_scales)
         boxes = rpn.proposals if proposals is None else proposals
-        with self.autocast():
-            roi = self.roi_heads(
-                features,
-                boxes,
-                chunk_size=options.res5_chunk,
-                channels_last=options.channels_last,
-            )
+        roi = self.roi_heads(
+            features,
+            boxes,
+            chunk_size=options.res5_chunk,
+            channels_last=options.channels_last,
+            conv_dtype=options.precision_dtype,
+        )
         return RawOutput(features, rpn, roi)
 
     def forward(self, images: torch.Tensor) -> RawOutput:
@@ -215,15 +211,15 @@ class Detector(nn.Module):
         options = self._options
         if options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
+        with self.low_precision():
             features = self.backbone(images)
-        with self.autocast():
-            return self.roi_heads(
-                features,
-                rois,
-                chunk_size=options.res5_chunk,
-                channels_last=options.channels_last,
-            )
+        return self.roi_heads(
+            features,
+            rois,
+            chunk_size=options.res5_chunk,
+            channels_last=options.channels_last,
+            conv_dtype=options.precision_dtype,
+        )
 
     # --- inference -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -419,7 +415,7 @@ class Detector(nn.Module):
 
     def move_to(self, device: str | torch.device) -> Detector:
         """Move to ``device`` with the same requested options, per-device defaults (layout,
-        res5 chunk, batch invariance, CUDA-only autocast) resolved anew for it."""
+        res5 chunk, batch invariance) resolved anew for it and its precision checked there."""
         return self.apply_options(self._requested.on(device))
 
 

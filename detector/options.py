@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-Autocast = Literal["none", "bf16", "fp16"]
-AUTOCAST_NAMES: tuple[Autocast, ...] = ("none", "bf16", "fp16")
+from detector.precision import PRECISION_NAMES, Precision, check_precision, precision_dtype
 
 
 def default_channels_last(device: torch.device) -> bool:
@@ -55,9 +53,10 @@ class ResolvedOptions:
 
     device: torch.device
     """Where the weights live and the images are sent."""
-    autocast: Autocast
-    """Convolutions of trunk, RPN head and res5 in bf16/fp16 (CUDA only; ``none`` elsewhere).
-    RoI pooling, decoding, NMS, the predictors and selection stay fp32."""
+    precision: Precision
+    """``fp32`` (exact), or ``bf16``/``fp16`` for the convolutions of trunk, RPN head and res5;
+    RoI pooling, decoding, NMS, mean pool, the predictor and selection stay fp32
+    (:mod:`detector.precision`)."""
     channels_last: bool
     """Convs and their inputs in NHWC (True) or NCHW (False) layout."""
     res5_chunk: int
@@ -68,23 +67,27 @@ class ResolvedOptions:
     """Trunk and res5 are ``torch.compile``-d (compiling takes minutes per input shape)."""
 
     @property
-    def autocast_dtype(self) -> torch.dtype | None:
+    def precision_dtype(self) -> torch.dtype | None:
         """``torch.bfloat16``/``torch.float16`` for the autocast convolutions, None for fp32."""
-        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.autocast]
+        return precision_dtype(self.precision)
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
     """Inference settings a caller asks for; ``None`` means "the per-device default".
 
-    Raises ``ValueError`` on construction for an unknown device or autocast name, or a
-    ``res5_chunk`` below 1.
+    Raises ``ValueError`` on construction for an unknown device or precision name, or a
+    ``res5_chunk`` below 1; :meth:`resolve` raises it for a precision the device cannot run
+    (:func:`detector.precision.check_precision`).
     """
 
     device: str | torch.device = "cpu"
     """``cpu``, ``cuda``, ``cuda:i`` or a ``torch.device``."""
-    autocast: Autocast = "none"
-    """``none`` (fp32, exact), ``bf16`` or ``fp16``; applies on CUDA only, as before."""
+    precision: Precision = "fp32"
+    """``fp32`` (exact), ``bf16`` (CUDA, or a CPU with bf16 instructions) or ``fp16`` (CUDA)."""
+    allow_emulated_bf16: bool = False
+    """Run ``bf16`` on a CPU without bf16 instructions (emulated, slower than fp32): for
+    measuring the drift of bf16 on any machine, never for speed."""
     channels_last: bool | None = None
     """None: :func:`default_channels_last` (CUDA yes, CPU no)."""
     res5_chunk: int | None = None
@@ -96,9 +99,9 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         parse_device(self.device)
-        if self.autocast not in AUTOCAST_NAMES:
+        if self.precision not in PRECISION_NAMES:
             raise ValueError(
-                f"autocast must be one of {', '.join(AUTOCAST_NAMES)}, got {self.autocast!r}"
+                f"precision must be one of {', '.join(PRECISION_NAMES)}, got {self.precision!r}"
             )
         chunk = self.res5_chunk
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)):
@@ -111,12 +114,17 @@ class InferenceOptions:
         return dataclasses.replace(self, device=device)
 
     def resolve(self) -> ResolvedOptions:
-        """Every ``None`` replaced by its default for :attr:`device`; autocast kept on CUDA
-        only (elsewhere it never applied, so the record says ``none``)."""
+        """Every ``None`` replaced by its default for :attr:`device`.
+
+        Raises:
+            ValueError: :attr:`precision` cannot run on the device (fp16 off CUDA, bf16 on a
+                CPU without bf16 instructions unless :attr:`allow_emulated_bf16`).
+        """
         device = parse_device(self.device)
+        check_precision(self.precision, device, allow_emulated_bf16=self.allow_emulated_bf16)
         return ResolvedOptions(
             device=device,
-            autocast=self.autocast if device.type == "cuda" else "none",
+            precision=self.precision,
             channels_last=(
                 default_channels_last(device) if self.channels_last is None else self.channels_last
             ),

@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import roi_pool
 
 from detector.backbone import make_stage
+from detector.precision import fp32_region, low_precision
 
 
 class BoxPredictor(nn.Module):
@@ -47,14 +48,18 @@ class BoxPredictor(nn.Module):
         """Pooled ``[R, D]`` -> (class logits ``[R, C+1]``, deltas ``[R, 4C]``, attrs ``[R, A+1]``).
 
         ``attr_classes`` (``[R]`` int64) overrides the argmax class fed to the attribute head;
-        training passes the ground-truth classes there.
+        training passes the ground-truth classes there. Always fp32: the features are cast
+        back and any autocast is switched off here, so class scores never come from
+        low-precision logits.
         """
-        class_logits = self.cls_score(features)
-        deltas = self.bbox_pred(features)
-        if attr_classes is None:
-            attr_classes = class_logits.argmax(dim=1)
-        hidden = torch.cat([features, self.cls_embedding(attr_classes)], dim=1)
-        attr_logits = self.attr_score(F.relu(self.fc_attr(hidden)))
+        with fp32_region(features.device):
+            features = features.float()
+            class_logits = self.cls_score(features)
+            deltas = self.bbox_pred(features)
+            if attr_classes is None:
+                attr_classes = class_logits.argmax(dim=1)
+            hidden = torch.cat([features, self.cls_embedding(attr_classes)], dim=1)
+            attr_logits = self.attr_score(F.relu(self.fc_attr(hidden)))
         return class_logits, deltas, attr_logits
 
 
@@ -191,19 +196,29 @@ class Res5RoIHeads(nn.Module):
             threads=threads,
         )
 
-    def region_features(self, pooled: torch.Tensor, *, chunk_size: int) -> torch.Tensor:
+    def region_features(
+        self, pooled: torch.Tensor, *, chunk_size: int, conv_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """``[R, C4, S, S]`` pooled regions -> ``[R, D]`` fp32 mean of res5's output.
 
         Regions go through res5 ``chunk_size`` at a time: no ``[R, 2048, 14, 14]`` tensor for
         all R at once, and on CPU a small chunk keeps res5's activations in the L3 cache
         (benchmarks/RESULTS.md). Each region's feature depends on that region only.
+        ``conv_dtype`` (bf16/fp16; None: fp32) autocasts res5's convolutions; their output is
+        cast back before the mean, so the pooling itself is fp32.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if pooled.shape[0] == 0:
             return pooled.new_zeros((0, self.box_predictor.cls_score.in_features))
-        chunks = [self.res5(chunk).mean(dim=(2, 3)) for chunk in pooled.split(chunk_size, dim=0)]
-        return torch.cat(chunks, dim=0).float()
+        # One autocast region for all chunks: autocast caches its casts of the weights
+        # until the region ends.
+        with low_precision(pooled.device, conv_dtype):
+            chunks = [
+                self.res5(chunk).float().mean(dim=(2, 3))
+                for chunk in pooled.split(chunk_size, dim=0)
+            ]
+        return torch.cat(chunks, dim=0)
 
     def forward(
         self,
@@ -213,17 +228,20 @@ class Res5RoIHeads(nn.Module):
         *,
         chunk_size: int,
         channels_last: bool,
+        conv_dtype: torch.dtype | None = None,
     ) -> RoIHeadOutput:
         """Pool ``boxes`` (per image ``Tensor[R_i, 4]``, resized pixels) from res4 ``features``
         ``[B, C4, h/16, w/16]`` and run res5 and the predictors on them.
 
-        ``chunk_size`` (regions per res5 pass) and ``channels_last`` (layout of the pooled
-        regions) come from the detector's options at each call; the heads keep no copy.
+        ``chunk_size`` (regions per res5 pass), ``channels_last`` (layout of the pooled
+        regions) and ``conv_dtype`` (res5's convolutions, None: fp32) come from the detector's
+        options at each call; the heads keep no copy. Pooling, mean pool and the predictor
+        run in fp32 whatever ``conv_dtype`` is.
         """
         pooled = self.pool(features, boxes)
         if channels_last:
             pooled = pooled.contiguous(memory_format=torch.channels_last)
-        region = self.region_features(pooled, chunk_size=chunk_size)
+        region = self.region_features(pooled, chunk_size=chunk_size, conv_dtype=conv_dtype)
         del pooled
         class_logits, deltas, attr_logits = self.box_predictor(region, attr_classes)
         return RoIHeadOutput(region, class_logits.float(), deltas.float(), attr_logits.float())

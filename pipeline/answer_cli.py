@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from pipeline.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from pipeline.precision_flags import add_precision_flags, precision_from_args
 from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEVICE,
         help="cpu, cuda, cuda:N, or auto (cuda when available) (default: %(default)s)",
     )
+    add_precision_flags(parser, deprecated_autocast=False)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per question instead of text"
     )
@@ -75,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeviceError as error:
         print(f"answer: error: --device {args.device}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    precision = precision_from_args(args, prog="answer")
+    try:
+        from detector.precision import check_precision
+
+        check_precision(precision, device)
+    except ValueError as error:
+        print(f"answer: error: --precision {precision}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         from detector.image import ImageError
         from pipeline.api import answer
@@ -87,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 detector=args.detector,
                 encoder=args.encoder,
                 device=str(device),
+                precision=precision,
             )
         except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -15,6 +15,7 @@ encoder="shapes-lxmert"``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from PIL import Image
 from detector import Detector, RegionFeatures, load_detector
 from detector.image import DEFAULT_MAX_BYTES, ChannelOrder, ImageError, ImageSource, load_image
 from detector.model import GivenBoxes
+from detector.options import InferenceOptions
+from detector.precision import Precision
 from detector.preprocess import PreparedImage, preprocess_for
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
@@ -116,6 +119,9 @@ class Pipeline:
         detector_preset: config preset when ``detector`` is a name or path (default: the
             checkpoint's own).
         batch_size: images per detector call (same-shape images are batched, never padded).
+        precision: the detector's ``fp32``/``bf16``/``fp16`` (:mod:`detector.precision`;
+            LXMERT stays fp32). None: fp32, or a given detector's own. Raises ``ValueError``
+            before any model loads where the device cannot run it.
     """
 
     def __init__(
@@ -126,14 +132,20 @@ class Pipeline:
         device: str | torch.device = DEFAULT_DEVICE,
         detector_preset: str | None = None,
         batch_size: int = 1,
+        precision: Precision | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
         if isinstance(detector, Detector):
-            self.detector = detector.move_to(self.device)
+            request = detector.requested_options.on(self.device)
+            if precision is not None:
+                request = dataclasses.replace(request, precision=precision)
+            self.detector = detector.apply_options(request)
         else:
-            self.detector = load_detector(str(detector), preset=detector_preset, device=self.device)
+            options = InferenceOptions(device=self.device, precision=precision or "fp32")
+            options.resolve()  # a precision the device cannot run: before any model loads
+            self.detector = load_detector(str(detector), preset=detector_preset, options=options)
         if isinstance(encoder, Encoder):
             encoder.model.to(self.device)  # type: ignore[arg-type]  # transformers wraps .to
             self.encoder = encoder
@@ -300,16 +312,18 @@ def default_pipeline(
     detector: str = DEFAULT_DETECTOR,
     encoder: str = DEFAULT_ENCODER,
     device: str = DEFAULT_DEVICE,
+    precision: Precision = "fp32",
 ) -> Pipeline:
-    """The pipeline :func:`answer` uses, built once per (detector, encoder, device) and reused,
-    so repeated calls do not reload weights. ``default_pipeline.cache_clear()`` frees it."""
-    # One cache key per triple however it is spelt (positional, keywords, defaults).
-    return _cached_pipeline(detector, encoder, str(resolve_device(device)))
+    """The pipeline :func:`answer` uses, built once per (detector, encoder, device, precision)
+    and reused, so repeated calls do not reload weights. ``default_pipeline.cache_clear()``
+    frees it."""
+    # One cache key per combination however it is spelt (positional, keywords, defaults).
+    return _cached_pipeline(detector, encoder, str(resolve_device(device)), precision)
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_pipeline(detector: str, encoder: str, device: str) -> Pipeline:
-    return Pipeline(detector=detector, encoder=encoder, device=device)
+def _cached_pipeline(detector: str, encoder: str, device: str, precision: Precision) -> Pipeline:
+    return Pipeline(detector=detector, encoder=encoder, device=device, precision=precision)
 
 
 default_pipeline.cache_clear = _cached_pipeline.cache_clear  # type: ignore[attr-defined]
@@ -327,6 +341,7 @@ def answer(
     channel_order: ChannelOrder = "rgb",
     max_bytes: int = DEFAULT_MAX_BYTES,
     pipeline: Pipeline | None = None,
+    precision: Precision = "fp32",
 ) -> Answer | list[Answer]:
     """Answer a question (or several) about one image.
 
@@ -341,6 +356,8 @@ def answer(
         max_bytes: refuse an encoded image (file or bytes) larger than this, before reading
             it (default 200 MB).
         pipeline: use this :class:`Pipeline` instead of the cached default.
+        precision: the detector's precision in the cached default pipeline (``fp32``,
+            ``bf16``, ``fp16``; see :class:`Pipeline`); ignored with ``pipeline``.
 
     Returns:
         For one question an :data:`Answer`; for a list, a list of them in the same order.
@@ -353,7 +370,7 @@ def answer(
     """
     _questions_of(question, image=None)
     if pipeline is None:
-        pipeline = default_pipeline(str(detector), str(encoder), device)
+        pipeline = default_pipeline(str(detector), str(encoder), device, precision)
     return pipeline.answer(
         [image], [question], top_k=top_k, channel_order=channel_order, max_bytes=max_bytes
     )[0]

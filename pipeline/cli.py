@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.command import Command, run_command
 from pipeline.exits import EXIT_CODES
 from pipeline.merge import MERGE_COMMAND
+from pipeline.precision_flags import add_precision_flags
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE
 
 
@@ -187,13 +188,7 @@ def _add_execution_flags(execution: argparse._ArgumentGroup) -> None:
         "image fills the cores); a batch that runs out of CUDA memory is split and retried "
         "(default: auto)",
     )
-    execution.add_argument(
-        "--autocast",
-        choices=("none", "bf16", "fp16"),
-        default="none",
-        help="CUDA only: run the convolutions in bf16/fp16; RoI pooling, NMS and box "
-        "selection stay fp32 (default: %(default)s)",
-    )
+    add_precision_flags(execution, deprecated_autocast=True)
     execution.add_argument(
         "--compile",
         action="store_true",

@@ -18,11 +18,12 @@ import torch
 from detector.checkpoint import detector_config
 from detector.config import DetectorConfig
 from detector.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from detector.options import Autocast
+from detector.precision import Precision, check_precision
 from pipeline.boxes_file import BoxesFile, read_boxes_file
 from pipeline.exits import UsageError
 from pipeline.inputs import parse_shard, shard_output_path
 from pipeline.manifest import check_name_length
+from pipeline.precision_flags import precision_from_args
 from pipeline.writers import WriteMode, output_format
 from weights.defaults import DeviceError, resolve_device
 
@@ -39,7 +40,8 @@ class ExtractSettings:
         config: the detector config the run uses (preset + flag overrides), validated.
         device: where the detector runs (``auto`` already resolved).
         batch_size: images per detector call; None chooses by free device memory.
-        autocast: CUDA convolution dtype (``none``, ``bf16``, ``fp16``).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (:mod:`detector.precision`), checked
+            against the device (``--autocast`` mapped onto it).
         compile: ``torch.compile`` trunk and res5.
         workers: decode threads (0: decode in the main thread).
         max_pixels: refuse images with more pixels.
@@ -59,7 +61,7 @@ class ExtractSettings:
     config: DetectorConfig
     device: torch.device
     batch_size: int | None
-    autocast: Autocast
+    precision: Precision
     compile: bool
     workers: int
     max_pixels: int
@@ -147,6 +149,17 @@ def _device(args: argparse.Namespace) -> torch.device:
         raise UsageError(f"--device {args.device}: {error}") from error
 
 
+def _precision(args: argparse.Namespace, device: torch.device) -> Precision:
+    """``--precision`` (or the deprecated ``--autocast``), refused where the device cannot
+    run it: fp16 off CUDA, bf16 on a CPU without bf16 instructions (exit 2, not a slow run)."""
+    precision = precision_from_args(args, prog="extract_features")
+    try:
+        check_precision(precision, device)
+    except ValueError as error:
+        raise UsageError(f"--precision {precision}: {error}") from error
+    return precision
+
+
 def validate(args: argparse.Namespace) -> ExtractSettings:
     """Check every flag of ``extract_features`` and build the run's settings.
 
@@ -172,15 +185,16 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     except ValueError as error:
         raise UsageError(str(error)) from error
     mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
+    device = _device(args)
     return ExtractSettings(
         inputs=tuple(args.inputs),
         out=args.out,
         detector=args.detector,
         preset=args.preset,
         config=config,
-        device=_device(args),
+        device=device,
         batch_size=args.batch_size,
-        autocast=args.autocast,
+        precision=_precision(args, device),
         compile=args.compile,
         workers=args.workers,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,

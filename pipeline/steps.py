@@ -59,7 +59,7 @@ def load_model(settings: ExtractSettings) -> LoadedModel:
         UsageError: the checkpoint cannot be found, read or matched to the config.
     """
     options = InferenceOptions(
-        device=settings.device, autocast=settings.autocast, compile=settings.compile
+        device=settings.device, precision=settings.precision, compile=settings.compile
     )
     try:
         detector = load_detector(
@@ -80,12 +80,11 @@ def load_model(settings: ExtractSettings) -> LoadedModel:
 def run_record_settings(detector: Detector, *, boxes_sha256: str | None = None) -> dict[str, Any]:
     """The :data:`~pipeline.manifest.RECORD_SETTINGS` of a run with ``detector`` (and the
     sha256 of its ``--boxes-from`` file, if any)."""
-    autocast = detector.options.autocast
     return record_settings(
         detector.config.to_dict(),
         detector_sha256=detector.checkpoint.sha256,
         boxes_sha256=boxes_sha256,
-        precision="fp32" if autocast == "none" else autocast,
+        precision=detector.options.precision,
     )
 
 

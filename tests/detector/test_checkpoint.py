@@ -219,7 +219,7 @@ def test_checkpoint_info_records_the_preset_used(tmp_path: Path) -> None:
 
 def test_load_applies_options(tmp_path: Path) -> None:
     path = save_detector(build_detector(get_preset("tiny"), seed=1), tmp_path / "t.safetensors")
-    request = InferenceOptions(res5_chunk=4, autocast="fp16")
+    request = InferenceOptions(res5_chunk=4, precision="bf16", allow_emulated_bf16=True)
     detector = load_detector(path, options=request)
     assert detector.bn_folded
     assert detector.requested_options == request

@@ -29,7 +29,7 @@ def coffee():
 def test_cpu_defaults() -> None:
     assert InferenceOptions().resolve() == ResolvedOptions(
         device=torch.device("cpu"),
-        autocast="none",
+        precision="fp32",
         channels_last=False,
         res5_chunk=8,
         batch_invariant=True,
@@ -38,20 +38,15 @@ def test_cpu_defaults() -> None:
 
 
 def test_cuda_defaults_resolve_without_a_gpu() -> None:
-    resolved = InferenceOptions(device="cuda:0", autocast="bf16").resolve()
+    resolved = InferenceOptions(device="cuda:0", precision="bf16").resolve()
     assert resolved.device == torch.device("cuda:0")
     assert resolved.channels_last is True
     assert resolved.res5_chunk == 100
     assert resolved.batch_invariant is False
-    assert resolved.autocast == "bf16" and resolved.autocast_dtype == torch.bfloat16
-    assert InferenceOptions(device="cuda", autocast="fp16").resolve().autocast_dtype == (
+    assert resolved.precision == "bf16" and resolved.precision_dtype == torch.bfloat16
+    assert InferenceOptions(device="cuda", precision="fp16").resolve().precision_dtype == (
         torch.float16
     )
-
-
-def test_autocast_applies_on_cuda_only() -> None:
-    resolved = InferenceOptions(device="cpu", autocast="bf16").resolve()
-    assert resolved.autocast == "none" and resolved.autocast_dtype is None
 
 
 def test_explicit_values_win_over_defaults() -> None:
@@ -70,8 +65,8 @@ def test_explicit_values_win_over_defaults() -> None:
         ({"res5_chunk": -4}, "res5_chunk"),
         ({"res5_chunk": 2.5}, "res5_chunk"),
         ({"res5_chunk": True}, "res5_chunk"),
-        ({"autocast": "fp32"}, "autocast"),
-        ({"autocast": "bfloat16"}, "autocast"),
+        ({"precision": "none"}, "precision"),
+        ({"precision": "bfloat16"}, "precision"),
         ({"device": "gpu"}, "device"),
     ],
 )
@@ -93,7 +88,7 @@ def test_a_fresh_detector_states_its_provenance_and_options() -> None:
 
 def test_optimize_stores_request_and_resolution() -> None:
     detector = build_detector(TINY, seed=0)
-    request = InferenceOptions(res5_chunk=5, autocast="bf16")
+    request = InferenceOptions(res5_chunk=5, precision="bf16", allow_emulated_bf16=True)
     assert detector.optimize_for_inference(request) is detector
     assert detector.bn_folded and not detector.training
     assert detector.requested_options == request
@@ -130,17 +125,14 @@ def test_batch_invariance_follows_the_option(coffee) -> None:
 
 
 def test_move_to_reapplies_the_request_with_the_new_devices_defaults() -> None:
-    detector = build_detector(TINY, seed=0).optimize_for_inference(
-        InferenceOptions(res5_chunk=5, autocast="bf16")
-    )
+    detector = build_detector(TINY, seed=0).optimize_for_inference(InferenceOptions(res5_chunk=5))
     request = detector.requested_options
     # "meta" is a non-CPU device every machine has: its defaults differ from the CPU's.
     moved = copy.deepcopy(detector).move_to("meta")
     assert moved.device == torch.device("meta")
-    assert moved.requested_options == InferenceOptions(device="meta", autocast="bf16", res5_chunk=5)
+    assert moved.requested_options == InferenceOptions(device="meta", res5_chunk=5)
     assert moved.options.res5_chunk == 5  # asked for: kept
     assert moved.options.batch_invariant is False  # default: CPU only
-    assert moved.options.autocast == "none"  # CUDA only
     assert detector.move_to("cpu").requested_options == request
     assert detector.options == request.resolve()
 
