@@ -1,0 +1,301 @@
+"""extract_features compare: the parity report against a reference obj36 TSV (tiny preset, real
+photos, CPU). References are written by our own extractor in each proposal mode, so the right
+verdict is known; the figures are recomputed here with plain loops."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_helpers import LXMERT_FIELDS, lxmert_read_tsv
+
+from pipeline.cli import main
+from pipeline.compare import box_iou, match_boxes
+
+IDS = ["astronaut", "cats/chelsea", "coffee", "gray/camera"]
+MODES = ("caffe", "detectron2")
+
+
+def run(*args: object) -> int:
+    return main([str(arg) for arg in args])
+
+
+def compare(
+    reference: Path, photos: Path | str, checkpoint: Path, *flags: object
+) -> tuple[int, dict | None]:
+    """Run ``compare`` with a report beside the reference; (exit code, report or None)."""
+    report = reference.with_name(reference.stem + ".report.json")
+    report.unlink(missing_ok=True)
+    code = run(
+        "compare", reference, photos, "--detector", checkpoint, "--device", "cpu",
+        "--report", report, "-q", *flags,
+    )  # fmt: skip
+    return code, json.loads(report.read_text()) if report.exists() else None
+
+
+def write_lxmert_tsv(path: Path, items: list[dict]) -> None:
+    """An obj36 TSV as LXMERT's extraction scripts write one (base64 of the raw arrays), from
+    records as :func:`lxmert_read_tsv` returns them; written here without pipeline/."""
+    lines = []
+    for item in items:
+        fields = []
+        for name in LXMERT_FIELDS:
+            value = item[name]
+            fields.append(
+                base64.b64encode(np.ascontiguousarray(value).tobytes()).decode("ascii")
+                if isinstance(value, np.ndarray)
+                else str(value)
+            )
+        lines.append("\t".join(fields) + "\n")
+    path.write_text("".join(lines))
+
+
+def plain_iou(box_a: np.ndarray, box_b: np.ndarray) -> float:
+    """IoU of two xyxy boxes, continuous areas, as a plain formula in Python floats."""
+    a, b = [float(v) for v in box_a], [float(v) for v in box_b]
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def plain_greedy(reference: np.ndarray, ours: np.ndarray) -> list[tuple[int, int, float]]:
+    """Greedy one-to-one matching by repeated search of the best free pair (slow and plain)."""
+    free_ref, free_ours, pairs = set(range(len(reference))), set(range(len(ours))), []
+    while True:
+        best = max(
+            ((plain_iou(reference[r], ours[o]), -r, -o) for r in free_ref for o in free_ours),
+            default=(0.0, 0, 0),
+        )
+        if best[0] <= 0:
+            return pairs
+        r, o = -best[1], -best[2]
+        pairs.append((r, o, best[0]))
+        free_ref.discard(r)
+        free_ours.discard(o)
+
+
+@pytest.fixture(scope="module")
+def references(
+    tmp_path_factory: pytest.TempPathFactory, photos: Path, tiny_checkpoint: Path
+) -> dict[str, Path]:
+    """Our own bottom-up runs over the photos in each proposal mode: {mode: obj36 TSV}."""
+    folder = tmp_path_factory.mktemp("references")
+    paths = {mode: folder / f"{mode}.tsv" for mode in MODES}
+    for mode, path in paths.items():
+        code = run(photos, "--out", path, "--detector", tiny_checkpoint, "--proposals", mode,
+                   "--device", "cpu", "-q")  # fmt: skip
+        assert code == 0
+    # The test means something only if the two modes choose other boxes on every photo.
+    caffe, detectron2 = (lxmert_read_tsv(paths[mode]) for mode in MODES)
+    for a, b in zip(caffe, detectron2, strict=True):
+        assert a["img_id"] == b["img_id"]
+        assert a["num_boxes"] != b["num_boxes"] or not np.array_equal(a["boxes"], b["boxes"])
+    return paths
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reference_is_reproduced_by_its_own_proposal_mode_only(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, capsys, mode: str
+) -> None:
+    other = next(m for m in MODES if m != mode)
+    code, report = compare(references[mode], photos, tiny_checkpoint, "--box-count", "preset")
+    out = capsys.readouterr().out
+    assert code == 0 and report is not None
+    assert report["full"][mode]["reproduces"] and not report["full"][other]["reproduces"]
+    assert out.strip() == report["verdict"]
+    assert report["verdict"].startswith(f"verdict: {mode} reproduces the reference")
+    given = report["given_boxes"]
+    assert given["passed"] and given["objects_agree"] == given["attrs_agree"] == 1.0
+    assert given["worst_cosine"] > 1 - 1e-6 and given["worst_relative_difference"] < 1e-5
+    # Independent figures: with the preset's box counts the other mode's run is the other
+    # reference file, matched here by plain greedy search.
+    ref, ours = lxmert_read_tsv(references[mode]), lxmert_read_tsv(references[other])
+    total = sum(item["num_boxes"] for item in ref)
+    pairs = [plain_greedy(r["boxes"], o["boxes"]) for r, o in zip(ref, ours, strict=True)]
+    for level in ("0.99", "0.9", "0.5"):
+        expected = sum(iou >= float(level) for image in pairs for _, _, iou in image) / total
+        assert report["full"][other]["matched"][level] == pytest.approx(expected, abs=1e-12)
+        assert report["full"][mode]["matched"][level] == 1.0
+    agree = [
+        r["objects_id"][i] == o["objects_id"][j]
+        for r, o, image in zip(ref, ours, pairs, strict=True)
+        for i, j, iou in image
+        if iou >= 0.5
+    ]
+    assert report["full"][other]["matched_pairs"] == len(agree)
+    assert report["full"][other]["objects_agree"] == pytest.approx(
+        np.mean(agree) if agree else None
+    )
+
+
+def test_the_reference_box_count_keeps_each_images_count(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, capsys
+) -> None:
+    """Default --box-count reference: the run keeps as many boxes as each record holds, which
+    with bottom-up selection is the set the reference's own min/max rule kept."""
+    code, report = compare(references["caffe"], photos, tiny_checkpoint)
+    assert code == 0 and report is not None
+    counts = {item["img_id"]: item["num_boxes"] for item in lxmert_read_tsv(references["caffe"])}
+    for image in report["per_image"]:
+        for mode in MODES:
+            assert image["full"][mode]["our_boxes"] == counts[image["image_id"]]
+    assert report["full"]["caffe"]["reproduces"] and not report["full"]["detectron2"]["reproduces"]
+    assert "need median >= 0.999, worst >= 0.99" not in capsys.readouterr().out  # -q: verdict only
+
+
+def test_the_printed_table_states_the_tolerances(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, capsys
+) -> None:
+    code = run("compare", references["caffe"], photos / "coffee.jpg", "--detector",
+               tiny_checkpoint, "--device", "cpu")  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert any("need median >= 0.999, worst >= 0.99" in line for line in lines)
+    assert any("objects_id agree" in line and "need >= 98%" in line for line in lines)
+    assert any("95% of reference boxes matched at IoU >= 0.9" in line for line in lines)
+    assert lines[-1].startswith("verdict: caffe reproduces the reference")
+
+
+def perturbed(source: Path, target: Path, *, scale: float, seed: int = 0) -> list[dict]:
+    """``source`` with noise of ``scale`` x each feature's norm added to the features of the
+    first image's boxes; written to ``target``; returns the records written."""
+    items = lxmert_read_tsv(source)
+    rng = np.random.default_rng(seed)
+    features = items[0]["features"].astype(np.float64)
+    noise = rng.standard_normal(features.shape)
+    noise *= (
+        scale
+        * np.linalg.norm(features, axis=1, keepdims=True)
+        / np.linalg.norm(noise, axis=1, keepdims=True)
+    )
+    items[0] = {**items[0], "features": (features + noise).astype(np.float32)}
+    write_lxmert_tsv(target, items)
+    return items
+
+
+@pytest.mark.parametrize(("scale", "passes"), [(1e-3, True), (0.5, False)])
+def test_perturbed_features_fail_the_given_box_check(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, tmp_path: Path,
+    scale: float, passes: bool,
+) -> None:  # fmt: skip
+    target = tmp_path / "perturbed.tsv"
+    items = perturbed(references["caffe"], target, scale=scale)
+    code, report = compare(target, photos, tiny_checkpoint, "--limit", "2")
+    assert report is not None and report["images"]["compared"] == 2
+    assert (code, report["given_boxes"]["passed"], report["exit_code"]) == (
+        (0, True, 0) if passes else (1, False, 1)
+    )
+    # The worst cosine is the worst of the perturbed image, computed here from the files.
+    clean = lxmert_read_tsv(references["caffe"])[0]["features"].astype(np.float64)
+    noisy = items[0]["features"].astype(np.float64)
+    cosine = (clean * noisy).sum(1) / np.linalg.norm(clean, axis=1) / np.linalg.norm(noisy, axis=1)
+    assert report["given_boxes"]["worst_cosine"] == pytest.approx(cosine.min(), abs=1e-6)
+    assert report["per_image"][0]["image_id"] == items[0]["img_id"]
+
+
+def test_an_image_of_another_size_is_named_and_fails(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    image = cv2.imread(str(folder / "coffee.jpg"))
+    cv2.imwrite(str(folder / "coffee.jpg"), cv2.resize(image, (50, 40)))
+    code, report = compare(references["caffe"], folder, tiny_checkpoint)
+    assert code == 1 and report is not None
+    assert [f["image_id"] for f in report["failures"]] == ["coffee"]
+    assert "40x50 (h x w)" in report["failures"][0]["reason"]
+    assert report["images"]["compared"] == 3 and report["given_boxes"]["passed"]
+
+
+def test_a_reference_with_no_image_in_common_is_a_usage_error(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    items = lxmert_read_tsv(references["caffe"])
+    target = tmp_path / "elsewhere.tsv"
+    write_lxmert_tsv(
+        target, [{**item, "img_id": "COCO_val2014_" + item["img_id"]} for item in items]
+    )
+    code, report = compare(target, photos, tiny_checkpoint)
+    err = capsys.readouterr().err
+    assert (code, report) == (2, None)
+    assert "no image in common" in err and "'COCO_val2014_astronaut'" in err and "'coffee'" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"not an obj36 record\nnor this\n", "garbage.tsv", "not a complete obj36 TSV record"),
+        (None, "missing.tsv", "No such file"),
+        (b"{}", "features.json", "give an obj36 .tsv"),
+    ],
+)
+def test_an_unreadable_reference_is_a_usage_error(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys,
+    content: bytes | None, name: str, message: str,
+) -> None:  # fmt: skip
+    reference = tmp_path / name
+    if content is not None:
+        reference.write_bytes(content)
+    code, report = compare(reference, photos, tiny_checkpoint)
+    err = capsys.readouterr().err
+    assert (code, report) == (2, None)
+    assert str(reference) in err and message in err
+
+
+def test_the_report_replaces_only_a_report(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    report = tmp_path / "notes.json"
+    report.write_text('{"mine": 1}')
+    args = ("compare", references["caffe"], photos / "coffee.jpg", "--detector", tiny_checkpoint,
+            "--device", "cpu", "-q", "--report")  # fmt: skip
+    assert run(*args, report) == 2
+    assert report.read_text() == '{"mine": 1}' and "not a report" in capsys.readouterr().err
+    assert run(*args, tmp_path / "report.txt") == 2
+    report.unlink()
+    assert run(*args, report) == 0 and run(*args, report) == 0  # a report is replaced
+    assert json.loads(report.read_text())["kind"] == "extract_features compare report"
+
+
+def test_greedy_matching_takes_the_best_pair_first_not_the_best_total() -> None:
+    # Intervals on a unit-height strip: IoU(A, X) = 9/10, IoU(A, Y) = 8/10, IoU(B, X) = 2/9.2,
+    # IoU(B, Y) = 0. Greedy pairs A with X and leaves B alone; the matching of highest total
+    # IoU (Hungarian: A-Y, B-X = 1.017) would pair both.
+    reference = np.array([[0, 0, 10, 1], [8, 0, 10.2, 1]], dtype=np.float32)  # A, B
+    ours = np.array([[1, 0, 10, 1], [0, 0, 8, 1]], dtype=np.float32)  # X, Y
+    np.testing.assert_allclose(box_iou(reference, ours), [[0.9, 0.8], [2 / 9.2, 0.0]], rtol=1e-6)
+    match = match_boxes(reference, ours)
+    assert match.reference.tolist() == [0] and match.ours.tolist() == [0]
+    np.testing.assert_allclose(match.iou, [0.9], rtol=1e-6)
+
+
+def test_greedy_matching_equals_a_plain_search_on_random_boxes() -> None:
+    rng = np.random.default_rng(3)
+    for n, m in [(7, 5), (5, 9), (12, 12)]:
+        xy = rng.uniform(0, 50, (n + m, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(2, 40, (n + m, 2))], axis=1)
+        reference, ours = boxes[:n], boxes[n:]
+        match = match_boxes(reference, ours)
+        expected = plain_greedy(reference, ours)
+        assert list(zip(match.reference.tolist(), match.ours.tolist(), strict=True)) == [
+            (r, o) for r, o, _ in expected
+        ]
+        np.testing.assert_allclose(match.iou, [iou for _, _, iou in expected], rtol=1e-12)
+
+
+def test_help_lists_compare_and_states_the_rules(capsys) -> None:
+    with pytest.raises(SystemExit):
+        run("--help")
+    assert "compare" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run("compare", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "median feature cosine is >= 0.999, the worst >= 0.99" in text
+    assert ">= 95% of reference boxes are matched at IoU >= 0.9" in text
