@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.command import Command, run_command
+from pipeline.compare import COMPARE_COMMAND
 from pipeline.exits import EXIT_CODES
 from pipeline.merge import MERGE_COMMAND
 from pipeline.precision_flags import add_precision_flags
@@ -297,7 +298,10 @@ EXTRACT_COMMAND = Command(
 
 #: Sub-commands by the word that selects them; anything else is the default command's input.
 #: An input folder named like a sub-command is given as ``./merge``.
-COMMANDS: dict[str, Command] = {MERGE_COMMAND.name: MERGE_COMMAND}
+COMMANDS: dict[str, Command] = {
+    MERGE_COMMAND.name: MERGE_COMMAND,
+    COMPARE_COMMAND.name: COMPARE_COMMAND,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
