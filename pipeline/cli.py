@@ -133,6 +133,31 @@ def _add_model_flags(model: argparse._ArgumentGroup) -> None:
         "boxes) or max-class (HF demo: best class's regressed box, class-agnostic NMS); "
         "default: the preset's",
     )
+    model.add_argument(
+        "--proposals",
+        choices=("detectron2", "caffe"),
+        default=None,
+        help="proposal layer: caffe (the original Caffe model's, which made LXMERT's released "
+        "features) or detectron2 (py-bottom-up-attention / HF demo); default: caffe with "
+        "bottom-up selection, detectron2 with max-class",
+    )
+    _add_box_flags(model)
+    model.add_argument(
+        "--min-size",
+        type=_positive_int,
+        metavar="PX",
+        help="short side after resizing (vg preset: 600)",
+    )
+    model.add_argument(
+        "--max-size",
+        type=_positive_int,
+        metavar="PX",
+        help="cap on the long side after resizing (vg preset: 1000)",
+    )
+
+
+def _add_box_flags(model: argparse._ArgumentGroup) -> None:
+    """Which boxes: how many, the selection thresholds, or given boxes."""
     boxes = model.add_mutually_exclusive_group()
     boxes.add_argument(
         "--boxes", type=_positive_int, metavar="N", help="exactly N boxes per image (36 for LXMERT)"
@@ -163,18 +188,6 @@ def _add_model_flags(model: argparse._ArgumentGroup) -> None:
         metavar="IOU[,IOU...]",
         help="bottom-up: per-class NMS IoU (one value, default 0.3); max-class: the IoU "
         "thresholds tried in order until enough boxes survive (default 0.3,0.4,...,0.9)",
-    )
-    model.add_argument(
-        "--min-size",
-        type=_positive_int,
-        metavar="PX",
-        help="short side after resizing (vg preset: 600)",
-    )
-    model.add_argument(
-        "--max-size",
-        type=_positive_int,
-        metavar="PX",
-        help="cap on the long side after resizing (vg preset: 1000)",
     )
 
 

@@ -89,6 +89,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides: dict[str, object] = {}
     if args.selection is not None:
         overrides["selection"] = args.selection
+    if args.proposals is not None:
+        overrides["proposals"] = args.proposals
     if args.boxes is not None:
         overrides["min_boxes"] = overrides["max_boxes"] = args.boxes
     for flag in ("min_boxes", "max_boxes", "conf_thresh", "min_size", "max_size"):
