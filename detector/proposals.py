@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import nms
 
 from detector.boxes import apply_deltas, clip_boxes, nonempty
+from detector.native_ops import nms
 
 #: (wx, wy, ww, wh) of the RPN's anchor deltas (both layers: no scaling).
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)

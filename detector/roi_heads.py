@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_pool
 
 from detector.backbone import make_stage
+from detector.native_ops import roi_pool
 from detector.precision import fp32_region, low_precision
 
 

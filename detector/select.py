@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import nms
 
 from detector.boxes import (
     BOX_HEAD_WEIGHTS,
@@ -40,6 +39,7 @@ from detector.boxes import (
     unscale_boxes,
 )
 from detector.config import DetectorConfig
+from detector.native_ops import nms
 from detector.structures import RegionFeatures
 
 if TYPE_CHECKING:
