@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -58,6 +58,64 @@ class RawOutput:
             *(torch.cat([getattr(p.roi, f) for p in parts]) for f in RoIHeadOutput.fields())
         )
         return RawOutput(torch.cat([p.features for p in parts]), rpn, roi)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """The largest batch known to fit in device memory, per resized shape ``(h, w)``.
+
+    Learnt from CUDA out-of-memory: a batch of ``n`` images that fails sets its shape's limit
+    to ``n // 2`` (at least 1), the size the split tries next, so that the next batches of that
+    shape start at the last size that fit instead of failing again. Immutable:
+    :meth:`Detector.detect_each` takes one and returns the updated one, so a long run (the
+    local engine) keeps what it learnt and a plain :meth:`Detector.detect` call starts afresh.
+    """
+
+    fits: Mapping[tuple[int, int], int] = field(default_factory=dict)
+    """Resized ``(h, w)`` -> images per batch; a shape not listed has no known limit."""
+
+    def cap(self, shape: tuple[int, int], batch_size: int) -> int:
+        """``batch_size`` lowered to the limit learnt for ``shape``, if any."""
+        return min(batch_size, self.fits.get(shape, batch_size))
+
+    def after_out_of_memory(self, shape: tuple[int, int], size: int) -> BatchLimits:
+        """The limits after a batch of ``size`` images of ``shape`` ran out of memory."""
+        limit = max(1, min(size // 2, self.fits.get(shape, size)))
+        return BatchLimits(fits={**self.fits, shape: limit})
+
+
+@dataclass(frozen=True)
+class ImageOutOfMemory:
+    """An image that does not fit in device memory even alone: it has no regions."""
+
+    image_id: str
+    reason: str
+    """The out-of-memory message (its first line)."""
+
+
+@dataclass(frozen=True)
+class DetectOutcome:
+    """What :meth:`Detector.detect_each` returns."""
+
+    results: list[RegionFeatures | ImageOutOfMemory]
+    """One entry per image, in input order."""
+    limits: BatchLimits
+    """The batch limits given, with what this call learnt."""
+
+
+class ImagesOutOfMemoryError(torch.OutOfMemoryError):
+    """:meth:`Detector.detect`: some images do not fit in device memory even alone.
+
+    Attributes:
+        regions: the regions of every other image, in input order (nothing finished is lost).
+        failed: the images that did not fit.
+    """
+
+    def __init__(self, *, regions: list[RegionFeatures], failed: list[ImageOutOfMemory]) -> None:
+        names = ", ".join(repr(entry.image_id) for entry in failed)
+        super().__init__(f"out of device memory even one image at a time: {names}")
+        self.regions = regions
+        self.failed = failed
 
 
 class Detector(nn.Module):
@@ -222,7 +280,6 @@ class Detector(nn.Module):
         )
 
     # --- inference -----------------------------------------------------------------------
-    @torch.inference_mode()
     def detect(
         self,
         images: Sequence[PreparedImage],
@@ -247,34 +304,70 @@ class Detector(nn.Module):
             ValueError: ``boxes`` does not have one set per image, or a set is unusable (no
                 boxes, NaN or infinite, degenerate, wholly outside the image); the message
                 names the image id and the box. Checked before any network runs.
+            ImagesOutOfMemoryError: some image does not fit in device memory even alone; it
+                carries the regions of all the others (see :meth:`detect_each`).
+        """
+        outcome = self.detect_each(images, batch_size=batch_size, boxes=boxes)
+        failed = [entry for entry in outcome.results if isinstance(entry, ImageOutOfMemory)]
+        regions = [entry for entry in outcome.results if isinstance(entry, RegionFeatures)]
+        if failed:
+            raise ImagesOutOfMemoryError(regions=regions, failed=failed)
+        return regions
+
+    @torch.inference_mode()
+    def detect_each(
+        self,
+        images: Sequence[PreparedImage],
+        *,
+        batch_size: int = 1,
+        boxes: Sequence[GivenBoxes] | None = None,
+        limits: BatchLimits | None = None,
+    ) -> DetectOutcome:
+        """:meth:`detect`, with CUDA out-of-memory reported per image instead of raised.
+
+        A batch that runs out of memory is halved and retried; an image that does not fit
+        alone becomes an :class:`ImageOutOfMemory` entry and every other image keeps its
+        regions. Batches of a shape with a learnt limit (``limits``, see :class:`BatchLimits`)
+        are cut to it first.
         """
         given = None if boxes is None else checked_given_boxes(images, boxes)
-        results: list[RegionFeatures | None] = [None] * len(images)
-        for indices in batches_by_shape(images, batch_size):
-            batch = [images[i] for i in indices]
-            batch_boxes = None if given is None else [given[i] for i in indices]
-            for index, regions in zip(
-                indices, self._detect_splitting(batch, batch_boxes), strict=True
-            ):
-                results[index] = regions
-        return [r for r in results if r is not None]
+        learnt = limits if limits is not None else BatchLimits()
+        results: list[RegionFeatures | ImageOutOfMemory | None] = [None] * len(images)
+        for group in batches_by_shape(images, batch_size):
+            size = learnt.cap(images[group[0]].resized_size, batch_size)
+            for start in range(0, len(group), size):
+                indices = group[start : start + size]
+                batch = [images[i] for i in indices]
+                batch_boxes = None if given is None else [given[i] for i in indices]
+                got, learnt = self._detect_splitting(batch, batch_boxes, learnt)
+                for index, entry in zip(indices, got, strict=True):
+                    results[index] = entry
+        return DetectOutcome(results=[r for r in results if r is not None], limits=learnt)
 
     def _detect_splitting(
-        self, batch: Sequence[PreparedImage], boxes: Sequence[torch.Tensor] | None
-    ) -> list[RegionFeatures]:
-        """:meth:`_detect_same_size`, halving the batch and retrying on CUDA out-of-memory."""
+        self,
+        batch: Sequence[PreparedImage],
+        boxes: Sequence[torch.Tensor] | None,
+        limits: BatchLimits,
+    ) -> tuple[list[RegionFeatures | ImageOutOfMemory], BatchLimits]:
+        """:meth:`_detect_same_size`, halving the batch and retrying on CUDA out-of-memory;
+        returns the entries in batch order and ``limits`` with what was learnt."""
         try:
-            return self._detect_same_size(batch, boxes)
-        except torch.cuda.OutOfMemoryError:
-            if len(batch) == 1:
-                raise
+            return list(self._detect_same_size(batch, boxes)), limits
+        except torch.cuda.OutOfMemoryError as error:
+            # Only the message leaves this block: the exception (and with its traceback the
+            # failed forward's tensors) is released here, before the retry needs the memory.
+            reason = "out of device memory even alone: " + str(error).split("\n", 1)[0]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        limits = limits.after_out_of_memory(batch[0].resized_size, len(batch))
+        if len(batch) == 1:
+            return [ImageOutOfMemory(image_id=batch[0].image_id, reason=reason)], limits
         half = len(batch) // 2
         first, second = (None, None) if boxes is None else (boxes[:half], boxes[half:])
-        return self._detect_splitting(batch[:half], first) + self._detect_splitting(
-            batch[half:], second
-        )
+        done, limits = self._detect_splitting(batch[:half], first, limits)
+        rest, limits = self._detect_splitting(batch[half:], second, limits)
+        return done + rest, limits
 
     def regions(
         self,

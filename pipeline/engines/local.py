@@ -21,6 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from detector import Detector, RegionFeatures
 from detector.config import DetectorConfig
 from detector.image import DEFAULT_MAX_BYTES, ImageError, load_image
+from detector.model import BatchLimits, ImageOutOfMemory
 from detector.preprocess import PreparedImage, prepare
 from pipeline.boxes_file import BoxesFile
 from pipeline.inputs import InputItem
@@ -116,30 +117,89 @@ def prepared_batches(
         cv2.setNumThreads(cv2_threads)
 
 
+class CompileFailedError(RuntimeError):
+    """``torch.compile`` (``--compile``) failed: the run stops at once (exit 4), since every
+    other image would fail the same way."""
+
+
+#: Where the exceptions of a failed ``torch.compile`` come from (TorchDynamo, Inductor, Triton).
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor", "triton")
+
+
+def is_compile_failure(error: BaseException) -> bool:
+    """Whether ``error``, or an exception it was raised from, comes from the compiler stack."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if type(seen).__module__.startswith(COMPILER_MODULES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@dataclass(frozen=True)
+class DetectedBatch:
+    """What :func:`detect_or_fail` returns for one batch."""
+
+    regions: list[RegionFeatures]
+    failures: list[Failure]
+    limits: BatchLimits
+    """The batch limits learnt from out-of-memory so far (pass them to the next batch)."""
+
+
 def detect_or_fail(
     detector: Detector,
     prepared: list[PreparedImage],
     paths: dict[str, str],
     batch_size: int,
     boxes: BoxesFile | None = None,
-) -> tuple[list[RegionFeatures], list[Failure]]:
-    """Regions for ``prepared`` (of their entries in ``boxes`` when given); a batch that fails
-    is retried image by image so that one bad image is reported and the others still get their
-    records."""
+    limits: BatchLimits | None = None,
+) -> DetectedBatch:
+    """Regions for ``prepared`` (of their entries in ``boxes`` when given).
+
+    An image that does not fit in device memory even alone is a failure and the others keep
+    their records (:meth:`Detector.detect_each`, which also learns ``limits``). A batch that
+    fails otherwise is retried image by image so that one bad image is reported and the others
+    still get their records.
+
+    Raises:
+        CompileFailedError: the detector is compiled and the compiler failed.
+    """
+    learnt = limits if limits is not None else BatchLimits()
     given = None if boxes is None else [boxes.boxes[image.image_id] for image in prepared]
     try:
-        return detector.detect(prepared, batch_size=batch_size, boxes=given), []
-    except Exception as error:
+        outcome = detector.detect_each(prepared, batch_size=batch_size, boxes=given, limits=learnt)
+    except Exception as error:  # `as`: the error and its frames' tensors go at the block's end
+        if detector.options.compile and is_compile_failure(error):
+            # The compiler's messages run over many lines; the first few hundred characters
+            # name the cause (e.g. "Failed to find C compiler").
+            summary = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise CompileFailedError(
+                f"--compile: torch.compile failed ({type(error).__name__}: {summary[:300]}); "
+                "run without --compile, or where a C compiler is installed (Inductor and "
+                "Triton need one)"
+            ) from error
         if len(prepared) == 1:
             reason = f"detector failed: {type(error).__name__}: {error}"
-            return [], [Failure(prepared[0].image_id, paths[prepared[0].image_id], reason)]
+            failure = Failure(prepared[0].image_id, paths[prepared[0].image_id], reason)
+            return DetectedBatch(regions=[], failures=[failure], limits=learnt)
+    else:
+        return DetectedBatch(
+            regions=[e for e in outcome.results if isinstance(e, RegionFeatures)],
+            failures=[
+                Failure(e.image_id, paths[e.image_id], e.reason)
+                for e in outcome.results
+                if isinstance(e, ImageOutOfMemory)
+            ],
+            limits=outcome.limits,
+        )
     regions: list[RegionFeatures] = []
     failures: list[Failure] = []
     for image in prepared:
-        got, failed = detect_or_fail(detector, [image], paths, batch_size, boxes)
-        regions.extend(got)
-        failures.extend(failed)
-    return regions, failures
+        one = detect_or_fail(detector, [image], paths, batch_size, boxes, learnt)
+        regions.extend(one.regions)
+        failures.extend(one.failures)
+        learnt = one.limits
+    return DetectedBatch(regions=regions, failures=failures, limits=learnt)
 
 
 @dataclass(frozen=True)
@@ -180,17 +240,20 @@ def _handle_batch(
     batch_size: int,
     stats: RunStats,
     boxes: BoxesFile | None,
-) -> None:
-    """Detect the prepared images of ``batch``, record failures, write the records."""
+    limits: BatchLimits,
+) -> BatchLimits:
+    """Detect the prepared images of ``batch``, record failures, write the records; returns
+    the batch limits learnt so far."""
     seconds = stats.seconds
     prepared = [entry for entry in batch if isinstance(entry, PreparedImage)]
     failures = [entry for entry in batch if isinstance(entry, Failure)]
     tick = time.monotonic()
-    regions, detect_failures = (
-        detect_or_fail(sink.detector, prepared, sink.paths, batch_size, boxes)
+    detected = (
+        detect_or_fail(sink.detector, prepared, sink.paths, batch_size, boxes, limits)
         if prepared
-        else ([], [])
+        else DetectedBatch(regions=[], failures=[], limits=limits)
     )
+    regions, detect_failures = detected.regions, detected.failures
     seconds["detector"] += time.monotonic() - tick
     tick = time.monotonic()
     for failure in [*failures, *detect_failures]:
@@ -206,6 +269,7 @@ def _handle_batch(
         sink.put(region)
         stats.written += 1
     seconds["writing"] += time.monotonic() - tick
+    return detected.limits
 
 
 def run_local(
@@ -233,6 +297,7 @@ def run_local(
     )
     progress = tqdm(total=len(plan.todo), unit="img", disable=not show_progress, dynamic_ncols=True)
     start = time.monotonic()
+    limits = BatchLimits()  # what out-of-memory taught this run (see BatchLimits)
     try:
         with logging_redirect_tqdm(loggers=[logging.getLogger("pipeline")]):
             while True:
@@ -241,7 +306,14 @@ def run_local(
                 stats.seconds["waiting"] += time.monotonic() - tick
                 if batch is None:
                     break
-                _handle_batch(batch, sink=sink, batch_size=batch_size, stats=stats, boxes=boxes)
+                limits = _handle_batch(
+                    batch,
+                    sink=sink,
+                    batch_size=batch_size,
+                    stats=stats,
+                    boxes=boxes,
+                    limits=limits,
+                )
                 progress.update(len(batch))
     finally:
         batches.close()  # stops the decode threads
