@@ -9,7 +9,9 @@ offline; name it explicitly (:data:`SHAPES_DETECTOR`, :data:`SHAPES_ENCODER`) to
 
 Device rule, one for every entry point: only ``"auto"`` (or ``None``, which means the same) may
 fall back, to the CPU, saying so once. An explicit device that cannot be used is a
-:class:`DeviceError`, raised before any model is loaded.
+:class:`DeviceError`, raised before any model is loaded. A CUDA card older than
+:data:`MIN_CUDA_CAPABILITY` counts as unusable (this torch has no kernels for it), so it is
+caught here rather than by a "no kernel image" error in the middle of a run.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ DEFAULT_DEVICE = "auto"
 CPU_FALLBACK_MESSAGE = "no CUDA device visible (in Docker: run with --gpus all); running on the CPU"
 
 
+#: The oldest CUDA compute capability this torch's CUDA wheels have kernels for (Turing, sm_75;
+#: a V100 is 7.0, a T4 7.5).
+MIN_CUDA_CAPABILITY = (7, 5)
+
+
 class DeviceError(ValueError):
     """An explicitly requested device that cannot be used here (a usage error)."""
 
@@ -55,19 +62,23 @@ def resolve_device(
         spec: ``"auto"`` or ``None`` (CUDA when available, else the CPU), ``"cpu"``,
             ``"cuda"``, ``"cuda:N"``, or a ``torch.device``.
         on_fallback: called with :data:`CPU_FALLBACK_MESSAGE` when ``auto`` falls back to the
-            CPU (default: a ``RuntimeWarning``); ``None`` says nothing.
+            CPU (default: a ``RuntimeWarning``); ``None`` says nothing. Also called, with a
+            message naming the card, when the CUDA device is older than
+            :data:`MIN_CUDA_CAPABILITY`.
 
     Raises:
-        DeviceError: an unknown name, ``cuda`` without a usable CUDA device, or ``cuda:N``
-            past the last device. The message says what is available.
+        DeviceError: an unknown name, ``cuda`` without a usable CUDA device, ``cuda:N``
+            past the last device, or a card older than :data:`MIN_CUDA_CAPABILITY`. The
+            message says what is available.
     """
     import torch
 
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
-        if torch.cuda.is_available():
+        why_not = cuda_too_old(torch.device("cuda")) if torch.cuda.is_available() else ""
+        if torch.cuda.is_available() and not why_not:
             return torch.device("cuda")
         if on_fallback is not None:
-            on_fallback(CPU_FALLBACK_MESSAGE)
+            on_fallback(f"{why_not}; running on the CPU" if why_not else CPU_FALLBACK_MESSAGE)
         return torch.device("cpu")
     try:
         device = torch.device(spec.strip() if isinstance(spec, str) else spec)
@@ -87,4 +98,22 @@ def resolve_device(
         raise DeviceError(
             f"device {str(spec)!r}: there are {count} CUDA device(s), numbered 0..{count - 1}"
         )
+    too_old = cuda_too_old(device)
+    if too_old:
+        raise DeviceError(f"device {str(spec)!r}: {too_old}; use cpu, or auto to fall back")
     return device
+
+
+def cuda_too_old(device: torch.device) -> str:
+    """Why the visible CUDA ``device`` (index None: the current one) cannot run this torch's
+    kernels, naming the card and its compute capability; ``""`` when it can."""
+    import torch
+
+    capability = torch.cuda.get_device_capability(device)
+    if tuple(capability) >= MIN_CUDA_CAPABILITY:
+        return ""
+    need = ".".join(map(str, MIN_CUDA_CAPABILITY))
+    return (
+        f"the CUDA device {torch.cuda.get_device_name(device)} has compute capability "
+        f"{capability[0]}.{capability[1]}, and this torch's CUDA build needs {need} or newer"
+    )

@@ -11,6 +11,7 @@ from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
     DEFAULT_ENCODER,
+    MIN_CUDA_CAPABILITY,
     SHAPES_DETECTOR,
     SHAPES_ENCODER,
     DeviceError,
@@ -18,9 +19,18 @@ from weights.defaults import (
 )
 
 
-def fake_cuda(monkeypatch: pytest.MonkeyPatch, *, count: int) -> None:
+def fake_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    count: int,
+    capability: tuple[int, int] = (9, 0),
+    name: str = "NVIDIA H100",
+) -> None:
+    """``count`` visible CUDA devices, each a ``name`` of compute ``capability``."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
 
 
 def test_defaults_are_the_real_models_and_name_registry_records() -> None:
@@ -86,3 +96,38 @@ def test_unknown_names_are_usage_errors(spec) -> None:
 def test_device_types_this_project_does_not_run_on_are_refused() -> None:
     with pytest.raises(DeviceError, match="not supported"):
         resolve_device("meta")
+
+
+V100 = "the CUDA device Tesla V100-SXM2-16GB has compute capability 7.0, and this torch's CUDA "
+V100 += "build needs 7.5 or newer"
+
+
+def test_auto_falls_back_from_a_card_this_torch_has_no_kernels_for(monkeypatch) -> None:
+    fake_cuda(monkeypatch, count=1, capability=(7, 0), name="Tesla V100-SXM2-16GB")
+    said: list[str] = []
+    assert resolve_device("auto", on_fallback=said.append) == torch.device("cpu")
+    assert said == [V100 + "; running on the CPU"]
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", torch.device("cuda", 1)])
+def test_explicit_cuda_on_a_card_too_old_is_a_usage_error_naming_it(monkeypatch, spec) -> None:
+    fake_cuda(monkeypatch, count=2, capability=(7, 0), name="Tesla V100-SXM2-16GB")
+    with pytest.raises(DeviceError) as caught:
+        resolve_device(spec)
+    assert str(caught.value) == f"device {str(spec)!r}: {V100}; use cpu, or auto to fall back"
+
+
+@pytest.mark.parametrize("capability", [MIN_CUDA_CAPABILITY, (7, 5), (8, 6), (12, 0)])
+def test_cards_from_turing_on_are_used(monkeypatch, capability) -> None:
+    fake_cuda(monkeypatch, count=1, capability=capability, name="NVIDIA T4")
+    said: list[str] = []
+    assert resolve_device("auto", on_fallback=said.append) == torch.device("cuda")
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert said == []
+
+
+@pytest.mark.parametrize("capability", [(6, 1), (7, 0), (7, 2)])
+def test_cards_before_turing_are_too_old(monkeypatch, capability) -> None:
+    fake_cuda(monkeypatch, count=1, capability=capability, name="old card")
+    with pytest.raises(DeviceError, match=f"compute capability {capability[0]}.{capability[1]}"):
+        resolve_device("cuda")
