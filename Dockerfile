@@ -34,7 +34,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/weights/hf \
     HF_HUB_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
+    TRITON_HOME=/tmp/triton \
+    TRITON_CACHE_DIR=/tmp/triton/cache
+
+# --compile: Inductor writes C++ (CPU) and Triton builds a C launcher (CUDA) at run time, so the
+# image needs a C/C++ compiler, which -slim leaves out (~200 MB with it). The compile caches above
+# are under /tmp, writable for any --user: the defaults are /tmp/torchinductor_<login name>,
+# which fails for a numeric --user without a passwd entry, and ~/.triton, not writable for it.
+# Versions pinned to bookworm's; libc6-dev must match the base image's libc6, whose +deb12uN
+# suffix moves with Debian point releases, hence the wildcard.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 g++=4:12.2.0-3 \
+        'libc6-dev=2.36-9+deb12u*' \
+    && rm -rf /var/lib/apt/lists/*
 
 # Same two steps as tasks.py (the README's setup): the pinned requirements first (its own layer, so code changes
 # do not re-download torch), then the project itself with --no-deps, so nothing but

@@ -523,3 +523,39 @@ def test_weights_package_reads_the_image_settings() -> None:
     )
     assert "LXMERT_PIPELINE_WEIGHTS" in sources, "weights/ must read LXMERT_PIPELINE_WEIGHTS"
     assert re.search(r"""["']fetch["']""", sources), "weights/ CLI must offer `fetch`"
+
+
+def apt_installs(instructions: list[Instruction]) -> list[tuple[Instruction, list[str]]]:
+    """Every ``apt-get install`` of the Dockerfile: its RUN and its words after ``install``."""
+    return [
+        (ins, words[words.index("install") + 1 :])
+        for ins in only(instructions, "RUN")
+        for words in shell_commands(ins.args)
+        if words[:1] == ["apt-get"] and "install" in words
+    ]
+
+
+def test_compile_has_a_c_compiler_and_caches_any_user_can_write(
+    instructions: list[Instruction],
+) -> None:
+    # --compile: Inductor compiles C++ on the CPU and Triton a C launcher on CUDA; -slim has no
+    # compiler, so without one every image of a --compile run would fail.
+    installs = apt_installs(instructions)
+    packages = {
+        word.split("=")[0]: word
+        for _, args in installs
+        for word in args
+        if not word.startswith("-")
+    }
+    assert {"gcc", "g++", "libc6-dev"} <= packages.keys(), f"apt-get installs {packages}"
+    for ins, args in installs:
+        assert "--no-install-recommends" in args, f"Dockerfile:{ins.line}: no recommends"
+        assert "rm -rf /var/lib/apt/lists/*" in ins.args, f"Dockerfile:{ins.line}: lists kept"
+    assert all("=" in spec for spec in packages.values()), f"pin each package: {packages}"
+    (entrypoint,) = only(instructions, "ENTRYPOINT")
+    assert all(ins.line < entrypoint.line for ins, _ in installs)
+    # The default caches depend on the login name and a writable home, which a numeric
+    # --user "$(id -u):$(id -g)" has neither of; /tmp is writable for every user.
+    env = env_values(instructions)
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TRITON_HOME"):
+        assert env.get(name, "").startswith("/tmp/"), f"ENV {name} under /tmp, got {env.get(name)}"
