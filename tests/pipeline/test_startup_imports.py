@@ -1,0 +1,49 @@
+"""Start-up stays cheap: the command modules do not import heavy packages they do not need yet.
+
+Each check runs in a fresh interpreter and looks at ``sys.modules``; nothing here times anything.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Never imported by the extract_features path: the encoder's stack, the compiler stack
+#: (pulled by the torchvision package through torchvision.ops.roi_align), FLOP counting.
+NOT_FOR_EXTRACTION = ("transformers", "torch._dynamo", "torchvision", "fvcore", "encoder")
+
+
+def modules_after(statement: str, names: tuple[str, ...]) -> set[str]:
+    """Which of ``names`` are in ``sys.modules`` after running ``statement`` in a fresh
+    interpreter."""
+    code = f"import sys\n{statement}\nprint(','.join(n for n in {names!r} if n in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return set(filter(None, done.stdout.strip().split(",")))
+
+
+def test_extract_features_command_imports_no_encoder_or_compiler_stack() -> None:
+    assert modules_after("import pipeline.cli", NOT_FOR_EXTRACTION) == set()
+
+
+@pytest.mark.parametrize("module", ["pipeline", "pipeline.answer_cli", "weights"])
+def test_light_modules_do_not_import_torch(module: str) -> None:
+    assert modules_after(f"import {module}", ("torch",)) == set()
+
+
+def test_detector_runs_without_the_torchvision_package() -> None:
+    # Loading and running the shipped detector uses torchvision's compiled ops only.
+    statement = (
+        "import numpy as np\n"
+        "from detector import load_detector\n"
+        "from detector.preprocess import preprocess_for\n"
+        "d = load_detector('shapes-detector', device='cpu')\n"
+        "image = np.full((64, 80, 3), 128, dtype=np.uint8)\n"
+        "assert d.detect([preprocess_for(image, d.config)])[0].num_boxes > 0"
+    )
+    loaded = modules_after(statement, ("torchvision", "torch._dynamo", "transformers"))
+    assert loaded == set()
