@@ -19,6 +19,7 @@ Usage: ``python benchmarks/bench_startup.py [--repeat 3]``. Never asserts on tim
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -113,7 +114,7 @@ def measure(repeat: int) -> dict[str, object]:
     """Every figure of the module docstring, as one JSON-ready record."""
     load_before = os.getloadavg()
     torch_s = median_of(lambda: wall_of([sys.executable, "-c", "import torch"]), repeat)
-    imports = {m: median_of(lambda m=m: import_beyond_torch(m), repeat) for m in MODULES}
+    imports = {m: median_of(functools.partial(import_beyond_torch, m), repeat) for m in MODULES}
     runs = [extract_features_run() for _ in range(repeat)]
     outside = statistics.median(wall - detector for wall, detector in runs)
     answer_s = median_of(first_answer_seconds, repeat)
