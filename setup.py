@@ -20,7 +20,15 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["detector", "encoder", "pipeline", "weights", "shapesworld"],
+    packages=[
+        "detector",
+        "encoder",
+        "encoder.finetune",
+        "pipeline",
+        "pipeline.engines",
+        "weights",
+        "shapesworld",
+    ],
     package_data={
         "detector": ["data/*"],
         "encoder": ["data/*"],

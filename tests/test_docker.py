@@ -379,7 +379,7 @@ def test_build_context_has_what_setup_py_needs() -> None:
     packages = setup_keyword("packages")
     package_data = setup_keyword("package_data")
     assert isinstance(packages, list) and isinstance(package_data, dict)
-    needed |= {f"{package}/__init__.py" for package in packages}
+    needed |= {f"{package.replace('.', '/')}/__init__.py" for package in packages}
     for package, globs in package_data.items():
         needed |= {
             f"{package.replace('.', '/')}/{g.replace('*', 'file.safetensors')}" for g in globs
