@@ -17,6 +17,8 @@ peak measured in the same run on the same device, in the precision the convoluti
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import io
 import json
 import platform
@@ -249,15 +251,18 @@ def bench_size(
     *,
     args: argparse.Namespace,
     peak: float,
+    counting: Detector,
 ) -> dict[str, Any]:
-    """Stage times, FLOPs, utilisation against ``peak`` and throughput at one image size."""
+    """Stage times, FLOPs, utilisation against ``peak`` and throughput at one image size;
+    FLOPs are counted on ``counting``, the same model never compiled (fvcore's trace refuses a
+    compiled module)."""
     device = detector.options.device
     jpegs = [photo_jpeg(i, size) for i in range(args.images)]
     if not args.quick:
         bench_stages(detector, jpegs[0], "warmup", device)
     stages = bench_stages(detector, jpegs[1 % len(jpegs)], label, device)
     prepared = [prepare_jpeg(jpeg, detector.config, f"{label}-{i}") for i, jpeg in enumerate(jpegs)]
-    macs = count_macs(detector, prepared[1 % len(prepared)], device)
+    macs = count_macs(counting, prepared[1 % len(prepared)], device)
     detector_seconds = sum(
         stages[k] for k in ("trunk", "rpn", "roi_pool", "res5_head", "selection")
     )
@@ -291,9 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     config = get_preset("vg-r101-c4-attr")
     calibration = prepare_jpeg(photo_jpeg(0, SIZES["600x800"]), config, "calibration")
+    requested = inference_options(args)
     detector = behaved_detector(
-        inference_options(args), fold_bn=not args.no_fold_bn, calibration=calibration
+        dataclasses.replace(requested, compile=False),
+        fold_bn=not args.no_fold_bn,
+        calibration=calibration,
     )
+    # fvcore traces with torch.jit, which refuses a compiled module: count FLOPs on an
+    # uncompiled copy (same weights, so the same proposals), time the compiled one.
+    counting = copy.deepcopy(detector) if requested.compile else detector
+    detector.apply_options(requested)
     options = detector.options
     device = options.device
     dtype = options.precision_dtype or torch.float32
@@ -311,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": options.compile,
         "matmul_peak_gflops": round(peak, 1),
         "sizes": {
-            label: bench_size(detector, size, label, args=args, peak=peak)
+            label: bench_size(detector, size, label, args=args, peak=peak, counting=counting)
             for label, size in sizes.items()
         },
     }

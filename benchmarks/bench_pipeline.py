@@ -18,6 +18,7 @@ bare transformers forward of the same LXMERT on the same inputs (target: within 
     python benchmarks/bench_pipeline.py             # 32 images, more repeats
     python benchmarks/bench_pipeline.py --full      # full-size R101 detector and LXMERT
                                                     # (seeded random weights; minutes)
+    python benchmarks/bench_pipeline.py --device cuda   # the same figures on a GPU
 
 Prints one JSON document. Times are medians of the repeats, in seconds or ms as named.
 """
@@ -56,7 +57,7 @@ import json, sys, time
 start = time.perf_counter()
 from pipeline import answer
 imported = time.perf_counter()
-models = {"detector": sys.argv[3], "encoder": sys.argv[4]}
+models = {"detector": sys.argv[3], "encoder": sys.argv[4], "device": sys.argv[5]}
 first = answer(sys.argv[1], sys.argv[2], **models)
 called = time.perf_counter()
 answer(sys.argv[1], sys.argv[2], **models)
@@ -135,7 +136,7 @@ def full_detector_checkpoint(folder: Path) -> Path:
 
 
 def detector_seconds(
-    checkpoint: str, preset: str | None, paths: Sequence[Path], batch_size: int
+    checkpoint: str, preset: str | None, paths: Sequence[Path], batch_size: int, device: str
 ) -> dict[str, float]:
     """The detector alone on the CLI's images: load time and ``detect`` seconds on images
     prepared beforehand, in the CLI's batches (after a warm-up pass)."""
@@ -143,7 +144,7 @@ def detector_seconds(
     from detector.preprocess import prepare
 
     start = time.perf_counter()
-    detector = load_detector(checkpoint, preset=preset, device="cpu")
+    detector = load_detector(checkpoint, preset=preset, device=device)
     load = time.perf_counter() - start
     prepared = [prepare(str(p), config=detector.config, image_id=p.stem) for p in paths]
 
@@ -167,6 +168,7 @@ def run_extract(
     workers: int,
     batch_size: int,
     images: int,
+    device: str,
 ) -> tuple[float, dict[str, float]]:
     """Wall seconds of one ``extract_features`` run (in this process) over ``folder``, and the
     seconds its manifest records (extraction loop, detector, waiting for images, writing)."""
@@ -174,7 +176,7 @@ def run_extract(
     from pipeline.manifest import manifest_path
 
     argv = [str(folder), "--out", str(output), "--detector", checkpoint, "--overwrite", "-q"]
-    argv += ["--workers", str(workers), "--batch-size", str(batch_size), "--device", "cpu"]
+    argv += ["--workers", str(workers), "--batch-size", str(batch_size), "--device", device]
     if preset is not None:
         argv += ["--preset", preset]
     start = time.perf_counter()
@@ -190,7 +192,13 @@ def run_extract(
 
 
 def bench_extract(
-    work: Path, *, images: int, batch_size: int, full: bool, worker_counts: Sequence[int]
+    work: Path,
+    *,
+    images: int,
+    batch_size: int,
+    full: bool,
+    worker_counts: Sequence[int],
+    device: str,
 ) -> dict[str, Any]:
     """Wall time of ``extract_features`` on ``images`` photos and on one photo (its fixed
     cost: detector load, worker start-up, output and manifest), against the detector alone.
@@ -208,7 +216,7 @@ def bench_extract(
     else:
         checkpoint, preset = SHAPES_DETECTOR, None
     # Detector first: it also warms this process up, so no CLI run pays first-call costs.
-    alone = detector_seconds(checkpoint, preset, paths, batch_size)
+    alone = detector_seconds(checkpoint, preset, paths, batch_size, device)
     detect = alone["detect_seconds"]
     report: dict[str, Any] = {
         "detector": checkpoint if not full else f"R101 C4 random ({FULL_PRESET})",
@@ -221,7 +229,7 @@ def bench_extract(
     }
     outputs = []
     for workers in worker_counts:
-        common = {"checkpoint": checkpoint, "preset": preset, "workers": workers}
+        common = {"checkpoint": checkpoint, "preset": preset, "workers": workers, "device": device}
         output = work / f"features_w{workers}.tsv"
         fixed, _ = run_extract(
             **common,
@@ -252,7 +260,7 @@ def bench_extract(
     return report
 
 
-def bench_cold_start(repeats: int) -> dict[str, Any]:
+def bench_cold_start(repeats: int, device: str) -> dict[str, Any]:
     """``answer()`` in fresh interpreters: process, import and first-call milliseconds."""
     runs = []
     for _ in range(repeats):
@@ -266,6 +274,7 @@ def bench_cold_start(repeats: int) -> dict[str, Any]:
                 ANSWER_QUESTION,
                 SHAPES_DETECTOR,
                 SHAPES_ENCODER,
+                device,
             ],
             capture_output=True,
             text=True,
@@ -305,7 +314,7 @@ def cached_vs_bare(pipeline: Any, regions: list[Any], repeats: int) -> dict[str,
     }
 
 
-def full_size_encoder_pipeline(detector: Any) -> Any:
+def full_size_encoder_pipeline(detector: Any, device: str) -> Any:
     """A Pipeline whose LXMERT has the real size (9/5/5 layers, 768 hidden, 3129 VQA answers)
     with seeded random weights; the detector is only there because Pipeline needs one."""
     from transformers import LxmertConfig
@@ -321,7 +330,7 @@ def full_size_encoder_pipeline(detector: Any) -> Any:
         tokenizer=load_tokenizer(),
         answers=answer_table_for(3129, "vqa"),
     )
-    return Pipeline(detector=detector, encoder=encoder, device="cpu")
+    return Pipeline(detector=detector, encoder=encoder, device=device)
 
 
 def random_regions(boxes: int, dim: int, seed: int) -> Any:
@@ -346,33 +355,37 @@ def random_regions(boxes: int, dim: int, seed: int) -> Any:
     )
 
 
-def bench_answer(*, repeats: int, cold_repeats: int, full: bool) -> dict[str, Any]:
+def bench_answer(*, repeats: int, cold_repeats: int, full: bool, device: str) -> dict[str, Any]:
     from pipeline.api import answer, default_pipeline
 
     report: dict[str, Any] = {
         "image": str(ANSWER_IMAGE.relative_to(ROOT)),
         "question": ANSWER_QUESTION,
         "models": f"{SHAPES_DETECTOR} + {SHAPES_ENCODER}",
-        "cold_start": bench_cold_start(cold_repeats),
+        "cold_start": bench_cold_start(cold_repeats, device),
     }
     image = str(ANSWER_IMAGE)
     report["warm_call_ms"] = round(
         median_ms(
             lambda: answer(
-                image, ANSWER_QUESTION, detector=SHAPES_DETECTOR, encoder=SHAPES_ENCODER
+                image,
+                ANSWER_QUESTION,
+                detector=SHAPES_DETECTOR,
+                encoder=SHAPES_ENCODER,
+                device=device,
             ),
             repeats=repeats,
         ),
         2,
     )
     # The very pipeline answer() cached (one cache entry however the arguments are spelt).
-    pipeline = default_pipeline(SHAPES_DETECTOR, SHAPES_ENCODER)
+    pipeline = default_pipeline(SHAPES_DETECTOR, SHAPES_ENCODER, device=device)
     regions = pipeline.regions([image])
     report["num_boxes"] = regions[0].num_boxes
     # A 5 ms call: ten times the repeats cost little and steady the median.
     report.update(cached_vs_bare(pipeline, regions, 10 * repeats))
     if full:
-        big = full_size_encoder_pipeline(pipeline.detector)
+        big = full_size_encoder_pipeline(pipeline.detector, device)
         report["full_size_lxmert"] = {
             "model": "LxmertConfig() defaults, random weights, 3129 answers, 36 boxes x 2048",
             **cached_vs_bare(big, [random_regions(36, 2048, seed=0)], repeats),
@@ -398,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4, help="extract_features --batch-size")
     parser.add_argument("--repeats", type=int, default=None, help="warm repeats (default 5/20)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the detector and LXMERT run: cpu, cuda, cuda:N or auto (default: cpu)",
+    )
     args = parser.parse_args(argv)
     if args.images is not None and args.images < 1:
         parser.error(f"--images must be >= 1, got {args.images}")
@@ -405,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if not ANSWER_IMAGE.is_file():
         parser.error(f"{ANSWER_IMAGE} is missing; it ships in examples/ of the repository")
+    from weights.defaults import DeviceError, resolve_device
+
+    try:
+        device = str(resolve_device(args.device))
+    except DeviceError as error:
+        parser.error(f"--device {args.device}: {error}")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -417,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "quick": args.quick,
         "full": args.full,
+        "device": device,
     }
+    if device.startswith("cuda"):
+        report["gpu"] = torch.cuda.get_device_name(device)
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as work:
         report["extract_features"] = bench_extract(
             Path(work),
@@ -425,9 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             full=args.full,
             worker_counts=(0, 2),
+            device=device,
         )
     report["answer"] = bench_answer(
-        repeats=repeats, cold_repeats=2 if args.quick else 3, full=args.full
+        repeats=repeats, cold_repeats=2 if args.quick else 3, full=args.full, device=device
     )
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -2,7 +2,10 @@
 
 ``Detector.detect`` takes preprocessed images (see :mod:`detector.preprocess`) and returns one
 :class:`~detector.structures.RegionFeatures` per image. Images are grouped by resized shape, so
-a batch never pads an image and gives the same result as one image at a time.
+a batch never pads an image. On CPU a batch gives the same result as one image at a time (each
+image runs alone: ``batch_invariant``); on CUDA only to float rounding, since cuDNN picks
+convolution algorithms by batch size, fp32 convolutions run in TF32, and res5 chunks of 100
+regions span images; top-k and thresholds can then pick other boxes.
 """
 
 from __future__ import annotations

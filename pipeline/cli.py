@@ -199,8 +199,16 @@ def _add_execution_flags(execution: argparse._ArgumentGroup) -> None:
         metavar="N|auto",
         help="images per detector call; images with the same resized shape are batched, "
         "never padded. auto: as many as fit in the free CUDA memory (1 on CPU, where one "
-        "image fills the cores); a batch that runs out of CUDA memory is split and retried "
-        "(default: auto)",
+        "image fills the cores); a batch that runs out of CUDA memory is split and retried, "
+        "later batches start at the size that fit, and an image that does not fit alone "
+        "fails by itself (default: auto). On CPU any batch size gives the same records. On "
+        "CUDA it does not, exactly: cuDNN picks convolution algorithms by batch size, fp32 "
+        "convolutions run in TF32 (PyTorch's default), and res5 takes regions in chunks of "
+        "100 across the batch's images, so features differ in the last bits and top-k and "
+        "thresholds can turn that into other boxes. A record then depends on which images "
+        "shared its batch, so --shard/merge and --resume match one whole run only that "
+        "closely; --batch-size 1 on one GPU model makes each record depend on its image "
+        "alone",
     )
     add_precision_flags(execution, deprecated_autocast=True)
     execution.add_argument(
