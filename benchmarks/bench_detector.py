@@ -56,18 +56,33 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float]:
 def matmul_peak_gflops(
     device: torch.device, *, seconds: float, dtype: torch.dtype = torch.float32
 ) -> float:
-    """Best GFLOP/s of a 2048^3 ``dtype`` matmul over ``seconds`` (the machine's practical
-    peak in that precision)."""
-    n = 2048
+    """Best GFLOP/s of a square ``dtype`` matmul over ``seconds`` (the machine's practical
+    peak in that precision: :func:`peak_precision`). 2048^3 on CPU; 8192^3 on CUDA, where a
+    smaller one measures launch overhead."""
+    n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    torch.mm(a, b)
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        _, elapsed = timed(device, lambda: torch.mm(a, b))
-        best = max(best, 2 * n**3 / elapsed / 1e9)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = peak_precision(device, dtype) == "tf32"
+    try:
+        torch.mm(a, b)
+        best = 0.0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            _, elapsed = timed(device, lambda: torch.mm(a, b))
+            best = max(best, 2 * n**3 / elapsed / 1e9)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     return best
+
+
+def peak_precision(device: torch.device, dtype: torch.dtype) -> str:
+    """The precision the detector's convolutions really run in, which the peak is measured
+    in: on CUDA, fp32 convolutions run in TF32 while ``torch.backends.cudnn.allow_tf32`` is on
+    (PyTorch's default), so an fp32 peak with TF32 off would overstate utilisation."""
+    if device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def behaved_detector(
@@ -322,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": options.precision,
         "compile": options.compile,
         "matmul_peak_gflops": round(peak, 1),
+        "matmul_peak_precision": peak_precision(device, dtype),
         "sizes": {
             label: bench_size(detector, size, label, args=args, peak=peak, counting=counting)
             for label, size in sizes.items()
