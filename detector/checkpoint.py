@@ -169,10 +169,13 @@ def read_config_metadata(path: str | os.PathLike[str]) -> DetectorConfig | None:
     """The :class:`DetectorConfig` stored in our safetensors' metadata, if any."""
     if Path(path).suffix != ".safetensors":
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
     if CONFIG_METADATA_KEY not in metadata:
         return None
     return config_from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))

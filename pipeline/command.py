@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pipeline.exits import EXIT_ERROR, EXIT_USAGE, UsageError
+from pipeline.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ def run_command(command: Command, argv: Sequence[str]) -> int:
     except UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Outside the extraction loop (which records it itself): nothing half done to report.
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as error:
         if error.errno != errno.ENOSPC:
             report_unexpected(parser, args, error)

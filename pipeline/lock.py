@@ -36,6 +36,8 @@ _UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, 
 
 #: At most this many bytes of a lock file are read to name its holder (the JSON is ~200 bytes).
 _MAX_HOLDER_BYTES = 64 * 1024
+#: How every holder record this tool writes begins (``json.dumps`` of a dict keyed pid first).
+_HOLDER_PREFIX = b'{"pid": '
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,13 @@ def _write_holder(*, fd: int, output: Path, lock: Path) -> LockInfo:
         "output": os.path.abspath(output),
     }
     data = (json.dumps(record) + "\n").encode("utf-8")
+    existing = _read_fd(fd)
+    # A file of someone else's that happens to have the lock's name is never emptied. Ours
+    # start with the same key, even half written by a holder that was killed.
+    if existing and not existing.startswith(_HOLDER_PREFIX):
+        raise LockFileError(
+            output, lock, "exists and was not written by this tool; move it away", None
+        )
     os.ftruncate(fd, 0)
     written = 0
     while written < len(data):

@@ -168,22 +168,21 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     Raises:
         UsageError: a flag or a combination of flags that cannot run, named with the remedy.
     """
-    if args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a directory; give a file name ending in .tsv or .h5")
     try:
         output_format(args.out)
         shard = parse_shard(args.shard) if args.shard is not None else None
     except ValueError as error:
         raise UsageError(str(error)) from error
+    output = shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
+    if output.is_dir():
+        raise UsageError(f"--out {output} is a directory; give a file name ending in .tsv or .h5")
     if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
         raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
     _check_boxes_from_flags(args)  # before _config, whose box-count limits it overrides
     config = _config(args)
     boxes_from = _boxes_from(args)
     try:
-        check_name_length(
-            shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
-        )
+        check_name_length(output)
     except ValueError as error:
         raise UsageError(str(error)) from error
     mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"

@@ -66,6 +66,8 @@ def load_model(settings: ExtractSettings) -> LoadedModel:
             settings.detector, config=settings.config, device=settings.device, options=options
         )
     except (CheckpointNotFoundError, KeyError, ValueError, TypeError, OSError) as error:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise  # a full disk (e.g. while downloading) is not a usage problem: exit 4
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise UsageError(f"--detector {settings.detector}: {message}") from error
     batch_size = settings.batch_size
@@ -156,8 +158,10 @@ def extract(
         data = manifest_data(settings, plan, model, stats=stats, status=status, started=started)
         write_manifest(manifest, {**data, "error": error} if error else data)
 
-    writer = open_writer(plan.output, mode=settings.mode, feature_dim=settings.config.feature_dim)
+    # The manifest says "running" before --overwrite empties the old output, so a run that
+    # dies in between never leaves an emptied file under a manifest that says "finished".
     save_manifest("running")
+    writer = open_writer(plan.output, mode=settings.mode, feature_dim=settings.config.feature_dim)
     LOG.info(
         "%d images selected, %d already in %s, %d to do",
         len(plan.selected),
@@ -215,6 +219,9 @@ def _close(
     manifest says ``error``; ``--resume`` continues."""
     try:
         writer.close()
+    except KeyboardInterrupt:
+        status = "interrupted"  # a second Ctrl-C while folding: the journal keeps the records
+        raise
     except BaseException as exc:
         if status != "error":
             status, error = "error", error_reason(exc)

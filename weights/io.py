@@ -56,9 +56,13 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     file = _existing_file(path)
     suffix = file.suffix.lower()
     if suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return dict(load_file(str(file), device="cpu"))
+        try:
+            return dict(load_file(str(file), device="cpu"))
+        except SafetensorError as error:
+            raise ValueError(f"{file}: not a readable safetensors file ({error})") from None
     if suffix in _TORCH_SUFFIXES or (suffix == ".pkl" and zipfile.is_zipfile(file)):
         return _load_torch(file)
     if suffix == ".pkl":

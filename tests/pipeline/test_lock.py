@@ -270,3 +270,16 @@ def test_a_link_or_folder_named_like_the_lock_is_refused_untouched(tmp_path: Pat
     lock_path(tmp_path / "b.tsv").mkdir()
     with pytest.raises(LockFileError, match="directory"), output_lock(tmp_path / "b.tsv"):
         pytest.fail("locked a directory")
+
+
+def test_a_foreign_file_with_the_lock_name_is_never_emptied(tmp_path: Path) -> None:
+    output = tmp_path / "x.tsv"
+    foreign = lock_path(output)
+    foreign.write_bytes(b"\x89PNG\r\n\x1a\nsomeone's picture")
+    with pytest.raises(LockFileError, match="not written by this tool"), output_lock(output):
+        pass
+    assert foreign.read_bytes() == b"\x89PNG\r\n\x1a\nsomeone's picture"
+    half = tmp_path / "y.tsv"
+    lock_path(half).write_bytes(b'{"pid": 12')  # a holder killed while writing its record
+    with output_lock(half) as info:
+        assert info.pid == os.getpid()

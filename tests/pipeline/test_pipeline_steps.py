@@ -149,3 +149,24 @@ def test_proposals_flag_reaches_the_config_and_resume_compares_it(
     code = main([str(photos), "--out", str(out), "--resume", "--proposals", "detectron2", *flags])
     assert code == EXIT_USAGE
     assert '"detectron2" vs "caffe"' in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_model_loads_is_exit_130_without_a_traceback(
+    photos, tmp_path, capsys, monkeypatch
+) -> None:
+    def interrupted(settings: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.steps, "load_model", interrupted)
+    flags = ["--detector", "shapes-detector", "--device", "cpu", "-q"]
+    assert main([str(photos), "--out", str(tmp_path / "k.tsv"), *flags]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_a_corrupt_safetensors_detector_is_a_usage_error(photos, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 64)
+    code = main([str(photos), "--out", str(tmp_path / "x.tsv"), "--detector", str(bad), "-q"])
+    assert code == EXIT_USAGE
+    assert "not a readable safetensors file" in capsys.readouterr().err
