@@ -66,6 +66,12 @@ def _torch_bf16_probes() -> tuple[str, ...]:
     return tuple(found)
 
 
+def cuda_bf16_native(device: torch.device) -> bool:
+    """Whether the CUDA device computes bf16 natively (Ampere, compute capability 8.0, or
+    newer); older cards emulate it."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def check_precision(
     precision: Precision, device: torch.device, *, allow_emulated_bf16: bool = False
 ) -> None:
@@ -73,7 +79,8 @@ def check_precision(
 
     Raises:
         ValueError: ``fp16`` off CUDA; ``bf16`` on a device other than CPU or CUDA; ``bf16``
-            on a CPU without bf16 instructions unless ``allow_emulated_bf16``. The message
+            on a CPU without bf16 instructions or a GPU below compute capability 8.0 unless
+            ``allow_emulated_bf16``. The message
             names the precision and says what to use instead.
     """
     if precision == "fp32":
@@ -84,6 +91,11 @@ def check_precision(
             "bf16 or fp32"
         )
     if device.type == "cuda":
+        if precision == "bf16" and not allow_emulated_bf16 and not cuda_bf16_native(device):
+            raise ValueError(
+                f"precision bf16: {device} has no native bf16 (compute capability below 8.0, "
+                "e.g. a T4), so bf16 would be emulated and slower; use fp16 or fp32"
+            )
         return
     if device.type != "cpu":
         raise ValueError(f"precision {precision} runs on cpu or cuda, not {device}; use fp32")

@@ -99,6 +99,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _say(message: str) -> None:
+    """How every command tells that ``auto`` fell back to the CPU: one line on stderr."""
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--features",
@@ -127,7 +139,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip (and count) questions whose image is not in the stores",
     )
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument(
+        "--workers", type=_non_negative, default=0, help="DataLoader workers (default 0)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
 
@@ -317,7 +331,7 @@ def run_train(args: argparse.Namespace) -> int:
     train_entries, valid_entries, skipped = plan_train(settings, store)
     table = answer_table(settings, train_entries)
     try:
-        device = resolve_device(settings.device)
+        device = resolve_device(settings.device, on_fallback=_say)
         encoder, kept = prepare_encoder(
             settings.source, answers=table, config=settings.recipe, device=device
         )
@@ -480,7 +494,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     try:
         settings = replace_length(config_for(args.model), recipe.max_question_length)
-        encoder = load_encoder(settings, device=resolve_device(args.device))
+        encoder = load_encoder(settings, device=resolve_device(args.device, on_fallback=_say))
     except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
         raise UsageError(f"cannot load --model {args.model}: {err}") from None
     if encoder.answers is None:

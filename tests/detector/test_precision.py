@@ -209,7 +209,8 @@ def test_bf16_on_a_cpu_without_bf16_is_refused_unless_forced(
     assert InferenceOptions(precision="bf16").resolve().precision_dtype == torch.bfloat16
 
 
-def test_fp16_runs_on_cuda_only_and_bf16_on_cpu_or_cuda() -> None:
+def test_fp16_runs_on_cuda_only_and_bf16_on_cpu_or_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
         InferenceOptions(precision="fp16").resolve()
     with pytest.raises(ValueError, match="fp16"):
@@ -219,6 +220,11 @@ def test_fp16_runs_on_cuda_only_and_bf16_on_cpu_or_cuda() -> None:
     # Resolving needs no GPU: the CUDA rules are checked by name.
     for name in PRECISION_NAMES:
         assert InferenceOptions(device="cuda", precision=name).resolve().precision == name
+    # A T4 (7.5) has no native bf16: refused like a CPU without bf16 instructions.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(ValueError, match="no native bf16"):
+        InferenceOptions(device="cuda", precision="bf16").resolve()
+    assert InferenceOptions(device="cuda", precision="fp16").resolve().precision == "fp16"
     detector = build_detector(TINY, seed=0).optimize_for_inference(BF16)
     with pytest.raises(ValueError, match="cpu or cuda"):
         detector.move_to("meta")
