@@ -527,14 +527,21 @@ def run_merge(settings: MergeSettings) -> int:
     out = settings.out
     with contextlib.ExitStack() as stack:
         hold_output_lock(stack, out)
-        if settings.overwrite:
-            # A journal or manifest of what the output was would describe the merged records
-            # wrongly if the merge stopped between writing the output and its manifest.
+
+        def forget_old_output() -> None:
+            # Only once the merged file is complete: a journal or manifest of what the output
+            # was would describe the merged records wrongly if the merge stopped between
+            # writing the output and its manifest; a failed merge keeps them with the old file.
             journal_path(out).unlink(missing_ok=True)
             manifest_path(out).unlink(missing_ok=True)
+
         try:
             count = merge_outputs(
-                settings.inputs, out, overwrite=settings.overwrite, feature_dim=_feature_dim(plan)
+                settings.inputs,
+                out,
+                overwrite=settings.overwrite,
+                feature_dim=_feature_dim(plan),
+                before_replace=forget_old_output if settings.overwrite else None,
             )
         except (FileExistsError, ValueError) as error:
             raise UsageError(str(error)) from error

@@ -25,7 +25,7 @@ import heapq
 import io
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -428,11 +428,13 @@ def write_h5(
     *,
     feature_dim: int = 0,
     chunk: int = 64,
+    before_replace: Callable[[], None] | None = None,
 ) -> int:
     """Write a new HDF5 file atomically (:func:`weights.files.atomic_path`); returns the record
     count.
 
-    ``feature_dim`` fixes ``D`` when there may be no record at all.
+    ``feature_dim`` fixes ``D`` when there may be no record at all. ``before_replace`` runs
+    once every record is written, just before the new file replaces ``path``.
     """
     path = Path(path)
     count = 0
@@ -448,6 +450,8 @@ def write_h5(
         count += len(pending)
         if "img_id" not in f:
             _create_h5_layout(f, feature_dim=feature_dim)
+        if before_replace is not None:
+            before_replace()
     return count
 
 
@@ -727,8 +731,12 @@ def merge_outputs(
     *,
     overwrite: bool = False,
     feature_dim: int = 0,
+    before_replace: Callable[[], None] | None = None,
 ) -> int:
     """Merge feature files (TSV and/or HDF5, e.g. shard outputs) into ``output``.
+
+    ``before_replace`` runs once every record is written, just before the merged file
+    replaces ``output`` (a refused or failed merge never runs it).
 
     Records are interleaved by image id (each shard of one run is sorted by id), so merging the
     shards of a run gives the file a single run would have written. The output is written to a
@@ -768,10 +776,12 @@ def merge_outputs(
     streams = [read_features(item) for item in inputs]
     merged = _one_dimension(heapq.merge(*streams, key=lambda region: region.image_id))
     if fmt == "hdf5":
-        return write_h5(output, merged, feature_dim=feature_dim)
+        return write_h5(output, merged, feature_dim=feature_dim, before_replace=before_replace)
     count = 0
     with atomic_path(output) as tmp, open(tmp, "wb") as stream:
         for region in merged:
             stream.write(encode_tsv_line(region))
             count += 1
+        if before_replace is not None:
+            before_replace()
     return count

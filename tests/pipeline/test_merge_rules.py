@@ -434,3 +434,27 @@ def test_python_m_pipeline_merge_runs_the_same_command(runs: Runs, tmp_path: Pat
     )
     assert refusal.returncode == 2 and "shard(s) 2/2 missing" in refusal.stderr
     assert not half.exists()
+
+
+def test_a_failed_overwrite_keeps_the_old_output_and_its_manifest(
+    runs: Runs, tmp_path: Path, monkeypatch
+) -> None:
+    import pipeline.writers
+
+    shards = [copy_output(shard, tmp_path) for shard in runs.quarters]
+    out = tmp_path / "all.tsv"
+    assert merge(*shards, "--out", out, "-q") == 0
+    before = (out.read_bytes(), manifest_path(out).read_bytes())
+    real = pipeline.writers.encode_tsv_line
+    calls = {"n": 0}
+
+    def fails_midway(region: object) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("I/O error while writing")
+        return real(region)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.writers, "encode_tsv_line", fails_midway)
+    assert merge(*shards, "--out", out, "--overwrite", "-q") == 4
+    assert (out.read_bytes(), manifest_path(out).read_bytes()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
