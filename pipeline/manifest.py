@@ -194,16 +194,33 @@ def own_manifest(output: str | os.PathLike[str]) -> Manifest | None:
 
 def recorded_settings(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     """The :data:`RECORD_SETTINGS` a manifest records: its ``settings``, or for a manifest
-    written before they were recorded, those derived from its detector section (then fp32,
-    the only precision there was). None when it records neither (a merge of foreign files)."""
+    written before they were recorded, those derived from its detector section and its
+    ``--autocast`` flag. None when it records neither (a merge of foreign files)."""
     if isinstance(manifest.get("settings"), dict):
         return dict(manifest["settings"])
     detector = manifest.get("detector")
     if not isinstance(detector, dict) or not isinstance(detector.get("config"), dict):
         return None
     return record_settings(
-        detector["config"], detector_sha256=detector.get("sha256"), precision="fp32"
+        detector["config"],
+        detector_sha256=detector.get("sha256"),
+        precision=_precision_before_it_was_recorded(manifest),
     )
+
+
+def _precision_before_it_was_recorded(manifest: Mapping[str, Any]) -> str:
+    """The precision of a run from before manifests recorded it: its ``--autocast`` flag,
+    which applied on CUDA only (``none`` and every CPU run were fp32)."""
+    command = manifest.get("command")
+    words = [str(word) for word in command] if isinstance(command, list) else []
+    value = "none"
+    for index, word in enumerate(words):
+        if word == "--autocast" and index + 1 < len(words):
+            value = words[index + 1]
+        elif word.startswith("--autocast="):
+            value = word.split("=", 1)[1]
+    on_cuda = str(manifest.get("device", "")).startswith("cuda")
+    return value if on_cuda and value in ("bf16", "fp16") else "fp32"
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
