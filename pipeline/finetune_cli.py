@@ -193,6 +193,23 @@ def _existing(paths: Sequence[Path], flag: str) -> tuple[Path, ...]:
     return tuple(paths)
 
 
+def _check_out_is_ours(out: Path, *, source: str) -> None:
+    """``--out`` must be new, empty, or a folder an earlier ``train`` wrote (it holds our
+    ``finetune.json`` or resume checkpoint): a model folder of someone else's, the starting
+    model included, is never overwritten."""
+    if Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
+        raise UsageError(f"--out {out} is the starting model (--from); choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    from encoder.finetune import FINETUNE_FILE
+
+    if not (out / FINETUNE_FILE).exists() and not (out / CHECKPOINT).exists():
+        raise UsageError(
+            f"--out {out} is a folder this command did not write (no {FINETUNE_FILE}); "
+            "choose a new or empty folder"
+        )
+
+
 def validate_train(args: argparse.Namespace) -> TrainSettings:
     """Flags -> :class:`TrainSettings`; :class:`UsageError` for anything wrong, before work."""
     from encoder.finetune import FinetuneConfig
@@ -218,6 +235,7 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
             f"--out {args.out} holds a training run; pass --resume to continue it, or "
             "choose another --out"
         )
+    _check_out_is_ours(args.out, source=args.source)
     return TrainSettings(
         task=args.task,
         train=_existing(args.train, "--train"),

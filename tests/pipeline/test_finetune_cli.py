@@ -195,3 +195,18 @@ def test_skip_missing_counts_and_refusals(
     assert main([*argv, "--resume"]) == 0  # nothing left to do: the epochs are done
     assert main(_train_argv(data, tmp_path / "c", "--from", "no-such-model")) == 2
     assert main([]) == 2 and main(["--help"]) == 0
+
+
+def test_out_must_be_new_empty_or_ours(
+    tmp_path: Path, data: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    someone = tmp_path / "someones-model"
+    someone.mkdir()
+    (someone / "config.json").write_text('{"mine": true}')
+    assert main(_train_argv(data, someone, "--epochs", "1")) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert (someone / "config.json").read_text() == '{"mine": true}'
+    argv = _train_argv(data, someone, "--epochs", "1")
+    argv[argv.index("--from") + 1] = str(someone)
+    assert main(argv) == 2
+    assert "is the starting model" in capsys.readouterr().err
