@@ -7,14 +7,13 @@ joining shard outputs. Exit codes are in :data:`EXIT_CODES`.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.command import Command, run_command
+from pipeline.command import Command, configure_logging, run_command
 from pipeline.compare import COMPARE_COMMAND
 from pipeline.exits import EXIT_CODES
 from pipeline.merge import MERGE_COMMAND
@@ -287,24 +286,12 @@ def _add_run_flags(runs: argparse._ArgumentGroup) -> None:
     )
 
 
-def _configure_logging(*, quiet: bool, verbose: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logger = logging.getLogger("pipeline")
-    logger.setLevel(level)
-    if not any(handler.get_name() == "extract_features" for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name("extract_features")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def run(args: argparse.Namespace) -> int:
     """Do what ``args`` (from :func:`build_parser`) asks: the steps of :mod:`pipeline.steps`."""
     from pipeline.settings import validate
     from pipeline.steps import run_extract
 
-    _configure_logging(quiet=args.quiet, verbose=args.verbose)
+    configure_logging(quiet=args.quiet, verbose=args.verbose)
     return run_extract(validate(args))
 
 

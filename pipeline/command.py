@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -75,3 +76,18 @@ def report_unexpected(
         traceback.print_exception(error)
     else:
         print("(run with -v for the traceback)", file=sys.stderr)
+
+
+def configure_logging(*, quiet: bool, verbose: bool) -> None:
+    """Messages of the ``pipeline`` loggers to stderr, plain: warnings only with ``quiet``,
+    debug with ``verbose``. Installed once per process (by name), so a process running
+    several commands logs each message once."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(level)
+    if not any(handler.get_name() == "lxmert-pipeline" for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name("lxmert-pipeline")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from pipeline.command import Command, run_command
+from pipeline.command import Command, configure_logging, run_command
 from pipeline.exits import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from pipeline.inputs import InputItem
 from pipeline.manifest import Failure
@@ -982,7 +982,7 @@ def run_compare(settings: CompareSettings) -> int:
     """validate (done) -> plan -> load -> compare -> report; returns the exit code."""
     from weights.files import atomic_write_text
 
-    _configure_logging(quiet=settings.quiet, verbose=settings.verbose)
+    configure_logging(quiet=settings.quiet, verbose=settings.verbose)
     plan = plan_compare(settings)
     detectors = load_detectors(settings)
     for mode, detector in detectors.items():
@@ -997,20 +997,6 @@ def run_compare(settings: CompareSettings) -> int:
     print(result.verdict if settings.quiet else format_report(plan, result, name))
     plan.store.close()
     return result.exit_code
-
-
-def _configure_logging(*, quiet: bool, verbose: bool) -> None:
-    # The handler extract_features itself installs (same name), so one process running both
-    # commands logs each message once.
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logger = logging.getLogger("pipeline")
-    logger.setLevel(level)
-    if not any(handler.get_name() == "extract_features" for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name("extract_features")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
 
 
 COMPARE_COMMAND = Command(

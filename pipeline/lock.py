@@ -116,8 +116,11 @@ class LockFileError(OutputLockError):
 
 
 def lock_path(output: str | os.PathLike[str]) -> Path:
-    """``out.tsv`` -> ``out.tsv.lock``, in the output's folder."""
+    """``out.tsv`` -> ``out.tsv.lock``, in the output's folder. An output reached through a
+    symbolic link is locked where the link leads, so two names of one file share one lock."""
     output = Path(output)
+    if output.is_symlink():
+        output = Path(os.path.realpath(output))
     return output.with_name(output.name + ".lock")
 
 

@@ -24,6 +24,7 @@ import glob
 import heapq
 import io
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -477,9 +478,12 @@ class H5Writer:
         self.path = Path(path)
         self._feature_dim = feature_dim
         self._fold_min = max(1, fold_min)
-        # Left by a run killed while folding; the real file is intact.
+        # Left by a run killed while folding; the real file is intact. Only names exactly of
+        # weights.files.atomic_path's making (".NAME.PID.8HEX.tmp") are ours to remove.
+        ours = re.compile(rf"\.{re.escape(self.path.name)}\.\d+\.[0-9a-f]{{8}}\.tmp")
         for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
-            leftover.unlink(missing_ok=True)
+            if ours.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
         self._file_ids: set[str] = set()
         if resume and self.path.exists():
             self._file_ids = set(_h5_ids(self.path))

@@ -283,3 +283,13 @@ def test_a_foreign_file_with_the_lock_name_is_never_emptied(tmp_path: Path) -> N
     lock_path(half).write_bytes(b'{"pid": 12')  # a holder killed while writing its record
     with output_lock(half) as info:
         assert info.pid == os.getpid()
+
+
+def test_two_names_of_one_output_share_one_lock(tmp_path: Path) -> None:
+    real = tmp_path / "out.tsv"
+    real.write_bytes(b"")
+    alias = tmp_path / "alias.tsv"
+    alias.symlink_to(real)
+    assert lock_path(alias) == lock_path(real)
+    with output_lock(real), pytest.raises(OutputLockedError), output_lock(alias):
+        pass

@@ -143,8 +143,10 @@ def test_h5_resume_after_abandoned_writer(tmp_path: Path) -> None:
     for region in regions(5):
         writer.write(region)
     # As if killed: the journal holds one record, the file four; and a stale tmp from a fold.
-    stale = out.with_name(".f.h5.999.dead.tmp")  # weights.files.atomic_path's naming
+    stale = out.with_name(".f.h5.999.0123dead.tmp")  # weights.files.atomic_path's naming
     stale.write_bytes(b"half a file")
+    theirs = out.with_name(".f.h5.notes.tmp")  # matches a loose glob, but is not ours
+    theirs.write_bytes(b"keep me")
     with pytest.raises(FileExistsError, match="--resume"):
         open_writer(out, mode="create")
     resumed = open_writer(out, mode="resume", fold_min=2)
@@ -153,7 +155,8 @@ def test_h5_resume_after_abandoned_writer(tmp_path: Path) -> None:
         resumed.write(region)
     resumed.close()
     assert not stale.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert theirs.read_bytes() == b"keep me"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [theirs.name]
     for got, want in zip(read_features(out), regions(8), strict=True):
         assert_same_region(got, want)
 
