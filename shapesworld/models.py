@@ -27,7 +27,7 @@ from shapesworld.vocab import ANSWERS, COLORS, SHAPES
 from weights.files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
-    from transformers import LxmertForQuestionAnswering
+    from transformers import LxmertPreTrainedModel
 
 DETECTOR_DIR = "shapes-detector"
 LXMERT_DIR = "shapes-lxmert"
@@ -69,7 +69,7 @@ def write_detector(detector: Detector, directory: Path) -> Path:
     return path
 
 
-def write_lxmert(model: LxmertForQuestionAnswering, directory: Path) -> Path:
+def write_lxmert(model: LxmertPreTrainedModel, directory: Path) -> Path:
     """``save_pretrained`` (config.json + model.safetensors) and ``label2ans.json`` into
     ``directory``; returns ``directory``.
 

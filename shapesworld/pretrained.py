@@ -13,9 +13,6 @@ read from ``<out>/shapes-detector/``.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +22,10 @@ import numpy as np
 import torch
 
 from detector.model import Detector
-from shapesworld.models import DETECTOR_DIR, LABEL2ANS_FILE, load_trained_detector
+from shapesworld.models import DETECTOR_DIR, LABEL2ANS_FILE, load_trained_detector, write_lxmert
 from shapesworld.schedule import log
 from shapesworld.train import LxmertRecipe, lxmert_config, lxmert_data, pretrain
 from shapesworld.vocab import ANSWERS
-from weights.files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from transformers import LxmertForPreTraining
@@ -59,19 +55,6 @@ def pretrain_lxmert(
     return model.eval()
 
 
-def write_pretrained(model: LxmertForPreTraining, directory: Path) -> Path:
-    """``save_pretrained`` files and ``label2ans.json`` into ``directory``, each file replaced
-    atomically (written in a scratch folder beside it first); returns ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for source in sorted(Path(tmp).iterdir()):
-            with atomic_path(directory / source.name) as target:
-                shutil.copyfile(source, target)
-    atomic_write_text(directory / LABEL2ANS_FILE, json.dumps(list(ANSWERS)) + "\n")
-    return directory
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(
@@ -94,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     detector = load_trained_detector(args.out / DETECTOR_DIR)
     model = pretrain_lxmert(detector, seed=args.seed, recipe=recipe)
-    path = write_pretrained(model, args.out / PRETRAINED_DIR)
+    path = write_lxmert(model, args.out / PRETRAINED_DIR)
     log(f"wrote {path} in {time.perf_counter() - start:.0f}s")
     return 0
 
