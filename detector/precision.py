@@ -68,7 +68,10 @@ def _torch_bf16_probes() -> tuple[str, ...]:
 
 def cuda_bf16_native(device: torch.device) -> bool:
     """Whether the CUDA device computes bf16 natively (Ampere, compute capability 8.0, or
-    newer); older cards emulate it."""
+    newer); older cards emulate it. Without a visible GPU the options resolve by name (the
+    device rule, :func:`weights.defaults.resolve_device`, refuses such a device itself)."""
+    if not torch.cuda.is_available():
+        return True
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 

@@ -210,6 +210,7 @@ def test_bf16_on_a_cpu_without_bf16_is_refused_unless_forced(
 
 
 def test_fp16_runs_on_cuda_only_and_bf16_on_cpu_or_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
         InferenceOptions(precision="fp16").resolve()
