@@ -18,14 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from detector.model import Detector
-from shapesworld.models import DETECTOR_DIR, LABEL2ANS_FILE, load_trained_detector, write_lxmert
+from shapesworld.models import DETECTOR_DIR, load_trained_detector, write_lxmert
 from shapesworld.schedule import log
-from shapesworld.train import LxmertRecipe, lxmert_config, lxmert_data, pretrain
-from shapesworld.vocab import ANSWERS
+from shapesworld.train import LxmertRecipe, pretrain_stage
 
 if TYPE_CHECKING:
     from transformers import LxmertForPreTraining
@@ -38,21 +36,8 @@ def pretrain_lxmert(
 ) -> LxmertForPreTraining:
     """The pretraining stage of :func:`shapesworld.train.train_lxmert`, draw for draw (eval
     mode). Its QA head is the 22-answer head that pretraining trained (``vocab.ANSWERS``)."""
-    from transformers import LxmertForPreTraining
-
-    from encoder.answers import AnswerTable
-    from encoder.tokenizer import load_tokenizer
-
-    recipe = recipe or LxmertRecipe()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    data = lxmert_data(detector, recipe.scenes)
-    tokenizer = load_tokenizer()
-    table = AnswerTable(name=LABEL2ANS_FILE, answers=tuple(ANSWERS))
-    model = LxmertForPreTraining(lxmert_config(recipe, visual_feat_dim=detector.config.feature_dim))
-    log("LXMERT pretraining")
-    pretrain(model, data, tokenizer=tokenizer, table=table, recipe=recipe, seed=seed, rng=rng)
-    return model.eval()
+    stage = pretrain_stage(detector, seed=seed, recipe=recipe or LxmertRecipe())
+    return stage.model.eval()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

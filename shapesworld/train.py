@@ -402,16 +402,25 @@ def _qa_model(pretrained: LxmertForPreTraining) -> LxmertForQuestionAnswering:
     return qa
 
 
-def train_lxmert(
-    detector: Detector, *, seed: int, recipe: LxmertRecipe = LxmertRecipe()
-) -> LxmertForQuestionAnswering:
-    """Pretrain then fine-tune a small LXMERT on the detector's regions; returns the QA model
-    (eval mode)."""
+@dataclass(frozen=True)
+class PretrainedStage:
+    """What the pretraining stage leaves for fine-tuning: the model, its data, tokenizer and
+    answer table, and the random generator in the state pretraining left it (fine-tuning goes
+    on drawing from it)."""
+
+    model: LxmertForPreTraining
+    data: LxmertData
+    tokenizer: LxmertTokenizer
+    table: AnswerTable
+    rng: np.random.Generator
+
+
+def pretrain_stage(detector: Detector, *, seed: int, recipe: LxmertRecipe) -> PretrainedStage:
+    """The pretraining half of :func:`train_lxmert` (seeded; also how the shipped
+    ``shapes-lxmert-pretrained`` is made, :mod:`shapesworld.pretrained`)."""
     from transformers import LxmertForPreTraining
 
     from encoder.answers import AnswerTable
-    from encoder.build import Encoder
-    from encoder.config import get_preset
     from encoder.tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
@@ -422,7 +431,20 @@ def train_lxmert(
     model = LxmertForPreTraining(lxmert_config(recipe, visual_feat_dim=detector.config.feature_dim))
     log("LXMERT pretraining")
     pretrain(model, data, tokenizer=tokenizer, table=table, recipe=recipe, seed=seed, rng=rng)
-    qa = _qa_model(model)
+    return PretrainedStage(model=model, data=data, tokenizer=tokenizer, table=table, rng=rng)
+
+
+def train_lxmert(
+    detector: Detector, *, seed: int, recipe: LxmertRecipe = LxmertRecipe()
+) -> LxmertForQuestionAnswering:
+    """Pretrain then fine-tune a small LXMERT on the detector's regions; returns the QA model
+    (eval mode)."""
+    from encoder.build import Encoder
+    from encoder.config import get_preset
+
+    stage = pretrain_stage(detector, seed=seed, recipe=recipe)
+    data, tokenizer, table, rng = stage.data, stage.tokenizer, stage.table, stage.rng
+    qa = _qa_model(stage.model)
     # The encoder preset of the model being trained (head "qa", answers from label2ans.json).
     settings = get_preset("shapes-lxmert")
     encoder = Encoder(
