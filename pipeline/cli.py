@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.command import Command, configure_logging, run_command
+from pipeline.command import Command, configure_logging, non_negative_int, positive_int, run_command
 from pipeline.compare import COMPARE_COMMAND
 from pipeline.exits import EXIT_CODES
 from pipeline.merge import MERGE_COMMAND
@@ -21,23 +21,9 @@ from pipeline.precision_flags import add_precision_flags
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _batch_size(text: str) -> int | None:
     """``auto`` (None: chosen by free device memory) or a positive int."""
-    return None if text == "auto" else _positive_int(text)
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return None if text == "auto" else positive_int(text)
 
 
 def _fraction(text: str) -> float:
@@ -143,13 +129,13 @@ def _add_model_flags(model: argparse._ArgumentGroup) -> None:
     _add_box_flags(model)
     model.add_argument(
         "--min-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="PX",
         help="short side after resizing (vg preset: 600)",
     )
     model.add_argument(
         "--max-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="PX",
         help="cap on the long side after resizing (vg preset: 1000)",
     )
@@ -159,12 +145,10 @@ def _add_box_flags(model: argparse._ArgumentGroup) -> None:
     """Which boxes: how many, the selection thresholds, or given boxes."""
     boxes = model.add_mutually_exclusive_group()
     boxes.add_argument(
-        "--boxes", type=_positive_int, metavar="N", help="exactly N boxes per image (36 for LXMERT)"
+        "--boxes", type=positive_int, metavar="N", help="exactly N boxes per image (36 for LXMERT)"
     )
-    model.add_argument(
-        "--min-boxes", type=_positive_int, metavar="N", help="fewest boxes per image"
-    )
-    model.add_argument("--max-boxes", type=_positive_int, metavar="N", help="most boxes per image")
+    model.add_argument("--min-boxes", type=positive_int, metavar="N", help="fewest boxes per image")
+    model.add_argument("--max-boxes", type=positive_int, metavar="N", help="most boxes per image")
     model.add_argument(
         "--boxes-from",
         type=Path,
@@ -218,7 +202,7 @@ def _add_execution_flags(execution: argparse._ArgumentGroup) -> None:
     )
     execution.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=_default_workers(),
         metavar="N",
         help="threads that decode and resize images ahead of the model; 0 decodes in the "
@@ -232,14 +216,14 @@ def _add_execution_flags(execution: argparse._ArgumentGroup) -> None:
     )
     execution.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="refuse images with more than N pixels (decompression bombs; default 100000000)",
     )
     execution.add_argument(
         "--max-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="refuse image files larger than N bytes, before reading them (default 200000000)",
@@ -273,7 +257,7 @@ def _add_run_flags(runs: argparse._ArgumentGroup) -> None:
     )
     runs.add_argument(
         "--limit",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="N",
         help="only the first N images (in id order, after --shard)",
     )

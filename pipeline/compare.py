@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from pipeline.command import Command, configure_logging, run_command
+from pipeline.command import Command, configure_logging, positive_int, run_command
 from pipeline.exits import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from pipeline.inputs import InputItem
 from pipeline.manifest import Failure
@@ -366,13 +366,6 @@ class CompareSettings:
     rule: ReproduceRule = field(default_factory=ReproduceRule)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _describe_rules() -> tuple[str, str]:
     """The two checks and their pass rules, in words (one paragraph each)."""
     given, rule = GivenBoxTolerances(), ReproduceRule()
@@ -460,7 +453,7 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="only the first N images in common, in id order",
     )

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.command import Command, run_command
+from pipeline.command import Command, non_negative_int, positive_int, run_command
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from weights.defaults import DEFAULT_DEVICE
 from weights.files import atomic_write_text
@@ -92,20 +92,6 @@ class TrainSettings:
         return shlex.join(words)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _say(message: str) -> None:
     """How every command tells that ``auto`` fell back to the CPU: one line on stderr."""
     print(f"{PROG}: {message}", file=sys.stderr)
@@ -129,7 +115,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-boxes",
-        type=_positive,
+        type=positive_int,
         default=36,
         metavar="N",
         help="regions per image, at most (default 36)",
@@ -140,7 +126,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="skip (and count) questions whose image is not in the stores",
     )
     parser.add_argument(
-        "--workers", type=_non_negative, default=0, help="DataLoader workers (default 0)"
+        "--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
@@ -169,19 +155,19 @@ def build_train_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="JSON list of answers (default: every answer of the training labels)",
     )
-    parser.add_argument("--epochs", type=_positive, default=d.epochs)
-    parser.add_argument("--batch-size", type=_positive, default=d.batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=d.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     parser.add_argument(
         "--max-length",
-        type=_positive,
+        type=positive_int,
         default=d.max_question_length,
         help="question tokens with [CLS]/[SEP] (default 20)",
     )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    parser.add_argument("--log-every", type=_positive, default=50, metavar="STEPS")
+    parser.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS")
     _add_common(parser)
     return parser
 
@@ -442,7 +428,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         help="VQA [{question_id, answer}] / GQA [{questionId, prediction}]",
     )
     parser.add_argument("--report", type=Path, metavar="OUT.json", help="the scores as JSON")
-    parser.add_argument("--batch-size", type=_positive, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     _add_common(parser)
     return parser
 
