@@ -51,11 +51,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Same two steps as tasks.py (the README's setup): the pinned requirements first (its own layer, so code changes
-# do not re-download torch), then the project itself with --no-deps, so nothing but
-# requirements.txt decides a version. Not editable here, so the shipped shapes-world weights
-# (package data under weights/shipped/) are installed into site-packages and need no volume.
-COPY requirements.txt /tmp/lxmert-pipeline/requirements.txt
-RUN python -m pip install --no-cache-dir -r /tmp/lxmert-pipeline/requirements.txt
+# do not re-download torch), then the project itself with --no-deps, so nothing but the
+# requirement files decides a version. The [ray] and [web] extras are in the image (a Ray cluster
+# runs from it; `--entrypoint lxmert-demo` serves the page), installed in the same single pip call
+# as requirements.txt so the resolver sees every pin at once. Not editable here, so the shipped
+# shapes-world weights (package data under weights/shipped/) land in site-packages, no volume.
+COPY requirements.txt requirements-ray.txt requirements-web.txt /tmp/lxmert-pipeline/
+RUN python -m pip install --no-cache-dir -r /tmp/lxmert-pipeline/requirements.txt \
+        -r /tmp/lxmert-pipeline/requirements-ray.txt -r /tmp/lxmert-pipeline/requirements-web.txt
 
 COPY . /tmp/lxmert-pipeline/
 # Build isolation stays on (unlike tasks.py's offline-friendly --no-build-isolation): the
@@ -63,7 +66,7 @@ COPY . /tmp/lxmert-pipeline/
 # The import check fails the build, not the first job, if a system library is missing.
 RUN python -m pip install --no-cache-dir --no-deps /tmp/lxmert-pipeline \
     && rm -rf /tmp/lxmert-pipeline \
-    && python -c "import cv2, h5py, torch, torchvision, transformers, detector, encoder, pipeline, weights"
+    && python -c "import cv2, h5py, torch, torchvision, transformers, ray.data, gradio, detector, encoder, pipeline, weights"
 
 # Non-root user. UID 1000 is the usual first user on a workstation, so bind-mounted folders are
 # often writable as they are; otherwise run with --user "$(id -u):$(id -g)". USER is numeric so

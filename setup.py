@@ -35,7 +35,11 @@ setup(
         "weights": ["shipped/**/*"],
     },
     install_requires=read_requirements("requirements.txt"),
-    extras_require={"test": read_requirements("requirements-test.txt")},
+    extras_require={
+        "ray": read_requirements("requirements-ray.txt"),
+        "web": read_requirements("requirements-web.txt"),
+        "test": read_requirements("requirements-test.txt"),
+    },
     entry_points={
         "console_scripts": [
             "extract_features=pipeline.cli:main",

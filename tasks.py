@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -22,7 +23,13 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".lxmert-pipeline-installed"
-INSTALL_INPUTS = ("requirements.txt", "requirements-test.txt", "setup.py")
+INSTALL_INPUTS = (
+    "requirements.txt",
+    "requirements-ray.txt",
+    "requirements-web.txt",
+    "requirements-test.txt",
+    "setup.py",
+)
 #: Packages mypy checks in `test` (settings in pyproject.toml).
 TYPED_PACKAGES = ("detector", "encoder", "pipeline", "weights", "shapesworld")
 
@@ -51,8 +58,23 @@ def setup() -> None:
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
     run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip", "setuptools")
-    run(python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt")
-    run(python, "-m", "pip", "install", "--quiet", "-r", "requirements-test.txt")
+    # Every requirement file in ONE pip call: the resolver sees all pins together, and no later
+    # call can silently downgrade what an earlier one installed.
+    run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "-r",
+        "requirements.txt",
+        "-r",
+        "requirements-ray.txt",
+        "-r",
+        "requirements-web.txt",
+        "-r",
+        "requirements-test.txt",
+    )
     run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", ".")
     STAMP.write_text(wanted)
 
@@ -82,8 +104,23 @@ def demo() -> None:
     )
 
 
+def ensure_chromium() -> None:
+    """Install Debian's chromium for the browser test when missing and we may (root + apt).
+
+    Elsewhere the browser test skips with a reason that says how to install it.
+    """
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("+ no chromium, and not root with apt-get: the browser test skips", flush=True)
+        return
+    run("apt-get", "update", "-qq")
+    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium")
+
+
 def test() -> None:
     setup()
+    ensure_chromium()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy", *TYPED_PACKAGES)

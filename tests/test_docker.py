@@ -290,28 +290,50 @@ def test_dockerfile_parser_joins_continuations_and_skips_comments() -> None:
     ]
 
 
-def test_requirements_come_only_from_requirements_txt(instructions: list[Instruction]) -> None:
+#: What the image installs: the runtime pins plus the [ray] and [web] extras (a Ray cluster runs
+#: from the image; `--entrypoint lxmert-demo` serves the page). Test pins stay out.
+IMAGE_REQUIREMENTS = ["requirements.txt", "requirements-ray.txt", "requirements-web.txt"]
+
+
+def test_requirements_come_only_from_the_requirement_files(
+    instructions: list[Instruction],
+) -> None:
     copies = {}
     for ins in only(instructions, "COPY"):
         words = [w for w in shlex.split(ins.args) if not w.startswith("--")]
         for source in words[:-1]:
-            copies[words[-1]] = source
+            target = words[-1]
+            copies[target + Path(source).name if target.endswith("/") else target] = source
     calls = [
         args for ins in only(instructions, "RUN") for args in pip_installs(shell_commands(ins.args))
     ]
     requirement_calls = [args for args in calls if requirement_files(args)]
-    assert len(requirement_calls) == 1, f"one `pip install -r requirements.txt`, got {calls}"
-    (required,) = requirement_files(requirement_calls[0])
-    assert copies.get(required) == "requirements.txt", (
-        f"Dockerfile installs -r {required}, which must be a COPY of the top-level "
-        f"requirements.txt (copies: {copies})"
+    assert len(requirement_calls) == 1, f"one pip call for every requirement file, got {calls}"
+    installed = requirement_files(requirement_calls[0])
+    sources = [copies.get(required) for required in installed]
+    assert sources == IMAGE_REQUIREMENTS, (
+        f"Dockerfile installs {installed}: each must be a COPY of the top-level "
+        f"{IMAGE_REQUIREMENTS} in that order (copies: {copies})"
     )
     # Nothing pinned or added on its own: torch, torchvision and every other package come from
-    # requirements.txt, so a version bump there reaches the image.
+    # the requirement files, so a version bump there reaches the image.
     for args in calls:
         extra = [spec for spec in positional(args) if not spec.startswith(("/", "."))]
-        assert not extra, f"Dockerfile names packages outside requirements.txt: {extra}"
+        assert not extra, f"Dockerfile names packages outside the requirement files: {extra}"
         assert "-c" not in args and "--constraint" not in args, f"no constraints files: {args}"
+
+
+def test_extras_are_the_files_the_image_installs() -> None:
+    """setup.py's extras [ray], [web] and [test] read the files the image and tasks.py install."""
+    text = (ROOT / "setup.py").read_text()
+    for extra in ("ray", "web", "test"):
+        assert f'"{extra}": read_requirements("requirements-{extra}.txt")' in text, extra
+
+
+def test_setup_installs_every_requirement_file_in_one_call() -> None:
+    calls = [args for args in setup_pip_installs() if requirement_files(args)]
+    assert len(calls) == 1, f"tasks.py: one pip call for all requirement files, got {calls}"
+    assert set(IMAGE_REQUIREMENTS) | {"requirements-test.txt"} == set(requirement_files(calls[0]))
 
 
 def test_setup_installs_the_same_requirements_file() -> None:
