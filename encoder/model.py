@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import (
@@ -11,6 +13,7 @@ from transformers import (
     LxmertModel,
     LxmertPreTrainedModel,
 )
+from transformers.utils import logging as transformers_logging
 
 from encoder.config import Head, config_for
 from weights import resolve_checkpoint
@@ -76,5 +79,21 @@ def build_model(
         )
     model_class = _head_class(head or config_for(source).head)
     directory = checkpoint_directory(source)
-    model = model_class.from_pretrained(directory, local_files_only=True, weights_only=True)
+    with _no_loading_bar():
+        model = model_class.from_pretrained(directory, local_files_only=True, weights_only=True)
     return model.eval()
+
+
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar, restoring the user's setting afterwards.
+
+    Reading a local directory is not a download; the bar only garbles ``answer``'s stderr.
+    """
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()

@@ -123,3 +123,22 @@ def test_soft_score_loss_matches_manual() -> None:
     assert soft_score_loss(logits, targets).item() == pytest.approx(manual / 3, rel=1e-5)
     with pytest.raises(ValueError, match=r"\[B, L\]"):
         soft_score_loss(logits, targets[:, :3])
+
+
+def test_loading_a_directory_prints_no_progress_bar_and_keeps_the_setting(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    build_model(tiny_config(), head="qa").save_pretrained(tmp_path / "ckpt")
+    assert transformers_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    build_model(tmp_path / "ckpt")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled(), "the user's setting is restored"
+    transformers_logging.disable_progress_bar()
+    try:
+        build_model(tmp_path / "ckpt")
+        assert not transformers_logging.is_progress_bar_enabled(), "a disabled bar stays off"
+    finally:
+        transformers_logging.enable_progress_bar()
