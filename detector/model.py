@@ -3,9 +3,11 @@
 ``Detector.detect`` takes preprocessed images (see :mod:`detector.preprocess`) and returns one
 :class:`~detector.structures.RegionFeatures` per image. Images are grouped by resized shape, so
 a batch never pads an image. On CPU a batch gives the same result as one image at a time (each
-image runs alone: ``batch_invariant``); on CUDA only to float rounding, since cuDNN picks
-convolution algorithms by batch size, fp32 convolutions run in TF32, and res5 chunks of 100
-regions span images; top-k and thresholds can then pick other boxes.
+image runs alone: ``batch_invariant``). On CUDA, by default, only to float rounding, since cuDNN
+picks convolution algorithms by batch size, fp32 convolutions run in TF32, and res5 chunks of
+100 regions span images; top-k and thresholds can then pick other boxes. The exact mode
+(``InferenceOptions(deterministic=True)``, ``--deterministic``) runs each image alone with
+deterministic cuDNN and TF32 off, so batches and shards give the same bits as one run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from detector.backbone import ConvNorm, ResNetC4, fold_frozen_batchnorm
 from detector.config import DetectorConfig
 from detector.image import ChannelOrder, ImageSource
 from detector.options import InferenceOptions, ResolvedOptions
-from detector.precision import low_precision
+from detector.precision import exact_numerics, low_precision
 from detector.preprocess import PreparedImage, prepare
 from detector.roi_heads import Res5RoIHeads, RoIHeadOutput
 from detector.rpn import RPN, RPNOutput
@@ -210,6 +212,15 @@ class Detector(nn.Module):
         ``image_scales``: each image's ``PreparedImage.scale``, which caffe proposals need
         (default 1.0 each: the tensor is the raw image).
         """
+        with exact_numerics(self._options.device, deterministic=self._options.deterministic):
+            return self._forward_raw_batch(images, proposals, image_scales)
+
+    def _forward_raw_batch(
+        self,
+        images: torch.Tensor,
+        proposals: list[torch.Tensor] | None,
+        image_scales: Sequence[float] | None,
+    ) -> RawOutput:
         if self._options.batch_invariant and images.shape[0] > 1:
             return RawOutput.concat(
                 [
@@ -257,6 +268,10 @@ class Detector(nn.Module):
         Returns:
             Per-RoI outputs, images concatenated in order (``K_i`` rows each).
         """
+        with exact_numerics(self._options.device, deterministic=self._options.deterministic):
+            return self._forward_given_batch(images, rois)
+
+    def _forward_given_batch(self, images: torch.Tensor, rois: list[torch.Tensor]) -> RoIHeadOutput:
         if self._options.batch_invariant and images.shape[0] > 1:
             parts = [
                 self._forward_given(images[i : i + 1], rois[i : i + 1])

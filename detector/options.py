@@ -65,6 +65,10 @@ class ResolvedOptions:
     """Run each image of a batch alone through the network, so batched = one at a time."""
     compile: bool
     """Trunk and res5 are ``torch.compile``-d (compiling takes minutes per input shape)."""
+    deterministic: bool
+    """Records do not depend on batching or run: each image alone, and on CUDA cuDNN's
+    deterministic algorithms with TF32 off (:func:`detector.precision.exact_numerics`). True on
+    CPU whenever ``batch_invariant`` is (its fp32 path has no TF32 or autotuning)."""
 
     @property
     def precision_dtype(self) -> torch.dtype | None:
@@ -96,6 +100,9 @@ class InferenceOptions:
     """None: :func:`default_batch_invariant` (on CPU only)."""
     compile: bool = False
     """``torch.compile`` the trunk and res5 (opt-in; cannot be undone on a detector)."""
+    deterministic: bool = False
+    """Exact mode: batch invariance, and on CUDA deterministic cuDNN with TF32 off, so shards
+    and batches give the same bits as one run on the same machine (slower on CUDA)."""
 
     def __post_init__(self) -> None:
         parse_device(self.device)
@@ -122,6 +129,13 @@ class InferenceOptions:
         """
         device = parse_device(self.device)
         check_precision(self.precision, device, allow_emulated_bf16=self.allow_emulated_bf16)
+        if self.deterministic and self.batch_invariant is False:
+            raise ValueError("deterministic needs batch_invariant (each image alone); got False")
+        batch_invariant = (
+            self.deterministic or default_batch_invariant(device)
+            if self.batch_invariant is None
+            else self.batch_invariant
+        )
         return ResolvedOptions(
             device=device,
             precision=self.precision,
@@ -129,10 +143,7 @@ class InferenceOptions:
                 default_channels_last(device) if self.channels_last is None else self.channels_last
             ),
             res5_chunk=default_res5_chunk(device) if self.res5_chunk is None else self.res5_chunk,
-            batch_invariant=(
-                default_batch_invariant(device)
-                if self.batch_invariant is None
-                else self.batch_invariant
-            ),
+            batch_invariant=batch_invariant,
             compile=self.compile,
+            deterministic=self.deterministic or (device.type == "cpu" and batch_invariant),
         )

@@ -17,6 +17,7 @@ Where each runs (:func:`check_precision`, the one place that decides):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -126,3 +127,23 @@ def fp32_region(device: torch.device) -> contextlib.AbstractContextManager[None]
     if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def exact_numerics(device: torch.device, *, deterministic: bool) -> Iterator[None]:
+    """On CUDA with ``deterministic``: cuDNN's deterministic algorithms, no autotuning, no TF32
+    for convolutions or matmuls, restored on exit. Nothing otherwise: the CPU path is exact
+    already (fp32 everywhere, each image alone), and a plain CUDA run keeps its speed."""
+    if not (deterministic and device.type == "cuda"):
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    was_tf32 = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(
+            enabled=True, benchmark=False, deterministic=True, allow_tf32=False
+        ):
+            yield
+    finally:
+        matmul.allow_tf32 = was_tf32

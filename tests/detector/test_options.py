@@ -34,6 +34,7 @@ def test_cpu_defaults() -> None:
         res5_chunk=8,
         batch_invariant=True,
         compile=False,
+        deterministic=True,
     )
 
 
@@ -42,7 +43,7 @@ def test_cuda_defaults_resolve_without_a_gpu() -> None:
     assert resolved.device == torch.device("cuda:0")
     assert resolved.channels_last is True
     assert resolved.res5_chunk == 100
-    assert resolved.batch_invariant is False
+    assert resolved.batch_invariant is False and resolved.deterministic is False
     assert resolved.precision == "bf16" and resolved.precision_dtype == torch.bfloat16
     assert InferenceOptions(device="cuda", precision="fp16").resolve().precision_dtype == (
         torch.float16
@@ -177,3 +178,41 @@ def test_move_to_cuda_and_back(coffee) -> None:
     assert detector.options == InferenceOptions().resolve()
     (back,) = detector.detect([coffee])
     np.testing.assert_array_equal(back.features, expected.features)
+
+
+def test_deterministic_makes_cuda_batch_invariant_and_is_the_cpu_default() -> None:
+    exact = InferenceOptions(device="cuda", deterministic=True).resolve()
+    assert exact.deterministic is True and exact.batch_invariant is True
+    # Other per-device defaults are unchanged by the exact mode.
+    assert (exact.channels_last, exact.res5_chunk) == (True, 100)
+    with pytest.raises(ValueError, match="batch_invariant"):
+        InferenceOptions(device="cuda", deterministic=True, batch_invariant=False).resolve()
+    # On CPU the default path is already exact; switching batch invariance off is not.
+    assert InferenceOptions().resolve().deterministic is True
+    assert InferenceOptions(batch_invariant=False).resolve().deterministic is False
+
+
+def test_exact_numerics_switches_cuda_tf32_and_cudnn_choices_off_and_restores_them() -> None:
+    from detector.precision import exact_numerics
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    with cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True):
+        matmul.allow_tf32 = True
+        try:
+            with exact_numerics(torch.device("cuda"), deterministic=True):
+                inside = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32)
+                assert inside == (True, False, False) and matmul.allow_tf32 is False
+            assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32) == (False, True, True)
+            assert matmul.allow_tf32 is True
+            # Not asked, or not on CUDA: nothing changes.
+            for device, asked in ((torch.device("cuda"), False), (torch.device("cpu"), True)):
+                with exact_numerics(device, deterministic=asked):
+                    assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (
+                        True,
+                        True,
+                        True,
+                    )
+        finally:
+            matmul.allow_tf32 = before[3]
+    assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32) == before[:3]
