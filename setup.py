@@ -44,6 +44,7 @@ setup(
         "console_scripts": [
             "extract_features=pipeline.cli:main",
             "answer=pipeline.answer_cli:main",
+            "judge=pipeline.judge_cli:main",
             "lxmert-finetune=pipeline.finetune_cli:main",
         ]
     },

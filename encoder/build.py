@@ -3,6 +3,7 @@ encoder (model, tokenizer, answer set), and question answering on RegionFeatures
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from detector.structures import RegionFeatures
 from encoder.answers import AnswerTable, ScoredAnswer, answer_table_for, top_k_answers
 from encoder.config import EncoderConfig, config_for
 from encoder.inputs import build_visual_inputs
-from encoder.model import build_model, checkpoint_directory
+from encoder.model import build_model, checkpoint_directory, saved_head
+from encoder.nlvr2 import LxmertForNLVR2, build_pair_inputs, true_probability
 from encoder.tokenizer import VOCAB_PATH, LxmertTokenizer, encode_text, load_tokenizer
 from weights.defaults import DEFAULT_DEVICE, resolve_device
 
@@ -32,7 +34,7 @@ class Encoder:
         config: the settings it was built from.
         model: transformers' model (eval mode) with the head ``config.head``.
         tokenizer: the uncased WordPiece tokenizer.
-        answers: the QA head's answer set (None for ``head="base"``).
+        answers: the QA head's answer set (None for ``head="base"`` and ``head="nlvr2"``).
     """
 
     config: EncoderConfig
@@ -71,6 +73,44 @@ class Encoder:
         output = self.model(**self.model_inputs(regions, questions))
         return top_k_answers(output.question_answering_score, self.answers, k=k)
 
+    def pair_inputs(
+        self,
+        lefts: Sequence[RegionFeatures],
+        rights: Sequence[RegionFeatures],
+        statements: Sequence[str],
+    ) -> dict[str, torch.Tensor]:
+        """Keyword arguments of :class:`~encoder.nlvr2.LxmertForNLVR2`'s forward for B
+        (left, right, statement) triples, on the model's device (boxes padded and masked,
+        :func:`~encoder.nlvr2.build_pair_inputs`)."""
+        if not len(lefts) == len(rights) == len(statements):
+            raise ValueError(
+                f"got {len(lefts)} left images, {len(rights)} right images and "
+                f"{len(statements)} statements; pass one pair of images per statement"
+            )
+        text = encode_text(self.tokenizer, statements, max_length=self.config.max_question_length)
+        visual = build_pair_inputs(lefts, rights)
+        device = self.model.device
+        return {
+            **{k: v.to(device) for k, v in vars(text).items()},
+            **{k: v.to(device) for k, v in vars(visual).items()},
+        }
+
+    @torch.inference_mode()
+    def judge(
+        self,
+        lefts: Sequence[RegionFeatures],
+        rights: Sequence[RegionFeatures],
+        statements: Sequence[str],
+    ) -> list[float]:
+        """Probability that ``statements[i]`` is true of (``lefts[i]``, ``rights[i]``)."""
+        if not isinstance(self.model, LxmertForNLVR2):
+            raise ValueError(
+                f"encoder {self.config.checkpoint!r} has no NLVR2 head (head="
+                f"{self.config.head!r}); judge needs an NLVR2 model, e.g. shapes-nlvr2"
+            )
+        output = self.model(**self.pair_inputs(lefts, rights, statements))
+        return [float(p) for p in true_probability(output.logits)]
+
 
 def load_encoder(
     source: str | Path | EncoderConfig, *, device: torch.device | str = DEFAULT_DEVICE
@@ -80,8 +120,8 @@ def load_encoder(
     Args:
         source: a preset name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``,
             ``shapes-lxmert``), an :class:`EncoderConfig`, or a checkpoint directory / other
-            registry name (head ``qa``, answer set by ``num_qa_labels``); see
-            ``encoder.config.config_for``.
+            registry name (head ``qa``, answer set by ``num_qa_labels``; head ``nlvr2`` for a
+            checkpoint saved by ``LxmertForNLVR2``); see ``encoder.config.config_for``.
         device: where the model runs: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``, by
             the one device rule (:func:`weights.defaults.resolve_device`).
 
@@ -98,6 +138,8 @@ def load_encoder(
             f"source must be a preset name, a path or an EncoderConfig, got {type(source).__name__}"
         )
     directory = checkpoint_directory(config.checkpoint)
+    if not isinstance(source, EncoderConfig) and saved_head(directory) == "nlvr2":
+        config = dataclasses.replace(config, head="nlvr2")  # its own head, never a QA one
     model = build_model(directory, head=config.head)
     # Called through the nn.Module type: transformers' functools.wraps on .to hides its
     # signature from the type checker; the call still runs transformers' own .to.
@@ -106,7 +148,7 @@ def load_encoder(
     vocab = directory / VOCAB_FILE
     tokenizer = load_tokenizer(vocab if vocab.is_file() else VOCAB_PATH)
     answers = None
-    if config.head != "base":
+    if config.head not in ("base", "nlvr2"):
         answer_set: str | Path | None = config.answer_set
         if answer_set is None and (directory / ANSWERS_FILE).is_file():
             answer_set = directory / ANSWERS_FILE

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Literal
 
 #: Which transformers class a checkpoint is loaded into.
-Head = Literal["qa", "pretraining", "base"]
+Head = Literal["qa", "pretraining", "base", "nlvr2"]
 
 #: Where in a box-level loss the detector's labels count (see :class:`PretrainingConfig`).
 LabelBoxes = Literal["all", "masked"]
@@ -24,8 +24,9 @@ class EncoderConfig:
 
     Attributes:
         checkpoint: registry name (``lxmert-vqa``) or a directory written by ``save_pretrained``.
-        head: ``"qa"`` (LxmertForQuestionAnswering), ``"pretraining"`` (LxmertForPreTraining)
-            or ``"base"`` (LxmertModel, no heads).
+        head: ``"qa"`` (LxmertForQuestionAnswering), ``"pretraining"`` (LxmertForPreTraining),
+            ``"base"`` (LxmertModel, no heads) or ``"nlvr2"`` (``encoder.nlvr2.LxmertForNLVR2``:
+            two images, one statement, no answer set).
         answer_set: ``"vqa"`` (3129), ``"gqa"`` (1842), ``"lxmert"`` (9500, the pretraining QA
             table), a path to a JSON list of answers, or ``None`` to pick by the model's
             ``num_qa_labels``.
@@ -39,9 +40,10 @@ class EncoderConfig:
     max_question_length: int = 20
 
     def __post_init__(self) -> None:
-        if self.head not in ("qa", "pretraining", "base"):
+        if self.head not in ("qa", "pretraining", "base", "nlvr2"):
             raise ValueError(
-                f"EncoderConfig.head must be 'qa', 'pretraining' or 'base', got {self.head!r}"
+                "EncoderConfig.head must be 'qa', 'pretraining', 'base' or 'nlvr2', "
+                f"got {self.head!r}"
             )
         if self.max_question_length < 3:
             raise ValueError(
@@ -121,6 +123,9 @@ PRESETS: Mapping[str, EncoderConfig] = MappingProxyType(
         "shapes-lxmert-pretrained": EncoderConfig(
             checkpoint="shapes-lxmert-pretrained", head="pretraining", answer_set=None
         ),
+        # The shipped shapes-world NLVR2 model (LxmertForNLVR2: two images, one statement,
+        # true/false), fine-tuned from shapes-lxmert-pretrained on shapes-world pairs.
+        "shapes-nlvr2": EncoderConfig(checkpoint="shapes-nlvr2", head="nlvr2", answer_set=None),
     }
 )
 

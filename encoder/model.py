@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,12 +17,14 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from encoder.config import Head, config_for
+from encoder.nlvr2 import LxmertForNLVR2
 from weights import resolve_checkpoint
 
 _HEAD_CLASSES: dict[str, type[LxmertPreTrainedModel]] = {
     "qa": LxmertForQuestionAnswering,
     "pretraining": LxmertForPreTraining,
     "base": LxmertModel,
+    "nlvr2": LxmertForNLVR2,
 }
 
 
@@ -55,6 +58,20 @@ def checkpoint_directory(source: str | Path) -> Path:
     return directory
 
 
+def saved_head(directory: Path) -> Head | None:
+    """``"nlvr2"`` when ``directory``'s ``config.json`` names ``LxmertForNLVR2`` (written by
+    its ``save_pretrained``), else None: such a checkpoint only makes sense with its own head,
+    so names and directories without an explicit head load it as one."""
+    try:
+        saved = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    architectures = saved.get("architectures") if isinstance(saved, dict) else None
+    if isinstance(architectures, list) and LxmertForNLVR2.__name__ in architectures:
+        return "nlvr2"
+    return None
+
+
 def build_model(
     source: str | Path | LxmertConfig, *, head: Head | None = None
 ) -> LxmertPreTrainedModel:
@@ -65,8 +82,11 @@ def build_model(
             a directory written by ``save_pretrained`` (``config.json`` + weights); or a
             registry name (``lxmert-vqa``, ``lxmert-gqa``, ``lxmert-base``, ``shapes-lxmert``),
             see :func:`checkpoint_directory`.
-        head: ``"qa"``, ``"pretraining"`` or ``"base"``; default: the preset's head for a
-            preset name, ``"qa"`` otherwise (``encoder.config.config_for``).
+        head: ``"qa"``, ``"pretraining"``, ``"base"`` or ``"nlvr2"`` (any LXMERT checkpoint
+            gives its encoder to a new NLVR2 head, e.g. ``lxmert-base``); default: the
+            preset's head for a preset name, ``"nlvr2"`` for a checkpoint saved by
+            ``LxmertForNLVR2`` (:func:`saved_head`), ``"qa"`` otherwise
+            (``encoder.config.config_for``).
 
     Nothing is downloaded here: directories load with ``local_files_only=True``.
     """
@@ -77,8 +97,8 @@ def build_model(
             f"source must be a registry name, a directory or an LxmertConfig, "
             f"got {type(source).__name__}"
         )
-    model_class = _head_class(head or config_for(source).head)
     directory = checkpoint_directory(source)
+    model_class = _head_class(head or saved_head(directory) or config_for(source).head)
     with _no_loading_bar():
         model = model_class.from_pretrained(directory, local_files_only=True, weights_only=True)
     return model.eval()

@@ -1,8 +1,9 @@
-"""The glue and the public faces: :func:`answer`, :class:`Pipeline`, ``extract_features``.
+"""The glue and the public faces: :func:`answer`, :func:`judge` (NLVR2), :class:`Pipeline`,
+``extract_features``.
 
-``from pipeline import answer, Pipeline`` imports the models lazily, so the command-line tools
-start without loading transformers; ``from pipeline import FeatureStore`` (random access to
-feature files, :mod:`pipeline.store`) likewise.
+``from pipeline import answer, judge, Pipeline`` imports the models lazily, so the
+command-line tools start without loading transformers; ``from pipeline import FeatureStore``
+(random access to feature files, :mod:`pipeline.store`) likewise.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.api import DEFAULT_DETECTOR, DEFAULT_ENCODER, Pipeline, answer
+    from pipeline.api import DEFAULT_DETECTOR, DEFAULT_ENCODER, Pipeline, answer, judge
     from pipeline.store import FeatureStore
 
-__all__ = ["DEFAULT_DETECTOR", "DEFAULT_ENCODER", "FeatureStore", "Pipeline", "answer"]
+__all__ = ["DEFAULT_DETECTOR", "DEFAULT_ENCODER", "FeatureStore", "Pipeline", "answer", "judge"]
 
 
 def __getattr__(name: str) -> Any:

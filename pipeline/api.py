@@ -33,10 +33,19 @@ from detector.precision import Precision
 from detector.preprocess import PreparedImage, preprocess_for
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
-from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DEFAULT_ENCODER, resolve_device
+from weights.defaults import (
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    DEFAULT_ENCODER,
+    NO_NLVR2_CHECKPOINT,
+    resolve_device,
+)
 
 #: One answer: the string (``top_k == 1``) or ``[(answer, probability), ...]`` best first.
 Answer = str | list[tuple[str, float]]
+#: One NLVR2 verdict: ``True``/``False`` (``top_k == 1``) or ``[(verdict, probability),
+#: (other, 1 - probability)]`` best first (``top_k == 2``).
+Judgement = bool | list[tuple[bool, float]]
 
 _SINGLE_IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image)
 
@@ -101,6 +110,43 @@ def _checked_questions(questions: Sequence[object]) -> list[list[str]]:
     if len(questions) == 1:
         return [_questions_of(questions[0], image=None)]
     return [_questions_of(entry, image=i) for i, entry in enumerate(questions, start=1)]
+
+
+def _statements_of(entry: object, *, pair: int | None) -> list[str]:
+    """The checked statements of one pair's entry: one statement or a list of them. ``pair``
+    (1-based) names the pair in errors; ``None`` when there is only one pair."""
+    where = "" if pair is None else f" for pair {pair}"
+    if entry is None or isinstance(entry, (str, bytes, bytearray, memoryview)):
+        return [_check_question(entry, f"statement{where}")]
+    if not isinstance(entry, Sequence):
+        raise TypeError(
+            f"statement{where} must be a string or a list of strings, got {type(entry).__name__}"
+        )
+    return [
+        _check_question(statement, f"statement {number}{where}")
+        for number, statement in enumerate(entry, start=1)
+    ]
+
+
+def _image_key(image: object) -> object:
+    """What makes two image arguments the same image for :meth:`Pipeline.judge`: a path by
+    its absolute form, encoded bytes by their content, anything else (arrays, PIL images)
+    by identity."""
+    if isinstance(image, (str, os.PathLike)):
+        return ("path", os.path.abspath(os.fsdecode(image)))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return ("bytes", bytes(image))
+    return ("object", id(image))
+
+
+def _judgement(probability: float, *, top_k: int) -> Judgement:
+    """A :data:`Judgement` from the probability that the statement is true. Ties go to
+    False, as the argmax of the two logits does."""
+    verdict = probability > 0.5
+    if top_k == 1:
+        return verdict
+    best = probability if verdict else 1.0 - probability
+    return [(verdict, best), (not verdict, 1.0 - best)]
 
 
 class Pipeline:
@@ -307,6 +353,111 @@ class Pipeline:
         )
         return self.answer_regions(regions, questions, top_k=top_k)
 
+    def judge_regions(
+        self,
+        lefts: Sequence[RegionFeatures],
+        rights: Sequence[RegionFeatures],
+        statements: Sequence[str | Sequence[str]],
+        *,
+        top_k: int = 1,
+    ) -> list[Judgement | list[Judgement]]:
+        """NLVR2 on image pairs whose regions are already known: is ``statements[i]`` (one
+        statement or a list) true of (``lefts[i]``, ``rights[i]``)? Every (pair, statement)
+        triple goes through the NLVR2 model in one batch.
+
+        Returns:
+            Per pair: a :data:`Judgement` for a single statement, a list of them for a list.
+        """
+        if not len(lefts) == len(rights) == len(statements):
+            raise ValueError(
+                f"got {len(lefts)} left images, {len(rights)} right images and "
+                f"{len(statements)} statement entries; pass one statement (or one list) per pair"
+            )
+        self._check_nlvr2(top_k)
+        flat_left: list[RegionFeatures] = []
+        flat_right: list[RegionFeatures] = []
+        flat_statements: list[str] = []
+        for number, (left, right, entry) in enumerate(
+            zip(lefts, rights, statements, strict=True), start=1
+        ):
+            said = _statements_of(entry, pair=number if len(statements) > 1 else None)
+            flat_left.extend([left] * len(said))
+            flat_right.extend([right] * len(said))
+            flat_statements.extend(said)
+        probabilities = (
+            self.encoder.judge(flat_left, flat_right, flat_statements) if flat_statements else []
+        )
+        decoded = [_judgement(p, top_k=top_k) for p in probabilities]
+        results: list[Judgement | list[Judgement]] = []
+        position = 0
+        for entry in statements:
+            if isinstance(entry, str):
+                results.append(decoded[position])
+                position += 1
+            else:
+                results.append(decoded[position : position + len(entry)])
+                position += len(entry)
+        return results
+
+    def judge(
+        self,
+        lefts: Sequence[ImageSource],
+        rights: Sequence[ImageSource],
+        statements: Sequence[str | Sequence[str]],
+        *,
+        top_k: int = 1,
+        channel_order: ChannelOrder = "rgb",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> list[Judgement | list[Judgement]]:
+        """NLVR2: is ``statements[i]`` (one statement or a list) true of the image pair
+        (``lefts[i]``, ``rights[i]``)? Needs an NLVR2 encoder (e.g. ``shapes-nlvr2``).
+
+        The detector runs once per distinct image (the same path, bytes or object given
+        twice is detected once), whatever the number of pairs and statements; the NLVR2 model
+        runs once on all (pair, statement) triples.
+
+        Returns:
+            Per pair: a :data:`Judgement` for a single statement, a list of them for a list.
+
+        Raises:
+            ValueError: the encoder is not an NLVR2 model, ``top_k`` is not 1 or 2, or a
+                statement is ``None``, bytes or blank (named), before any image is decoded.
+            detector.image.ImageError: as :meth:`regions` (a missing file is named).
+        """
+        _check_image_list(lefts, "Pipeline.judge")
+        _check_image_list(rights, "Pipeline.judge")
+        if not len(lefts) == len(rights) == len(statements):
+            raise ValueError(
+                f"got {len(lefts)} left images, {len(rights)} right images and "
+                f"{len(statements)} statement entries; pass one statement (or one list) per pair"
+            )
+        self._check_nlvr2(top_k)
+        for number, entry in enumerate(statements, start=1):
+            _statements_of(entry, pair=number if len(statements) > 1 else None)
+        distinct: dict[object, int] = {}
+        images: list[ImageSource] = []
+        slots: list[int] = []
+        for image in [*lefts, *rights]:
+            key = _image_key(image)
+            if key not in distinct:
+                distinct[key] = len(images)
+                images.append(image)
+            slots.append(distinct[key])
+        regions = self.regions(images, channel_order=channel_order, max_bytes=max_bytes)
+        pairs = len(lefts)
+        left_regions = [regions[slot] for slot in slots[:pairs]]
+        right_regions = [regions[slot] for slot in slots[pairs:]]
+        return self.judge_regions(left_regions, right_regions, statements, top_k=top_k)
+
+    def _check_nlvr2(self, top_k: int) -> None:
+        if top_k not in (1, 2):
+            raise ValueError(f"top_k must be 1 (a bool) or 2 (both verdicts), got {top_k}")
+        if self.encoder.config.head != "nlvr2":
+            raise ValueError(
+                f"this Pipeline's encoder {self.encoder.config.checkpoint!r} is not an NLVR2 "
+                f"model (head {self.encoder.config.head!r}). {NO_NLVR2_CHECKPOINT}"
+            )
+
 
 def default_pipeline(
     detector: str = DEFAULT_DETECTOR,
@@ -373,4 +524,59 @@ def answer(
         pipeline = default_pipeline(str(detector), str(encoder), device, precision)
     return pipeline.answer(
         [image], [question], top_k=top_k, channel_order=channel_order, max_bytes=max_bytes
+    )[0]
+
+
+def judge(
+    left: ImageSource,
+    right: ImageSource,
+    statement: str | Sequence[str],
+    *,
+    detector: str | os.PathLike[str] | None = None,
+    encoder: str | os.PathLike[str] | None = None,
+    device: str = DEFAULT_DEVICE,
+    top_k: int = 1,
+    channel_order: ChannelOrder = "rgb",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    pipeline: Pipeline | None = None,
+) -> Judgement | list[Judgement]:
+    """NLVR2: is ``statement`` true of the pair (``left``, ``right``)?
+
+    >>> judge("examples/pair_0_left.png", "examples/pair_0_right.png",
+    ...       "the left image has more circles than the right image",
+    ...       detector="shapes-detector", encoder="shapes-nlvr2")         # doctest: +SKIP
+    True
+
+    Args:
+        left, right: the two images, as :func:`answer` takes one (path, bytes, PIL image,
+            numpy array); the same image twice is detected once.
+        statement: one statement, or a list of them (then a list comes back).
+        detector: registry name or file; default the real one (:data:`DEFAULT_DETECTOR`).
+        encoder: an NLVR2 model: a registry name (``shapes-nlvr2``) or a directory written by
+            ``lxmert-finetune train --task nlvr2``. Required: LXMERT released no NLVR2
+            checkpoint, so there is no default.
+        device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
+        top_k: 1 gives ``True``/``False``; 2 gives ``[(True, p), (False, 1 - p)]`` best first.
+        pipeline: use this :class:`Pipeline` (with an NLVR2 encoder) instead of the cached one.
+
+    Raises:
+        ValueError: no ``encoder`` (the message names ``shapes-nlvr2``), ``top_k`` not 1 or 2,
+            or a blank statement; all before any model loads.
+        detector.image.ImageError: an image cannot be used; a missing file is named before
+            any model loads.
+    """
+    if pipeline is None and encoder is None:
+        raise ValueError(NO_NLVR2_CHECKPOINT)
+    if top_k not in (1, 2):
+        raise ValueError(f"top_k must be 1 (a bool) or 2 (both verdicts), got {top_k}")
+    _statements_of(statement, pair=None)
+    for side, image in (("left", left), ("right", right)):
+        if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
+            what = "is a directory" if os.path.isdir(image) else "no such file"
+            raise ImageError(os.fsdecode(image), f"{what} ({side} image)")
+    if pipeline is None:
+        chosen = DEFAULT_DETECTOR if detector is None else str(detector)
+        pipeline = default_pipeline(chosen, str(encoder), device, "fp32")
+    return pipeline.judge(
+        [left], [right], [statement], top_k=top_k, channel_order=channel_order, max_bytes=max_bytes
     )[0]

@@ -30,6 +30,15 @@ DEFAULT_ENCODER = "lxmert-vqa"
 #: The shapes-world models shipped in ``weights/shipped/`` (offline, toy world, 22 answers).
 SHAPES_DETECTOR = "shapes-detector"
 SHAPES_ENCODER = "shapes-lxmert"
+#: The shipped shapes-world NLVR2 model (two images, one statement). There is no default NLVR2
+#: model: LXMERT released no NLVR2 checkpoint, so ``judge`` needs one named.
+SHAPES_NLVR2 = "shapes-nlvr2"
+#: Why ``judge`` (function and command) needs an encoder named; the one wording.
+NO_NLVR2_CHECKPOINT = (
+    "judge needs an NLVR2 model, and there is no default: LXMERT released no NLVR2 checkpoint. "
+    f"Try the shipped shapes-world one: encoder {SHAPES_NLVR2!r} with detector "
+    f"{SHAPES_DETECTOR!r} (or train one with lxmert-finetune train --task nlvr2)"
+)
 #: The device every entry point uses unless told otherwise.
 DEFAULT_DEVICE = "auto"
 
