@@ -92,7 +92,9 @@ def _check_counts(min_boxes: int, max_boxes: int) -> None:
         raise ValueError(f"need 1 <= min_boxes <= max_boxes, got {min_boxes}..{max_boxes}")
 
 
-def _greedy_nms_all_classes(overlap: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _greedy_nms_all_classes(
+    overlap: np.ndarray, scores: np.ndarray, depth: int | None = None
+) -> np.ndarray:
     """Greedy NMS for every class at once; bool ``[C, R]``, True where a proposal survives.
 
     ``overlap[i, j]`` says whether box ``i`` suppresses box ``j``; ``scores`` is float32
@@ -100,7 +102,9 @@ def _greedy_nms_all_classes(overlap: np.ndarray, scores: np.ndarray) -> np.ndarr
     ``scores.argsort()[::-1]`` (numpy's default sort, row by row, so exact ties fall exactly
     where the reference puts them), keep a box unless an earlier kept box suppressed it, and
     let it suppress all boxes it overlaps. The loop runs over rank positions (R steps), each
-    step advancing all C classes together.
+    step advancing all C classes together. ``depth``: visit only each class's first ``depth``
+    boxes in that order (a box's fate depends only on the boxes before it); the others stay
+    False.
     """
     num_classes, num_boxes = scores.shape
     # argsort along the last axis sorts each row with the same routine as a 1-D argsort.
@@ -108,7 +112,7 @@ def _greedy_nms_all_classes(overlap: np.ndarray, scores: np.ndarray) -> np.ndarr
     suppressed = np.zeros((num_classes, num_boxes), dtype=bool)
     kept = np.zeros((num_classes, num_boxes), dtype=bool)
     classes = np.arange(num_classes)
-    for rank in range(num_boxes):
+    for rank in range(num_boxes if depth is None else min(depth, num_boxes)):
         current = order[:, rank]
         alive = ~suppressed[classes, current]
         kept[classes, current] = alive
@@ -129,6 +133,64 @@ def _surviving_max_conf(boxes32: Tensor, scores: np.ndarray, nms_thresh: float) 
     # Scores are probabilities (>= 0), so the reference's running max from 0 equals this.
     max_conf: np.ndarray = np.where(kept, scores, np.float32(0)).max(axis=0, initial=0.0)
     return max_conf.astype(np.float64)
+
+
+def _max_conf_above(
+    boxes32: Tensor, scores: np.ndarray, nms_thresh: float, conf_thresh: float
+) -> np.ndarray:
+    """:func:`_surviving_max_conf`, exact wherever the true value is ``>= conf_thresh`` and
+    below ``conf_thresh`` everywhere else, so ``max_conf >= conf_thresh`` picks the same boxes.
+
+    Only classes with a score ``>= conf_thresh`` can give such a value, and within one only
+    its boxes scored ``>= conf_thresh``, which its greedy order visits first: NMS runs for
+    those classes and ranks only (about 100 classes and 50 ranks of 1600 x 300 on a photo).
+    """
+    above = scores.astype(np.float64) >= conf_thresh
+    strong = np.flatnonzero(above.any(axis=1))
+    if strong.size == 0:
+        return np.zeros(scores.shape[1], dtype=np.float64)
+    iou = pairwise_iou_caffe(boxes32, boxes32).numpy()
+    overlap = iou.astype(np.float64) >= float(nms_thresh)
+    sub = np.ascontiguousarray(scores[strong])
+    kept = _greedy_nms_all_classes(overlap, sub, depth=int(above[strong].sum(axis=1).max()))
+    max_conf: np.ndarray = np.where(kept, sub, np.float32(0)).max(axis=0, initial=0.0)
+    return max_conf.astype(np.float64)
+
+
+#: Floors tried by :func:`_keep_from_strong_classes`, as fractions of ``conf_thresh``.
+_FLOOR_FRACTIONS = (1.0, 0.25, 0.0625)
+
+
+def _keep_from_strong_classes(
+    boxes32: Tensor,
+    scores: np.ndarray,
+    *,
+    nms_thresh: float,
+    conf_thresh: float,
+    min_boxes: int,
+    max_boxes: int,
+) -> np.ndarray | None:
+    """The boxes :func:`select_bottom_up` keeps, from :func:`_max_conf_above` (fast), or None
+    where only every box's exact ``max_conf`` can tell (then the full NMS decides).
+
+    Exact whenever it answers: between ``min_boxes`` and ``max_boxes`` survive the threshold
+    (a count the strong classes settle), or the clamp's top ``want`` boxes are among those
+    known exactly (``max_conf >= floor``) and those values are pairwise distinct, so that no
+    tie order, and no box below the floor, can change numpy's ranking.
+    """
+    for fraction in _FLOOR_FRACTIONS:
+        floor = conf_thresh * fraction
+        max_conf = _max_conf_above(boxes32, scores, nms_thresh, floor)
+        above = np.where(max_conf >= conf_thresh)[0]
+        if min_boxes <= len(above) <= max_boxes:
+            return above
+        want = max_boxes if len(above) > max_boxes else min_boxes
+        known = max_conf[max_conf >= floor]
+        if len(known) >= want and np.unique(known).size == known.size:
+            return np.argsort(max_conf)[::-1][:want]
+        if len(above) > max_boxes:
+            return None  # ties among the survivors: a lower floor cannot help
+    return None
 
 
 def _bottom_up_selection(keep_boxes: np.ndarray, boxes32: Tensor, scores: np.ndarray) -> Selection:
@@ -193,6 +255,16 @@ def select_bottom_up(
     boxes32 = proposals.detach().to("cpu", torch.float32)
     probs32 = class_probs.detach().to("cpu", torch.float32)[:, :num_classes]
     scores = np.ascontiguousarray(probs32.numpy().T)
+    keep_boxes = _keep_from_strong_classes(
+        boxes32,
+        scores,
+        nms_thresh=nms_thresh,
+        conf_thresh=conf_thresh,
+        min_boxes=min_boxes,
+        max_boxes=max_boxes,
+    )
+    if keep_boxes is not None:
+        return _bottom_up_selection(keep_boxes, boxes32, scores).to(device)
     max_conf = _surviving_max_conf(boxes32, scores, nms_thresh)
     keep_boxes = np.where(max_conf >= conf_thresh)[0]
     if len(keep_boxes) < min_boxes:

@@ -235,6 +235,41 @@ def test_bottom_up_matches_generate_tsv_with_many_proposals_and_ties() -> None:
         np.testing.assert_array_equal(got.indices.numpy(), expected)
 
 
+def test_the_strong_class_shortcut_answers_exactly_or_not_at_all() -> None:
+    # select_bottom_up first tries NMS on the classes and ranks that can reach the threshold
+    # (or a lower floor); every answer it gives must be generate_tsv's, and each way of
+    # answering (and of declining) must occur, so none of them goes untested.
+    from detector.select import _keep_from_strong_classes
+
+    rng = np.random.default_rng(77)
+    outcomes = {"between": 0, "ranked": 0, "declined": 0}
+    for trial in range(240):
+        boxes, probs = random_case(rng)
+        survivors = int((plain_max_conf(boxes, caffe_layout(probs), 0.3) >= 0.2).sum())
+        min_boxes, max_boxes = [
+            (max(1, survivors - 2), survivors + 2),  # between: the count settles it
+            (1, max(1, survivors - 3)),  # above max: top max_boxes, ranked
+            (survivors + 3, survivors + 6),  # below min: lower floors, ranked
+        ][trial % 3]
+        keep = _keep_from_strong_classes(
+            torch.from_numpy(boxes),
+            np.ascontiguousarray(probs[:, :NUM_CLASSES].T),
+            nms_thresh=0.3,
+            conf_thresh=0.2,
+            min_boxes=min_boxes,
+            max_boxes=max_boxes,
+        )
+        if keep is None:
+            outcomes["declined"] += 1
+            continue
+        expected = plain_keep_boxes(
+            plain_max_conf(boxes, caffe_layout(probs), 0.3), 0.2, min_boxes, max_boxes
+        )
+        np.testing.assert_array_equal(keep, expected)
+        outcomes["between" if min_boxes <= survivors <= max_boxes else "ranked"] += 1
+    assert all(count >= 20 for count in outcomes.values()), outcomes
+
+
 def test_bottom_up_iou_exactly_at_threshold_is_suppressed() -> None:
     # Caffe IoU of these two is exactly 0.5; the reference suppresses at IoU >= thresh.
     boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 9.0, 4.0], [50.0, 50.0, 60.0, 60.0]])
