@@ -26,6 +26,7 @@ setup(
         "encoder.finetune",
         "pipeline",
         "pipeline.engines",
+        "pipeline.web",
         "weights",
         "shapesworld",
     ],
@@ -46,6 +47,7 @@ setup(
             "answer=pipeline.answer_cli:main",
             "judge=pipeline.judge_cli:main",
             "lxmert-finetune=pipeline.finetune_cli:main",
+            "lxmert-demo=pipeline.web.cli:main",
         ]
     },
 )

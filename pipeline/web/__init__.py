@@ -1,0 +1,11 @@
+"""``lxmert-demo``: a Gradio page over :class:`pipeline.api.Pipeline` (the optional ``[web]``
+extra).
+
+- :mod:`pipeline.web.models`: which models resolve here, and loading each one once.
+- :mod:`pipeline.web.service`: the page's work as plain functions of (image, text, settings)
+  -> values, tested without a server; never imports gradio.
+- :mod:`pipeline.web.app`: ``build_app(service, start)`` -> ``gradio.Blocks``, layout only.
+- :mod:`pipeline.web.cli`: the ``lxmert-demo`` command.
+
+Importing this package imports neither gradio nor torch.
+"""

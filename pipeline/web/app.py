@@ -1,0 +1,315 @@
+"""The page: :func:`build_app` lays out components and wires them to
+:class:`pipeline.web.service.DemoService`. Layout only; the work is in the service.
+
+Endpoints (``gradio_client`` and plain HTTP, ``/gradio_api/call/<name>``):
+
+- ``detect``: image, detector, encoder, selection, box count, boxes shown -> picture,
+  region table, status.
+- ``ask``: the same plus questions (one per line) -> picture, region table, answers (JSON:
+  per question the top 5 ``{"answer", "probability"}``), status.
+
+Uploads reach the service as files (``preprocess=False``), so the service's own decoder,
+with its byte and pixel caps, is the only one that reads them, and a bad upload is the
+service's message on the page, never a failure inside gradio.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import gradio as gr
+
+from pipeline.web.models import ModelChoice, ModelSettings, StartModels
+from pipeline.web.service import (
+    MAX_QUESTIONS,
+    REGION_COLUMNS,
+    TOP_K,
+    DemoError,
+    DemoService,
+    Detection,
+    PageView,
+    boxes_picture,
+    region_choices,
+)
+
+if TYPE_CHECKING:
+    from detector.config import Selection
+
+#: Radio label meaning "the checkpoint's own selection".
+OWN_SELECTION = "checkpoint's own"
+#: Boxes drawn at first (the slider's start).
+DEFAULT_SHOWN = 36
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _shown_errors(function: _F) -> _F:
+    """Turn a :class:`DemoError` into a ``gr.Error``: shown on the page, the app serving on."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except DemoError as error:
+            raise gr.Error(str(error), duration=None) from error
+
+    return cast("_F", wrapper)
+
+
+def settings_of(detector: str, encoder: str, selection: str, boxes: float) -> ModelSettings:
+    """The settings the page's controls describe (box count 0: the checkpoint's own)."""
+    chosen = None if selection in (None, "", OWN_SELECTION) else cast("Selection", selection)
+    return ModelSettings(
+        detector=detector or "",
+        encoder=encoder or "",
+        selection=chosen,
+        boxes=int(boxes) if boxes else None,
+    )
+
+
+def upload_of(payload: dict[str, Any] | str | None) -> tuple[str | None, str]:
+    """(local path, display name) of an image input as gradio passes it unprocessed: a file
+    dict (``path``, ``orig_name``) or, from some clients, a path."""
+    if payload is None:
+        return None, "image"
+    if isinstance(payload, str):
+        return payload, Path(payload).name
+    path = payload.get("path")
+    return path, str(payload.get("orig_name") or (Path(path).name if path else "image"))
+
+
+def models_html(choices: Sequence[ModelChoice]) -> str:
+    """The model list: usable ones plain, the others greyed out with the reason."""
+    items = []
+    for choice in choices:
+        name = html.escape(choice.name)
+        if choice.available:
+            items.append(f"<li><b>{name}</b> ({choice.kind}): {html.escape(choice.description)}")
+        else:
+            items.append(
+                f'<li style="color:#999"><b>{name}</b> ({choice.kind}): not usable here: '
+                f"{html.escape(choice.reason)}</li>"
+            )
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def build_app(
+    service: DemoService,
+    *,
+    start: StartModels,
+    detectors: Sequence[ModelChoice],
+    encoders: Sequence[ModelChoice],
+    examples: Sequence[str] = (),
+) -> gr.Blocks:
+    """The page over ``service``; ``start`` says which models are selected first (and why,
+    when they are not the defaults)."""
+    with gr.Blocks(title="LXMERT demo", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# LXMERT: boxes and answers\nUpload, paste or pick an image; **Show boxes** runs "
+            "the detector, **Ask** also answers the questions (one per line). The detector "
+            "runs once per image and settings, however many questions are asked."
+        )
+        gr.Markdown(f"**Note:** {start.notice}", visible=bool(start.notice), elem_id="notice")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    label="Image", type="filepath", sources=["upload", "clipboard"], height=360
+                )
+                questions = gr.Textbox(
+                    label=f"Questions, one per line (at most {MAX_QUESTIONS})",
+                    lines=3,
+                    placeholder="what color is the circle?",
+                    elem_id="questions",
+                )
+                with gr.Row():
+                    detect_button = gr.Button("Show boxes", elem_id="detect")
+                    ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
+                if examples:
+                    gr.Examples(examples=[[path] for path in examples], inputs=[image])
+            with gr.Column():
+                picture = gr.Image(
+                    label="Boxes", type="numpy", format="png", interactive=False, elem_id="boxes"
+                )
+                shown = gr.Slider(1, 100, value=DEFAULT_SHOWN, step=1, label="Boxes shown")
+                picked = gr.Dropdown(label="Highlight a region", choices=[], value=None)
+                charts = [
+                    gr.Label(num_top_classes=TOP_K, visible=False, elem_classes="answer-chart")
+                    for _ in range(MAX_QUESTIONS)
+                ]
+        table = gr.Dataframe(
+            headers=list(REGION_COLUMNS), interactive=False, label="Regions (click to highlight)"
+        )
+        answers = gr.JSON(label="Answers (JSON)")
+        status = gr.Markdown(service.describe_models(), elem_id="status")
+        with gr.Accordion("Settings", open=False):
+            detector = gr.Dropdown(
+                [c.name for c in detectors if c.available],
+                value=start.detector or None,
+                label="Detector",
+            )
+            encoder = gr.Dropdown(
+                [c.name for c in encoders if c.available],
+                value=start.encoder or None,
+                label="Encoder",
+            )
+            selection = gr.Radio(
+                [OWN_SELECTION, "bottom-up", "max-class"], value=OWN_SELECTION, label="Selection"
+            )
+            boxes = gr.Slider(0, 100, value=0, step=1, label="Box count (0: the checkpoint's own)")
+            gr.HTML(models_html([*detectors, *encoders]))
+        detection = gr.State(None)
+        # NLVR2 hook: a second tab (two images + a statement) goes here once Pipeline.judge
+        # exists (pipeline/api.py, issue 20); it would reuse service.detect for both images.
+
+        _wire(
+            service,
+            _Page(
+                image=image,
+                questions=questions,
+                detect=detect_button,
+                ask=ask_button,
+                picture=picture,
+                shown=shown,
+                picked=picked,
+                charts=tuple(charts),
+                table=table,
+                answers=answers,
+                status=status,
+                controls=(detector, encoder, selection, boxes, shown),
+                detection=detection,
+            ),
+        )
+        app.load(service.describe_models, None, status, api_visibility="private")
+    return app
+
+
+@dataclass(frozen=True)
+class _Page:
+    """The components the events connect; ``controls``: detector, encoder, selection, box
+    count, boxes shown (the arguments of :func:`_outputs` after the question)."""
+
+    image: gr.Image
+    questions: gr.Textbox
+    detect: gr.Button
+    ask: gr.Button
+    picture: gr.Image
+    shown: gr.Slider
+    picked: gr.Dropdown
+    charts: tuple[gr.Label, ...]
+    table: gr.Dataframe
+    answers: gr.JSON
+    status: gr.Markdown
+    controls: tuple[gr.components.Component, ...]
+    detection: gr.State
+
+
+def _wire(service: DemoService, page: _Page) -> None:
+    """Connect the events: ``detect`` and ``ask`` are the public endpoints (uploads passed
+    unprocessed, one shared queue); redraws and charts are private."""
+
+    # Parameter names are the API's (gradio_client, /gradio_api/info).
+    @_shown_errors
+    def detect(
+        image: Any,
+        detector: str,
+        encoder: str,
+        selection: str,
+        box_count: float,
+        boxes_shown: float,
+    ) -> tuple[Any, ...]:
+        controls = (detector, encoder, selection, box_count, boxes_shown)
+        return _outputs(service, image, None, *controls)[:4]
+
+    @_shown_errors
+    def ask(
+        image: Any,
+        questions: str,
+        detector: str,
+        encoder: str,
+        selection: str,
+        box_count: float,
+        boxes_shown: float,
+    ) -> tuple[Any, ...]:
+        controls = (detector, encoder, selection, box_count, boxes_shown)
+        return _outputs(service, image, questions or "", *controls)
+
+    outputs = [page.picture, page.table, page.status, page.detection]
+    for event, fn, inputs, results in (
+        (page.detect, detect, [page.image, *page.controls], outputs),
+        (page.ask, ask, [page.image, page.questions, *page.controls], [*outputs, page.answers]),
+    ):
+        done = event.click(
+            fn,
+            inputs,
+            results,
+            api_name=fn.__name__,
+            preprocess=False,
+            concurrency_id="models",
+        ).success(_choices, page.detection, page.picked, api_visibility="private")
+        if fn is ask:
+            done.success(_charts, page.answers, list(page.charts), api_visibility="private")
+    redraw_inputs = [page.detection, page.shown, page.picked]
+    page.shown.release(_redraw, redraw_inputs, page.picture, api_visibility="private")
+    page.picked.change(_redraw, redraw_inputs, page.picture, api_visibility="private")
+    page.table.select(_picked_row, None, page.picked, api_visibility="private")
+
+
+def _outputs(
+    service: DemoService,
+    upload: Any,
+    text: str | None,
+    detector: str,
+    encoder: str,
+    selection: str,
+    boxes: float,
+    shown: float,
+) -> tuple[Any, ...]:
+    path, name = upload_of(upload)
+    view: PageView = service.respond(
+        path,
+        text,
+        settings_of(detector, encoder, selection, boxes),
+        name=name,
+        shown=int(shown),
+    )
+    return (
+        view.picture,
+        view.rows,
+        view.status,
+        view.detection,
+        [answer.as_json() for answer in view.answers],
+    )
+
+
+def _choices(detection: Detection | None) -> Any:
+    """The highlight picker's choices for ``detection``'s regions, nothing picked."""
+    return gr.update(choices=region_choices(detection) if detection else [], value=None)
+
+
+def _charts(answers: list[dict[str, Any]] | None) -> list[Any]:
+    """One bar chart (``gr.Label``) per question, the rest hidden."""
+    shown = answers or []
+    updates = [
+        gr.update(
+            value={a["answer"]: a["probability"] for a in entry["answers"]},
+            label=entry["question"],
+            visible=True,
+        )
+        for entry in shown
+    ]
+    return updates + [gr.update(visible=False)] * (MAX_QUESTIONS - len(updates))
+
+
+def _redraw(detection: Detection | None, shown: float, picked: int | None) -> Any:
+    if detection is None:
+        return gr.skip()
+    return boxes_picture(detection, shown=int(shown), picked=picked)
+
+
+def _picked_row(event: gr.SelectData) -> int:
+    return int(event.index[0])

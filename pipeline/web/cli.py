@@ -1,0 +1,149 @@
+"""``lxmert-demo``: serve the Gradio page (:mod:`pipeline.web.app`) on one device."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.command import Command, positive_int, run_command
+from pipeline.exits import EXIT_OK, EXIT_USAGE, UsageError
+from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DEFAULT_ENCODER, DeviceError
+
+#: Where the page listens unless told otherwise: this machine only.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lxmert-demo`` argument parser."""
+    from pipeline.web.service import DEFAULT_MAX_UPLOAD_BYTES
+
+    parser = argparse.ArgumentParser(
+        prog="lxmert-demo",
+        description="A web page to look at a detector's boxes and ask LXMERT questions "
+        "(Gradio; pip install lxmert-pipeline[web]). Without --detector/--encoder the real "
+        "models are used when they are on this machine; otherwise the page says why and offers "
+        "the shipped shapes-world pair.",
+        epilog=f"exit codes: {EXIT_OK} stopped; {EXIT_USAGE} bad flags, models named by a flag "
+        "that do not resolve, gradio missing; 4 unexpected error; 130 interrupted.",
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address (default: %(default)s; 0.0.0.0 in a container)",
+    )
+    parser.add_argument(
+        "--port", type=positive_int, default=DEFAULT_PORT, help="port (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--detector",
+        metavar="NAME|PATH",
+        help=f"detector selected first (default: {DEFAULT_DETECTOR})",
+    )
+    parser.add_argument(
+        "--encoder", metavar="NAME|DIR", help=f"LXMERT selected first (default: {DEFAULT_ENCODER})"
+    )
+    parser.add_argument(
+        "--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:N or auto (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=positive_int,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        help="largest image upload (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        help="largest image, width x height (default: the library's cap)",
+    )
+    parser.add_argument(
+        "--examples",
+        type=Path,
+        default=Path("examples"),
+        help="folder of example images shown on the page, when it exists (default: %(default)s)",
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401  # the [web] extra: say so before any model loads
+    except ImportError as error:
+        raise UsageError(
+            f"gradio is not installed ({error}); pip install 'lxmert-pipeline[web]'"
+        ) from error
+    from pipeline.web.app import build_app
+    from pipeline.web.models import ModelCache, model_choices, start_models
+    from pipeline.web.service import DemoService, Limits
+    from weights.defaults import resolve_device
+
+    try:
+        device = resolve_device(
+            args.device, on_fallback=lambda text: print(f"lxmert-demo: {text}", file=sys.stderr)
+        )
+    except DeviceError as error:
+        raise UsageError(f"--device {args.device}: {error}") from error
+    detectors = model_choices("detector", [args.detector] if args.detector else [])
+    encoders = model_choices("encoder", [args.encoder] if args.encoder else [])
+    for flag, value, choices in (
+        ("--detector", args.detector, detectors),
+        ("--encoder", args.encoder, encoders),
+    ):
+        named = next((c for c in choices if c.name == value), None)
+        if named is not None and not named.available:
+            raise UsageError(f"{flag} {value}: {named.reason}")
+    start = start_models(
+        args.detector or DEFAULT_DETECTOR, args.encoder or DEFAULT_ENCODER, detectors, encoders
+    )
+    if start.notice:
+        print(f"lxmert-demo: {start.notice}", file=sys.stderr)
+    limits = Limits(
+        max_bytes=args.max_upload_bytes,
+        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
+    )
+    service = DemoService(models=ModelCache(device=device), limits=limits)
+    failed = service.preload(start)
+    if failed:
+        start = dataclasses.replace(start, notice=f"{start.notice} {failed}".strip())
+        print(f"lxmert-demo: {failed}", file=sys.stderr)
+    examples = sorted(str(p) for p in args.examples.glob("*.png")) if args.examples.is_dir() else []
+    app = build_app(service, start=start, detectors=detectors, encoders=encoders, examples=examples)
+    # One request at a time on the CPU (torch uses every core already); a queue shows each
+    # waiting request its position.
+    app.queue(default_concurrency_limit=1 if device.type == "cpu" else 2, max_size=64)
+    try:
+        app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            max_file_size=args.max_upload_bytes,
+            show_error=False,
+            quiet=False,
+            allowed_paths=[str(args.examples.resolve())] if examples else None,
+        )
+    except OSError as error:  # gradio's "Cannot find empty port", an address not here
+        raise UsageError(
+            f"cannot serve on {args.host}:{args.port}: {error}; choose another --port/--host"
+        ) from error
+    return EXIT_OK
+
+
+COMMAND = Command(
+    name="",
+    summary="serve the web page",
+    build_parser=build_parser,
+    run=_run,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lxmert-demo``."""
+    return run_command(COMMAND, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""What the page does, as plain functions of (image, text, settings) -> values.
+
+No gradio here: :mod:`pipeline.web.app` wires these to components, and tests call them
+directly. Every problem the user can fix is a :class:`DemoError` whose message says what to
+do; the page shows it and keeps serving.
+
+Frames: boxes are xyxy in raw-image pixels (after EXIF orientation), as in
+:class:`detector.RegionFeatures`; pictures are uint8 ``[H, W, 3]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+
+from detector.image import DEFAULT_MAX_PIXELS, ImageError, load_image
+from detector.structures import RegionFeatures
+from pipeline.visualize import draw_regions, region_labels
+from pipeline.web.models import ModelCache, ModelSettings, StartModels
+
+if TYPE_CHECKING:
+    from pipeline.api import Pipeline
+
+#: Answers shown per question.
+TOP_K = 5
+#: Uploads larger than this are refused (bytes); the page's own limit, below the library's.
+DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
+#: Questions per request (one per line).
+MAX_QUESTIONS = 8
+#: Images whose regions are kept, so more questions about one image never rerun the detector.
+REGION_CACHE_SIZE = 16
+#: Brightness left outside a picked box.
+_DIM = 0.35
+
+
+class DemoError(ValueError):
+    """Bad input the user can fix; the message is shown on the page as it is."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request may send.
+
+    Attributes:
+        max_bytes: largest image file accepted, in bytes.
+        max_pixels: largest image accepted, width x height (decompression bombs stop here,
+            before their pixels are decoded).
+        max_questions: questions per request.
+    """
+
+    max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_questions: int = MAX_QUESTIONS
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One image and its regions.
+
+    Attributes:
+        image_bgr: uint8 ``[H, W, 3]`` BGR, the raw image the boxes refer to.
+        regions: its regions (boxes xyxy, raw-image pixels).
+        object_names, attribute_names: the detector's vocabularies (index = id).
+    """
+
+    image_bgr: np.ndarray
+    regions: RegionFeatures
+    object_names: tuple[str, ...]
+    attribute_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuestionAnswers:
+    """The best answers to one question, best first: ``(answer, probability)``."""
+
+    question: str
+    answers: tuple[tuple[str, float], ...]
+
+    def as_json(self) -> dict[str, object]:
+        """``{"question": ..., "answers": [{"answer": ..., "probability": ...}]}``, the shape
+        ``answer --json`` prints."""
+        return {
+            "question": self.question,
+            "answers": [{"answer": a, "probability": p} for a, p in self.answers],
+        }
+
+
+@dataclass(frozen=True)
+class PageView:
+    """What the page shows after a request.
+
+    Attributes:
+        detection: the image and its regions (kept by the page to redraw without a rerun).
+        picture: RGB uint8 ``[H, W, 3]``, the image with its strongest boxes labelled.
+        rows: the region table (:data:`REGION_COLUMNS`).
+        answers: per question, the best :data:`TOP_K` answers (empty for boxes only).
+        status: one line: the image, the regions, the models and the device.
+    """
+
+    detection: Detection
+    picture: np.ndarray
+    rows: list[list[object]]
+    answers: list[QuestionAnswers]
+    status: str
+
+
+def parse_questions(text: str | None, *, limit: int = MAX_QUESTIONS) -> list[str]:
+    """The questions in ``text``, one per line, blank lines skipped.
+
+    Raises:
+        DemoError: no question at all, or more than ``limit``.
+    """
+    questions = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not questions:
+        raise DemoError("The question is empty: write a question (one per line), then ask.")
+    if len(questions) > limit:
+        raise DemoError(f"{len(questions)} questions: ask at most {limit} at a time.")
+    return questions
+
+
+def read_image(path: str | os.PathLike[str], *, limits: Limits, name: str) -> np.ndarray:
+    """Decode the uploaded file at ``path`` (EXIF-oriented BGR uint8 ``[H, W, 3]``).
+
+    Raises:
+        DemoError: not an image, too many bytes or pixels; names the upload ``name``.
+    """
+    try:
+        return load_image(path, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, name=name)
+    except ImageError as error:
+        raise DemoError(f"Cannot use this image: {error}") from error
+    except OSError as error:  # the upload vanished from the server's cache
+        raise DemoError(f"Cannot read the upload {name}: {error.strerror or error}") from error
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes: an image's identity in the region cache."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DemoService:
+    """The page's work over one :class:`ModelCache`.
+
+    The detector runs once per (image bytes, detector settings): the regions are kept for
+    the last :data:`REGION_CACHE_SIZE` images, so any number of questions, asked at once or
+    one after another, reuse them.
+    """
+
+    def __init__(self, *, models: ModelCache, limits: Limits = Limits()) -> None:
+        self.models = models
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._regions: OrderedDict[tuple[str, tuple[object, ...]], Detection] = OrderedDict()
+
+    def detect(
+        self, path: str | os.PathLike[str] | None, settings: ModelSettings, *, name: str
+    ) -> Detection:
+        """The regions of the image at ``path`` with ``settings``' detector.
+
+        Raises:
+            DemoError: the image cannot be used, or the models cannot be loaded.
+        """
+        if path is None or not os.fspath(path):
+            raise DemoError("No image: upload one, paste one, or pick an example first.")
+        bgr = read_image(path, limits=self.limits, name=name)
+        key = (file_digest(path), settings.detector_key())
+        with self._lock:
+            known = self._regions.get(key)
+            if known is not None:
+                self._regions.move_to_end(key)
+                return known
+        pipeline = self._pipeline(settings)
+        with self.models.using(settings):
+            try:
+                regions = pipeline.regions([bgr], [Path(name).stem], channel_order="bgr")[0]
+            except ImageError as error:  # e.g. too thin to resize (20000x20)
+                raise DemoError(f"Cannot use this image: {name}: {error.reason}") from error
+        found = Detection(
+            image_bgr=bgr,
+            regions=regions,
+            object_names=tuple(pipeline.detector.object_names),
+            attribute_names=tuple(pipeline.detector.attribute_names),
+        )
+        with self._lock:
+            self._regions[key] = found
+            while len(self._regions) > REGION_CACHE_SIZE:
+                self._regions.popitem(last=False)
+        return found
+
+    def ask(
+        self, detection: Detection, questions: Sequence[str], settings: ModelSettings
+    ) -> list[QuestionAnswers]:
+        """The :data:`TOP_K` best answers to each question about ``detection``'s image: one
+        LXMERT batch, no detector run."""
+        pipeline = self._pipeline(settings)
+        if pipeline.encoder.answers is None:
+            raise DemoError(
+                f"The encoder {settings.encoder} has no question-answering head "
+                f"({pipeline.encoder.config.head}); choose one that answers questions."
+            )
+        with self.models.using(settings):
+            results = pipeline.answer_regions([detection.regions], [list(questions)], top_k=TOP_K)
+        # A list of questions gives a list of answers; top_k > 1 gives (answer, p) lists.
+        ranked = cast("list[list[tuple[str, float]]]", results[0])
+        return [
+            QuestionAnswers(question, tuple((str(a), float(p)) for a, p in answers))
+            for question, answers in zip(questions, ranked, strict=True)
+        ]
+
+    def respond(
+        self,
+        path: str | os.PathLike[str] | None,
+        questions: str | None,
+        settings: ModelSettings,
+        *,
+        name: str,
+        shown: int,
+    ) -> PageView:
+        """Everything the page shows for one request: regions (detected once per image and
+        settings), the picture with the ``shown`` strongest boxes, the table, and the answers
+        to ``questions`` (one per line; None: boxes only).
+
+        Raises:
+            DemoError: empty or too many questions (checked before any image is read), bad
+                image, models that cannot be loaded.
+        """
+        asked = (
+            [] if questions is None else parse_questions(questions, limit=self.limits.max_questions)
+        )
+        detection = self.detect(path, settings, name=name)
+        answers = self.ask(detection, asked, settings) if asked else []
+        regions = detection.regions
+        said = f"{len(asked)} question(s) answered by {settings.encoder}; " if asked else ""
+        return PageView(
+            detection=detection,
+            picture=boxes_picture(detection, shown=shown),
+            rows=region_rows(detection),
+            answers=answers,
+            status=(
+                f"{name}: {regions.image_w}x{regions.image_h} pixels, {regions.num_boxes} "
+                f"regions from {settings.detector}; {said}{self.describe_models()}"
+            ),
+        )
+
+    def preload(self, start: StartModels) -> str:
+        """Load ``start``'s models now, so the first request does not wait; returns why they
+        could not be loaded (``""`` when they were, or when none are selected)."""
+        if not start.detector or not start.encoder:
+            return ""
+        try:
+            self._pipeline(ModelSettings(detector=start.detector, encoder=start.encoder))
+        except DemoError as error:
+            return str(error)
+        return ""
+
+    def describe_models(self) -> str:
+        """Which models are loaded, and the device: for the page."""
+        loaded = ", ".join(self.models.loaded()) or "none yet"
+        return f"device {self.models.device}; loaded: {loaded}."
+
+    def _pipeline(self, settings: ModelSettings) -> Pipeline:
+        if not settings.detector or not settings.encoder:
+            raise DemoError("No models are selected: choose a detector and an encoder.")
+        try:
+            return self.models.pipeline(settings)
+        except (FileNotFoundError, KeyError, ValueError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise DemoError(
+                f"Cannot load {settings.detector} + {settings.encoder}: {message}"
+            ) from error
+
+
+def take_regions(regions: RegionFeatures, indices: Sequence[int]) -> RegionFeatures:
+    """The regions at ``indices`` (in that order), every per-box array taken alike."""
+    rows = np.asarray(indices, dtype=np.int64)
+    return dataclasses.replace(
+        regions,
+        boxes=regions.boxes[rows],
+        features=regions.features[rows],
+        objects_id=regions.objects_id[rows],
+        objects_conf=regions.objects_conf[rows],
+        attrs_id=regions.attrs_id[rows],
+        attrs_conf=regions.attrs_conf[rows],
+    )
+
+
+def strongest(regions: RegionFeatures, count: int) -> list[int]:
+    """Indices of the ``count`` most confident regions (object confidence), strongest first;
+    ties keep the detector's order."""
+    order = np.argsort(-regions.objects_conf, kind="stable")
+    return [int(i) for i in order[: max(0, count)]]
+
+
+def boxes_picture(detection: Detection, *, shown: int, picked: int | None = None) -> np.ndarray:
+    """The image with its ``shown`` most confident boxes labelled "attribute object
+    confidence" (:func:`pipeline.visualize.draw_regions`), RGB uint8 ``[H, W, 3]``.
+
+    ``picked`` (a region id, shown or not) is highlighted: everything outside its box is
+    dimmed and its label is drawn last, on top.
+    """
+    names = {
+        "object_names": detection.object_names,
+        "attribute_names": detection.attribute_names,
+    }
+    regions = detection.regions
+    canvas = draw_regions(
+        detection.image_bgr, take_regions(regions, strongest(regions, shown)), **names
+    )
+    if picked is not None and 0 <= picked < regions.num_boxes:
+        x1, y1, x2, y2 = (round(float(v)) for v in regions.boxes[picked])
+        dimmed = (canvas.astype(np.float32) * _DIM).astype(np.uint8)
+        dimmed[y1 : y2 + 1, x1 : x2 + 1] = canvas[y1 : y2 + 1, x1 : x2 + 1]
+        canvas = draw_regions(dimmed, take_regions(regions, [picked]), **names)
+    return np.ascontiguousarray(canvas[:, :, ::-1])
+
+
+#: Column names of :func:`region_rows`.
+REGION_COLUMNS = (
+    "id",
+    "object",
+    "object conf",
+    "attribute",
+    "attribute conf",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+)
+
+
+def region_rows(detection: Detection) -> list[list[object]]:
+    """One row per region in the detector's order: id, object, its confidence, attribute,
+    its confidence, box x1 y1 x2 y2 (raw-image pixels, 1 decimal)."""
+    regions = detection.regions
+
+    def name(names: tuple[str, ...], index: int) -> str:
+        return names[index] if 0 <= index < len(names) else str(index)
+
+    return [
+        [
+            i,
+            name(detection.object_names, int(regions.objects_id[i])),
+            round(float(regions.objects_conf[i]), 4),
+            name(detection.attribute_names, int(regions.attrs_id[i])),
+            round(float(regions.attrs_conf[i]), 4),
+            *(round(float(v), 1) for v in regions.boxes[i]),
+        ]
+        for i in range(regions.num_boxes)
+    ]
+
+
+def region_choices(detection: Detection) -> list[tuple[str, int]]:
+    """``(label, id)`` per region for the "highlight" picker: ``"3: yellow circle 0.99"``."""
+    regions = detection.regions
+    labels = region_labels(regions, detection.object_names, detection.attribute_names)
+    return [
+        (f"{i}: {label} {float(regions.objects_conf[i]):.2f}", i) for i, label in enumerate(labels)
+    ]

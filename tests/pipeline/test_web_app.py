@@ -1,0 +1,359 @@
+"""The web page's functions (pipeline.web) with the shipped shapes models, without a server."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.structures import RegionFeatures
+from pipeline.visualize import draw_regions
+from pipeline.web.models import (
+    ModelCache,
+    ModelSettings,
+    check_model,
+    model_choices,
+    start_models,
+)
+from pipeline.web.service import (
+    REGION_COLUMNS,
+    TOP_K,
+    DemoError,
+    DemoService,
+    Limits,
+    boxes_picture,
+    parse_questions,
+    region_rows,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENE = ROOT / "examples" / "scene_000.png"
+SHIPPED = ROOT / "weights" / "shipped" / "shapes-detector"
+SHAPES = ModelSettings(detector="shapes-detector", encoder="shapes-lxmert")
+
+
+@pytest.fixture(scope="module")
+def service() -> DemoService:
+    import torch
+
+    return DemoService(models=ModelCache(device=torch.device("cpu")))
+
+
+def scene_truth(name: str) -> list[dict[str, Any]]:
+    """The objects examples/scenes.json records for ``name`` (drawn by shapesworld)."""
+    scenes = json.loads((ROOT / "examples" / "scenes.json").read_text())["scenes"]
+    return next(scene["objects"] for scene in scenes if scene["file"] == name)
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` RGB with almost no data: a
+    decompression bomb as far as anything that trusts the header goes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = zlib.compress(b"\0" * 4096)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+# -- questions ----------------------------------------------------------------------------------
+
+
+def test_questions_one_per_line_blank_lines_skipped() -> None:
+    text = "  what color is the circle?\n\n\thow many squares?  \n"
+    assert parse_questions(text) == ["what color is the circle?", "how many squares?"]
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t\n", None])
+def test_empty_question_is_an_error(text: str | None) -> None:
+    with pytest.raises(DemoError, match="question is empty"):
+        parse_questions(text)
+
+
+def test_too_many_questions_is_an_error() -> None:
+    with pytest.raises(DemoError, match="3 questions: ask at most 2"):
+        parse_questions("a?\nb?\nc?", limit=2)
+
+
+# -- answers and regions ------------------------------------------------------------------------
+
+
+def test_answers_the_scene_as_recorded(service: DemoService) -> None:
+    truth = scene_truth("scene_000.png")
+    circle = next(o for o in truth if o["shape"] == "circle")
+    count = sum(o["shape"] == "square" for o in truth)
+    view = service.respond(
+        SCENE,
+        "what color is the circle?\nhow many squares?",
+        SHAPES,
+        name="scene_000.png",
+        shown=36,
+    )
+    assert [a.question for a in view.answers] == ["what color is the circle?", "how many squares?"]
+    assert view.answers[0].answers[0][0] == circle["color"]
+    assert view.answers[1].answers[0][0] == str(count)
+    for entry in view.answers:
+        probabilities = [p for _, p in entry.answers]
+        assert len(probabilities) == TOP_K
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert 0.0 < sum(probabilities) <= 1.0 + 1e-6
+    assert view.answers[0].as_json()["answers"][0] == {
+        "answer": circle["color"],
+        "probability": view.answers[0].answers[0][1],
+    }
+
+
+def test_same_as_the_library_answer(service: DemoService) -> None:
+    from pipeline.api import Pipeline
+
+    reference = Pipeline(detector="shapes-detector", encoder="shapes-lxmert", device="cpu")
+    expected = reference.answer([str(SCENE)], [["what shape is yellow?"]], top_k=TOP_K)[0][0]
+    view = service.respond(SCENE, "what shape is yellow?", SHAPES, name="s.png", shown=5)
+    assert isinstance(expected, list)
+    assert [a for a, _ in view.answers[0].answers] == [a for a, _ in expected]
+    np.testing.assert_allclose(
+        [p for _, p in view.answers[0].answers], [p for _, p in expected], rtol=1e-5
+    )
+
+
+def test_detector_runs_once_per_image_and_settings(service: DemoService, tmp_path: Path) -> None:
+    first = service.respond(SCENE, "what color is the circle?", SHAPES, name="a.png", shown=3)
+    again = service.respond(
+        SCENE, "how many circles?\nis there a star?", SHAPES, name="b.png", shown=9
+    )
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(SCENE.read_bytes())  # same bytes elsewhere: the same image
+    boxes_only = service.respond(copy, None, SHAPES, name="copy.png", shown=36)
+    assert again.detection is first.detection
+    assert boxes_only.detection is first.detection
+    assert boxes_only.answers == []
+    fewer = service.respond(
+        SCENE, None, ModelSettings("shapes-detector", "shapes-lxmert", boxes=4), name="c", shown=36
+    )
+    assert fewer.detection is not first.detection
+    assert fewer.detection.regions.num_boxes == 4
+
+
+def test_region_table_against_the_vocabularies(service: DemoService) -> None:
+    detection = service.detect(SCENE, SHAPES, name="scene_000.png")
+    objects = (SHIPPED / "objects_vocab.txt").read_text().split("\n")
+    attributes = (SHIPPED / "attributes_vocab.txt").read_text().split("\n")
+    regions = detection.regions
+    rows = region_rows(detection)
+    assert len(rows) == regions.num_boxes and len(rows[0]) == len(REGION_COLUMNS)
+    for i, row in enumerate(rows):
+        assert row[0] == i
+        assert row[1] == objects[int(regions.objects_id[i])].split(",")[0]
+        assert row[3] == attributes[int(regions.attrs_id[i])].split(",")[0]
+        assert row[2] == pytest.approx(float(regions.objects_conf[i]), abs=5e-5)
+        assert row[4] == pytest.approx(float(regions.attrs_conf[i]), abs=5e-5)
+        assert row[5:] == pytest.approx([float(v) for v in regions.boxes[i]], abs=0.05)
+    # The detector finds the scene's yellow circle where the scene put it.
+    circle = next(o for o in scene_truth("scene_000.png") if o["shape"] == "circle")
+    found = [row for row in rows if row[1] == "circle" and row[3] == "yellow"]
+    assert found
+    x1, y1, x2, y2 = found[0][5:]
+    tx1, ty1, tx2, ty2 = circle["box"]
+    assert max(x1, tx1) < min(x2, tx2) and max(y1, ty1) < min(y2, ty2)
+
+
+# -- the picture ----------------------------------------------------------------------------
+
+
+def _subset(regions: RegionFeatures, rows: list[int]) -> RegionFeatures:
+    return RegionFeatures(
+        image_id=regions.image_id,
+        image_h=regions.image_h,
+        image_w=regions.image_w,
+        boxes=regions.boxes[rows],
+        features=regions.features[rows],
+        objects_id=regions.objects_id[rows],
+        objects_conf=regions.objects_conf[rows],
+        attrs_id=regions.attrs_id[rows],
+        attrs_conf=regions.attrs_conf[rows],
+    )
+
+
+@pytest.mark.parametrize("shown", [0, 2, 100])
+def test_picture_draws_the_most_confident_boxes(service: DemoService, shown: int) -> None:
+    detection = service.detect(SCENE, SHAPES, name="scene_000.png")
+    regions = detection.regions
+    confidences = [float(c) for c in regions.objects_conf]
+    strongest = sorted(range(len(confidences)), key=lambda i: -confidences[i])[:shown]
+    expected_bgr = draw_regions(
+        detection.image_bgr,
+        _subset(regions, strongest),
+        object_names=detection.object_names,
+        attribute_names=detection.attribute_names,
+    )
+    picture = boxes_picture(detection, shown=shown)
+    assert picture.shape == (regions.image_h, regions.image_w, 3)
+    np.testing.assert_array_equal(picture, expected_bgr[:, :, ::-1])
+    if shown == 0:  # no box: the image itself, in RGB
+        rgb = np.asarray(Image.open(SCENE).convert("RGB"))
+        np.testing.assert_array_equal(picture, rgb)
+
+
+def test_picked_box_is_highlighted(service: DemoService) -> None:
+    detection = service.detect(SCENE, SHAPES, name="scene_000.png")
+    regions = detection.regions
+    picked = int(np.argmax(regions.objects_conf))
+    plain = boxes_picture(detection, shown=0)
+    lit = boxes_picture(detection, shown=0, picked=picked)
+    x1, y1, x2, y2 = (round(float(v)) for v in regions.boxes[picked])
+    outside = np.ones(plain.shape[:2], dtype=bool)
+    outside[max(0, y1 - 40) : y2 + 6, max(0, x1 - 6) : x2 + 6] = False  # box, line, label
+    dimmed = plain[outside].astype(np.float64) * 0.35  # float rounding: within 1 level
+    np.testing.assert_allclose(lit[outside], dimmed, atol=1.0)
+    inside = (slice(y1 + 8, y2 - 8), slice(x1 + 8, x2 - 8))  # clear of line and label
+    np.testing.assert_array_equal(lit[inside], plain[inside])
+    assert not np.array_equal(lit, plain)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_errors_and_the_service_goes_on(
+    service: DemoService, tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all\n")
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (20000, 20), (200, 30, 30)).save(thin)
+    bomb = png_header_only(tmp_path / "bomb.png", 60000, 60000)
+    cases = [
+        (text, "what color is the circle?", "notes.png: not a recognised image format"),
+        (thin, "what color is the circle?", "thin.png: aspect ratio too extreme"),
+        (bomb, "what color is the circle?", "bomb.png: .*pixels"),
+        (SCENE, " \n ", "question is empty"),
+        (None, "what color is the circle?", "No image"),
+    ]
+    for path, questions, message in cases:
+        name = path.name if path is not None else "image"
+        with pytest.raises(DemoError, match=message):
+            service.respond(path, questions, SHAPES, name=name, shown=36)
+    view = service.respond(SCENE, "what color is the circle?", SHAPES, name="ok.png", shown=36)
+    assert view.answers[0].answers[0][0] == "yellow"
+
+
+def test_limits_of_bytes_and_pixels(tmp_path: Path) -> None:
+    import torch
+
+    size = SCENE.stat().st_size
+    small = DemoService(
+        models=ModelCache(device=torch.device("cpu")), limits=Limits(max_bytes=size - 1)
+    )
+    with pytest.raises(DemoError, match="bytes"):
+        small.detect(SCENE, SHAPES, name="scene_000.png")
+    few = DemoService(
+        models=ModelCache(device=torch.device("cpu")), limits=Limits(max_pixels=271 * 271 - 1)
+    )
+    with pytest.raises(DemoError, match="pixels"):
+        few.detect(SCENE, SHAPES, name="scene_000.png")
+
+
+def test_unloadable_models_are_errors(service: DemoService, tmp_path: Path) -> None:
+    missing = ModelSettings(detector=str(tmp_path / "nothing.safetensors"), encoder="shapes-lxmert")
+    with pytest.raises(DemoError, match="Cannot load"):
+        service.detect(SCENE, missing, name="scene_000.png")
+    with pytest.raises(DemoError, match="No models"):
+        service.detect(SCENE, ModelSettings(detector="", encoder=""), name="scene_000.png")
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_downloaded_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty weights folder and hub cache, offline: only shipped models resolve."""
+    monkeypatch.setenv("LXMERT_PIPELINE_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.usefixtures("no_downloaded_weights")
+def test_choices_say_which_resolve_and_why_not() -> None:
+    from weights.registry import REGISTRY
+
+    detectors = model_choices("detector", ["/no/such/detector.pth"])
+    names = [c.name for c in detectors]
+    registered = [r.name for r in REGISTRY.values() if r.kind == "detector"]
+    assert names == [*registered, "/no/such/detector.pth"]
+    usable = {c.name for c in detectors if c.available}
+    shipped = {r.name for r in REGISTRY.values() if r.kind == "detector" and r.shipped_dir}
+    assert usable == shipped
+    real = next(c for c in detectors if c.name == "vg-r101-c4-attr")
+    assert "vg-r101-c4-attr" in real.reason
+    assert check_model("shapes-lxmert", "detector").reason == (
+        "shapes-lxmert is a encoder, not a detector"
+    )
+
+
+@pytest.mark.usefixtures("no_downloaded_weights")
+def test_defaults_missing_offer_the_shapes_pair() -> None:
+    detectors, encoders = model_choices("detector"), model_choices("encoder")
+    start = start_models("vg-r101-c4-attr", "lxmert-vqa", detectors, encoders)
+    assert (start.detector, start.encoder) == ("shapes-detector", "shapes-lxmert")
+    assert "vg-r101-c4-attr" in start.notice and "lxmert-vqa" in start.notice
+    assert "python -m weights fetch vg-r101-c4-attr" in start.notice
+    same = start_models("shapes-detector", "shapes-lxmert", detectors, encoders)
+    assert (same.detector, same.encoder, same.notice) == ("shapes-detector", "shapes-lxmert", "")
+
+
+def test_models_load_once_and_variants_are_kept_apart() -> None:
+    import torch
+
+    cache = ModelCache(device=torch.device("cpu"), max_detectors=2)
+    first = cache.pipeline(SHAPES)
+    assert cache.pipeline(SHAPES) is first
+    five = cache.pipeline(ModelSettings("shapes-detector", "shapes-lxmert", boxes=5))
+    assert five.detector is not first.detector and five.encoder is first.encoder
+    assert (five.detector.config.min_boxes, five.detector.config.max_boxes) == (5, 5)
+    maxclass = cache.pipeline(ModelSettings("shapes-detector", "shapes-lxmert", "max-class"))
+    assert maxclass.detector.config.selection == "max-class"
+    assert len([line for line in cache.loaded() if line.startswith("detector")]) == 2
+    assert cache.pipeline(SHAPES) is not first  # the oldest variant was dropped, loaded again
+
+
+def test_command_refuses_a_named_model_that_does_not_resolve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("gradio")
+    from pipeline.web.cli import main
+
+    code = main(["--detector", str(tmp_path / "none.pth"), "--encoder", "shapes-lxmert"])
+    assert code == 2
+    assert "--detector" in capsys.readouterr().err
+
+
+def test_page_lists_unusable_models_greyed(no_downloaded_weights: None) -> None:
+    pytest.importorskip("gradio")
+    from pipeline.web.app import build_app, models_html
+
+    detectors, encoders = model_choices("detector"), model_choices("encoder")
+    listing = models_html([*detectors, *encoders])
+    real = listing.split("<li")[1]
+    assert "vg-r101-c4-attr" in real and "color:#999" in real and "not usable here" in real
+    import torch
+
+    start = start_models("vg-r101-c4-attr", "lxmert-vqa", detectors, encoders)
+    app = build_app(
+        DemoService(models=ModelCache(device=torch.device("cpu"))),
+        start=start,
+        detectors=detectors,
+        encoders=encoders,
+    )
+    public = {fn.api_name for fn in app.fns.values() if fn.api_visibility == "public"}
+    assert public == {"detect", "ask"}
