@@ -118,7 +118,11 @@ def build_app(
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
-                    label="Image", type="filepath", sources=["upload", "clipboard"], height=360
+                    label="Image",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    height=360,
+                    elem_id="image",
                 )
                 questions = gr.Textbox(
                     label=f"Questions, one per line (at most {MAX_QUESTIONS})",
