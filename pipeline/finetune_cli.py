@@ -1,6 +1,6 @@
 """``lxmert-finetune``: fine-tune LXMERT on question files over feature stores, and evaluate.
 
-    lxmert-finetune train --task vqa|gqa --train FILE [FILE...] [--valid FILE] \\
+    lxmert-finetune train --task vqa|gqa|nlvr2 --train FILE [FILE...] [--valid FILE] \\
         --features STORE [STORE...] --from NAME|DIR --out DIR [--answers FILE] [--epochs N] \\
         [--batch-size N] [--lr X] [--max-length N] [--num-boxes N] [--precision fp32|bf16] \\
         [--device auto|cpu|cuda[:N]] [--resume] [--skip-missing]
@@ -16,6 +16,11 @@ Output of ``train`` (``--out DIR``): the best model so far as a ``save_pretraine
 directory (``config.json``, ``model.safetensors``), ``label2ans.json``, ``finetune.json``
 (recipe, equivalent command, data, history) and ``training/last.pt`` (the resume
 checkpoint). ``answer(..., encoder=DIR)`` and ``Pipeline(encoder=DIR)`` load it.
+
+``--task nlvr2`` reads NLVR2 statement files in LXMERT's JSON (``{identifier, img0, img1,
+sent, label}``) and trains an NLVR2 model (``encoder.nlvr2``; no answer table, so no
+``label2ans.json``) that ``judge(..., encoder=DIR)`` loads; ``evaluate`` then reports accuracy,
+consistency over statement groups, and writes NLVR2's ``identifier,prediction`` CSV.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,10 +52,12 @@ if TYPE_CHECKING:
         EpochRecord,
         FinetuneConfig,
         HumanAnswers,
+        PairEntry,
         Progress,
         QuestionEntry,
         Task,
     )
+    from encoder.finetune.fit import FitData
     from pipeline.store import FeatureStore
 
 PROG = "lxmert-finetune"
@@ -138,7 +145,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
     d = FinetuneConfig()
     parser = argparse.ArgumentParser(prog=f"{PROG} train", description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=("vqa", "gqa"), required=True)
+    parser.add_argument("--task", choices=("vqa", "gqa", "nlvr2"), required=True)
     parser.add_argument("--train", nargs="+", type=Path, required=True, metavar="FILE")
     parser.add_argument("--valid", type=Path, metavar="FILE", help="evaluated after each epoch")
     parser.add_argument(
@@ -222,6 +229,8 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
             "choose another --out"
         )
     _check_out_is_ours(args.out, source=args.source)
+    if args.task == "nlvr2" and args.answers is not None:
+        raise UsageError("--answers is for vqa/gqa; an NLVR2 model answers True or False")
     return TrainSettings(
         task=args.task,
         train=_existing(args.train, "--train"),
@@ -327,11 +336,13 @@ def plan_train(
 
 def run_train(args: argparse.Namespace) -> int:
     """``train``: validate -> plan (data, answers) -> run (model, fit) -> finish."""
-    from encoder.finetune import FINETUNE_FILE, QADataset, fit, prepare_encoder, write_model_dir
+    from encoder.finetune import QADataset, prepare_encoder
     from weights.defaults import DeviceError, resolve_device
 
     settings = validate_train(args)
     store = open_stores(settings.features)
+    if settings.task == "nlvr2":
+        return run_train_nlvr2(settings, store)
     train_entries, valid_entries, skipped = plan_train(settings, store)
     table = answer_table(settings, train_entries)
     try:
@@ -363,6 +374,61 @@ def run_train(args: argparse.Namespace) -> int:
         "answers_kept_from_source": kept,
         "skipped_missing": skipped,
     }
+    return fit_and_write(settings, encoder, train, valid, record)
+
+
+def run_train_nlvr2(settings: TrainSettings, store: FeatureStore) -> int:
+    """``train --task nlvr2``: plan (statements) -> run (NLVR2 model, fit) -> finish."""
+    from encoder.finetune import PairDataset, prepare_nlvr2_encoder
+    from pipeline.finetune_nlvr2 import read_pairs
+    from weights.defaults import DeviceError, resolve_device
+
+    skip = settings.skip_missing
+    train_entries, skipped = read_pairs(
+        settings.train, store, skip_missing=skip, flag="--train", need_labels=True
+    )
+    valid_entries: tuple[PairEntry, ...] = ()
+    if settings.valid is not None:
+        valid_entries, _ = read_pairs(
+            [settings.valid], store, skip_missing=skip, flag="--valid", need_labels=True
+        )
+    try:
+        device = resolve_device(settings.device, on_fallback=_say)
+        encoder = prepare_nlvr2_encoder(settings.source, config=settings.recipe, device=device)
+    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        raise UsageError(f"cannot load --from {settings.source}: {err}") from None
+    boxes = settings.recipe.num_boxes
+    train = PairDataset(train_entries, store, num_boxes=boxes)
+    valid = PairDataset(valid_entries, store, num_boxes=boxes) if valid_entries else None
+    if not settings.quiet:
+        print(
+            f"{len(train)} training statements ({skipped} skipped), "
+            f"{len(valid) if valid else 0} valid; NLVR2 head on {settings.source}; "
+            f"device {device}",
+            file=sys.stderr,
+        )
+    record: dict[str, object] = {
+        "task": settings.task,
+        "from": settings.source,
+        "command": settings.command(),
+        "config": asdict(settings.recipe),
+        "train": [str(p) for p in settings.train],
+        "valid": str(settings.valid) if settings.valid else None,
+        "features": [str(p) for p in settings.features],
+        "skipped_missing": skipped,
+    }
+    return fit_and_write(settings, encoder, train, valid, record)
+
+
+def fit_and_write(
+    settings: TrainSettings,
+    encoder: Encoder,
+    train: FitData,
+    valid: FitData | None,
+    record: Mapping[str, object],
+) -> int:
+    """Fit, writing the best model into ``--out`` as it improves, then the full record."""
+    from encoder.finetune import FINETUNE_FILE, fit, write_model_dir
 
     def keep_best(best: Encoder, epoch: EpochRecord) -> None:
         write_model_dir(best, settings.out, record={**record, "best": asdict(epoch)})
@@ -394,7 +460,8 @@ def run_train(args: argparse.Namespace) -> int:
 def build_evaluate_parser() -> argparse.ArgumentParser:
     """Flags of ``lxmert-finetune evaluate``."""
     parser = argparse.ArgumentParser(
-        prog=f"{PROG} evaluate", description="accuracy and prediction files of a QA model"
+        prog=f"{PROG} evaluate",
+        description="accuracy and prediction files of a QA or NLVR2 model",
     )
     parser.add_argument(
         "--model",
@@ -408,11 +475,11 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         metavar="FILE",
-        help="LXMERT JSON question files",
+        help="LXMERT JSON question files (NLVR2 statement files with --task nlvr2)",
     )
     parser.add_argument(
         "--task",
-        choices=("vqa", "gqa"),
+        choices=("vqa", "gqa", "nlvr2"),
         help="metric and submission format (default: the model's finetune.json, else vqa)",
     )
     parser.add_argument(
@@ -425,7 +492,8 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         "--predictions",
         type=Path,
         metavar="OUT.json|OUT.csv",
-        help="VQA [{question_id, answer}] / GQA [{questionId, prediction}]",
+        help="VQA [{question_id, answer}] / GQA [{questionId, prediction}] / NLVR2 CSV "
+        "identifier,prediction (True/False)",
     )
     parser.add_argument("--report", type=Path, metavar="OUT.json", help="the scores as JSON")
     parser.add_argument("--batch-size", type=positive_int, default=256)
@@ -475,7 +543,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if out is not None and out.is_dir():
             raise UsageError(f"{flag} {out} is a directory; give a file")
     record = _model_record(args.model)
-    task: Task = args.task or ("gqa" if record.get("task") == "gqa" else "vqa")
+    saved_task = record.get("task")
+    task: Task = args.task or (saved_task if saved_task in ("gqa", "nlvr2") else "vqa")
     saved = record.get("config")
     length = saved.get("max_question_length", 20) if isinstance(saved, dict) else 20
     try:
@@ -489,6 +558,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         annotations = read_vqa_annotations(args.annotations) if args.annotations else None
     except (DataError, ValueError) as err:
         raise UsageError(str(err)) from None
+    if task == "nlvr2":
+        return run_evaluate_nlvr2(args, recipe)
     store = open_stores(_existing(args.features, "--features"))
     entries, skipped = read_entries(
         _existing(args.questions, "--questions"),
@@ -513,6 +584,52 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
     _finish_evaluate(args, task, entries, predictions, annotations, skipped)
+    return EXIT_OK
+
+
+def run_evaluate_nlvr2(args: argparse.Namespace, recipe: FinetuneConfig) -> int:
+    """``evaluate --task nlvr2``: statements -> NLVR2 model -> accuracy, consistency, CSV."""
+    from encoder.build import load_encoder
+    from encoder.config import config_for
+    from encoder.finetune import PairDataset, predict_pairs
+    from pipeline.finetune_nlvr2 import finish_evaluate, read_pairs
+    from weights.defaults import DeviceError, resolve_device
+
+    if args.annotations is not None:
+        raise UsageError("--annotations are VQA's human answers; NLVR2 files carry their labels")
+    if args.predictions is not None and args.predictions.suffix.lower() != ".csv":
+        raise UsageError(
+            f"--predictions {args.predictions}: NLVR2 predictions are a CSV "
+            "(identifier,prediction); give a .csv file"
+        )
+    store = open_stores(_existing(args.features, "--features"))
+    entries, skipped = read_pairs(
+        _existing(args.questions, "--questions"),
+        store,
+        skip_missing=args.skip_missing,
+        flag="--questions",
+        need_labels=False,
+    )
+    try:
+        settings = replace(
+            config_for(args.model), head="nlvr2", max_question_length=recipe.max_question_length
+        )
+        encoder = load_encoder(settings, device=resolve_device(args.device, on_fallback=_say))
+    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        raise UsageError(f"cannot load --model {args.model}: {err}") from None
+    try:
+        dataset = PairDataset(entries, store, num_boxes=recipe.num_boxes)
+        probabilities = predict_pairs(encoder, dataset, config=recipe)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finish_evaluate(
+        entries,
+        probabilities,
+        predictions=args.predictions,
+        report=args.report,
+        skipped=skipped,
+    )
     return EXIT_OK
 
 
@@ -547,8 +664,6 @@ def _finish_evaluate(
 
 def replace_length(settings: EncoderConfig, length: int) -> EncoderConfig:
     """``settings`` with head ``qa`` and questions cut at ``length`` tokens."""
-    from dataclasses import replace
-
     return replace(settings, head="qa", max_question_length=length)
 
 
@@ -562,7 +677,7 @@ def _score_lines(scores: AccuracyReport) -> str:
 
 TRAIN_COMMAND = Command(
     name="train",
-    summary="fine-tune a QA model on question files over feature stores",
+    summary="fine-tune a QA (or NLVR2) model on question (statement) files over feature stores",
     build_parser=build_train_parser,
     run=run_train,
     disk_full_remedy="the last finished epoch is kept; free some space and run the same "
@@ -570,7 +685,7 @@ TRAIN_COMMAND = Command(
 )
 EVALUATE_COMMAND = Command(
     name="evaluate",
-    summary="accuracy and prediction files of a QA model",
+    summary="accuracy and prediction files of a QA or NLVR2 model",
     build_parser=build_evaluate_parser,
     run=run_evaluate,
 )

@@ -1,5 +1,5 @@
-"""Fine-tuning LXMERT on question files (VQA/GQA-style LXMERT JSON) over any source of
-regions, answer-table surgery, and the VQA/GQA metrics.
+"""Fine-tuning LXMERT on question files (VQA/GQA-style LXMERT JSON) and NLVR2 statement files
+over any source of regions, answer-table surgery, and the VQA/GQA/NLVR2 metrics.
 
 Nothing here imports ``pipeline``: regions come through :class:`RegionSource`, which a
 ``pipeline.store.FeatureStore`` satisfies.
@@ -43,7 +43,24 @@ from encoder.finetune.metrics import (
     summarize,
     vqa_human_accuracy,
 )
-from encoder.finetune.model import FINETUNE_FILE, prepare_encoder, write_model_dir
+from encoder.finetune.model import (
+    FINETUNE_FILE,
+    prepare_encoder,
+    prepare_nlvr2_encoder,
+    write_model_dir,
+)
+from encoder.finetune.pair_loop import evaluate_pairs, predict_pairs, train_pair_epoch
+from encoder.finetune.pairs import (
+    PairDataset,
+    PairEntry,
+    PairExample,
+    PairReport,
+    pair_scores,
+    pairs_with_regions,
+    prediction_csv,
+    read_pair_files,
+    statement_group,
+)
 from encoder.finetune.surgery import transfer_answer_head
 
 __all__ = [
@@ -55,6 +72,10 @@ __all__ = [
     "FinetuneConfig",
     "FitResult",
     "HumanAnswers",
+    "PairDataset",
+    "PairEntry",
+    "PairExample",
+    "PairReport",
     "Precision",
     "Progress",
     "QADataset",
@@ -66,20 +87,29 @@ __all__ = [
     "TrainingState",
     "answer_table_from_labels",
     "evaluate",
+    "evaluate_pairs",
     "exact_match",
     "fit",
     "load_checkpoint",
     "normalize_vqa_answer",
+    "pair_scores",
+    "pairs_with_regions",
     "predict",
+    "predict_pairs",
+    "prediction_csv",
     "prediction_records",
     "prepare_encoder",
+    "prepare_nlvr2_encoder",
     "question_scores",
+    "read_pair_files",
     "read_question_files",
     "read_questions",
     "read_vqa_annotations",
     "soft_score",
+    "statement_group",
     "summarize",
     "train_epoch",
+    "train_pair_epoch",
     "transfer_answer_head",
     "vqa_human_accuracy",
     "with_regions",

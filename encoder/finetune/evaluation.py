@@ -19,9 +19,15 @@ from encoder.finetune.metrics import (
     vqa_human_accuracy,
 )
 
-#: The kind of data: the metric and the submission format follow from it.
-Task = Literal["vqa", "gqa"]
-TASKS: tuple[Task, ...] = ("vqa", "gqa")
+#: The kind of data: the metric and the submission format follow from it. ``nlvr2``
+#: (statements about image pairs) is scored by ``encoder.finetune.pairs.pair_scores``.
+Task = Literal["vqa", "gqa", "nlvr2"]
+TASKS: tuple[Task, ...] = ("vqa", "gqa", "nlvr2")
+
+
+def _question_task(task: Task) -> None:
+    if task == "nlvr2":
+        raise ValueError("nlvr2 statements are scored by encoder.finetune.pairs.pair_scores")
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ def question_scores(
     with the entry's top-scored answer. Per type: ``question_type`` and ``answer_type`` of the
     entries (or of the annotations).
     """
+    _question_task(task)
     if len(entries) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(entries)} questions")
     scores: list[float] = []
@@ -119,6 +126,7 @@ def prediction_records(
 ) -> list[dict[str, int | str]]:
     """Official submission records: VQA ``{"question_id", "answer"}``, GQA
     ``{"questionId", "prediction"}``; question ids as in the question file."""
+    _question_task(task)
     if len(entries) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(entries)} questions")
     if task == "gqa":

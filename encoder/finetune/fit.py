@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
 from encoder.finetune.data import QADataset
@@ -24,6 +26,11 @@ from encoder.finetune.loop import (
     save_checkpoint,
     train_epoch,
 )
+from encoder.finetune.pair_loop import evaluate_pairs, train_pair_epoch
+from encoder.finetune.pairs import PairDataset
+
+#: A training or validation set: questions (vqa, gqa) or statements about image pairs (nlvr2).
+FitData = QADataset | PairDataset
 
 
 class ResumeError(ValueError):
@@ -60,11 +67,50 @@ def _checked(path: Path, encoder: Encoder, config: FinetuneConfig) -> TrainingSt
     return state
 
 
+def _train_one(
+    encoder: Encoder,
+    train: FitData,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: FinetuneConfig,
+    epoch: int,
+    on_progress: Callable[[Progress], None] | None,
+) -> EpochRecord:
+    """One epoch of the loop that fits the data: pairs (NLVR2) or questions."""
+    if isinstance(train, PairDataset):
+        return train_pair_epoch(
+            encoder,
+            train,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=config,
+            epoch=epoch,
+            on_progress=on_progress,
+        )
+    return train_epoch(
+        encoder,
+        train,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=config,
+        epoch=epoch,
+        on_progress=on_progress,
+    )
+
+
+def _valid_score(encoder: Encoder, valid: FitData, *, config: FinetuneConfig, task: Task) -> float:
+    """Overall validation accuracy: NLVR2's for pairs, the task's for questions."""
+    if isinstance(valid, PairDataset):
+        return evaluate_pairs(encoder, valid, config=config).accuracy.overall
+    return evaluate(encoder, valid, config=config, task=task).overall
+
+
 def fit(
     *,
     encoder: Encoder,
-    train: QADataset,
-    valid: QADataset | None,
+    train: FitData,
+    valid: FitData | None,
     config: FinetuneConfig,
     task: Task,
     checkpoint: Path,
@@ -73,7 +119,9 @@ def fit(
     on_progress: Callable[[Progress], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
-    """Fine-tune ``encoder.model`` in place for ``config.epochs`` epochs.
+    """Fine-tune ``encoder.model`` in place for ``config.epochs`` epochs: a QA model on
+    question sets (:class:`QADataset`), an NLVR2 model on pair sets (:class:`PairDataset`;
+    ``task`` then only names the run).
 
     After each epoch the model is evaluated on ``valid`` (when given); ``on_best`` receives
     it whenever the validation accuracy improves (every epoch without ``valid``, so the last
@@ -102,7 +150,7 @@ def fit(
         restore_rng_state(state.rng)
     resumed_from = len(history)
     for epoch in range(resumed_from, config.epochs):
-        record = train_epoch(
+        record = _train_one(
             encoder,
             train,
             optimizer=optimizer,
@@ -112,8 +160,8 @@ def fit(
             on_progress=on_progress,
         )
         if valid is not None and len(valid) > 0:
-            report = evaluate(encoder, valid, config=config, task=task)
-            record = replace(record, valid_accuracy=report.overall)
+            accuracy = _valid_score(encoder, valid, config=config, task=task)
+            record = replace(record, valid_accuracy=accuracy)
         history.append(record)
         score = record.valid_accuracy
         if score is None or best is None or score > best:

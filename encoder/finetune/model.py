@@ -53,15 +53,30 @@ def prepare_encoder(
     return encoder, kept
 
 
+def prepare_nlvr2_encoder(
+    source: str | Path, *, config: FinetuneConfig, device: torch.device | str
+) -> Encoder:
+    """An NLVR2 :class:`Encoder` (:class:`~encoder.nlvr2.LxmertForNLVR2`) whose LXMERT comes
+    from ``source`` (any LXMERT checkpoint: a registry name such as ``lxmert-base`` or
+    ``shapes-lxmert-pretrained``, or a directory; an NLVR2 one keeps its head too). Seeds
+    torch's generator with ``config.seed`` first, so a new head is the same in a resumed run.
+    """
+    settings = replace(
+        config_for(source), head="nlvr2", max_question_length=config.max_question_length
+    )
+    torch.manual_seed(config.seed)
+    return load_encoder(settings, device=device)
+
+
 def write_model_dir(encoder: Encoder, directory: Path, *, record: Mapping[str, object]) -> Path:
-    """``save_pretrained`` files, ``vocab.txt`` (the tokenizer's), ``label2ans.json`` and
-    ``finetune.json`` (``record``: the recipe, the command, the history) into ``directory``;
-    returns it.
+    """``save_pretrained`` files, ``vocab.txt`` (the tokenizer's), ``label2ans.json`` (QA
+    models; an NLVR2 model has none) and ``finetune.json`` (``record``: the recipe, the
+    command, the history) into ``directory``; returns it.
 
     ``save_pretrained`` writes in place, so it writes into a scratch folder beside
     ``directory`` whose files then replace the old ones one by one, atomically.
     """
-    if encoder.answers is None:
+    if encoder.answers is None and encoder.config.head != "nlvr2":
         raise ValueError("the encoder has no answer table to write")
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as tmp:
@@ -73,6 +88,8 @@ def write_model_dir(encoder: Encoder, directory: Path, *, record: Mapping[str, o
         for source in sorted(Path(tmp).iterdir()):
             with atomic_path(directory / source.name) as target:
                 shutil.copyfile(source, target)
-    atomic_write_text(directory / ANSWERS_FILE, json.dumps(list(encoder.answers.answers)) + "\n")
+    if encoder.answers is not None:
+        answers = json.dumps(list(encoder.answers.answers)) + "\n"
+        atomic_write_text(directory / ANSWERS_FILE, answers)
     atomic_write_text(directory / FINETUNE_FILE, json.dumps(dict(record), indent=1) + "\n")
     return directory
