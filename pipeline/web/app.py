@@ -104,10 +104,11 @@ def build_app(
     start: StartModels,
     detectors: Sequence[ModelChoice],
     encoders: Sequence[ModelChoice],
+    nlvr2_encoders: Sequence[ModelChoice] = (),
     examples: Sequence[str] = (),
 ) -> gr.Blocks:
     """The page over ``service``; ``start`` says which models are selected first (and why,
-    when they are not the defaults)."""
+    when they are not the defaults). ``nlvr2_encoders``: the NLVR2 tab's models."""
     with gr.Blocks(title="LXMERT demo", analytics_enabled=False) as app:
         gr.Markdown(
             "# LXMERT: boxes and answers\nUpload, paste or pick an image; **Show boxes** runs "
@@ -115,40 +116,10 @@ def build_app(
             "runs once per image and settings, however many questions are asked."
         )
         gr.Markdown(f"**Note:** {start.notice}", visible=bool(start.notice), elem_id="notice")
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(
-                    label="Image",
-                    type="filepath",
-                    sources=["upload", "clipboard"],
-                    height=360,
-                    elem_id="image",
-                )
-                questions = gr.Textbox(
-                    label=f"Questions, one per line (at most {MAX_QUESTIONS})",
-                    lines=3,
-                    placeholder="what color is the circle?",
-                    elem_id="questions",
-                )
-                with gr.Row():
-                    detect_button = gr.Button("Show boxes", elem_id="detect")
-                    ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
-                if examples:
-                    gr.Examples(examples=[[path] for path in examples], inputs=[image])
-            with gr.Column():
-                picture = gr.Image(
-                    label="Boxes", type="numpy", format="png", interactive=False, elem_id="boxes"
-                )
-                shown = gr.Slider(1, 100, value=DEFAULT_SHOWN, step=1, label="Boxes shown")
-                picked = gr.Dropdown(label="Highlight a region", choices=[], value=None)
-                charts = [
-                    gr.Label(num_top_classes=TOP_K, visible=False, elem_classes="answer-chart")
-                    for _ in range(MAX_QUESTIONS)
-                ]
-        table = gr.Dataframe(
-            headers=list(REGION_COLUMNS), interactive=False, label="Regions (click to highlight)"
-        )
-        answers = gr.JSON(label="Answers (JSON)")
+        with gr.Tab("Ask"):
+            page = _ask_layout(examples)
+        with gr.Tab("NLVR2: two images, one statement"):
+            pair = _nlvr2_layout(nlvr2_encoders)
         status = gr.Markdown(service.describe_models(), elem_id="status")
         with gr.Accordion("Settings", open=False):
             detector = gr.Dropdown(
@@ -165,37 +136,67 @@ def build_app(
                 [OWN_SELECTION, "bottom-up", "max-class"], value=OWN_SELECTION, label="Selection"
             )
             boxes = gr.Slider(0, 100, value=0, step=1, label="Box count (0: the checkpoint's own)")
-            gr.HTML(models_html([*detectors, *encoders]))
-        detection = gr.State(None)
-        # NLVR2 hook: a second tab (two images + a statement) goes here once Pipeline.judge
-        # exists (pipeline/api.py, issue 20); it would reuse service.detect for both images.
-
-        _wire(
-            service,
-            _Page(
-                image=image,
-                questions=questions,
-                detect=detect_button,
-                ask=ask_button,
-                picture=picture,
-                shown=shown,
-                picked=picked,
-                charts=tuple(charts),
-                table=table,
-                answers=answers,
-                status=status,
-                controls=(detector, encoder, selection, boxes, shown),
-                detection=detection,
-            ),
-        )
+            gr.HTML(models_html([*detectors, *encoders, *nlvr2_encoders]))
+        controls = (detector, encoder, selection, boxes, page.shown)
+        _wire(service, page, controls=controls, status=status, detection=gr.State(None))
+        _wire_nlvr2(service, pair, (detector, pair.encoder, selection, boxes), status)
         app.load(service.describe_models, None, status, api_visibility="private")
     return app
 
 
+def _ask_layout(examples: Sequence[str]) -> _Page:
+    """The "Ask" tab; status, controls and state are filled in by :func:`build_app`."""
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(
+                label="Image",
+                type="filepath",
+                sources=["upload", "clipboard"],
+                height=360,
+                elem_id="image",
+            )
+            questions = gr.Textbox(
+                label=f"Questions, one per line (at most {MAX_QUESTIONS})",
+                lines=3,
+                placeholder="what color is the circle?",
+                elem_id="questions",
+            )
+            with gr.Row():
+                detect_button = gr.Button("Show boxes", elem_id="detect")
+                ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
+            if examples:
+                gr.Examples(examples=[[path] for path in examples], inputs=[image])
+        with gr.Column():
+            picture = gr.Image(
+                label="Boxes", type="numpy", format="png", interactive=False, elem_id="boxes"
+            )
+            shown = gr.Slider(1, 100, value=DEFAULT_SHOWN, step=1, label="Boxes shown")
+            picked = gr.Dropdown(label="Highlight a region", choices=[], value=None)
+            charts = [
+                gr.Label(num_top_classes=TOP_K, visible=False, elem_classes="answer-chart")
+                for _ in range(MAX_QUESTIONS)
+            ]
+    table = gr.Dataframe(
+        headers=list(REGION_COLUMNS), interactive=False, label="Regions (click to highlight)"
+    )
+    answers = gr.JSON(label="Answers (JSON)")
+    return _Page(
+        image=image,
+        questions=questions,
+        detect=detect_button,
+        ask=ask_button,
+        picture=picture,
+        shown=shown,
+        picked=picked,
+        charts=tuple(charts),
+        table=table,
+        answers=answers,
+    )
+
+
 @dataclass(frozen=True)
 class _Page:
-    """The components the events connect; ``controls``: detector, encoder, selection, box
-    count, boxes shown (the arguments of :func:`_outputs` after the question)."""
+    """The components of the "Ask" tab."""
 
     image: gr.Image
     questions: gr.Textbox
@@ -207,14 +208,19 @@ class _Page:
     charts: tuple[gr.Label, ...]
     table: gr.Dataframe
     answers: gr.JSON
-    status: gr.Markdown
-    controls: tuple[gr.components.Component, ...]
-    detection: gr.State
 
 
-def _wire(service: DemoService, page: _Page) -> None:
-    """Connect the events: ``detect`` and ``ask`` are the public endpoints (uploads passed
-    unprocessed, one shared queue); redraws and charts are private."""
+def _wire(
+    service: DemoService,
+    page: _Page,
+    *,
+    controls: tuple[gr.components.Component, ...],
+    status: gr.Markdown,
+    detection: gr.State,
+) -> None:
+    """Connect the "Ask" tab: ``detect`` and ``ask`` are the public endpoints (uploads passed
+    unprocessed, one shared queue); redraws and charts are private. ``controls``: detector,
+    encoder, selection, box count, boxes shown (:func:`_outputs`' arguments)."""
 
     # Parameter names are the API's (gradio_client, /gradio_api/info).
     @_shown_errors
@@ -226,8 +232,8 @@ def _wire(service: DemoService, page: _Page) -> None:
         box_count: float,
         boxes_shown: float,
     ) -> tuple[Any, ...]:
-        controls = (detector, encoder, selection, box_count, boxes_shown)
-        return _outputs(service, image, None, *controls)[:4]
+        chosen = (detector, encoder, selection, box_count, boxes_shown)
+        return _outputs(service, image, None, *chosen)[:4]
 
     @_shown_errors
     def ask(
@@ -239,13 +245,13 @@ def _wire(service: DemoService, page: _Page) -> None:
         box_count: float,
         boxes_shown: float,
     ) -> tuple[Any, ...]:
-        controls = (detector, encoder, selection, box_count, boxes_shown)
-        return _outputs(service, image, questions or "", *controls)
+        chosen = (detector, encoder, selection, box_count, boxes_shown)
+        return _outputs(service, image, questions or "", *chosen)
 
-    outputs = [page.picture, page.table, page.status, page.detection]
+    outputs = [page.picture, page.table, status, detection]
     for event, fn, inputs, results in (
-        (page.detect, detect, [page.image, *page.controls], outputs),
-        (page.ask, ask, [page.image, page.questions, *page.controls], [*outputs, page.answers]),
+        (page.detect, detect, [page.image, *controls], outputs),
+        (page.ask, ask, [page.image, page.questions, *controls], [*outputs, page.answers]),
     ):
         done = event.click(
             fn,
@@ -254,13 +260,93 @@ def _wire(service: DemoService, page: _Page) -> None:
             api_name=fn.__name__,
             preprocess=False,
             concurrency_id="models",
-        ).success(_choices, page.detection, page.picked, api_visibility="private")
+        ).success(_choices, detection, page.picked, api_visibility="private")
         if fn is ask:
             done.success(_charts, page.answers, list(page.charts), api_visibility="private")
-    redraw_inputs = [page.detection, page.shown, page.picked]
+    redraw_inputs = [detection, page.shown, page.picked]
     page.shown.release(_redraw, redraw_inputs, page.picture, api_visibility="private")
     page.picked.change(_redraw, redraw_inputs, page.picture, api_visibility="private")
     page.table.select(_picked_row, None, page.picked, api_visibility="private")
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """The components of the NLVR2 tab."""
+
+    left: gr.Image
+    right: gr.Image
+    statements: gr.Textbox
+    encoder: gr.Dropdown
+    judge: gr.Button
+    left_picture: gr.Image
+    right_picture: gr.Image
+    verdicts: gr.JSON
+
+
+def _nlvr2_layout(encoders: Sequence[ModelChoice]) -> _Pair:
+    """The NLVR2 tab: two images, statements, an NLVR2 model; verdicts and both images' boxes."""
+    usable = [c.name for c in encoders if c.available]
+    if not usable:
+        gr.Markdown(
+            "No NLVR2 model resolves on this machine (see Settings for the reasons); "
+            "LXMERT released none, and the shapes-world one is `shapes-nlvr2`."
+        )
+    with gr.Row():
+        left = gr.Image(label="Left image", type="filepath", height=280, elem_id="left")
+        right = gr.Image(label="Right image", type="filepath", height=280, elem_id="right")
+    statements = gr.Textbox(
+        label="Statements about the pair, one per line",
+        lines=2,
+        placeholder="there is a yellow circle",
+        elem_id="statements",
+    )
+    encoder = gr.Dropdown(usable, value=usable[0] if usable else None, label="NLVR2 model")
+    judge = gr.Button("Judge", variant="primary", elem_id="judge")
+    with gr.Row():
+        left_picture = gr.Image(label="Left boxes", type="numpy", format="png", interactive=False)
+        right_picture = gr.Image(label="Right boxes", type="numpy", format="png", interactive=False)
+    verdicts = gr.JSON(label="Verdicts (probability that each statement is true)")
+    return _Pair(left, right, statements, encoder, judge, left_picture, right_picture, verdicts)
+
+
+def _wire_nlvr2(
+    service: DemoService,
+    pair: _Pair,
+    controls: tuple[gr.components.Component, ...],
+    status: gr.Markdown,
+) -> None:
+    """Connect the NLVR2 tab: the public ``judge`` endpoint. ``controls``: detector, NLVR2
+    encoder, selection, box count."""
+
+    @_shown_errors
+    def judge(
+        left: Any,
+        right: Any,
+        statements: str,
+        detector: str,
+        encoder: str,
+        selection: str,
+        box_count: float,
+    ) -> tuple[Any, ...]:
+        settings = settings_of(detector, encoder, selection, box_count)
+        first, second, verdicts = service.judge(
+            upload_of(left), upload_of(right), statements or "", settings
+        )
+        return (
+            boxes_picture(first, shown=DEFAULT_SHOWN),
+            boxes_picture(second, shown=DEFAULT_SHOWN),
+            [verdict.as_json() for verdict in verdicts],
+            service.describe_models(),
+        )
+
+    pair.judge.click(
+        judge,
+        [pair.left, pair.right, pair.statements, *controls],
+        [pair.left_picture, pair.right_picture, pair.verdicts, status],
+        api_name="judge",
+        preprocess=False,
+        concurrency_id="models",
+    )
 
 
 def _outputs(

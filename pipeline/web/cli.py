@@ -7,10 +7,14 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.command import Command, positive_int, run_command
 from pipeline.exits import EXIT_OK, EXIT_USAGE, UsageError
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DEFAULT_ENCODER, DeviceError
+
+if TYPE_CHECKING:
+    from pipeline.web.models import ModelChoice
 
 #: Where the page listens unless told otherwise: this machine only.
 DEFAULT_HOST = "127.0.0.1"
@@ -47,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder", metavar="NAME|DIR", help=f"LXMERT selected first (default: {DEFAULT_ENCODER})"
     )
     parser.add_argument(
+        "--nlvr2-encoder",
+        metavar="NAME|DIR",
+        help="an NLVR2 model for the NLVR2 tab, besides the presets (shapes-nlvr2)",
+    )
+    parser.add_argument(
         "--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:N or auto (default: %(default)s)"
     )
     parser.add_argument(
@@ -70,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _choices(args: argparse.Namespace) -> tuple[list[ModelChoice], ...]:
+    """Detectors, encoders and NLVR2 models the page lists; a model named by a flag that does
+    not resolve is a usage error (only the defaults may be missing)."""
+    from pipeline.web.models import model_choices, nlvr2_choices
+
+    detectors = model_choices("detector", [args.detector] if args.detector else [])
+    encoders = model_choices("encoder", [args.encoder] if args.encoder else [])
+    nlvr2 = nlvr2_choices([args.nlvr2_encoder] if args.nlvr2_encoder else [])
+    for flag, value, choices in (
+        ("--detector", args.detector, detectors),
+        ("--encoder", args.encoder, encoders),
+        ("--nlvr2-encoder", args.nlvr2_encoder, nlvr2),
+    ):
+        named = next((c for c in choices if c.name == value), None)
+        if named is not None and not named.available:
+            raise UsageError(f"{flag} {value}: {named.reason}")
+    return detectors, encoders, nlvr2
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401  # the [web] extra: say so before any model loads
@@ -78,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             f"gradio is not installed ({error}); pip install 'lxmert-pipeline[web]'"
         ) from error
     from pipeline.web.app import build_app
-    from pipeline.web.models import ModelCache, model_choices, start_models
+    from pipeline.web.models import ModelCache, start_models
     from pipeline.web.service import DemoService, Limits
     from weights.defaults import resolve_device
 
@@ -88,15 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except DeviceError as error:
         raise UsageError(f"--device {args.device}: {error}") from error
-    detectors = model_choices("detector", [args.detector] if args.detector else [])
-    encoders = model_choices("encoder", [args.encoder] if args.encoder else [])
-    for flag, value, choices in (
-        ("--detector", args.detector, detectors),
-        ("--encoder", args.encoder, encoders),
-    ):
-        named = next((c for c in choices if c.name == value), None)
-        if named is not None and not named.available:
-            raise UsageError(f"{flag} {value}: {named.reason}")
+    detectors, encoders, nlvr2 = _choices(args)
     start = start_models(
         args.detector or DEFAULT_DETECTOR, args.encoder or DEFAULT_ENCODER, detectors, encoders
     )
@@ -112,7 +132,14 @@ def _run(args: argparse.Namespace) -> int:
         start = dataclasses.replace(start, notice=f"{start.notice} {failed}".strip())
         print(f"lxmert-demo: {failed}", file=sys.stderr)
     examples = sorted(str(p) for p in args.examples.glob("*.png")) if args.examples.is_dir() else []
-    app = build_app(service, start=start, detectors=detectors, encoders=encoders, examples=examples)
+    app = build_app(
+        service,
+        start=start,
+        detectors=detectors,
+        encoders=encoders,
+        nlvr2_encoders=nlvr2,
+        examples=examples,
+    )
     # One request at a time on the CPU (torch uses every core already); a queue shows each
     # waiting request its position.
     app.queue(default_concurrency_limit=1 if device.type == "cpu" else 2, max_size=64)

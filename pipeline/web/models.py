@@ -84,6 +84,15 @@ def model_choices(kind: CheckpointKind, extra: Sequence[str] = ()) -> list[Model
     return [check_model(name, kind) for name in names]
 
 
+def nlvr2_choices(extra: Sequence[str] = ()) -> list[ModelChoice]:
+    """The encoder presets with an NLVR2 head, then the ``extra`` names or paths, checked."""
+    from encoder.config import PRESETS
+
+    names = [name for name, config in PRESETS.items() if config.head == "nlvr2"]
+    names += [name for name in extra if name not in names]
+    return [check_model(name, "encoder") for name in names]
+
+
 @dataclass(frozen=True)
 class StartModels:
     """The models the page starts with.

@@ -113,17 +113,35 @@ class PageView:
     status: str
 
 
-def parse_questions(text: str | None, *, limit: int = MAX_QUESTIONS) -> list[str]:
-    """The questions in ``text``, one per line, blank lines skipped.
+@dataclass(frozen=True)
+class Verdict:
+    """NLVR2's reading of one statement about an image pair."""
+
+    statement: str
+    true_probability: float
+
+    def as_json(self) -> dict[str, object]:
+        """``{"statement": ..., "true": bool, "probability_true": p}``."""
+        return {
+            "statement": self.statement,
+            "true": self.true_probability > 0.5,
+            "probability_true": self.true_probability,
+        }
+
+
+def parse_questions(
+    text: str | None, *, limit: int = MAX_QUESTIONS, what: str = "question"
+) -> list[str]:
+    """The questions (or statements: ``what``) in ``text``, one per line, blank lines skipped.
 
     Raises:
-        DemoError: no question at all, or more than ``limit``.
+        DemoError: none at all, or more than ``limit``.
     """
     questions = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not questions:
-        raise DemoError("The question is empty: write a question (one per line), then ask.")
+        raise DemoError(f"The {what} is empty: write a {what} (one per line), then ask.")
     if len(questions) > limit:
-        raise DemoError(f"{len(questions)} questions: ask at most {limit} at a time.")
+        raise DemoError(f"{len(questions)} {what}s: ask at most {limit} at a time.")
     return questions
 
 
@@ -252,6 +270,40 @@ class DemoService:
                 f"{name}: {regions.image_w}x{regions.image_h} pixels, {regions.num_boxes} "
                 f"regions from {settings.detector}; {said}{self.describe_models()}"
             ),
+        )
+
+    def judge(
+        self,
+        left: tuple[str | os.PathLike[str] | None, str],
+        right: tuple[str | os.PathLike[str] | None, str],
+        statements: str | None,
+        settings: ModelSettings,
+    ) -> tuple[Detection, Detection, list[Verdict]]:
+        """NLVR2: is each statement (one per line) true of the pair of images? ``left`` and
+        ``right`` are (path, display name). Each image's regions come from :meth:`detect`
+        (once per image and settings); the NLVR2 model runs once on all statements
+        (:meth:`pipeline.api.Pipeline.judge_regions`).
+
+        Raises:
+            DemoError: no statement, a bad image, or an encoder that is not an NLVR2 model.
+        """
+        said = parse_questions(statements, limit=self.limits.max_questions, what="statement")
+        first = self.detect(left[0], settings, name=left[1])
+        second = self.detect(right[0], settings, name=right[1])
+        pipeline = self._pipeline(settings)
+        with self.models.using(settings):
+            try:
+                results = pipeline.judge_regions([first.regions], [second.regions], [said], top_k=2)
+            except ValueError as error:  # not an NLVR2 model: the message says which to use
+                raise DemoError(str(error)) from error
+        verdicts = cast("list[list[tuple[bool, float]]]", results[0])
+        return (
+            first,
+            second,
+            [
+                Verdict(statement, dict(pairs)[True])
+                for statement, pairs in zip(said, verdicts, strict=True)
+            ],
         )
 
     def preload(self, start: StartModels) -> str:

@@ -356,4 +356,51 @@ def test_page_lists_unusable_models_greyed(no_downloaded_weights: None) -> None:
         encoders=encoders,
     )
     public = {fn.api_name for fn in app.fns.values() if fn.api_visibility == "public"}
-    assert public == {"detect", "ask"}
+    assert public == {"detect", "ask", "judge"}
+
+
+# -- NLVR2 ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nlvr2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An NLVR2 model on the shapes LXMERT (its encoder, a seeded new head), saved."""
+    import torch
+
+    from encoder.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ROOT / "weights" / "shipped" / "shapes-lxmert", head="nlvr2")
+    folder = tmp_path_factory.mktemp("nlvr2")
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_judge_matches_the_library_and_detects_each_image_once(
+    service: DemoService, nlvr2_folder: Path
+) -> None:
+    from pipeline.api import Pipeline
+
+    other = ROOT / "examples" / "scene_001.png"
+    statements = ["there is a yellow circle", "both images have a star"]
+    reference = Pipeline(detector="shapes-detector", encoder=nlvr2_folder, device="cpu")
+    expected = reference.judge([str(SCENE)], [str(other)], [statements], top_k=2)[0]
+    settings = ModelSettings(detector="shapes-detector", encoder=str(nlvr2_folder))
+    left, right, verdicts = service.judge(
+        (SCENE, "scene_000.png"), (other, "scene_001.png"), "\n".join(statements), settings
+    )
+    assert [v.statement for v in verdicts] == statements
+    for verdict, pairs in zip(verdicts, expected, strict=True):
+        assert isinstance(pairs, list)
+        assert verdict.true_probability == pytest.approx(dict(pairs)[True], rel=1e-5)
+        assert verdict.as_json()["true"] == (verdict.true_probability > 0.5)
+    assert left is service.detect(SCENE, settings, name="again.png")
+    assert right.regions.image_w == Image.open(other).size[0]
+
+
+def test_judge_refuses_a_qa_model_and_an_empty_statement(service: DemoService) -> None:
+    other = ROOT / "examples" / "scene_001.png"
+    with pytest.raises(DemoError, match="not an NLVR2 model"):
+        service.judge((SCENE, "a.png"), (other, "b.png"), "there is a circle", SHAPES)
+    with pytest.raises(DemoError, match="statement is empty"):
+        service.judge((SCENE, "a.png"), (other, "b.png"), "\n \n", SHAPES)
