@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_model_flags(parser.add_argument_group("model and box selection"))
     _add_execution_flags(parser.add_argument_group("execution"))
+    _add_engine_flags(parser.add_argument_group("engine (many machines)"))
     _add_run_flags(parser.add_argument_group("runs and outputs"))
     return parser
 
@@ -227,6 +228,63 @@ def _add_execution_flags(execution: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="N",
         help="refuse image files larger than N bytes, before reading them (default 200000000)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_engine_flags(engine: argparse._ArgumentGroup) -> None:
+    engine.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: decode and detect on this machine; ray: decode as Ray Data CPU tasks and "
+        "detect in actors across a Ray cluster (pip install lxmert-pipeline[ray]); this "
+        "process alone writes the output, byte-identical to a local run at the same "
+        "--threads. Inputs must be readable at the same paths on every node "
+        "(default: %(default)s)",
+    )
+    engine.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="torch threads of the detector (each Ray actor sets it explicitly). On CPU the "
+        "features' last bits depend on it, so outputs compare byte for byte only at one "
+        "count; recorded in the manifest, not refused by --resume/merge (default: torch's "
+        "own count here, from OMP_NUM_THREADS or the cores)",
+    )
+    engine.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join this Ray cluster: auto, HOST:PORT (of `ray start --head`) or "
+        "ray://HOST:10001 (default: start Ray on this machine for the run)",
+    )
+    engine.add_argument(
+        "--actors",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="detector actors, each loading the model once; --batch-size is per actor "
+        "(default: one per GPU with --device cuda, else what the cluster's CPUs allow at "
+        "--threads each)",
+    )
+    engine.add_argument(
+        "--actor-cpus",
+        type=_positive_float,
+        default=None,
+        metavar="X",
+        help="CPUs each actor reserves, fractions allowed (default: at most --threads, leaving "
+        "one CPU of the cluster free so decoding is always scheduled)",
     )
 
 

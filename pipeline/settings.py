@@ -12,6 +12,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -26,6 +27,33 @@ from pipeline.manifest import check_name_length
 from pipeline.precision_flags import precision_from_args
 from pipeline.writers import WriteMode, output_format
 from weights.defaults import DeviceError, resolve_device
+
+#: Where the detector runs: this machine, or actors on a Ray cluster.
+Engine = Literal["local", "ray"]
+
+#: What ``--engine ray`` without the extra installed says (exit 2).
+RAY_MISSING = (
+    "--engine ray needs Ray Data, which is not installed: pip install lxmert-pipeline[ray] "
+    "(or use the Docker image, which has it)"
+)
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """The cluster flags of ``--engine ray``.
+
+    Attributes:
+        address: ``--ray-address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or None to
+            start a Ray instance on this machine for the run.
+        actors: detector actors (None: one per GPU with ``--device cuda``, else as many as
+            the cluster's CPUs allow at ``threads`` each).
+        actor_cpus: CPUs each actor reserves (None: chosen so that one CPU stays free for
+            decoding, see :func:`pipeline.engines.ray_plan.plan_actors`).
+    """
+
+    address: str | None
+    actors: int | None
+    actor_cpus: float | None
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,11 @@ class ExtractSettings:
         visualize: folder for annotated pictures, or None.
         quiet, verbose: how much to print.
         boxes_from: ``--boxes-from``: the given boxes, read and hashed once (None: detect).
+        threads: torch threads of the detector (``--threads``; default: torch's own count
+            in this process). On CPU the features' last bits depend on it, so every engine
+            applies it explicitly; recorded in the manifest's ``engine`` section.
+        engine: ``local`` (this machine) or ``ray`` (:mod:`pipeline.engines.ray`).
+        ray: the Ray engine's cluster flags (None with the local engine).
     """
 
     inputs: tuple[str, ...]
@@ -73,6 +106,9 @@ class ExtractSettings:
     quiet: bool
     verbose: bool
     boxes_from: BoxesFile | None = None
+    threads: int = 1
+    engine: Engine = "local"
+    ray: RaySettings | None = None
 
     @property
     def output(self) -> Path:
@@ -145,6 +181,10 @@ def _device(args: argparse.Namespace) -> torch.device:
         # Said once per run: in a container this usually means `docker run` without --gpus.
         print(f"extract_features: {message}", file=sys.stderr)
 
+    if args.engine == "ray" and args.device.strip().lower().startswith("cuda"):
+        # The actors' device: each actor holds one GPU of its node (num_gpus=1), seen there
+        # as cuda; this process, which only writes, needs none.
+        return torch.device("cuda")
     try:
         return resolve_device(args.device, on_fallback=say)
     except DeviceError as error:
@@ -186,6 +226,7 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     except ValueError as error:
         raise UsageError(str(error)) from error
     mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
+    ray = _ray_settings(args)
     device = _device(args)
     return ExtractSettings(
         inputs=tuple(args.inputs),
@@ -207,7 +248,33 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
         quiet=args.quiet,
         verbose=args.verbose,
         boxes_from=boxes_from,
+        threads=args.threads or torch.get_num_threads(),
+        engine=args.engine,
+        ray=ray,
     )
+
+
+def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
+    """The cluster flags, refused without ``--engine ray``; with it, Ray Data must import
+    (the optional extra), checked before any model loads."""
+    given = [
+        flag
+        for flag, value in (
+            ("--ray-address", args.ray_address),
+            ("--actors", args.actors),
+            ("--actor-cpus", args.actor_cpus),
+        )
+        if value is not None
+    ]
+    if args.engine != "ray":
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --engine ray")
+        return None
+    try:
+        import ray.data  # noqa: F401  (the [ray] extra; imported here only to check)
+    except ImportError as error:
+        raise UsageError(RAY_MISSING) from error
+    return RaySettings(address=args.ray_address, actors=args.actors, actor_cpus=args.actor_cpus)
 
 
 def _check_boxes_from_flags(args: argparse.Namespace) -> None:

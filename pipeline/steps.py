@@ -8,16 +8,20 @@ is reported before any model loads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 from detector import Detector, load_detector
 from detector.model import auto_batch_size
 from detector.options import InferenceOptions
+from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import RecordSink, run_local
 from pipeline.exits import (
     EXIT_ALL_FAILED,
@@ -79,15 +83,92 @@ def load_model(settings: ExtractSettings) -> LoadedModel:
     return LoadedModel(detector=detector, batch_size=batch_size)
 
 
-def run_record_settings(detector: Detector, *, boxes_sha256: str | None = None) -> dict[str, Any]:
+def run_record_settings(
+    detector: Detector, settings: ExtractSettings, *, boxes_sha256: str | None = None
+) -> dict[str, Any]:
     """The :data:`~pipeline.manifest.RECORD_SETTINGS` of a run with ``detector`` (and the
-    sha256 of its ``--boxes-from`` file, if any)."""
+    sha256 of its ``--boxes-from`` file, if any). The precision is the run's: with
+    ``--engine ray`` this process holds an fp32 CPU copy and the actors run the setting."""
     return record_settings(
         detector.config.to_dict(),
         detector_sha256=detector.checkpoint.sha256,
         boxes_sha256=boxes_sha256,
-        precision=detector.options.precision,
+        precision=settings.precision,
     )
+
+
+class Engine(Protocol):
+    """What executes a plan: :class:`LocalEngine` or :class:`pipeline.engines.ray.RayEngine`."""
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's ``engine`` section: its name, the torch threads, and for a cluster
+        its address and resources."""
+        ...
+
+    def run(
+        self,
+        plan: ExtractPlan,
+        *,
+        sink: RecordSink,
+        batch_size: int,
+        stats: RunStats,
+        show_progress: bool,
+        boxes: BoxesFile | None,
+    ) -> None:
+        """Write a record or a failure for every image of ``plan.todo``, in its order."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalEngine:
+    """This machine: decode threads and the detector in this process (:func:`run_local`)."""
+
+    workers: int
+    threads: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "local", "threads": self.threads, "workers": self.workers}
+
+    def run(
+        self,
+        plan: ExtractPlan,
+        *,
+        sink: RecordSink,
+        batch_size: int,
+        stats: RunStats,
+        show_progress: bool,
+        boxes: BoxesFile | None,
+    ) -> None:
+        torch.set_num_threads(self.threads)
+        run_local(
+            plan,
+            sink=sink,
+            batch_size=batch_size,
+            workers=self.workers,
+            stats=stats,
+            show_progress=show_progress,
+            boxes=boxes,
+        )
+
+
+def open_engine(settings: ExtractSettings, stack: contextlib.ExitStack) -> Engine:
+    """The engine ``--engine`` names, ready; a Ray cluster is joined (or started) here and
+    left when ``stack`` closes."""
+    if settings.engine == "ray":
+        from pipeline.engines.ray import ray_engine
+
+        return stack.enter_context(ray_engine(settings))
+    return LocalEngine(workers=settings.workers, threads=settings.threads)
+
+
+def driver_settings(settings: ExtractSettings) -> ExtractSettings:
+    """The settings this process loads the detector with. With ``--engine ray`` the actors
+    detect; this process needs the checkpoint's digest, config and label names only, so it
+    loads an fp32 CPU copy (it may have no GPU)."""
+    if settings.engine == "local":
+        return settings
+    cpu = torch.device("cpu")
+    return dataclasses.replace(settings, device=cpu, precision="fp32", compile=False)
 
 
 def manifest_data(
@@ -98,6 +179,7 @@ def manifest_data(
     stats: RunStats,
     status: Status,
     started: str,
+    engine: Engine,
 ) -> dict[str, Any]:
     """The manifest of a run (see :mod:`pipeline.manifest`)."""
     detector = model.detector
@@ -119,9 +201,11 @@ def manifest_data(
             "preset": detector.config.name,
             "config": detector.config.to_dict(),
         },
-        "settings": run_record_settings(detector, boxes_sha256=_boxes_sha256(settings)),
+        "settings": run_record_settings(detector, settings, boxes_sha256=_boxes_sha256(settings)),
         "given_boxes": None if settings.boxes_from is None else settings.boxes_from.to_manifest(),
-        "device": str(detector.device),
+        # The device that made the records: the actors' with --engine ray.
+        "device": str(detector.device if settings.engine == "local" else settings.device),
+        "engine": engine.describe(),
         "versions": library_versions(),
         "counts": {
             "selected": stats.selected,
@@ -140,9 +224,14 @@ def _boxes_sha256(settings: ExtractSettings) -> str | None:
 
 
 def extract(
-    settings: ExtractSettings, plan: ExtractPlan, model: LoadedModel, *, started: str
+    settings: ExtractSettings,
+    plan: ExtractPlan,
+    model: LoadedModel,
+    *,
+    started: str,
+    engine: Engine,
 ) -> tuple[RunStats, Status]:
-    """Run the plan on the local engine, keeping the manifest up to date; returns the stats and
+    """Run the plan on ``engine``, keeping the manifest up to date; returns the stats and
     how the run ended. Exceptions other than Ctrl-C propagate after the manifest says ``error``
     (with the reason: ``disk full`` for ENOSPC)."""
     stats = RunStats(
@@ -155,7 +244,9 @@ def extract(
     manifest = manifest_path(plan.output)
 
     def save_manifest(status: Status, error: str | None = None) -> None:
-        data = manifest_data(settings, plan, model, stats=stats, status=status, started=started)
+        data = manifest_data(
+            settings, plan, model, stats=stats, status=status, started=started, engine=engine
+        )
         write_manifest(manifest, {**data, "error": error} if error else data)
 
     # The manifest says "running" before --overwrite empties the old output, so a run that
@@ -180,11 +271,10 @@ def extract(
     status: Status = "error"
     error: str | None = None
     try:
-        run_local(
+        engine.run(
             plan,
             sink=sink,
             batch_size=model.batch_size,
-            workers=settings.workers,
             stats=stats,
             show_progress=not settings.quiet,
             boxes=settings.boxes_from,
@@ -285,11 +375,14 @@ def run_extract(settings: ExtractSettings) -> int:
         # ended: one process writes an output at a time.
         hold_output_lock(stack, settings.output)
         plan = make_plan(settings)
-        model = load_model(settings)
+        model = load_model(driver_settings(settings))
         if settings.mode == "resume":
-            ours = run_record_settings(model.detector, boxes_sha256=_boxes_sha256(settings))
+            ours = run_record_settings(
+                model.detector, settings, boxes_sha256=_boxes_sha256(settings)
+            )
             check_resume_settings(
                 plan, ours, model.detector.config, given_boxes=settings.boxes_from is not None
             )
-        stats, status = extract(settings, plan, model, started=started)
+        engine = open_engine(settings, stack)
+        stats, status = extract(settings, plan, model, started=started, engine=engine)
     return finish(settings, plan, stats, status)

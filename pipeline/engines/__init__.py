@@ -1,1 +1,2 @@
-"""Engines that execute an extraction plan: ``local`` (this machine)."""
+"""Engines that execute an extraction plan: ``local`` (this machine) and ``ray`` (a Ray
+cluster; the optional extra, imported only when asked for)."""

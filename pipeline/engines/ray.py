@@ -1,0 +1,330 @@
+"""The Ray engine: the local engine's plan, executed on a Ray Data pipeline.
+
+This process (the driver) has already listed the inputs, applied ``--resume``, ``--shard`` and
+``--limit`` and loaded the checkpoint's facts (:mod:`pipeline.steps`). Here the images to do
+flow through a Ray Dataset: decode + resize as CPU tasks (:func:`~pipeline.engines.
+ray_stages.DecodeImages`), the detector in a pool of actors that each load the model once
+(:class:`~pipeline.engines.ray_stages.DetectRegions`). Records stream back to the driver,
+which puts them back in plan order and writes them with the local engine's sink, so the
+output is byte-identical to a local run at the same torch thread count, whatever the number
+of actors or the order in which they finish.
+
+Faults: Ray Data restarts a dead actor and retries its batches (``max_restarts`` and
+``max_task_retries`` of its actor pool); an image that arrives twice is written once. Ray is
+imported inside functions only: the extra is optional.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from detector import RegionFeatures
+from pipeline.boxes_file import BoxesFile
+from pipeline.engines.local import RecordSink
+from pipeline.engines.ray_stages import ActorSpec, DecodeImages, DetectRegions
+from pipeline.exits import UsageError
+from pipeline.manifest import Failure
+from pipeline.plan import ExtractPlan, RunStats
+from pipeline.settings import ExtractSettings, RaySettings
+
+if TYPE_CHECKING:
+    import ray.data
+
+LOG = logging.getLogger("pipeline.extract")
+
+T = TypeVar("T")
+
+#: CPUs a decode task reserves: a fraction, so that decoding always fits beside the actors
+#: (with every CPU held by actors a Ray Data task waits forever: bottom-up-attention.pytorch
+#: issue #69).
+DECODE_CPUS = 0.5
+#: CPUs the default actor plan leaves free for decode tasks.
+FREE_CPUS = 1.0
+#: The smallest default CPU reservation of an actor (a share for the scheduler; the actor
+#: still runs ``--threads`` torch threads).
+MIN_ACTOR_CPUS = 0.25
+#: Actor deaths in a row while loading the model that a run survives.
+ACTOR_INIT_DEATHS = 3
+#: Images per decode task.
+DECODE_ROWS = 4
+#: Images per actor call with ``--batch-size auto`` on GPUs (the actor then splits them by
+#: its free memory, :func:`detector.model.auto_batch_size`, whose cap this is).
+AUTO_ROWS_PER_CALL = 16
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many detector actors, and what each reserves on the cluster."""
+
+    actors: int
+    cpus: float
+    gpus: int
+
+
+def plan_actors(
+    resources: Mapping[str, float], *, ray: RaySettings, threads: int, on_gpu: bool
+) -> ActorPlan:
+    """The actor pool for a cluster with ``resources`` (``ray.cluster_resources()``).
+
+    GPU runs get one actor per GPU (``num_gpus=1`` each); CPU runs as many actors as the
+    CPUs allow at ``threads`` each, keeping :data:`FREE_CPUS` free for decoding. Unless
+    ``--actor-cpus`` says otherwise an actor reserves at most ``threads`` CPUs and never so
+    many that no CPU is left for decoding.
+
+    Raises:
+        UsageError: ``--device cuda`` on a cluster without GPUs.
+    """
+    cpus, gpus = float(resources.get("CPU", 0.0)), int(resources.get("GPU", 0.0))
+    spare = max(cpus - FREE_CPUS, 0.0)
+    if on_gpu and gpus == 0:
+        raise UsageError(
+            "--device cuda: the Ray cluster has no GPUs (resources: "
+            f"{dict(resources)}); add GPU workers or pass --device cpu"
+        )
+    actors = ray.actors or (gpus if on_gpu else max(1, int(spare // threads)))
+    share = ray.actor_cpus or max(MIN_ACTOR_CPUS, min(float(threads), spare / actors))
+    return ActorPlan(actors=actors, cpus=share, gpus=1 if on_gpu else 0)
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """A joined Ray cluster and the actor plan of this run (see :func:`ray_engine`)."""
+
+    settings: ExtractSettings
+    address: str
+    resources: dict[str, float]
+    nodes: int
+    pool: ActorPlan
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's ``engine`` section."""
+        return {
+            "name": "ray",
+            "threads": self.settings.threads,
+            "address": self.address,
+            "actors": self.pool.actors,
+            "actor_cpus": self.pool.cpus,
+            "actor_gpus": self.pool.gpus,
+            "decode_cpus": DECODE_CPUS,
+            "cluster": {"nodes": self.nodes, "resources": self.resources},
+        }
+
+    def run(
+        self,
+        plan: ExtractPlan,
+        *,
+        sink: RecordSink,
+        batch_size: int,
+        stats: RunStats,
+        show_progress: bool,
+        boxes: BoxesFile | None,
+    ) -> None:
+        """Detect ``plan.todo`` on the cluster and write each outcome in plan order.
+        ``batch_size`` (this process's) is unused: each actor chooses its own."""
+        del batch_size
+        progress = tqdm(
+            total=len(plan.todo), unit="img", disable=not show_progress, dynamic_ncols=True
+        )
+        start = time.monotonic()
+        try:
+            if plan.todo:
+                with logging_redirect_tqdm(loggers=[logging.getLogger("pipeline")]):
+                    self._stream(plan, sink=sink, stats=stats, progress=progress, boxes=boxes)
+        finally:
+            progress.close()
+            stats.seconds["loop"] = time.monotonic() - start
+
+    def _stream(
+        self,
+        plan: ExtractPlan,
+        *,
+        sink: RecordSink,
+        stats: RunStats,
+        progress: tqdm,
+        boxes: BoxesFile | None,
+    ) -> None:
+        order = InOrder[RegionFeatures | Failure](count=len(plan.todo))
+        rows = iter(self.dataset(plan, boxes).iter_rows())
+        try:
+            while True:
+                tick = time.monotonic()
+                row = next(rows, None)
+                stats.seconds["waiting"] += time.monotonic() - tick
+                if row is None:
+                    break
+                stats.seconds["detector"] += float(row["seconds"])
+                LOG.debug("image %d of the plan came back", int(row["index"]))
+                tick = time.monotonic()
+                for outcome in order.add(int(row["index"]), row["outcome"]):
+                    _put(outcome, sink=sink, stats=stats)
+                    progress.update(1)
+                stats.seconds["writing"] += time.monotonic() - tick
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # stops the dataset's execution (Ctrl-C, an error)
+        order.check_complete()
+
+    def dataset(self, plan: ExtractPlan, boxes: BoxesFile | None) -> ray.data.Dataset:
+        """The run's pipeline: rows of ``plan.todo`` -> decode tasks -> detector actors."""
+        import ray.data
+
+        settings = self.settings
+        rows = [
+            {"index": index, "image_id": item.image_id, "path": str(item.path)}
+            for index, item in enumerate(plan.todo)
+        ]
+        blocks = math.ceil(len(rows) / DECODE_ROWS)
+        decode = DecodeImages(
+            config=settings.config,
+            max_pixels=settings.max_pixels,
+            max_bytes=settings.max_bytes,
+            boxes=boxes,
+        )
+        detect = ActorSpec(
+            detector=settings.detector,
+            config=settings.config,
+            device=settings.device.type,
+            precision=settings.precision,
+            compile=settings.compile,
+            threads=settings.threads,
+            batch_size=settings.batch_size,
+            boxes=boxes,
+        )
+        on_gpu = self.pool.gpus > 0
+        return (
+            ray.data.from_items(rows, override_num_blocks=blocks)
+            .map_batches(
+                decode,
+                batch_size=DECODE_ROWS,
+                num_cpus=DECODE_CPUS,
+                batch_format="numpy",
+            )
+            .map_batches(
+                DetectRegions,
+                fn_constructor_kwargs={"spec": detect},
+                compute=ray.data.ActorPoolStrategy(size=self.pool.actors),
+                batch_size=settings.batch_size or (AUTO_ROWS_PER_CALL if on_gpu else 1),
+                num_cpus=self.pool.cpus,
+                num_gpus=self.pool.gpus,
+                batch_format="numpy",
+            )
+        )
+
+
+def _put(outcome: RegionFeatures | Failure, *, sink: RecordSink, stats: RunStats) -> None:
+    if isinstance(outcome, Failure):
+        LOG.warning("failed: %s: %s", outcome.path, outcome.reason)
+        stats.failures.append(outcome)
+        return
+    sink.put(outcome)
+    stats.written += 1
+
+
+class InOrder(Generic[T]):
+    """Outcomes put back in plan order: each arrives once or more (a retried batch), in any
+    order; each is released once, when all before it have been."""
+
+    def __init__(self, *, count: int) -> None:
+        self.count = count
+        self.next = 0
+        self.waiting: dict[int, T] = {}
+
+    def add(self, index: int, outcome: T) -> list[T]:
+        """Take the outcome of image ``index``; returns those now ready, in order."""
+        if index >= self.next and index not in self.waiting:
+            self.waiting[index] = outcome
+        ready = []
+        while self.next in self.waiting:
+            ready.append(self.waiting.pop(self.next))
+            self.next += 1
+        return ready
+
+    def check_complete(self) -> None:
+        """Raises RuntimeError if some image never came back (a Ray fault, never expected)."""
+        if self.next != self.count:
+            raise RuntimeError(
+                f"the Ray pipeline ended after {self.next} of {self.count} images in order "
+                f"({len(self.waiting)} later ones held back); run again with --resume"
+            )
+
+
+@contextlib.contextmanager
+def ray_engine(settings: ExtractSettings) -> Iterator[RayEngine]:
+    """Join the cluster at ``--ray-address`` (or start Ray on this machine) for one run, and
+    leave it (shut it down if started here) on exit."""
+    import ray
+    import ray.data
+
+    if settings.ray is None:
+        raise ValueError("ray_engine needs settings.engine == 'ray' (settings.ray is None)")
+    _quiet_ray()
+    start = time.monotonic()
+    ray.init(
+        address=settings.ray.address,
+        log_to_driver=False,  # worker output would break the progress bar; failures are data
+        logging_level=logging.WARNING,
+        include_dashboard=False if settings.ray.address is None else None,
+    )
+    try:
+        resources = {key: float(value) for key, value in ray.cluster_resources().items()}
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        pool = plan_actors(
+            resources,
+            ray=settings.ray,
+            threads=settings.threads,
+            on_gpu=settings.device.type == "cuda",
+        )
+        address = str(ray.get_runtime_context().gcs_address)
+        LOG.info(
+            "Ray cluster %s: %d node(s), %g CPU, %g GPU; %d actor(s) at %g CPU, %d GPU (%.1f s)",
+            address,
+            nodes,
+            resources.get("CPU", 0.0),
+            resources.get("GPU", 0.0),
+            pool.actors,
+            pool.cpus,
+            pool.gpus,
+            time.monotonic() - start,
+        )
+        _configure_data()
+        yield RayEngine(
+            settings=settings,
+            address=address,
+            resources=resources,
+            nodes=nodes,
+            pool=pool,
+        )
+    finally:
+        ray.shutdown()
+
+
+def _configure_data() -> None:
+    """This process's Ray Data settings for the run's dataset."""
+    import ray.data
+
+    data = ray.data.DataContext.get_current()
+    data.enable_progress_bars = False  # ours (tqdm over images written) is the one shown
+    data.print_on_execution_start = False
+    # Outputs in plan order: the driver writes in that order, and would otherwise hold every
+    # record that overtook a slow one in memory.
+    data.execution_options.preserve_order = True
+    # A node lost while an actor loads the model is survived; weights that cannot be loaded
+    # anywhere still end the run after this many tries.
+    data.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
+
+
+def _quiet_ray() -> None:
+    """Ray's own logs (cluster start, dataset plans, the note that its progress bars are off)
+    stay out of the command's output; its errors still show."""
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -1,0 +1,145 @@
+"""The two stages of the Ray engine, as they run on the cluster's workers.
+
+:class:`DecodeImages` runs as Ray Data CPU tasks: it decodes and resizes images with the local
+engine's :class:`~pipeline.engines.local.PrepareImage`. :class:`DetectRegions` runs in the
+detector actors: its ``__init__`` loads the model once, its ``__call__`` detects a batch with
+the local engine's :func:`~pipeline.engines.local.detect_or_fail`. Neither imports Ray: Ray
+Data calls them with batches, dicts of equal-length numpy columns:
+
+    index    int64 [B]   position of the image in the plan's ``todo`` (the driver's order)
+    path     str   [B]   the image file, readable at this path on every node
+    outcome  object[B]   after decode: PreparedImage | Failure;
+                         after detect: RegionFeatures | Failure
+    seconds  float64[B]  after detect: this batch's detector seconds, shared out per image
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector import RegionFeatures, load_detector
+from detector.config import DetectorConfig
+from detector.model import BatchLimits, auto_batch_size
+from detector.options import InferenceOptions
+from detector.precision import Precision
+from detector.preprocess import PreparedImage
+from pipeline.boxes_file import BoxesFile
+from pipeline.engines.local import Prepared, PrepareImage, detect_or_fail
+from pipeline.inputs import InputItem
+from pipeline.manifest import Failure
+
+#: One batch as Ray Data hands it over (``batch_format="numpy"``).
+Batch = dict[str, np.ndarray]
+
+
+def objects(values: Sequence[object]) -> np.ndarray:
+    """``values`` as a 1-D object array (element by element: numpy would otherwise try to
+    unpack any value that looks like a sequence)."""
+    array = np.empty(len(values), dtype=object)
+    for index, value in enumerate(values):
+        array[index] = value
+    return array
+
+
+@dataclass(frozen=True)
+class DecodeImages:
+    """The decode stage (Ray Data CPU tasks): the run's decode settings, sent once with the
+    dataset, applied to a batch of rows at a time."""
+
+    config: DetectorConfig
+    max_pixels: int
+    max_bytes: int
+    boxes: BoxesFile | None
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Decode and resize the images of ``batch`` (columns ``index``, ``image_id``,
+        ``path``); a bad file becomes a :class:`Failure` with its reason, as locally."""
+        items = [
+            InputItem(image_id=str(image_id), path=Path(str(path)))
+            for image_id, path in zip(batch["image_id"], batch["path"], strict=True)
+        ]
+        prepare_one = PrepareImage(
+            items=items,
+            config=self.config,
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_bytes,
+            boxes=self.boxes,
+        )
+        outcomes: list[Prepared] = [prepare_one(index) for index in range(len(items))]
+        return {"index": batch["index"], "path": batch["path"], "outcome": objects(outcomes)}
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """How each detector actor loads and runs the model.
+
+    Attributes:
+        detector: registry name or checkpoint path, resolved on the actor's node (its own
+            weights cache or ``LXMERT_PIPELINE_WEIGHTS``).
+        config: the run's detector config (preset + flag overrides).
+        device: ``cpu`` or ``cuda`` (the one GPU Ray gives the actor).
+        precision, compile: the run's inference options.
+        threads: torch threads, set explicitly: Ray would otherwise set them from the
+            actor's CPU reservation, and on CPU the features' last bits depend on them.
+        batch_size: images per detector call; None chooses by the actor's free memory.
+        boxes: the ``--boxes-from`` boxes, or None to detect.
+    """
+
+    detector: str
+    config: DetectorConfig
+    device: str
+    precision: Precision
+    compile: bool
+    threads: int
+    batch_size: int | None
+    boxes: BoxesFile | None
+
+
+class DetectRegions:
+    """The detector in a Ray actor: loaded once, then a batch of decoded images at a time."""
+
+    def __init__(self, spec: ActorSpec) -> None:
+        torch.set_num_threads(spec.threads)
+        options = InferenceOptions(
+            device=spec.device, precision=spec.precision, compile=spec.compile
+        )
+        self.detector = load_detector(
+            spec.detector, config=spec.config, device=spec.device, options=options
+        )
+        worst = (spec.config.min_size, spec.config.max_size)
+        self.batch_size = spec.batch_size or auto_batch_size(self.detector.device, worst)
+        self.boxes = spec.boxes
+        self.limits = BatchLimits()  # what out-of-memory taught this actor so far
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Regions (or failures) of the batch's decoded images, row for row."""
+        paths = dict[str, str]()
+        for outcome, path in zip(batch["outcome"], batch["path"], strict=True):
+            paths[outcome.image_id] = str(path)
+        prepared = [entry for entry in batch["outcome"] if isinstance(entry, PreparedImage)]
+        tick = time.monotonic()
+        results: dict[str, RegionFeatures | Failure] = {}
+        if prepared:
+            detected = detect_or_fail(
+                self.detector, prepared, paths, self.batch_size, self.boxes, self.limits
+            )
+            self.limits = detected.limits
+            results.update({region.image_id: region for region in detected.regions})
+            results.update({failure.image_id: failure for failure in detected.failures})
+        seconds = time.monotonic() - tick
+        rows = len(batch["index"])
+        outcomes = [
+            results[entry.image_id] if isinstance(entry, PreparedImage) else entry
+            for entry in batch["outcome"]
+        ]
+        return {
+            "index": batch["index"],
+            "outcome": objects(outcomes),
+            "seconds": np.full(rows, seconds / max(rows, 1)),
+        }

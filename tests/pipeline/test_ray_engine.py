@@ -1,0 +1,350 @@
+"""``extract_features --engine ray`` on one local Ray cluster (2 CPUs, no dashboard), started
+once for this module and stopped at its end, with the shipped shapes-world detector on the
+images of ``examples/``. Every Ray run is a subprocess given the cluster's address; the
+reference of each is the local engine on the same inputs at the same ``--threads``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.data")
+
+from pipeline.cli import main as extract_features
+from pipeline.engines.ray import InOrder, plan_actors
+from pipeline.exits import UsageError
+from pipeline.manifest import manifest_path
+from pipeline.settings import RaySettings
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("scene_*.png"))
+DETECTOR = ("--detector", "shapes-detector", "--threads", "1", "--device", "cpu", "--workers", "0")
+#: Marks the cluster's processes (they inherit it) so that the module can find and end them.
+MARKER = "LXMERT_RAY_TEST_CLUSTER"
+ACTOR_TITLE = b"DetectRegions"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    marker: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Processes of this user whose environment holds ``MARKER=marker``."""
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _end(pids: Sequence[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(marker: str, *, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while _pids_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """``ray start --head`` on a free port for this module; at the end its processes (found
+    by the marker they inherit) are ended by their ids, and none may be left. Not ``ray
+    stop``: that ends every Ray process of this user on the machine, other clusters too."""
+    marker = uuid.uuid4().hex
+    temp = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
+    env = {**os.environ, MARKER: marker, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = Path(sys.executable).with_name("ray")
+    command = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2"]
+    command += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
+    started = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        yield Cluster(address=f"127.0.0.1:{port}", marker=marker)
+    finally:
+        _end(_pids_with(marker), signal.SIGTERM)
+        _wait_gone(marker, seconds=5)
+        _end(_pids_with(marker), signal.SIGKILL)  # the GCS server may ignore SIGTERM
+        _wait_gone(marker, seconds=10)
+        left = _pids_with(marker)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"Ray processes left after the module: {left}"
+
+
+def _ray_command(cluster: Cluster, *args: object) -> list[str]:
+    words = [str(arg) for arg in args]
+    engine = ["--engine", "ray", "--ray-address", cluster.address]
+    return [sys.executable, "-m", "pipeline.cli", *words, *engine, *DETECTOR]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def run_ray(cluster: Cluster, *args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _ray_command(cluster, *args), env=_env(), cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def run_local(*args: object) -> int:
+    return extract_features([str(arg) for arg in args] + ["--engine", "local", *DETECTOR, "-q"])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example scenes plus two bad files: garbage named .png and an empty .jpg."""
+    folder = tmp_path_factory.mktemp("ray_inputs")
+    for path in EXAMPLES:
+        shutil.copyfile(path, folder / path.name)
+    (folder / "broken.png").write_bytes(b"not an image at all" * 20)
+    (folder / "empty.jpg").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The local engine's output on ``inputs``, per format."""
+    folder = tmp_path_factory.mktemp("local")
+    outputs = {}
+    for ext in ("tsv", "h5"):
+        out = folder / f"local.{ext}"
+        assert run_local(inputs, "--out", out) == 1  # the two bad files fail
+        outputs[ext] = out.read_bytes()
+    return outputs
+
+
+@pytest.mark.parametrize(("ext", "actors"), [("tsv", 1), ("tsv", 2), ("h5", 1), ("h5", 2)])
+def test_ray_output_is_byte_identical_to_local(
+    cluster: Cluster,
+    inputs: Path,
+    reference: dict[str, bytes],
+    tmp_path: Path,
+    ext: str,
+    actors: int,
+) -> None:
+    out = tmp_path / f"ray.{ext}"
+    done = run_ray(cluster, inputs, "--out", out, "--actors", actors)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert out.read_bytes() == reference[ext]
+    # The bad files are per-image failures named with their reasons, as locally.
+    manifest = json.loads(manifest_path(out).read_text())
+    failed = {failure["image_id"]: failure["reason"] for failure in manifest["failures"]}
+    assert set(failed) == {"broken", "empty"}
+    for name in ("broken.png", "empty.jpg"):
+        assert str(inputs / name) in done.stderr
+    assert "empty" in failed["empty"] or "0 bytes" in failed["empty"]
+    engine = manifest["engine"]
+    assert (engine["name"], engine["actors"], engine["threads"]) == ("ray", actors, 1)
+    assert engine["cluster"]["resources"]["CPU"] == 2.0
+    assert manifest["counts"]["written"] == len(EXAMPLES)
+    assert f"{len(EXAMPLES) + 2} selected: {len(EXAMPLES)} written" in done.stderr
+
+
+def test_shard_and_limit(cluster: Cluster, tmp_path: Path) -> None:
+    local, ray = tmp_path / "local.tsv", tmp_path / "ray.tsv"
+    flags = ("--shard", "2/3", "--limit", "2")
+    assert run_local(ROOT / "examples", "--out", local, *flags) == 0
+    done = run_ray(cluster, ROOT / "examples", "--out", ray, *flags, "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    shard = tmp_path / "ray.shard-2-of-3.tsv"
+    expected = [path.stem for path in EXAMPLES[1::3][:2]]
+    assert [line.split("\t")[0] for line in shard.read_text().splitlines()] == expected
+    assert shard.read_bytes() == (tmp_path / "local.shard-2-of-3.tsv").read_bytes()
+
+
+def _records(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _start(cluster: Cluster, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        _ray_command(cluster, *args),
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _actor_pids(cluster: Cluster) -> list[int]:
+    pids = []
+    for pid in _pids_with(cluster.marker):
+        try:
+            if ACTOR_TITLE in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """48 images (the example scenes, six times), enough for a run to be stopped midway, and
+    the local engine's TSV of them."""
+    folder = tmp_path_factory.mktemp("many")
+    for copy in range(6):
+        for path in EXAMPLES:
+            shutil.copyfile(path, folder / f"{path.stem}_{copy}.png")
+    out = tmp_path_factory.mktemp("many_local") / "local.tsv"
+    assert run_local(folder, "--out", out) == 0
+    return folder, out.read_bytes()
+
+
+def _stopped_midway(
+    cluster: Cluster, folder: Path, out: Path, stop: Callable[[subprocess.Popen[str]], None]
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a one-actor Ray run, ``stop`` it once its first records are on disk (and before
+    its last), then wait for the driver to end; returns it and its stderr."""
+    run = _start(cluster, folder, "--out", out, "--actors", 1, "--batch-size", 1)
+    _wait_for(lambda: _records(out) >= 1 or run.poll() is not None, "the first records")
+    stop(run)
+    assert _records(out) < 48, "the run ended before it could be stopped midway"
+    _, stderr = run.communicate(timeout=300)
+    return run, stderr
+
+
+def test_killed_actor_is_replaced_and_every_image_written_once(
+    cluster: Cluster, many: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    folder, expected = many
+    out = tmp_path / "ray.tsv"
+    killed: list[int] = []
+
+    def kill_the_actor(run: subprocess.Popen[str]) -> None:
+        actors = _actor_pids(cluster)
+        assert len(actors) == 1 and run.poll() is None
+        os.kill(actors[0], signal.SIGKILL)
+        killed.append(actors[0])
+
+    run, stderr = _stopped_midway(cluster, folder, out, kill_the_actor)
+    assert run.returncode == 0, stderr[-3000:]
+    assert out.read_bytes() == expected  # every image once, in order, same bytes
+    assert killed[0] not in _actor_pids(cluster)
+
+
+def test_ctrl_c_exits_130_and_local_resume_finishes(
+    cluster: Cluster, many: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    folder, expected = many
+    out = tmp_path / "ray.tsv"
+    run, stderr = _stopped_midway(cluster, folder, out, lambda run: run.send_signal(signal.SIGINT))
+    assert run.returncode == 130, stderr[-3000:]
+    partial = out.read_bytes()
+    assert expected.startswith(partial) and len(partial) < len(expected)
+    assert json.loads(manifest_path(out).read_text())["status"] == "interrupted"
+    assert run_local(folder, "--out", out, "--resume") == 0
+    assert out.read_bytes() == expected
+
+
+def test_killed_driver_then_ray_resume_finishes(
+    cluster: Cluster, many: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    folder, expected = many
+    out = tmp_path / "ray.tsv"
+    run, _ = _stopped_midway(cluster, folder, out, lambda run: run.kill())
+    assert run.returncode == -signal.SIGKILL
+    assert json.loads(manifest_path(out).read_text())["status"] == "running"
+    done = run_ray(cluster, folder, "--out", out, "--resume", "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads(manifest_path(out).read_text())
+    assert 0 < manifest["counts"]["already_done"] < 48
+    assert manifest["engine"]["name"] == "ray"
+    assert out.read_bytes() == expected
+
+
+def test_missing_ray_is_a_usage_error_naming_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None; sys.modules['ray.data'] = None\n"
+        "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    out = tmp_path / "x.tsv"
+    args = [str(EXAMPLES[0]), "--out", str(out), "--engine", "ray", *DETECTOR]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=_env(), cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "pip install lxmert-pipeline[ray]" in done.stderr
+    assert not out.exists() and not manifest_path(out).exists()
+
+
+def test_cluster_flags_need_the_ray_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.tsv"
+    assert run_local(EXAMPLES[0], "--out", out, "--actors", "2") == 2
+    assert "--actors only apply with --engine ray" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_actor_plan_leaves_a_cpu_for_decoding() -> None:
+    default = RaySettings(address=None, actors=None, actor_cpus=None)
+    two_cpus = {"CPU": 2.0}
+    # 2 CPUs: one actor of 1 CPU, or two of 0.5; either way 1 CPU stays free.
+    one = plan_actors(two_cpus, ray=default, threads=2, on_gpu=False)
+    assert (one.actors, one.cpus, one.gpus) == (1, 1.0, 0)
+    pair = RaySettings(address=None, actors=2, actor_cpus=None)
+    two = plan_actors(two_cpus, ray=pair, threads=1, on_gpu=False)
+    assert (two.actors, two.cpus) == (2, 0.5)
+    assert two.actors * two.cpus <= 2.0 - 1.0
+    # 64 CPUs at 8 threads: 63 // 8 = 7 actors of 8 CPUs.
+    big = plan_actors({"CPU": 64.0}, ray=default, threads=8, on_gpu=False)
+    assert (big.actors, big.cpus) == (7, 8.0)
+    # GPUs: one actor per GPU, one GPU each.
+    gpus = plan_actors({"CPU": 16.0, "GPU": 4.0}, ray=default, threads=4, on_gpu=True)
+    assert (gpus.actors, gpus.cpus, gpus.gpus) == (4, 3.75, 1)
+    given = RaySettings(address="auto", actors=3, actor_cpus=0.75)
+    assert plan_actors(two_cpus, ray=given, threads=1, on_gpu=False).cpus == 0.75
+    with pytest.raises(UsageError, match="no GPUs"):
+        plan_actors(two_cpus, ray=default, threads=1, on_gpu=True)
+
+
+def test_in_order_releases_each_image_once_in_plan_order() -> None:
+    order = InOrder[str](count=4)
+    assert order.add(2, "c") == []
+    assert order.add(1, "b") == []
+    assert order.add(0, "a") == ["a", "b", "c"]
+    assert order.add(1, "b") == [] and order.add(2, "c") == []
+    with pytest.raises(RuntimeError, match="3 of 4"):
+        order.check_complete()
+    assert order.add(3, "d") == ["d"]
+    order.check_complete()
