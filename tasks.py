@@ -4,6 +4,7 @@
     python3 tasks.py demo    # main job on the shipped shapes-world models (examples/)
     python3 tasks.py test    # ruff, mypy and the test suite (what CI runs)
     python3 tasks.py bench   # quick detector benchmark (prints JSON)
+    python3 tasks.py screenshot  # docs/demo.png: the web page in headless Chromium
     python3 tasks.py setup   # only create/refresh .venv
 
 The venv is reinstalled when requirements*.txt or setup.py change (a stamp file records a hash).
@@ -127,12 +128,25 @@ def test() -> None:
     run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
 
 
+def screenshot() -> None:
+    """docs/demo.png: the web page (lxmert-demo, shapes models) in headless Chromium."""
+    setup()
+    ensure_chromium()
+    run(BIN / "python", "-m", "pipeline.web.browser", "docs/demo.png")
+
+
 def bench() -> None:
     setup()
     run(BIN / "python", "benchmarks/bench_detector.py", "--quick")
 
 
-JOBS = {"setup": setup, "demo": demo, "test": test, "bench": bench}
+JOBS = {
+    "setup": setup,
+    "demo": demo,
+    "test": test,
+    "bench": bench,
+    "screenshot": screenshot,
+}
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in JOBS:

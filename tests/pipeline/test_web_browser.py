@@ -8,97 +8,45 @@ never downloads a browser (no ``playwright install``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline.web.browser import (
+    INSTALL_CHROMIUM,
+    ask_on_page,
+    chromium_executable,
+    demo_server,
+    launch_chromium,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENE = ROOT / "examples" / "scene_000.png"
-#: Seconds for the server to start (imports torch and gradio, loads the shapes models).
-START_S = 240
 #: Milliseconds for the page to show a result (the machine may be busy).
 WAIT_MS = 120_000
 
 
 def chromium_path() -> str:
     """The system's Chromium, or skip saying how to install it."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    found = chromium_executable()
     if found is None:
-        pytest.skip(
-            "no chromium executable: install Debian's browser with `apt-get update && "
-            "apt-get install -y chromium` (python3 tasks.py test does this when run as root)"
-        )
+        pytest.skip(f"no chromium executable: {INSTALL_CHROMIUM}")
     pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-test.txt")
     pytest.importorskip("gradio", reason="pip install 'lxmert-pipeline[web]'")
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the server and everything it started (its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    """The page's URL, served by a fresh ``lxmert-demo`` process with the shapes models."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),  # uploads stay in the test's folder
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-    log = (tmp_path / "server.log").open("wb")
-    command = [sys.executable, "-m", "pipeline.web.cli", "--port", str(port), "--device", "cpu"]
-    command += ["--detector", "shapes-detector", "--encoder", "shapes-lxmert"]
-    command += ["--examples", str(tmp_path / "no-examples")]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}/"
+    """The page's URL, served by a fresh ``lxmert-demo`` process with the shapes models,
+    stopped (with its process group) at the end."""
+    chromium_path()
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited {process.returncode}:\n{read(tmp_path)}")
-            try:
-                with urllib.request.urlopen(url + "gradio_api/info", timeout=5) as answer:
-                    json.load(answer)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the server did not answer in {START_S} s:\n{read(tmp_path)}")
-                time.sleep(1)
-        yield url
-    finally:
-        stop(process)
-        log.close()
-    assert process.poll() is not None
-
-
-def read(tmp_path: Path) -> str:
-    return (tmp_path / "server.log").read_text(errors="replace")[-4000:]
+        with demo_server(log=tmp_path / "server.log", cwd=ROOT) as url:
+            yield url
+    except RuntimeError as error:
+        pytest.fail(str(error))
 
 
 def test_page_answers_shows_boxes_and_survives_a_bad_upload(server: str, tmp_path: Path) -> None:
@@ -114,18 +62,13 @@ def test_page_answers_shows_boxes_and_survives_a_bad_upload(server: str, tmp_pat
     fake.write_text("this is a text file, not a picture\n")
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium_path(),
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
-        )
+        browser = launch_chromium(playwright, chromium_path())
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(server, wait_until="domcontentloaded")
 
             def ask(image: Path, question: str) -> None:
-                page.locator("#image input[type=file]").set_input_files(str(image))
-                page.locator("#questions textarea").fill(question)
-                page.locator("#ask").click()
+                ask_on_page(page, image, question)
 
             ask(SCENE, "what color is the circle?")
             chart = page.locator(".answer-chart").first
