@@ -89,11 +89,14 @@ def models_html(choices: Sequence[ModelChoice]) -> str:
     for choice in choices:
         name = html.escape(choice.name)
         if choice.available:
-            items.append(f"<li><b>{name}</b> ({choice.kind}): {html.escape(choice.description)}")
+            description = html.escape(choice.description)
+            items.append(f"<li><b>{name}</b> ({choice.kind}): {description}</li>")
         else:
             items.append(
                 f'<li style="color:#999"><b>{name}</b> ({choice.kind}): not usable here: '
-                f"{html.escape(choice.reason)}</li>"
+                f"<details><summary>{html.escape(choice.summary)}</summary>"
+                f'<pre style="white-space:pre-wrap">{html.escape(choice.reason)}</pre>'
+                "</details></li>"
             )
     return "<ul>" + "".join(items) + "</ul>"
 

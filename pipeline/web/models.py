@@ -38,8 +38,8 @@ class ModelChoice:
     Attributes:
         name: registry name, or the path given on the command line.
         kind: ``detector`` or ``encoder``.
-        reason: why it cannot be used here (first line of the resolver's message); ``""``
-            when it resolves.
+        reason: why it cannot be used here (the resolver's message: where it looked, how to
+            get it); ``""`` when it resolves.
         description: the registry's description (``""`` for a path).
     """
 
@@ -52,6 +52,11 @@ class ModelChoice:
     def available(self) -> bool:
         """Whether it resolves on this machine."""
         return not self.reason
+
+    @property
+    def summary(self) -> str:
+        """The first line of :attr:`reason`."""
+        return self.reason.splitlines()[0] if self.reason else ""
 
 
 def _checkpoint_of(name: str, kind: CheckpointKind) -> str:
@@ -73,7 +78,7 @@ def check_model(name: str, kind: CheckpointKind) -> ModelChoice:
         locate_checkpoint(_checkpoint_of(name, kind), download=False, verify_checksums=False)
     except (CheckpointNotFoundError, UnknownCheckpointError, KeyError, ValueError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        return ModelChoice(name, kind, message.strip().splitlines()[0], description)
+        return ModelChoice(name, kind, message.strip(), description)
     return ModelChoice(name, kind, "", description)
 
 
@@ -123,7 +128,7 @@ def start_models(
 
     start_detector = fallback(detectors, SHAPES_DETECTOR)
     start_encoder = fallback(encoders, SHAPES_ENCODER)
-    why = "; ".join(f"{choice.name}: {choice.reason}" for choice in missing)
+    why = "; ".join(choice.summary for choice in missing)
     offered = (
         f"offering {start_detector} + {start_encoder} instead"
         if start_detector and start_encoder
@@ -134,7 +139,8 @@ def start_models(
         start_detector,
         start_encoder,
         f"The models asked for are not on this machine ({why}); {offered}. "
-        f"To get them on a machine with internet: {fetch.rstrip(';')}",
+        f"To get them on a machine with internet: {fetch.rstrip(';')} (where this machine "
+        "looked, and other ways: Settings, below).",
     )
 
 

@@ -295,7 +295,8 @@ def test_choices_say_which_resolve_and_why_not() -> None:
     shipped = {r.name for r in REGISTRY.values() if r.kind == "detector" and r.shipped_dir}
     assert usable == shipped
     real = next(c for c in detectors if c.name == "vg-r101-c4-attr")
-    assert "vg-r101-c4-attr" in real.reason
+    assert "vg-r101-c4-attr" in real.summary and "\n" not in real.summary
+    assert "python -m weights fetch vg-r101-c4-attr" in real.reason  # the resolver's remedy
     assert check_model("shapes-lxmert", "detector").reason == (
         "shapes-lxmert is a encoder, not a detector"
     )
