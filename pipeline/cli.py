@@ -186,13 +186,19 @@ def _add_execution_flags(execution: argparse._ArgumentGroup) -> None:
         "image fills the cores); a batch that runs out of CUDA memory is split and retried, "
         "later batches start at the size that fit, and an image that does not fit alone "
         "fails by itself (default: auto). On CPU any batch size gives the same records. On "
-        "CUDA it does not, exactly: cuDNN picks convolution algorithms by batch size, fp32 "
-        "convolutions run in TF32 (PyTorch's default), and res5 takes regions in chunks of "
-        "100 across the batch's images, so features differ in the last bits and top-k and "
-        "thresholds can turn that into other boxes. A record then depends on which images "
-        "shared its batch, so --shard/merge and --resume match one whole run only that "
-        "closely; --batch-size 1 on one GPU model makes each record depend on its image "
-        "alone",
+        "CUDA it does not, exactly, unless --deterministic: cuDNN picks convolution "
+        "algorithms by batch size, fp32 convolutions run in TF32 (PyTorch's default), and "
+        "res5 takes regions in chunks of 100 across the batch's images, so features differ "
+        "in the last bits and top-k and thresholds can turn that into other boxes",
+    )
+    execution.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="exact mode, what --shard/merge and --resume promise on a GPU: each image runs "
+        "alone, cuDNN uses deterministic algorithms without autotuning, TF32 is off; records "
+        "then depend on their image alone and match one whole run bit for bit on the same "
+        "GPU model, driver and torch (slower on CUDA). CPU runs are always exact. Recorded "
+        "in the manifest: --resume and merge refuse to mix exact and inexact records",
     )
     add_precision_flags(execution, deprecated_autocast=True)
     execution.add_argument(

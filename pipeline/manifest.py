@@ -66,6 +66,7 @@ RECORD_SETTINGS: tuple[tuple[str, str], ...] = (
     ("max_size", "cap on the long side after resizing"),
     ("feature_dim", "feature dimension D"),
     ("precision", "numeric precision of the detector"),
+    ("deterministic", "exact mode: batch-invariant, deterministic numerics (always on CPU)"),
     ("boxes_sha256", "sha256 of a given-boxes file"),
 )
 
@@ -75,10 +76,12 @@ def record_settings(
     *,
     detector_sha256: str | None,
     precision: str,
+    deterministic: bool,
     boxes_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The :data:`RECORD_SETTINGS` of a run, from its detector config (``DetectorConfig.
-    to_dict()``), checkpoint digest, precision and given-boxes file digest (None: boxes were
+    to_dict()``), checkpoint digest, precision, resolved exact mode
+    (``ResolvedOptions.deterministic``) and given-boxes file digest (None: boxes were
     detected)."""
     values: dict[str, Any] = {
         "detector_sha256": detector_sha256,
@@ -90,6 +93,7 @@ def record_settings(
         ),
         "feature_dim": config["res2_channels"] * 8,
         "precision": precision,
+        "deterministic": deterministic,
         "boxes_sha256": boxes_sha256,
     }
     for name, _ in RECORD_SETTINGS:
@@ -197,7 +201,9 @@ def recorded_settings(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     written before they were recorded, those derived from its detector section and its
     ``--autocast`` flag. None when it records neither (a merge of foreign files)."""
     if isinstance(manifest.get("settings"), dict):
-        return dict(manifest["settings"])
+        settings = dict(manifest["settings"])
+        settings.setdefault("deterministic", _deterministic_before_it_was_recorded(manifest))
+        return settings
     detector = manifest.get("detector")
     if not isinstance(detector, dict) or not isinstance(detector.get("config"), dict):
         return None
@@ -205,7 +211,14 @@ def recorded_settings(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         detector["config"],
         detector_sha256=detector.get("sha256"),
         precision=_precision_before_it_was_recorded(manifest),
+        deterministic=_deterministic_before_it_was_recorded(manifest),
     )
+
+
+def _deterministic_before_it_was_recorded(manifest: Mapping[str, Any]) -> bool:
+    """Whether a run from before ``--deterministic`` existed was exact: every CPU run was
+    (each image alone, fp32), no CUDA run was (TF32, batches)."""
+    return not str(manifest.get("device", "")).startswith("cuda")
 
 
 def _precision_before_it_was_recorded(manifest: Mapping[str, Any]) -> str:

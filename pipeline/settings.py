@@ -19,6 +19,7 @@ import torch
 from detector.checkpoint import detector_config
 from detector.config import DetectorConfig
 from detector.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from detector.options import InferenceOptions
 from detector.precision import Precision, check_precision
 from pipeline.boxes_file import BoxesFile, read_boxes_file
 from pipeline.exits import UsageError
@@ -71,6 +72,8 @@ class ExtractSettings:
         precision: ``fp32``, ``bf16`` or ``fp16`` (:mod:`detector.precision`), checked
             against the device (``--autocast`` mapped onto it).
         compile: ``torch.compile`` trunk and res5.
+        deterministic: ``--deterministic``: each image alone, and on CUDA deterministic cuDNN
+            with TF32 off, so records do not depend on batches or shards (CPU runs always are).
         workers: decode threads (0: decode in the main thread).
         max_pixels: refuse images with more pixels.
         max_bytes: refuse image files larger than this, unread.
@@ -109,6 +112,17 @@ class ExtractSettings:
     threads: int = 1
     engine: Engine = "local"
     ray: RaySettings | None = None
+    deterministic: bool = False
+
+    @property
+    def inference_options(self) -> InferenceOptions:
+        """The detector's inference options for this run (every engine loads with these)."""
+        return InferenceOptions(
+            device=self.device,
+            precision=self.precision,
+            compile=self.compile,
+            deterministic=self.deterministic,
+        )
 
     @property
     def output(self) -> Path:
@@ -238,6 +252,7 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
         batch_size=args.batch_size,
         precision=_precision(args, device),
         compile=args.compile,
+        deterministic=args.deterministic,
         workers=args.workers,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,

@@ -20,7 +20,6 @@ import torch
 
 from detector import Detector, load_detector
 from detector.model import auto_batch_size
-from detector.options import InferenceOptions
 from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import RecordSink, run_local
 from pipeline.exits import (
@@ -62,9 +61,7 @@ def load_model(settings: ExtractSettings) -> LoadedModel:
     Raises:
         UsageError: the checkpoint cannot be found, read or matched to the config.
     """
-    options = InferenceOptions(
-        device=settings.device, precision=settings.precision, compile=settings.compile
-    )
+    options = settings.inference_options
     try:
         detector = load_detector(
             settings.detector, config=settings.config, device=settings.device, options=options
@@ -94,6 +91,7 @@ def run_record_settings(
         detector_sha256=detector.checkpoint.sha256,
         boxes_sha256=boxes_sha256,
         precision=settings.precision,
+        deterministic=settings.inference_options.resolve().deterministic,
     )
 
 

@@ -387,11 +387,20 @@ def test_stored_configs_and_manifests_without_the_field_ran_detectron2() -> None
     assert config_from_dict(vg.to_dict()) == vg  # "auto" round-trips as "auto"
     old = {k: v for k, v in vg.to_dict().items() if k not in ("proposals", "anchor_base_size")}
     assert config_from_dict(old).proposal_mode == "detectron2"
-    settings = record_settings(vg.to_dict(), detector_sha256=None, precision="fp32")
+    settings = record_settings(
+        vg.to_dict(), detector_sha256=None, precision="fp32", deterministic=True
+    )
     assert settings["proposals"] == "caffe"
-    assert record_settings(old, detector_sha256=None, precision="fp32")["proposals"] == "detectron2"
+    assert (
+        record_settings(old, detector_sha256=None, precision="fp32", deterministic=True)[
+            "proposals"
+        ]
+        == "detectron2"
+    )
     maxclass = vg.replace(selection="max-class").to_dict()
     assert (
-        record_settings(maxclass, detector_sha256=None, precision="fp32")["proposals"]
+        record_settings(maxclass, detector_sha256=None, precision="fp32", deterministic=True)[
+            "proposals"
+        ]
         == "detectron2"
     )
