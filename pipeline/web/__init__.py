@@ -6,6 +6,8 @@ extra).
   -> values, tested without a server; never imports gradio.
 - :mod:`pipeline.web.app`: ``build_app(service, start)`` -> ``gradio.Blocks``, layout only.
 - :mod:`pipeline.web.cli`: the ``lxmert-demo`` command.
+- :mod:`pipeline.web.browser`: the server as a process and headless Chromium (Playwright on
+  the system's ``chromium``), for the browser test and ``python3 tasks.py screenshot``.
 
 Importing this package imports neither gradio nor torch.
 """
