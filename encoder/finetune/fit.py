@@ -67,6 +67,52 @@ def _checked(path: Path, encoder: Encoder, config: FinetuneConfig) -> TrainingSt
     return state
 
 
+def _restore(
+    state: TrainingState | None,
+    encoder: Encoder,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[list[EpochRecord], float | None, int]:
+    """Load a checkpoint's model, optimiser, scheduler and RNG states (nothing without one);
+    returns its history, best validation accuracy and best epoch."""
+    if state is None:
+        return [], None, 0
+    encoder.model.load_state_dict(dict(state.model))
+    optimizer.load_state_dict(dict(state.optimizer))
+    scheduler.load_state_dict(dict(state.scheduler))
+    restore_rng_state(state.rng)
+    return list(state.history), state.best, state.best_epoch
+
+
+def _epoch(
+    encoder: Encoder,
+    train: FitData,
+    valid: FitData | None,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: FinetuneConfig,
+    task: Task,
+    epoch: int,
+    on_progress: Callable[[Progress], None] | None,
+) -> EpochRecord:
+    """One epoch of the loop that fits the data (pairs for NLVR2, else questions), with its
+    validation accuracy when ``valid`` has data."""
+    record = _train_one(
+        encoder,
+        train,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=config,
+        epoch=epoch,
+        on_progress=on_progress,
+    )
+    if valid is None or len(valid) == 0:
+        return record
+    return replace(record, valid_accuracy=_valid_score(encoder, valid, config=config, task=task))
+
+
 def _train_one(
     encoder: Encoder,
     train: FitData,
@@ -77,7 +123,7 @@ def _train_one(
     epoch: int,
     on_progress: Callable[[Progress], None] | None,
 ) -> EpochRecord:
-    """One epoch of the loop that fits the data: pairs (NLVR2) or questions."""
+    """One training epoch of the loop that fits the data: pairs (NLVR2) or questions."""
     if isinstance(train, PairDataset):
         return train_pair_epoch(
             encoder,
@@ -123,11 +169,10 @@ def fit(
     question sets (:class:`QADataset`), an NLVR2 model on pair sets (:class:`PairDataset`;
     ``task`` then only names the run).
 
-    After each epoch the model is evaluated on ``valid`` (when given); ``on_best`` receives
-    it whenever the validation accuracy improves (every epoch without ``valid``, so the last
-    is kept); then ``checkpoint`` is replaced atomically. With ``resume`` and an existing
-    ``checkpoint``, training continues after its last finished epoch; the caller must set up
-    ``encoder`` exactly as for the first run (same source, answer table and seed).
+    After each epoch: validation on ``valid`` (if given); ``on_best`` gets the model when
+    that accuracy improves (every epoch without ``valid``); ``checkpoint`` is replaced
+    atomically. With ``resume``, training goes on after the checkpoint's last epoch (set up
+    ``encoder`` exactly as for the first run: same source, answer table and seed).
 
     Raises:
         ValueError: ``train`` is empty.
@@ -138,30 +183,21 @@ def fit(
     optimizer = make_optimizer(encoder.model, config)
     steps = -(-len(train) // config.batch_size) * config.epochs
     scheduler = make_scheduler(optimizer, total_steps=steps, config=config)
-    history: list[EpochRecord] = []
-    best: float | None = None
-    best_epoch = 0
-    if resume and checkpoint.is_file():
-        state = _checked(checkpoint, encoder, config)
-        encoder.model.load_state_dict(dict(state.model))
-        optimizer.load_state_dict(dict(state.optimizer))
-        scheduler.load_state_dict(dict(state.scheduler))
-        history, best, best_epoch = list(state.history), state.best, state.best_epoch
-        restore_rng_state(state.rng)
+    state = _checked(checkpoint, encoder, config) if resume and checkpoint.is_file() else None
+    history, best, best_epoch = _restore(state, encoder, optimizer=optimizer, scheduler=scheduler)
     resumed_from = len(history)
     for epoch in range(resumed_from, config.epochs):
-        record = _train_one(
+        record = _epoch(
             encoder,
             train,
+            valid,
             optimizer=optimizer,
             scheduler=scheduler,
             config=config,
+            task=task,
             epoch=epoch,
             on_progress=on_progress,
         )
-        if valid is not None and len(valid) > 0:
-            accuracy = _valid_score(encoder, valid, config=config, task=task)
-            record = replace(record, valid_accuracy=accuracy)
         history.append(record)
         score = record.valid_accuracy
         if score is None or best is None or score > best:
