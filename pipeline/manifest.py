@@ -1,8 +1,9 @@
 """The manifest: a JSON file beside each output saying how it was made.
 
 ``out.tsv`` gets ``out.tsv.manifest.json``. It holds the detector (name, checkpoint path and
-sha256, full config), the versions of Python and the libraries, the command, the counts and every
-failed input with its reason. It is written atomically (:mod:`weights.files`):
+sha256, full config), the versions of Python and the libraries, the command, the engine that ran
+it (``engine``: ``local`` or ``ray``, the torch thread count, and for Ray the cluster's address,
+nodes and resources and the actor pool), the counts and every failed input with its reason. It is written atomically (:mod:`weights.files`):
 once when the run starts (``"status": "running"``) and again when it ends (``"finished"`` or
 ``"interrupted"``), so a killed run leaves a manifest that says so.
 """
@@ -51,7 +52,9 @@ class Failure:
 
 #: The settings that change a record, as (name in the manifest's ``"settings"``, meaning). The
 #: one list: ``--resume`` and ``merge`` compare exactly these, and the README prints them. A new
-#: setting that changes records is added here, nowhere else.
+#: setting that changes records is added here, nowhere else. The torch thread count changes
+#: only the last bits of CPU features, so it is recorded in the ``engine`` section instead and
+#: runs at different counts may be resumed and merged.
 RECORD_SETTINGS: tuple[tuple[str, str], ...] = (
     ("detector_sha256", "sha256 of the detector checkpoint file"),
     ("preset", "detector config preset"),

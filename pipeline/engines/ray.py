@@ -270,7 +270,9 @@ def ray_engine(settings: ExtractSettings) -> Iterator[RayEngine]:
     _quiet_ray()
     start = time.monotonic()
     ray.init(
-        address=settings.ray.address,
+        # "local": a new instance on this machine, never a cluster some earlier `ray start`
+        # left recorded in /tmp/ray (Ray's choice when the address is None).
+        address=settings.ray.address or "local",
         log_to_driver=False,  # worker output would break the progress bar; failures are data
         logging_level=logging.WARNING,
         include_dashboard=False if settings.ray.address is None else None,
