@@ -12,7 +12,9 @@ shipped ``shapes-lxmert`` was trained on; ``valid``: the ``val`` range; ``test``
 
 Question entries: ``{"question_id": "seed-<seed>-<k>", "img_id": "seed-<seed>", "sent": ...,
 "label": {answer: 1.0}, "question_type": color|shape|count|exist|spatial, "answer_type":
-yes/no|number|other}``. The regions are made by our own ``extract_features`` command with the
+yes/no|number|other}``; ``train`` also has the training-only ``position`` and ``relation``
+questions (``questions.training_questions``: they make spatial questions learnable).
+The regions are made by our own ``extract_features`` command with the
 shipped ``shapes-detector`` (its preset's selection), image id = file stem.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import cv2
 
-from shapesworld.questions import Question, scene_questions
+from shapesworld.questions import Question, scene_questions, training_questions
 from shapesworld.scenes import Scene, Split, make_scene, split_seeds
 from weights.files import atomic_write_bytes, atomic_write_text
 
@@ -40,9 +42,11 @@ def answer_type(question: Question) -> str:
     return "number" if question.answer.isdigit() else "other"
 
 
-def question_entries(scene: Scene) -> list[dict[str, object]]:
-    """The scene's questions as LXMERT JSON entries (one gold answer, score 1.0)."""
+def question_entries(scene: Scene, *, training: bool = False) -> list[dict[str, object]]:
+    """The scene's questions as LXMERT JSON entries (one gold answer, score 1.0):
+    ``questions.training_questions`` with ``training``, else ``questions.scene_questions``."""
     image_id = f"seed-{scene.seed}"
+    questions = training_questions(scene) if training else scene_questions(scene)
     return [
         {
             "question_id": f"{image_id}-{k}",
@@ -52,7 +56,7 @@ def question_entries(scene: Scene) -> list[dict[str, object]]:
             "question_type": question.kind,
             "answer_type": answer_type(question),
         }
-        for k, question in enumerate(scene_questions(scene))
+        for k, question in enumerate(questions)
     ]
 
 
@@ -68,7 +72,7 @@ def write_split(out: Path, name: str, count: int) -> Path:
         if not ok:
             raise RuntimeError(f"PNG encoding failed for seed {seed}")
         atomic_write_bytes(folder / f"seed-{seed}.png", data.tobytes())
-        entries.extend(question_entries(scene))
+        entries.extend(question_entries(scene, training=name == "train"))
     atomic_write_text(out / f"{name}.json", json.dumps(entries, indent=0) + "\n")
     return folder
 

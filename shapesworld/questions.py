@@ -14,6 +14,22 @@ Kinds (``vocab.QUESTION_KINDS``), at most ``QUESTIONS_PER_KIND`` of each per sce
   smaller y (image rows grow downwards).
 
 Generation is seeded by the scene seed on its own random stream, so it never changes pixels.
+
+Training scenes get more (:func:`training_questions`): the questions above, plus spatial
+questions made to be learnable. A spatial answer is the relation word XOR the order of the two
+referents' positions; with words and orders balanced, no single part of the question or the
+image says anything about the answer, so a small model sits at chance (parity) and never
+starts (measured: 0.50 on train and held-out after 8000 steps, and in 1500-step spatial-only
+runs, even with only "left of"/"above"). Two training-only kinds break that symmetry:
+
+- ``position``: "is the circle on the left?" / "... at the top?" (one referent, its centre in
+  the outer 40% of the side asked about; only these two words, since "on the right" beside
+  them would make the answer a XOR again), which teaches the model to read a referent's box
+  position;
+- ``relation``: more two-referent questions as worded in ``spatial``, "left of"/"above" in
+  ``CANONICAL_SHARE`` of them, so the order of the referents carries signal alone first.
+
+Held-out and validation questions stay :func:`scene_questions`, balanced.
 """
 
 from __future__ import annotations
@@ -28,15 +44,27 @@ from shapesworld.scenes import Scene, SceneObject
 from shapesworld.vocab import COLORS, SHAPE_PLURALS, SHAPES
 
 __all__ = [
+    "CANONICAL_SHARE",
     "QUESTIONS_PER_KIND",
+    "RELATION_PAIRS",
     "SPATIAL_MARGIN_PERCENT",
+    "TRAINING_KINDS",
     "Question",
     "make_questions",
     "scene_questions",
+    "training_questions",
 ]
 
 QUESTIONS_PER_KIND = 2
 SPATIAL_MARGIN_PERCENT = 10
+#: Kinds of the training-only questions of :func:`training_questions`.
+TRAINING_KINDS = ("position", "relation")
+#: Two-referent ``relation`` questions per training scene, at most (distinct ordered pairs).
+RELATION_PAIRS = 4
+#: Share of ``relation`` questions worded "left of"/"above" (the rest "right of"/"below").
+CANONICAL_SHARE = 0.75
+#: A ``position`` question's referent has its centre in the outer share of the side asked about.
+POSITION_OUTER = 0.4
 
 
 @dataclass(frozen=True)
@@ -69,6 +97,77 @@ def make_questions(
         *_exist_questions(rng, objects),
         *_spatial_questions(rng, objects, width=width, height=height),
     )
+
+
+def training_questions(scene: Scene) -> tuple[Question, ...]:
+    """:func:`scene_questions` plus the training-only ``position`` and ``relation`` questions
+    (module docstring) not asked already; deterministic in the scene seed (stream 2, so the
+    first part is unchanged)."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([scene.seed, 2])))
+    objects = scene.objects
+    asked = scene_questions(scene)
+    extra = (
+        *_position_questions(rng, objects, width=scene.width, height=scene.height),
+        *_relation_questions(rng, objects, width=scene.width, height=scene.height),
+    )
+    texts = {q.text for q in asked}  # a relation question may repeat a spatial one: ask it once
+    return (*asked, *(q for q in extra if q.text not in texts))
+
+
+def _position_questions(
+    rng: np.random.Generator, objects: Sequence[SceneObject], *, width: int, height: int
+) -> list[Question]:
+    """One "is <referent> on the left?" or "... at the top?" (axis drawn) per referable
+    object whose centre is in the outer ``POSITION_OUTER`` of that side: "yes" on the
+    left / top, "no" on the right / bottom (equally likely, as layouts are symmetric)."""
+    out = []
+    for index, name in _referents(rng, objects).items():
+        axis = int(rng.integers(2))
+        where = objects[index].center[axis] / (width, height)[axis]
+        if POSITION_OUTER <= where <= 1.0 - POSITION_OUTER:
+            continue
+        answer = "yes" if where < POSITION_OUTER else "no"
+        out.append(
+            Question(f"is {name} {('on the left', 'at the top')[axis]}?", answer, "position")
+        )
+    return out
+
+
+def _relation_questions(
+    rng: np.random.Generator, objects: Sequence[SceneObject], *, width: int, height: int
+) -> list[Question]:
+    """Up to ``RELATION_PAIRS`` questions worded as ``spatial`` ones over distinct ordered
+    pairs that are clearly apart, "left of"/"above" in ``CANONICAL_SHARE`` of them."""
+    names = _referents(rng, objects)
+    centers = [o.center for o in objects]
+    pairs = _clear_pairs(names, centers, width=width, height=height)
+    out = []
+    for k in rng.permutation(len(pairs))[:RELATION_PAIRS]:
+        axis, a, b = pairs[int(k)]
+        canonical = bool(rng.random() < CANONICAL_SHARE)
+        relation = ("left of", "above")[axis] if canonical else ("right of", "below")[axis]
+        answer = "yes" if (centers[a][axis] < centers[b][axis]) == canonical else "no"
+        out.append(Question(f"is {names[a]} {relation} {names[b]}?", answer, "relation"))
+    return out
+
+
+def _clear_pairs(
+    names: dict[int, str],
+    centers: Sequence[tuple[float, float]],
+    *,
+    width: int,
+    height: int,
+) -> list[tuple[int, int, int]]:
+    """(axis, a, b) for ordered pairs of referents whose centres differ by at least
+    ``SPATIAL_MARGIN_PERCENT`` of the image side along axis 0 (x) or 1 (y)."""
+    out = []
+    for axis, side in ((0, width), (1, height)):
+        margin = side * SPATIAL_MARGIN_PERCENT / 100
+        for a in names:
+            for b in names:
+                if a != b and abs(centers[a][axis] - centers[b][axis]) >= margin:
+                    out.append((axis, a, b))
+    return out
 
 
 def _pick(rng: np.random.Generator, items: Sequence[object], k: int) -> list[int]:

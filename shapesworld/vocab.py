@@ -104,6 +104,10 @@ QUESTION_WORDS: Final[frozenset[str]] = frozenset(
     }
 )
 
+#: Words of the training-only position questions (``questions.training_questions``:
+#: "is the circle on the left?"), beside ``QUESTION_WORDS``.
+POSITION_WORDS: Final[frozenset[str]] = frozenset({"on", "at", "top"})
+
 #: Seed ranges of the splits: split s uses seeds SPLIT_SEED_BASE[s] + i for i in [0, SPLIT_SIZE).
 #: "heldout" is never used for training or model selection; the quality tests draw from it.
 SPLIT_SEED_BASE: Final[MappingProxyType[str, int]] = MappingProxyType(

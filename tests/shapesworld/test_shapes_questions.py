@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapesworld.questions import make_questions, scene_questions
+from shapesworld.questions import make_questions, scene_questions, training_questions
 from shapesworld.scenes import Scene, make_split
-from shapesworld.vocab import ANSWERS, COLORS, QUESTION_KINDS, QUESTION_WORDS, SHAPES
+from shapesworld.vocab import (
+    ANSWERS,
+    COLORS,
+    POSITION_WORDS,
+    QUESTION_KINDS,
+    QUESTION_WORDS,
+    SHAPES,
+)
 
 BERT_VOCAB = (
     Path(__file__).resolve().parents[2] / "encoder" / "data" / "bert-base-uncased-vocab.txt"
@@ -59,9 +66,18 @@ def _expected(question, scene):
         assert question.kind == "exist"
         assert m[1] == ("an" if m[2][0] in "aeiou" else "a")
         return "yes" if any((o.color, o.shape) == (m[2], m[3]) for o in objs) else "no"
+    if m := re.fullmatch(r"is the (\w+(?: \w+)?) (on the left|at the top)\?", text):
+        assert question.kind == "position"
+        a = _resolve(m[1], objs)
+        horizontal = m[2] == "on the left"
+        where = (a.box[0] + a.box[2]) / 2 / scene.width
+        if not horizontal:
+            where = (a.box[1] + a.box[3]) / 2 / scene.height
+        assert where < 0.4 or where > 0.6, "position question about a central object"
+        return "yes" if where < 0.4 else "no"
     rel = r"is the (\w+(?: \w+)?) (left of|right of|above|below) the (\w+(?: \w+)?)\?"
     if m := re.fullmatch(rel, text):
-        assert question.kind == "spatial"
+        assert question.kind in ("spatial", "relation")
         a, b = _resolve(m[1], objs), _resolve(m[3], objs)
         ax, ay = (a.box[0] + a.box[2]) / 2, (a.box[1] + a.box[3]) / 2
         bx, by = (b.box[0] + b.box[2]) / 2, (b.box[1] + b.box[3]) / 2
@@ -133,3 +149,35 @@ def test_questions_come_from_ground_truth_and_seed_only(scenes):
         for s in scenes[:50]
     )
     assert changed >= 25
+
+
+def test_training_questions_add_learnable_spatial_ones(scenes):
+    relations, positions, extra = Counter(), Counter(), 0
+    for scene in scenes:
+        base, more = scene_questions(scene), training_questions(scene)
+        assert more[: len(base)] == base  # the evaluated questions are unchanged
+        texts = [q.text for q in more]
+        assert len(texts) == len(set(texts))
+        for q in more[len(base) :]:
+            assert q.kind in ("position", "relation"), q
+            assert q.answer == _expected(q, scene), (scene.seed, q)
+            assert set(q.text.rstrip("?").split()) <= QUESTION_WORDS | POSITION_WORDS, q.text
+            words = relations if q.kind == "relation" else positions
+            canonical = any(w in q.text for w in ("left of", "above", "on the left", "at the top"))
+            words[(canonical, q.answer)] += 1
+            extra += 1
+    assert extra >= 3 * len(scenes)
+    # Relations: about 3 in 4 say "left of" / "above"; yes and no equally likely for each wording.
+    canonical = relations[(True, "yes")] + relations[(True, "no")]
+    assert 0.70 <= canonical / sum(relations.values()) <= 0.80, relations
+    for wording in (True, False):
+        yes, no = relations[(wording, "yes")], relations[(wording, "no")]
+        assert 0.42 <= yes / (yes + no) <= 0.58, relations
+    # Positions: only "on the left" / "at the top", half of them true.
+    assert set(positions) == {(True, "yes"), (True, "no")}
+    assert 0.45 <= positions[(True, "yes")] / sum(positions.values()) <= 0.55, positions
+
+
+def test_position_words_are_bert_tokens(bert_words):
+    assert POSITION_WORDS.isdisjoint(QUESTION_WORDS)
+    assert POSITION_WORDS.issubset(bert_words)
