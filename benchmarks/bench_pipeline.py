@@ -19,6 +19,13 @@ bare transformers forward of the same LXMERT on the same inputs (target: within 
     python benchmarks/bench_pipeline.py --full      # full-size R101 detector and LXMERT
                                                     # (seeded random weights; minutes)
     python benchmarks/bench_pipeline.py --device cuda   # the same figures on a GPU
+    python benchmarks/bench_pipeline.py --engine ray    # local vs Ray engine on examples/
+                                                        # (--ray-address ADDR: a cluster)
+
+With ``--engine ray`` only the engine comparison runs: ``extract_features`` with ``--engine
+local`` and ``--engine ray`` on the same images (examples/, cycled up to ``--images``), at the
+same ``--threads``, in this one process, and the images/s of each (wall, including Ray's start
+and the actors' model load, and the in-run loop); the outputs must be byte-identical.
 
 Prints one JSON document. Times are medians of the repeats, in seconds or ms as named.
 """
@@ -169,6 +176,7 @@ def run_extract(
     batch_size: int,
     images: int,
     device: str,
+    extra: Sequence[str] = (),
 ) -> tuple[float, dict[str, float]]:
     """Wall seconds of one ``extract_features`` run (in this process) over ``folder``, and the
     seconds its manifest records (extraction loop, detector, waiting for images, writing)."""
@@ -177,6 +185,7 @@ def run_extract(
 
     argv = [str(folder), "--out", str(output), "--detector", checkpoint, "--overwrite", "-q"]
     argv += ["--workers", str(workers), "--batch-size", str(batch_size), "--device", device]
+    argv += list(extra)
     if preset is not None:
         argv += ["--preset", preset]
     start = time.perf_counter()
@@ -257,6 +266,57 @@ def bench_extract(
             )
         report["runs"][f"workers_{workers}"] = entry
     report["outputs_identical"] = all(out == outputs[0] for out in outputs)
+    return report
+
+
+def example_copies(folder: Path, count: int) -> None:
+    """``count`` images: the scenes of examples/, cycled (copies get a numbered name)."""
+    scenes = sorted((ROOT / "examples").glob("scene_*.png"))
+    if not scenes:
+        raise FileNotFoundError(f"no scene_*.png in {ROOT / 'examples'}; they ship with the repo")
+    for index in range(count):
+        source = scenes[index % len(scenes)]
+        (folder / f"{source.stem}_{index // len(scenes)}.png").write_bytes(source.read_bytes())
+
+
+def bench_engines(
+    work: Path, *, images: int, threads: int, device: str, ray_address: str | None
+) -> dict[str, Any]:
+    """``extract_features --engine local`` and ``--engine ray`` on the same images at the
+    same thread count: wall and in-run images/s of each, and whether the outputs are equal."""
+    folder = work / "examples"
+    folder.mkdir()
+    example_copies(folder, images)
+    common = ["--threads", str(threads)]
+    address = ["--ray-address", ray_address] if ray_address else []
+    report: dict[str, Any] = {"inputs": f"examples/ cycled to {images} images", "runs": {}}
+    outputs = []
+    for engine, extra in (("local", []), ("ray", ["--actors", "1", *address])):
+        output = work / f"features_{engine}.tsv"
+        wall, seconds = run_extract(
+            checkpoint=SHAPES_DETECTOR,
+            preset=None,
+            folder=folder,
+            output=output,
+            workers=0,
+            batch_size=1,
+            images=images,
+            device=device,
+            extra=[*common, "--engine", engine, *extra],
+        )
+        outputs.append(output.read_bytes())
+        report["runs"][engine] = {
+            "wall_seconds": round(wall, 3),
+            "images_per_second": round(images / wall, 3),
+            "loop_seconds": seconds["loop"],
+            "loop_images_per_second": round(images / seconds["loop"], 3),
+            # Ray: summed over the actors, so the images/s once the actors have started.
+            "detector_seconds": seconds["detector"],
+            "detector_images_per_second": round(images / seconds["detector"], 3),
+        }
+    local, ray = report["runs"]["local"], report["runs"]["ray"]
+    report["ray_over_local_wall"] = round(ray["wall_seconds"] / local["wall_seconds"], 3)
+    report["outputs_identical"] = outputs[0] == outputs[1]
     return report
 
 
@@ -412,6 +472,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="warm repeats (default 5/20)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: only compare extract_features --engine local and --engine ray on examples/",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --engine ray: join this cluster (default: start Ray on this machine)",
+    )
+    parser.add_argument(
         "--device",
         default="cpu",
         help="where the detector and LXMERT run: cpu, cuda, cuda:N or auto (default: cpu)",
@@ -445,6 +516,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     if device.startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name(device)
+    if args.engine == "ray":
+        with tempfile.TemporaryDirectory(prefix="bench_engines_") as work:
+            report["engines"] = bench_engines(
+                Path(work),
+                images=args.images or 8,
+                threads=torch.get_num_threads(),
+                device=device,
+                ray_address=args.ray_address,
+            )
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as work:
         report["extract_features"] = bench_extract(
             Path(work),
