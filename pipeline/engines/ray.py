@@ -269,14 +269,7 @@ def ray_engine(settings: ExtractSettings) -> Iterator[RayEngine]:
         raise ValueError("ray_engine needs settings.engine == 'ray' (settings.ray is None)")
     _quiet_ray()
     start = time.monotonic()
-    ray.init(
-        # "local": a new instance on this machine, never a cluster some earlier `ray start`
-        # left recorded in /tmp/ray (Ray's choice when the address is None).
-        address=settings.ray.address or "local",
-        log_to_driver=False,  # worker output would break the progress bar; failures are data
-        logging_level=logging.WARNING,
-        include_dashboard=False if settings.ray.address is None else None,
-    )
+    _connect(settings.ray.address)
     try:
         resources = {key: float(value) for key, value in ray.cluster_resources().items()}
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
@@ -308,6 +301,39 @@ def ray_engine(settings: ExtractSettings) -> Iterator[RayEngine]:
         )
     finally:
         ray.shutdown()
+
+
+#: Why joining a cluster fails most often, and the remedy.
+NOT_JOINED = (
+    "--ray-address {address}: could not join the Ray cluster there ({error}). Check that "
+    "`ray start --head` runs at that address (`ray status --address {address}`). A cluster "
+    "started where ~/.ray/auth_token exists uses token authentication, which Ray sends to an "
+    "explicit address only when asked: set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or the "
+    "cluster's token in ~/.ray/auth_token) for this command"
+)
+
+
+def _connect(address: str | None) -> None:
+    """``ray.init`` for the run: join ``address``, or start a new instance here (``local``:
+    never a cluster some earlier ``ray start`` left recorded in /tmp/ray, which is Ray's
+    choice when the address is None).
+
+    Raises:
+        UsageError: the cluster at ``address`` cannot be joined (nothing was done).
+    """
+    import ray
+
+    try:
+        ray.init(
+            address=address or "local",
+            log_to_driver=False,  # worker output would break our progress bar; failures are data
+            logging_level=logging.WARNING,
+            include_dashboard=False if address is None else None,
+        )
+    except (ConnectionError, ray.exceptions.AuthenticationError) as error:
+        if address is None:
+            raise
+        raise UsageError(NOT_JOINED.format(address=address, error=error)) from error
 
 
 def _configure_data() -> None:

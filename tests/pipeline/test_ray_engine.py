@@ -42,6 +42,9 @@ ACTOR_TITLE = b"DetectRegions"
 class Cluster:
     address: str
     marker: str
+    token: str
+    """The cluster's own token (RAY_AUTH_TOKEN): whether Ray turns token authentication on
+    depends on ~/.ray/auth_token, which any earlier ray.init() on the machine creates."""
 
 
 def _free_port() -> int:
@@ -50,18 +53,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _pids_with(marker: str) -> list[int]:
-    """Processes of this user whose environment holds ``MARKER=marker``."""
-    needle = f"{MARKER}={marker}".encode()
-    found = []
+def _environments() -> Iterator[tuple[int, list[bytes]]]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
+                yield int(entry.name), (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-    return found
+
+
+def _pids_with(marker: str) -> list[int]:
+    """The cluster's processes: those whose environment holds ``MARKER=marker`` (inherited
+    from ``ray start``), and the agents its raylets start with an environment of their own,
+    which name their raylet (``RAY_RAYLET_PID``)."""
+    needle = f"{MARKER}={marker}".encode()
+    found = [pid for pid, environ in _environments() if needle in environ]
+    raylets = {f"RAY_RAYLET_PID={pid}".encode() for pid in found}
+    agents = [pid for pid, environ in _environments() if raylets.intersection(environ)]
+    return sorted(set(found + agents))
 
 
 def _end(pids: Sequence[int], sig: int) -> None:
@@ -84,14 +93,15 @@ def cluster() -> Iterator[Cluster]:
     marker = uuid.uuid4().hex
     temp = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths must fit 107 bytes
     port = _free_port()
-    env = {**os.environ, MARKER: marker, "RAY_USAGE_STATS_ENABLED": "0"}
+    token = uuid.uuid4().hex + uuid.uuid4().hex
+    env = {**_env(token), MARKER: marker}
     ray = Path(sys.executable).with_name("ray")
     command = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2"]
     command += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
     started = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
-        yield Cluster(address=f"127.0.0.1:{port}", marker=marker)
+        yield Cluster(address=f"127.0.0.1:{port}", marker=marker, token=token)
     finally:
         _end(_pids_with(marker), signal.SIGTERM)
         _wait_gone(marker, seconds=5)
@@ -105,21 +115,28 @@ def cluster() -> Iterator[Cluster]:
 def _ray_command(cluster: Cluster, *args: object) -> list[str]:
     words = [str(arg) for arg in args]
     engine = ["--engine", "ray", "--ray-address", cluster.address]
-    return [sys.executable, "-m", "pipeline.cli", *words, *engine, *DETECTOR]
+    # The defaults first: a flag of the test's own comes later and wins.
+    return [sys.executable, "-m", "pipeline.cli", *DETECTOR, *engine, *words]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+def _env(token: str) -> dict[str, str]:
+    """The environment of the cluster and of every driver: one thread, the cluster's token."""
+    ray = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    return {**os.environ, "OMP_NUM_THREADS": "1", **ray}
 
 
 def run_ray(cluster: Cluster, *args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        _ray_command(cluster, *args), env=_env(), cwd=ROOT, capture_output=True, text=True
+        _ray_command(cluster, *args),
+        env=_env(cluster.token),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
 
 
 def run_local(*args: object) -> int:
-    return extract_features([str(arg) for arg in args] + ["--engine", "local", *DETECTOR, "-q"])
+    return extract_features([*DETECTOR, "--engine", "local", "-q", *(str(arg) for arg in args)])
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +215,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) ->
 def _start(cluster: Cluster, *args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         _ray_command(cluster, *args),
-        env=_env(),
+        env=_env(cluster.token),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -292,6 +309,18 @@ def test_killed_driver_then_ray_resume_finishes(
     assert out.read_bytes() == expected
 
 
+def test_gpu_actors_on_a_cluster_without_gpus_is_a_usage_error(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """This process needs no GPU for --device cuda (the actors hold them), and fp16 is not
+    refused here for want of one; the cluster's lack of GPUs is, before anything is written."""
+    out = tmp_path / "x.tsv"
+    done = run_ray(cluster, EXAMPLES[0], "--out", out, "--device", "cuda", "--precision", "fp16")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "--device cuda: the Ray cluster has no GPUs" in done.stderr
+    assert not out.exists() and not manifest_path(out).exists()
+
+
 def test_missing_ray_is_a_usage_error_naming_the_extra(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['ray'] = None; sys.modules['ray.data'] = None\n"
@@ -300,7 +329,11 @@ def test_missing_ray_is_a_usage_error_naming_the_extra(tmp_path: Path) -> None:
     out = tmp_path / "x.tsv"
     args = [str(EXAMPLES[0]), "--out", str(out), "--engine", "ray", *DETECTOR]
     done = subprocess.run(
-        [sys.executable, "-c", code, *args], env=_env(), cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "pip install lxmert-pipeline[ray]" in done.stderr
