@@ -224,6 +224,25 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         },
         shipped_dir="shapes-lxmert-pretrained",
     ),
+    CheckpointRecord(
+        name="shapes-nlvr2",
+        kind="encoder",
+        preset="shapes-nlvr2",
+        license="MIT (this project); trained here on synthetic shapesworld scenes",
+        description=(
+            "The shapes LXMERT with LXMERT's NLVR2 head (two images, one statement, True/"
+            "False), fine-tuned with lxmert-finetune --task nlvr2 on shapesworld.pairs "
+            "statements; LXMERT released no NLVR2 checkpoint, this is the one to try judge with."
+        ),
+        hf_repo=None,
+        files=("config.json", "model.safetensors"),
+        sha256={
+            "model.safetensors": (
+                "d275b9f248f89aaf19a6603fbebf3d2ae4370e034d0355b60b0ac95b11cea65e"
+            ),
+        },
+        shipped_dir="shapes-nlvr2",
+    ),
 )
 
 REGISTRY: Mapping[str, CheckpointRecord] = MappingProxyType({r.name: r for r in _RECORDS})

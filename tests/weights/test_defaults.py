@@ -14,6 +14,7 @@ from weights.defaults import (
     MIN_CUDA_CAPABILITY,
     SHAPES_DETECTOR,
     SHAPES_ENCODER,
+    SHAPES_NLVR2,
     DeviceError,
     resolve_device,
 )
@@ -41,9 +42,11 @@ def test_defaults_are_the_real_models_and_name_registry_records() -> None:
         (DEFAULT_ENCODER, "encoder"),
         (SHAPES_DETECTOR, "detector"),
         (SHAPES_ENCODER, "encoder"),
+        (SHAPES_NLVR2, "encoder"),
     ]:
         assert REGISTRY[name].kind == kind
     assert REGISTRY[SHAPES_DETECTOR].shipped_dir and REGISTRY[SHAPES_ENCODER].shipped_dir
+    assert REGISTRY[SHAPES_NLVR2].shipped_dir
 
 
 @pytest.mark.parametrize("spec", ["auto", None, " AUTO "])
