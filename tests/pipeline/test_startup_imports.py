@@ -30,7 +30,9 @@ def test_extract_features_command_imports_no_encoder_or_compiler_stack() -> None
     assert modules_after("import pipeline.cli", NOT_FOR_EXTRACTION) == set()
 
 
-@pytest.mark.parametrize("module", ["pipeline", "pipeline.answer_cli", "weights"])
+@pytest.mark.parametrize(
+    "module", ["pipeline", "pipeline.answer_cli", "pipeline.judge_cli", "weights"]
+)
 def test_light_modules_do_not_import_torch(module: str) -> None:
     assert modules_after(f"import {module}", ("torch",)) == set()
 
