@@ -34,7 +34,7 @@ def test_console_scripts_name_real_functions() -> None:
     assert isinstance(entry_points, dict)
     scripts = entry_points["console_scripts"]
     names = {line.split("=")[0] for line in scripts}
-    assert {"extract_features", "answer", "lxmert-finetune"} <= names
+    assert {"extract_features", "answer", "judge", "lxmert-finetune"} <= names
     for line in scripts:
         module, function = line.split("=")[1].split(":")
         assert callable(getattr(importlib.import_module(module), function)), line
