@@ -373,6 +373,9 @@ def run_extract(settings: ExtractSettings) -> int:
         # ended: one process writes an output at a time.
         hold_output_lock(stack, settings.output)
         plan = make_plan(settings)
+        # Before the model loads: a cluster that cannot be joined, or has no GPUs for
+        # --device cuda, is a usage problem.
+        engine = open_engine(settings, stack)
         model = load_model(driver_settings(settings))
         if settings.mode == "resume":
             ours = run_record_settings(
@@ -381,6 +384,5 @@ def run_extract(settings: ExtractSettings) -> int:
             check_resume_settings(
                 plan, ours, model.detector.config, given_boxes=settings.boxes_from is not None
             )
-        engine = open_engine(settings, stack)
         stats, status = extract(settings, plan, model, started=started, engine=engine)
     return finish(settings, plan, stats, status)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -323,6 +324,8 @@ def _connect(address: str | None) -> None:
     """
     import ray
 
+    if address is not None:
+        _check_reachable(address)
     try:
         ray.init(
             address=address or "local",
@@ -333,6 +336,27 @@ def _connect(address: str | None) -> None:
     except (ConnectionError, ray.exceptions.AuthenticationError) as error:
         if address is None:
             raise
+        raise UsageError(NOT_JOINED.format(address=address, error=error)) from error
+
+
+#: Seconds to wait for a TCP connection to a cluster's HOST:PORT before calling it unreachable.
+REACH_SECONDS = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` address nobody listens at fails here at once (``ray.init`` would retry
+    it for minutes). ``auto`` and ``ray://`` addresses are left to Ray.
+
+    Raises:
+        UsageError: nothing accepts a connection at ``address``.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS):
+            pass
+    except OSError as error:
         raise UsageError(NOT_JOINED.format(address=address, error=error)) from error
 
 

@@ -321,6 +321,16 @@ def test_gpu_actors_on_a_cluster_without_gpus_is_a_usage_error(
     assert not out.exists() and not manifest_path(out).exists()
 
 
+def test_an_address_nobody_listens_at_is_a_usage_error(tmp_path: Path) -> None:
+    out = tmp_path / "x.tsv"
+    nobody = Cluster(address=f"127.0.0.1:{_free_port()}", marker="", token="")
+    done = run_ray(nobody, EXAMPLES[0], "--out", out)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"--ray-address {nobody.address}: could not join the Ray cluster" in done.stderr
+    assert "RAY_AUTH_MODE=token" in done.stderr
+    assert not out.exists()
+
+
 def test_missing_ray_is_a_usage_error_naming_the_extra(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['ray'] = None; sys.modules['ray.data'] = None\n"
