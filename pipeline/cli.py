@@ -255,8 +255,8 @@ def _add_engine_flags(engine: argparse._ArgumentGroup) -> None:
         help="local: decode and detect on this machine; ray: decode as Ray Data CPU tasks and "
         "detect in actors across a Ray cluster (pip install lxmert-pipeline[ray]); this "
         "process alone writes the output, byte-identical to a local run at the same "
-        "--threads. Inputs must be readable at the same paths on every node "
-        "(default: %(default)s)",
+        "--threads. Inputs must be readable at the same paths on every node; with --device "
+        "cuda each actor holds one GPU (this process needs none) (default: %(default)s)",
     )
     engine.add_argument(
         "--threads",
@@ -272,8 +272,8 @@ def _add_engine_flags(engine: argparse._ArgumentGroup) -> None:
         "--ray-address",
         default=None,
         metavar="ADDR",
-        help="join this Ray cluster: auto, HOST:PORT (of `ray start --head`) or "
-        "ray://HOST:10001 (default: start Ray on this machine for the run)",
+        help="join this Ray cluster: HOST:PORT of its head (`ray start --head --port`), or "
+        "auto on one of its nodes (default: start Ray on this machine for the run)",
     )
     engine.add_argument(
         "--actors",

@@ -44,7 +44,7 @@ class RaySettings:
     """The cluster flags of ``--engine ray``.
 
     Attributes:
-        address: ``--ray-address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or None to
+        address: ``--ray-address`` (``HOST:PORT`` of the head, or ``auto``), or None to
             start a Ray instance on this machine for the run.
         actors: detector actors (None: one per GPU with ``--device cuda``, else as many as
             the cluster's CPUs allow at ``threads`` each).
