@@ -1,6 +1,7 @@
 """A shapes-world question-answering dataset in the formats of real data, for ``lxmert-finetune``.
 
-    python -m shapesworld.dataset --out data/shapes-qa [--train 2000] [--valid 200] [--test 200]
+    python -m shapesworld.dataset --out data/shapes-qa [--train 2000] [--valid 200] [--test 200] \
+        [--spatial-aids]
 
 writes, for each split (``train``: the first scenes of the ``train`` seed range, the ones the
 shipped ``shapes-lxmert`` was trained on; ``valid``: the ``val`` range; ``test``: the
@@ -12,10 +13,11 @@ shipped ``shapes-lxmert`` was trained on; ``valid``: the ``val`` range; ``test``
 
 Question entries: ``{"question_id": "seed-<seed>-<k>", "img_id": "seed-<seed>", "sent": ...,
 "label": {answer: 1.0}, "question_type": color|shape|count|exist|spatial, "answer_type":
-yes/no|number|other}``; ``train`` also has the training-only ``position`` and ``relation``
-questions (``questions.training_questions``: they make spatial questions learnable).
-The regions are made by our own ``extract_features`` command with the
-shipped ``shapes-detector`` (its preset's selection), image id = file stem.
+yes/no|number|other}``. With ``--spatial-aids``, ``train`` also has the training-only
+``position`` and ``relation`` questions (``questions.training_questions``; an experiment: they
+have not yet made spatial questions learnable). The regions are made by our own
+``extract_features`` command with the shipped ``shapes-detector`` (its preset's selection),
+image id = file stem.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ def question_entries(scene: Scene, *, training: bool = False) -> list[dict[str, 
     ]
 
 
-def write_split(out: Path, name: str, count: int) -> Path:
-    """Images and questions of ``count`` scenes of dataset split ``name``; returns the image
-    folder. Each file is replaced atomically."""
+def write_split(out: Path, name: str, count: int, *, spatial_aids: bool = False) -> Path:
+    """Images and questions of ``count`` scenes of dataset split ``name`` (with
+    ``spatial_aids``, the train split's questions are ``questions.training_questions``);
+    returns the image folder. Each file is replaced atomically."""
     folder = out / "images" / name
     folder.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, object]] = []
@@ -72,7 +75,7 @@ def write_split(out: Path, name: str, count: int) -> Path:
         if not ok:
             raise RuntimeError(f"PNG encoding failed for seed {seed}")
         atomic_write_bytes(folder / f"seed-{seed}.png", data.tobytes())
-        entries.extend(question_entries(scene, training=name == "train"))
+        entries.extend(question_entries(scene, training=spatial_aids and name == "train"))
     atomic_write_text(out / f"{name}.json", json.dumps(entries, indent=0) + "\n")
     return folder
 
@@ -86,7 +89,9 @@ def extract_split(images: Path, features: Path, *, detector: str) -> int:
     return extract_features(argv)
 
 
-def write_dataset(out: Path, *, counts: dict[str, int], detector: str) -> dict[str, Path]:
+def write_dataset(
+    out: Path, *, counts: dict[str, int], detector: str, spatial_aids: bool = False
+) -> dict[str, Path]:
     """Every split with a positive count: images, questions, features. Returns split -> TSV.
 
     Raises:
@@ -96,7 +101,7 @@ def write_dataset(out: Path, *, counts: dict[str, int], detector: str) -> dict[s
     for name, count in counts.items():
         if count <= 0:
             continue
-        images = write_split(out, name, count)
+        images = write_split(out, name, count, spatial_aids=spatial_aids)
         tsv = out / "features" / f"{name}.tsv"
         code = extract_split(images, tsv, detector=detector)
         if code != 0:
@@ -115,13 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--valid", type=int, default=200, help="valid scenes (default 200)")
     parser.add_argument("--test", type=int, default=200, help="held-out scenes (default 200)")
     parser.add_argument("--detector", default="shapes-detector", help="registry name or file")
+    parser.add_argument(
+        "--spatial-aids",
+        action="store_true",
+        help="add the training-only position and relation questions to the train split",
+    )
     args = parser.parse_args(argv)
     counts = {"train": args.train, "valid": args.valid, "test": args.test}
     if any(count < 0 for count in counts.values()):
         parser.error("scene counts must be >= 0")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a directory")
-    for name, tsv in write_dataset(args.out, counts=counts, detector=args.detector).items():
+    written = write_dataset(
+        args.out, counts=counts, detector=args.detector, spatial_aids=args.spatial_aids
+    )
+    for name, tsv in written.items():
         print(f"{name}: {args.out / (name + '.json')} and {tsv}")
     return 0
 

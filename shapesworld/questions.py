@@ -15,12 +15,13 @@ Kinds (``vocab.QUESTION_KINDS``), at most ``QUESTIONS_PER_KIND`` of each per sce
 
 Generation is seeded by the scene seed on its own random stream, so it never changes pixels.
 
-Training scenes get more (:func:`training_questions`): the questions above, plus spatial
-questions made to be learnable. A spatial answer is the relation word XOR the order of the two
-referents' positions; with words and orders balanced, no single part of the question or the
-image says anything about the answer, so a small model sits at chance (parity) and never
-starts (measured: 0.50 on train and held-out after 8000 steps, and in 1500-step spatial-only
-runs, even with only "left of"/"above"). Two training-only kinds break that symmetry:
+:func:`training_questions` adds training-only spatial questions meant to make spatial ones
+learnable (``python -m shapesworld.dataset --spatial-aids``; an experiment, not yet shown to
+work). A spatial answer is the relation word XOR the order of the two referents' positions;
+with words and orders balanced, no single part of the question or the image says anything
+about the answer, so a small model sits at chance (parity) and never starts (measured: 0.50 on
+train and held-out after 8000 steps, and in 1000-1500-step spatial-only runs, even with only
+"left of"/"above"). Two training-only kinds are meant to break that symmetry:
 
 - ``position``: "is the circle on the left?" / "... at the top?" (one referent, its centre in
   the outer 40% of the side asked about; only these two words, since "on the right" beside

@@ -2,7 +2,8 @@
 
 The held-out split (``vocab.SPLIT_SEED_BASE["heldout"]``) is never used by training.
 Thresholds are the README's ("Shapes world", quality table): detector mAP@0.5 >= 0.90,
-attribute accuracy >= 0.90 on matched boxes, VQA accuracy >= 0.85 overall.
+attribute accuracy >= 0.90 on matched boxes, VQA accuracy >= 0.85 overall and for every
+question kind (spatial included).
 """
 
 from __future__ import annotations
@@ -165,10 +166,27 @@ def vqa_metrics(detector: Detector, heldout: list[Scene]) -> VqaMetrics:
 
     directory = _shipped(LXMERT_DIR, LABEL2ANS_FILE).parent
     encoder = load_encoder(directory)
-    assert encoder.answers is not None and encoder.answers.answers == ANSWERS
+    # lxmert-finetune's table: the training labels' answers, sorted ("6" never occurs).
+    assert encoder.answers is not None and set(encoder.answers.answers) <= set(ANSWERS)
+    assert len(encoder.answers.answers) >= len(ANSWERS) - 1
     return evaluate_vqa(detector, encoder, heldout)
 
 
 def test_shipped_lxmert_vqa_accuracy(vqa_metrics: VqaMetrics) -> None:
     assert set(vqa_metrics.per_kind) == set(QUESTION_KINDS), vqa_metrics
     assert vqa_metrics.accuracy >= 0.85, vqa_metrics
+
+
+#: Issue 20 asks for spatial >= 0.85; the shipped model answers them at chance (0.49): a known
+#: failure, strict so that a model that passes makes this mark go.
+_SPATIAL_AT_CHANCE = pytest.mark.xfail(
+    strict=True, reason="spatial answers are a parity of wording and order (README, issue 20)"
+)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param(k, marks=_SPATIAL_AT_CHANCE) if k == "spatial" else k for k in QUESTION_KINDS],
+)
+def test_shipped_lxmert_vqa_accuracy_per_kind(vqa_metrics: VqaMetrics, kind: str) -> None:
+    assert vqa_metrics.per_kind[kind] >= 0.85, vqa_metrics

@@ -181,3 +181,18 @@ def test_training_questions_add_learnable_spatial_ones(scenes):
 def test_position_words_are_bert_tokens(bert_words):
     assert POSITION_WORDS.isdisjoint(QUESTION_WORDS)
     assert POSITION_WORDS.issubset(bert_words)
+
+
+def test_dataset_adds_training_questions_to_train_only_and_only_when_asked(tmp_path):
+    import json
+
+    from shapesworld.dataset import write_split
+
+    def kinds(name: str, aids: bool) -> set[str]:
+        write_split(tmp_path / str(aids), name, 3, spatial_aids=aids)
+        entries = json.loads((tmp_path / str(aids) / f"{name}.json").read_text())
+        return {e["question_type"] for e in entries}
+
+    assert kinds("train", False) <= set(QUESTION_KINDS)
+    assert kinds("valid", True) <= set(QUESTION_KINDS)
+    assert kinds("train", True) - set(QUESTION_KINDS) == {"position", "relation"}
