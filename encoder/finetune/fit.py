@@ -67,50 +67,70 @@ def _checked(path: Path, encoder: Encoder, config: FinetuneConfig) -> TrainingSt
     return state
 
 
-def _restore(
-    state: TrainingState | None,
-    encoder: Encoder,
-    *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[list[EpochRecord], float | None, int]:
-    """Load a checkpoint's model, optimiser, scheduler and RNG states (nothing without one);
-    returns its history, best validation accuracy and best epoch."""
-    if state is None:
-        return [], None, 0
-    encoder.model.load_state_dict(dict(state.model))
-    optimizer.load_state_dict(dict(state.optimizer))
-    scheduler.load_state_dict(dict(state.scheduler))
-    restore_rng_state(state.rng)
-    return list(state.history), state.best, state.best_epoch
+@dataclass(frozen=True, eq=False)
+class _Run:
+    """What every epoch of one :func:`fit` call shares."""
 
+    encoder: Encoder
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: FinetuneConfig
+    task: Task
 
-def _epoch(
-    encoder: Encoder,
-    train: FitData,
-    valid: FitData | None,
-    *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    config: FinetuneConfig,
-    task: Task,
-    epoch: int,
-    on_progress: Callable[[Progress], None] | None,
-) -> EpochRecord:
-    """One epoch of the loop that fits the data (pairs for NLVR2, else questions), with its
-    validation accuracy when ``valid`` has data."""
-    record = _train_one(
-        encoder,
-        train,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        config=config,
-        epoch=epoch,
-        on_progress=on_progress,
-    )
-    if valid is None or len(valid) == 0:
-        return record
-    return replace(record, valid_accuracy=_valid_score(encoder, valid, config=config, task=task))
+    def restore(self, state: TrainingState | None) -> tuple[list[EpochRecord], float | None, int]:
+        """Load a checkpoint's model, optimiser, scheduler and RNG states (nothing without
+        one); returns its history, best validation accuracy and best epoch."""
+        if state is None:
+            return [], None, 0
+        self.encoder.model.load_state_dict(dict(state.model))
+        self.optimizer.load_state_dict(dict(state.optimizer))
+        self.scheduler.load_state_dict(dict(state.scheduler))
+        restore_rng_state(state.rng)
+        return list(state.history), state.best, state.best_epoch
+
+    def epoch(
+        self,
+        train: FitData,
+        valid: FitData | None,
+        *,
+        epoch: int,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> EpochRecord:
+        """One epoch of the loop that fits the data (pairs for NLVR2, else questions), with
+        its validation accuracy when ``valid`` has data."""
+        record = _train_one(
+            self.encoder,
+            train,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            config=self.config,
+            epoch=epoch,
+            on_progress=on_progress,
+        )
+        if valid is None or len(valid) == 0:
+            return record
+        accuracy = _valid_score(self.encoder, valid, config=self.config, task=self.task)
+        return replace(record, valid_accuracy=accuracy)
+
+    def save(
+        self,
+        checkpoint: Path,
+        *,
+        history: list[EpochRecord],
+        best: float | None,
+        best_epoch: int,
+    ) -> None:
+        """Replace ``checkpoint`` atomically with the run's state now."""
+        state = capture_state(
+            encoder=self.encoder,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            config=self.config,
+            history=history,
+            best=best,
+            best_epoch=best_epoch,
+        )
+        save_checkpoint(checkpoint, state)
 
 
 def _train_one(
@@ -183,21 +203,12 @@ def fit(
     optimizer = make_optimizer(encoder.model, config)
     steps = -(-len(train) // config.batch_size) * config.epochs
     scheduler = make_scheduler(optimizer, total_steps=steps, config=config)
+    run = _Run(encoder=encoder, optimizer=optimizer, scheduler=scheduler, config=config, task=task)
     state = _checked(checkpoint, encoder, config) if resume and checkpoint.is_file() else None
-    history, best, best_epoch = _restore(state, encoder, optimizer=optimizer, scheduler=scheduler)
+    history, best, best_epoch = run.restore(state)
     resumed_from = len(history)
     for epoch in range(resumed_from, config.epochs):
-        record = _epoch(
-            encoder,
-            train,
-            valid,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            config=config,
-            task=task,
-            epoch=epoch,
-            on_progress=on_progress,
-        )
+        record = run.epoch(train, valid, epoch=epoch, on_progress=on_progress)
         history.append(record)
         score = record.valid_accuracy
         if score is None or best is None or score > best:
@@ -205,16 +216,7 @@ def fit(
             on_best(encoder, record)
         if on_epoch is not None:
             on_epoch(record)
-        state = capture_state(
-            encoder=encoder,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            config=config,
-            history=history,
-            best=best,
-            best_epoch=best_epoch,
-        )
-        save_checkpoint(checkpoint, state)
+        run.save(checkpoint, history=history, best=best, best_epoch=best_epoch)
     return FitResult(
         history=tuple(history), best=best, best_epoch=best_epoch, resumed_from=resumed_from
     )
