@@ -208,6 +208,11 @@ class RayEngine:
                 decode,
                 batch_size=DECODE_ROWS,
                 num_cpus=DECODE_CPUS,
+                # Retried when their worker is lost (Ray Data's default, said here): remote
+                # arguments unlike the actors' also keep Ray Data from fusing decoding into
+                # the actors, which it does to stages of equal resources (2 actors at 0.5
+                # CPU), and then the actors would decode instead of detecting.
+                max_retries=-1,
                 batch_format="numpy",
             )
             .map_batches(

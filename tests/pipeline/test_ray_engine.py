@@ -79,10 +79,27 @@ def _end(pids: Sequence[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _wait_gone(marker: str, *, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while _pids_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has ended)."""
+    alive = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.add(pid)
+    return alive
+
+
+def _stop_cluster(marker: str) -> set[int]:
+    """End the cluster's processes by their ids (SIGTERM, then SIGKILL for those that ignore
+    it, as the GCS server may); returns those still running after that. The ids are taken
+    while the raylet lives: its agents' environments may be unreadable once it is gone."""
+    pids = set(_pids_with(marker))
+    for sig, seconds in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        _end(sorted(_alive(pids)), sig)
+        deadline = time.monotonic() + seconds
+        while _alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return _alive(pids | set(_pids_with(marker)))
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +120,7 @@ def cluster() -> Iterator[Cluster]:
         assert started.returncode == 0, started.stderr[-2000:]
         yield Cluster(address=f"127.0.0.1:{port}", marker=marker, token=token)
     finally:
-        _end(_pids_with(marker), signal.SIGTERM)
-        _wait_gone(marker, seconds=5)
-        _end(_pids_with(marker), signal.SIGKILL)  # the GCS server may ignore SIGTERM
-        _wait_gone(marker, seconds=10)
-        left = _pids_with(marker)
+        left = _stop_cluster(marker)
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"Ray processes left after the module: {left}"
 
@@ -223,15 +236,17 @@ def _start(cluster: Cluster, *args: object) -> subprocess.Popen[str]:
     )
 
 
-def _actor_pids(cluster: Cluster) -> list[int]:
-    pids = []
+def _actor_titles(cluster: Cluster) -> dict[int, bytes]:
+    """The detector actors' processes and their titles (``ray::MapWorker(...)``)."""
+    titles = {}
     for pid in _pids_with(cluster.marker):
         try:
-            if ACTOR_TITLE in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-    return pids
+        if ACTOR_TITLE in title:
+            titles[pid] = title
+    return titles
 
 
 @pytest.fixture(scope="module")
@@ -248,11 +263,16 @@ def many(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 
 
 def _stopped_midway(
-    cluster: Cluster, folder: Path, out: Path, stop: Callable[[subprocess.Popen[str]], None]
+    cluster: Cluster,
+    folder: Path,
+    out: Path,
+    stop: Callable[[subprocess.Popen[str]], None],
+    *,
+    actors: int = 1,
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start a one-actor Ray run, ``stop`` it once its first records are on disk (and before
-    its last), then wait for the driver to end; returns it and its stderr."""
-    run = _start(cluster, folder, "--out", out, "--actors", 1, "--batch-size", 1)
+    """Start a Ray run, ``stop`` it once its first records are on disk (and before its
+    last), then wait for the driver to end; returns it and its stderr."""
+    run = _start(cluster, folder, "--out", out, "--actors", actors, "--batch-size", 1)
     _wait_for(lambda: _records(out) >= 1 or run.poll() is not None, "the first records")
     stop(run)
     assert _records(out) < 48, "the run ended before it could be stopped midway"
@@ -267,16 +287,19 @@ def test_killed_actor_is_replaced_and_every_image_written_once(
     out = tmp_path / "ray.tsv"
     killed: list[int] = []
 
-    def kill_the_actor(run: subprocess.Popen[str]) -> None:
-        actors = _actor_pids(cluster)
-        assert len(actors) == 1 and run.poll() is None
-        os.kill(actors[0], signal.SIGKILL)
-        killed.append(actors[0])
+    def kill_an_actor(run: subprocess.Popen[str]) -> None:
+        titles = _actor_titles(cluster)
+        assert len(titles) == 2 and run.poll() is None
+        # Two actors at 0.5 CPU and decode tasks at 0.5: stages of equal resources, which Ray
+        # Data would fuse; the actors must only detect (decoding is its own CPU stage).
+        assert all(b"DecodeImages" not in title for title in titles.values())
+        killed.append(min(titles))
+        os.kill(killed[0], signal.SIGKILL)
 
-    run, stderr = _stopped_midway(cluster, folder, out, kill_the_actor)
+    run, stderr = _stopped_midway(cluster, folder, out, kill_an_actor, actors=2)
     assert run.returncode == 0, stderr[-3000:]
     assert out.read_bytes() == expected  # every image once, in order, same bytes
-    assert killed[0] not in _actor_pids(cluster)
+    assert killed[0] not in _actor_titles(cluster)
 
 
 def test_ctrl_c_exits_130_and_local_resume_finishes(
