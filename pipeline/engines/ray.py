@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tqdm import tqdm
@@ -180,8 +181,15 @@ class RayEngine:
         import ray.data
 
         settings = self.settings
+        # Workers do not share this process's working directory: they read absolute paths,
+        # and messages name each file as it was listed.
         rows = [
-            {"index": index, "image_id": item.image_id, "path": str(item.path)}
+            {
+                "index": index,
+                "image_id": item.image_id,
+                "path": str(item.path),
+                "file": str(item.path.absolute()),
+            }
             for index, item in enumerate(plan.todo)
         ]
         blocks = math.ceil(len(rows) / DECODE_ROWS)
@@ -191,8 +199,10 @@ class RayEngine:
             max_bytes=settings.max_bytes,
             boxes=boxes,
         )
+        checkpoint = Path(settings.detector)
         detect = ActorSpec(
-            detector=settings.detector,
+            # A checkpoint file by its absolute path (a registry name stays a name).
+            detector=str(checkpoint.absolute()) if checkpoint.is_file() else settings.detector,
             config=settings.config,
             device=settings.device.type,
             precision=settings.precision,

@@ -7,7 +7,9 @@ the local engine's :func:`~pipeline.engines.local.detect_or_fail`. Neither impor
 Data calls them with batches, dicts of equal-length numpy columns:
 
     index    int64 [B]   position of the image in the plan's ``todo`` (the driver's order)
-    path     str   [B]   the image file, readable at this path on every node
+    image_id str   [B]   its id (before decode)
+    path     str   [B]   the image file as listed (messages name it so)
+    file     str   [B]   the same, absolute: readable at this path on every node (before decode)
     outcome  object[B]   after decode: PreparedImage | Failure;
                          after detect: RegionFeatures | Failure
     seconds  float64[B]  after detect: this batch's detector seconds, shared out per image
@@ -15,6 +17,7 @@ Data calls them with batches, dicts of equal-length numpy columns:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,10 +62,11 @@ class DecodeImages:
 
     def __call__(self, batch: Batch) -> Batch:
         """Decode and resize the images of ``batch`` (columns ``index``, ``image_id``,
-        ``path``); a bad file becomes a :class:`Failure` with its reason, as locally."""
+        ``path``, ``file``); a bad file becomes a :class:`Failure` with its reason, as
+        locally, naming the file as listed."""
         items = [
-            InputItem(image_id=str(image_id), path=Path(str(path)))
-            for image_id, path in zip(batch["image_id"], batch["path"], strict=True)
+            InputItem(image_id=str(image_id), path=Path(str(file)))
+            for image_id, file in zip(batch["image_id"], batch["file"], strict=True)
         ]
         prepare_one = PrepareImage(
             items=items,
@@ -71,8 +75,15 @@ class DecodeImages:
             max_bytes=self.max_bytes,
             boxes=self.boxes,
         )
-        outcomes: list[Prepared] = [prepare_one(index) for index in range(len(items))]
+        outcomes: list[Prepared] = [
+            _as_listed(prepare_one(index), str(path)) for index, path in enumerate(batch["path"])
+        ]
         return {"index": batch["index"], "path": batch["path"], "outcome": objects(outcomes)}
+
+
+def _as_listed(outcome: Prepared, path: str) -> Prepared:
+    """A failure names the file as the driver listed it (the worker read its absolute path)."""
+    return dataclasses.replace(outcome, path=path) if isinstance(outcome, Failure) else outcome
 
 
 @dataclass(frozen=True)

@@ -138,11 +138,11 @@ def _env(token: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", **ray}
 
 
-def run_ray(cluster: Cluster, *args: object) -> subprocess.CompletedProcess[str]:
+def run_ray(cluster: Cluster, *args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         _ray_command(cluster, *args),
         env=_env(cluster.token),
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
     )
@@ -206,7 +206,9 @@ def test_shard_and_limit(cluster: Cluster, tmp_path: Path) -> None:
     local, ray = tmp_path / "local.tsv", tmp_path / "ray.tsv"
     flags = ("--shard", "2/3", "--limit", "2")
     assert run_local(ROOT / "examples", "--out", local, *flags) == 0
-    done = run_ray(cluster, ROOT / "examples", "--out", ray, *flags, "-q")
+    # A relative input: the workers (started from this test's directory) must not read it
+    # relative to their own working directory.
+    done = run_ray(cluster, ".", "--out", ray, *flags, "-q", cwd=ROOT / "examples")
     assert done.returncode == 0, done.stderr[-3000:]
     shard = tmp_path / "ray.shard-2-of-3.tsv"
     expected = [path.stem for path in EXAMPLES[1::3][:2]]
@@ -312,6 +314,8 @@ def test_ctrl_c_exits_130_and_local_resume_finishes(
     partial = out.read_bytes()
     assert expected.startswith(partial) and len(partial) < len(expected)
     assert json.loads(manifest_path(out).read_text())["status"] == "interrupted"
+    # A clean shutdown: the job's actors end with it (the cluster's own actors stay).
+    _wait_for(lambda: not _actor_titles(cluster), "the actors to end", timeout=30)
     assert run_local(folder, "--out", out, "--resume") == 0
     assert out.read_bytes() == expected
 
