@@ -238,7 +238,7 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         files=("config.json", "model.safetensors"),
         sha256={
             "model.safetensors": (
-                "d275b9f248f89aaf19a6603fbebf3d2ae4370e034d0355b60b0ac95b11cea65e"
+                "ae7c9e6542577c130e0d7bc862f46f8674297c301baca0f437006262e984ad7e"
             ),
         },
         shipped_dir="shapes-nlvr2",
