@@ -3,9 +3,10 @@
 ``out.tsv`` gets ``out.tsv.manifest.json``. It holds the detector (name, checkpoint path and
 sha256, full config), the versions of Python and the libraries, the command, the engine that ran
 it (``engine``: ``local`` or ``ray``, the torch thread count, and for Ray the cluster's address,
-nodes and resources and the actor pool), the counts and every failed input with its reason. It is written atomically (:mod:`weights.files`):
-once when the run starts (``"status": "running"``) and again when it ends (``"finished"`` or
-``"interrupted"``), so a killed run leaves a manifest that says so.
+nodes and resources and the actor pool), the counts and every failed input with its reason. It
+is written atomically (:mod:`weights.files`): once when the run starts (``"status":
+"running"``) and again when it ends (``"finished"`` or ``"interrupted"``), so a killed run
+leaves a manifest that says so.
 """
 
 from __future__ import annotations

@@ -62,15 +62,30 @@ def _environments() -> Iterator[tuple[int, list[bytes]]]:
                 continue
 
 
+def _parents() -> dict[int, int]:
+    """Process id -> parent id, for every process."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
 def _pids_with(marker: str) -> list[int]:
     """The cluster's processes: those whose environment holds ``MARKER=marker`` (inherited
-    from ``ray start``), and the agents its raylets start with an environment of their own,
-    which name their raylet (``RAY_RAYLET_PID``)."""
+    from ``ray start``) and all their descendants (a process title as long as the agents'
+    overwrites the environment that /proc shows, so the marker alone misses them)."""
     needle = f"{MARKER}={marker}".encode()
-    found = [pid for pid, environ in _environments() if needle in environ]
-    raylets = {f"RAY_RAYLET_PID={pid}".encode() for pid in found}
-    agents = [pid for pid, environ in _environments() if raylets.intersection(environ)]
-    return sorted(set(found + agents))
+    found = {pid for pid, environ in _environments() if needle in environ}
+    parents = _parents()
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found)
 
 
 def _end(pids: Sequence[int], sig: int) -> None:
@@ -92,7 +107,7 @@ def _alive(pids: set[int]) -> set[int]:
 def _stop_cluster(marker: str) -> set[int]:
     """End the cluster's processes by their ids (SIGTERM, then SIGKILL for those that ignore
     it, as the GCS server may); returns those still running after that. The ids are taken
-    while the raylet lives: its agents' environments may be unreadable once it is gone."""
+    while the raylet lives: its agents are found as its children."""
     pids = set(_pids_with(marker))
     for sig, seconds in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
         _end(sorted(_alive(pids)), sig)
