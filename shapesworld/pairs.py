@@ -48,6 +48,9 @@ from weights.files import atomic_write_bytes, atomic_write_text
 PAIR_KINDS: tuple[str, ...] = ("count", "exist", "conjunction", "spatial")
 #: Random pairs tried for one a statement is false of (else the group is drawn again).
 FALSE_PAIR_TRIES = 400
+#: Draws of one group before giving up: few scenes may hold no pair that makes a statement
+#: of some kind false (a spatial relation reversed, say).
+GROUP_DRAWS = 50
 
 Side = Literal["left", "right"]
 #: (colour, shape) of a referent; colour None names "the <shape>" (the only one of its shape).
@@ -229,20 +232,31 @@ def _false_pair(
 
 def pair_entries(name: str, scenes: Sequence[Scene], groups: int) -> list[dict[str, object]]:
     """``groups`` statements of dataset split ``name`` over ``scenes``, each with a true and
-    a false pair, as NLVR2 JSON entries (kinds cycle through :data:`PAIR_KINDS`)."""
+    a false pair, as NLVR2 JSON entries (kinds cycle through :data:`PAIR_KINDS`).
+
+    Raises:
+        ValueError: fewer than 2 scenes, or so few that some kind finds no false pair.
+    """
     if len(scenes) < 2:
         raise ValueError(f"split {name!r}: pairs need at least 2 scenes, got {len(scenes)}")
     base = SPLIT_SEED_BASE[SPLITS[name]]
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([base, 2])))
     entries: list[dict[str, object]] = []
-    group = 0
+    group, draws = 0, 0
     while group < groups:
         kind = PAIR_KINDS[group % len(PAIR_KINDS)]
+        draws += 1
+        if draws > GROUP_DRAWS:
+            raise ValueError(
+                f"split {name!r}: no {kind} statement with a true and a false pair found in "
+                f"{GROUP_DRAWS} draws over {len(scenes)} scenes; use more scenes"
+            )
         true_pair = _random_pair(rng, len(scenes))
         statement = _true_statement(rng, kind, *(scenes[i] for i in true_pair))
         false_pair = None if statement is None else _false_pair(rng, statement, scenes)
         if statement is None or false_pair is None:
             continue
+        draws = 0
         members = [(true_pair, 1), (false_pair, 0)]
         if int(rng.integers(2)):
             members.reverse()
@@ -307,13 +321,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, count in counts.items():
         if count <= 0:
             continue
-        images = write_split(
-            args.out,
-            name,
-            count,
-            groups_per_scene=args.groups_per_scene,
-            images=not args.statements_only,
-        )
+        try:
+            images = write_split(
+                args.out,
+                name,
+                count,
+                groups_per_scene=args.groups_per_scene,
+                images=not args.statements_only,
+            )
+        except ValueError as err:
+            parser.error(str(err))
         print(f"{name}: {args.out / (name + '.json')}")
         if not args.statements_only:
             tsv = args.out / "features" / f"{name}.tsv"

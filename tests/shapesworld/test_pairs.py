@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shapesworld.pairs import PAIR_KINDS, pair_entries, write_split
+from shapesworld.pairs import PAIR_KINDS, main, pair_entries, write_split
 from shapesworld.scenes import Scene, SceneObject, make_scene, split_seeds
 from shapesworld.vocab import SHAPE_PLURALS, SHAPES, SPLIT_SEED_BASE, SPLIT_SIZE
 
@@ -122,3 +122,22 @@ def test_example_pairs_are_true_to_the_example_scenes() -> None:
             assert statement["label"] == reference_truth(statement["sent"], left, right)
             kinds.add(statement["type"])
     assert kinds == set(PAIR_KINDS)
+
+
+def test_too_few_scenes_is_a_clear_error_not_a_hang() -> None:
+    scenes = [make_scene(s) for s in split_seeds("heldout", 3)]
+    with pytest.raises(ValueError, match=r"split 'test': no \w+ statement .* use more scenes"):
+        pair_entries("test", scenes, 8)
+
+
+def test_the_command_writes_images_statements_and_their_features(tmp_path: Path) -> None:
+    from pipeline.store import FeatureStore
+
+    argv = ["--out", str(tmp_path), "--train", "0", "--valid", "0", "--test", "12"]
+    assert main(argv) == 0
+    statements = json.loads((tmp_path / "test.json").read_text())
+    images = {str(e[k]) for e in statements for k in ("img0", "img1")}
+    assert {p.stem for p in (tmp_path / "images" / "test").iterdir()} >= images
+    store = FeatureStore.open(tmp_path / "features" / "test.tsv")
+    for image in images:
+        assert image in store and store.get(image).num_boxes > 0
