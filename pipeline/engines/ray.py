@@ -204,9 +204,7 @@ class RayEngine:
             # A checkpoint file by its absolute path (a registry name stays a name).
             detector=str(checkpoint.absolute()) if checkpoint.is_file() else settings.detector,
             config=settings.config,
-            device=settings.device.type,
-            precision=settings.precision,
-            compile=settings.compile,
+            options=settings.inference_options.on(settings.device.type),
             threads=settings.threads,
             batch_size=settings.batch_size,
             boxes=boxes,

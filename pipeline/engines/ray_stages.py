@@ -30,7 +30,6 @@ from detector import RegionFeatures, load_detector
 from detector.config import DetectorConfig
 from detector.model import BatchLimits, auto_batch_size
 from detector.options import InferenceOptions
-from detector.precision import Precision
 from detector.preprocess import PreparedImage
 from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import Prepared, PrepareImage, detect_or_fail
@@ -94,8 +93,8 @@ class ActorSpec:
         detector: registry name or checkpoint path, resolved on the actor's node (its own
             weights cache or ``LXMERT_PIPELINE_WEIGHTS``).
         config: the run's detector config (preset + flag overrides).
-        device: ``cpu`` or ``cuda`` (the one GPU Ray gives the actor).
-        precision, compile: the run's inference options.
+        options: the run's inference options (``ExtractSettings.inference_options``), on
+            the device type only: ``cpu`` or ``cuda`` (the one GPU Ray gives the actor).
         threads: torch threads, set explicitly: Ray would otherwise set them from the
             actor's CPU reservation, and on CPU the features' last bits depend on them.
         batch_size: images per detector call; None chooses by the actor's free memory.
@@ -104,9 +103,7 @@ class ActorSpec:
 
     detector: str
     config: DetectorConfig
-    device: str
-    precision: Precision
-    compile: bool
+    options: InferenceOptions
     threads: int
     batch_size: int | None
     boxes: BoxesFile | None
@@ -117,11 +114,8 @@ class DetectRegions:
 
     def __init__(self, spec: ActorSpec) -> None:
         torch.set_num_threads(spec.threads)
-        options = InferenceOptions(
-            device=spec.device, precision=spec.precision, compile=spec.compile
-        )
         self.detector = load_detector(
-            spec.detector, config=spec.config, device=spec.device, options=options
+            spec.detector, config=spec.config, device=spec.options.device, options=spec.options
         )
         worst = (spec.config.min_size, spec.config.max_size)
         self.batch_size = spec.batch_size or auto_batch_size(self.detector.device, worst)
