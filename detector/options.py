@@ -16,11 +16,13 @@ import torch
 from detector.precision import PRECISION_NAMES, Precision, check_precision, precision_dtype
 
 
-def default_channels_last(device: torch.device) -> bool:
-    """channels_last on CUDA (cuDNN's tensor-core kernels want NHWC). On CPU NCHW: within the
-    noise of channels_last here (benchmarks/RESULTS.md) and bit-reproducible across processes,
-    which --resume relies on."""
-    return device.type == "cuda"
+def default_channels_last(device: torch.device, precision: Precision) -> bool:
+    """channels_last on CUDA (cuDNN's tensor-core kernels want NHWC), and for bf16/fp16 on
+    the CPU, where oneDNN's AMX/AVX-512 bf16 convs run NHWC natively and reorder NCHW at every
+    conv (a res5 block 1.6x faster NHWC, benchmarks/RESULTS.md). fp32 on CPU stays NCHW: within
+    the noise of channels_last here and bit-reproducible across processes, which --resume
+    relies on."""
+    return device.type == "cuda" or precision != "fp32"
 
 
 def default_res5_chunk(device: torch.device) -> int:
@@ -93,7 +95,7 @@ class InferenceOptions:
     """Run ``bf16`` on a CPU without bf16 instructions (emulated, slower than fp32): for
     measuring the drift of bf16 on any machine, never for speed."""
     channels_last: bool | None = None
-    """None: :func:`default_channels_last` (CUDA yes, CPU no)."""
+    """None: :func:`default_channels_last` (CUDA yes, CPU only for bf16/fp16)."""
     res5_chunk: int | None = None
     """None: :func:`default_res5_chunk` (CPU 8, CUDA 100)."""
     batch_invariant: bool | None = None
@@ -140,7 +142,9 @@ class InferenceOptions:
             device=device,
             precision=self.precision,
             channels_last=(
-                default_channels_last(device) if self.channels_last is None else self.channels_last
+                default_channels_last(device, self.precision)
+                if self.channels_last is None
+                else self.channels_last
             ),
             res5_chunk=default_res5_chunk(device) if self.res5_chunk is None else self.res5_chunk,
             batch_invariant=batch_invariant,

@@ -216,3 +216,12 @@ def test_exact_numerics_switches_cuda_tf32_and_cudnn_choices_off_and_restores_th
         finally:
             matmul.allow_tf32 = before[3]
     assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32) == before[:3]
+
+
+def test_bf16_on_cpu_runs_channels_last_and_fp32_stays_nchw() -> None:
+    # oneDNN's bf16 convs are NHWC kernels; NCHW pays a reorder at every conv.
+    bf16 = InferenceOptions(precision="bf16", allow_emulated_bf16=True).resolve()
+    assert bf16.channels_last is True
+    assert InferenceOptions().resolve().channels_last is False
+    explicit = InferenceOptions(precision="bf16", allow_emulated_bf16=True, channels_last=False)
+    assert explicit.resolve().channels_last is False
