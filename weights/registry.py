@@ -194,13 +194,14 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         license="MIT (this project); trained here on synthetic shapesworld scenes",
         description=(
             "Small LXMERT (hidden 64) pretrained and fine-tuned on the shapes world's regions "
-            "and questions, 22 answers. Retrain: python -m shapesworld.train --stage lxmert."
+            "and questions, 22 answers; QA by a curriculum of lxmert-finetune runs from "
+            "shapes-lxmert-pretrained (python -m shapesworld.curriculum; README, Shapes world)."
         ),
         hf_repo=None,
         files=("config.json", "model.safetensors", "label2ans.json"),
         sha256={
             "model.safetensors": (
-                "9232fff926be6fecbcd43eaaf0ac45104805c4352a27a8b938496e2d40953d9b"
+                "4dc64dfa576417d83bcd50f5dd383ec28da08368517dba4f56e9e9c2d2c8264b"
             ),
         },
         shipped_dir="shapes-lxmert",

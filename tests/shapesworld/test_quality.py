@@ -177,16 +177,6 @@ def test_shipped_lxmert_vqa_accuracy(vqa_metrics: VqaMetrics) -> None:
     assert vqa_metrics.accuracy >= 0.85, vqa_metrics
 
 
-#: Issue 20 asks for spatial >= 0.85; the shipped model answers them at chance (0.49): a known
-#: failure, strict so that a model that passes makes this mark go.
-_SPATIAL_AT_CHANCE = pytest.mark.xfail(
-    strict=True, reason="spatial answers are a parity of wording and order (README, issue 20)"
-)
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [pytest.param(k, marks=_SPATIAL_AT_CHANCE) if k == "spatial" else k for k in QUESTION_KINDS],
-)
+@pytest.mark.parametrize("kind", QUESTION_KINDS)
 def test_shipped_lxmert_vqa_accuracy_per_kind(vqa_metrics: VqaMetrics, kind: str) -> None:
     assert vqa_metrics.per_kind[kind] >= 0.85, vqa_metrics
