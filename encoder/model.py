@@ -99,16 +99,18 @@ def build_model(
         )
     directory = checkpoint_directory(source)
     model_class = _head_class(head or saved_head(directory) or config_for(source).head)
-    with _no_loading_bar():
+    with quiet_progress_bars():
         model = model_class.from_pretrained(directory, local_files_only=True, weights_only=True)
     return model.eval()
 
 
 @contextmanager
-def _no_loading_bar() -> Iterator[None]:
-    """Hide transformers' "Loading weights" bar, restoring the user's setting afterwards.
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights", "Writing model shards"),
+    restoring the user's setting afterwards.
 
-    Reading a local directory is not a download; the bar only garbles ``answer``'s stderr.
+    Reading or writing a local directory is not a download; the bars only garble ``answer``'s
+    stderr and ``lxmert-finetune``'s progress lines.
     """
     was_enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()

@@ -19,6 +19,7 @@ from encoder.build import ANSWERS_FILE, VOCAB_FILE, Encoder, load_encoder
 from encoder.config import config_for
 from encoder.finetune.config import FinetuneConfig
 from encoder.finetune.surgery import transfer_answer_head
+from encoder.model import quiet_progress_bars
 from weights.files import atomic_path, atomic_write_text
 
 #: The file of an output directory that records the recipe, the command and the history.
@@ -80,7 +81,8 @@ def write_model_dir(encoder: Encoder, directory: Path, *, record: Mapping[str, o
         raise ValueError("the encoder has no answer table to write")
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as tmp:
-        encoder.model.save_pretrained(tmp, safe_serialization=True)
+        with quiet_progress_bars():
+            encoder.model.save_pretrained(tmp, safe_serialization=True)
         # The vocabulary travels with the weights (a model may use its own vocab.txt).
         vocab = encoder.tokenizer.get_vocab()
         words = sorted(vocab, key=vocab.__getitem__)

@@ -96,9 +96,13 @@ def _train_argv(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_train_evaluate_and_answer(tmp_path: Path, data: dict[str, Path]) -> None:
+def test_train_evaluate_and_answer(
+    tmp_path: Path, data: dict[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "model"
     assert main(_train_argv(data, out)) == 0
+    # Our progress lines only: transformers' bars would break them (saved each epoch).
+    assert "Writing model shards" not in capfd.readouterr().err
     for name in ("config.json", "model.safetensors", "label2ans.json", "vocab.txt"):
         assert (out / name).is_file(), name
     record = json.loads((out / "finetune.json").read_text())
