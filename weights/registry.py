@@ -239,7 +239,7 @@ _RECORDS: tuple[CheckpointRecord, ...] = (
         files=("config.json", "model.safetensors"),
         sha256={
             "model.safetensors": (
-                "ae7c9e6542577c130e0d7bc862f46f8674297c301baca0f437006262e984ad7e"
+                "181a22b0e60db3fbf56d75034d52f41ba259094146b38e2c25e9825f5f387aaa"
             ),
         },
         shipped_dir="shapes-nlvr2",

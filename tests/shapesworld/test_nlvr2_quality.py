@@ -1,6 +1,5 @@
 """The shipped shapes-nlvr2 model on held-out pairs: NLVR2 accuracy per kind, issue 20's
-target of 0.85 overall (not reached yet: spatial statements are at chance), and one
-consistent verdict for two identical images.
+target of 0.85 overall, and one consistent verdict for two identical images.
 
 Held-out scenes (``vocab.SPLIT_SEED_BASE["heldout"]``) are never used by training; the pairs
 are ``shapesworld.pairs``' ``test`` statements over the first held-out scenes, scored by
@@ -74,22 +73,18 @@ def report(
     return pair_scores(entries, [p > 0.5 for p in probabilities])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20's target; spatial statements stay at chance until the shapes LXMERT "
-    "learns space (issue 20 part B), then retrain shapes-nlvr2 (README) and drop this mark",
-)
 def test_shipped_nlvr2_heldout_accuracy_reaches_the_target(report: PairReport) -> None:
     assert report.accuracy.overall >= 0.85, report
 
 
 def test_shipped_nlvr2_heldout_accuracy_per_kind(report: PairReport) -> None:
-    # Floors under the README's held-out figures (0.845 overall: exist 0.97, conjunction
-    # 0.93, count 0.915, spatial 0.565), so a broken model or pipeline cannot pass.
+    # Floors under the README's held-out figures (0.855 overall: exist 0.98, conjunction
+    # 0.935, count 0.89, spatial 0.615), so a broken model or pipeline cannot pass; spatial
+    # statements are above chance but short of the others (README).
     per_kind = report.accuracy.per_type["pair_type"]
     assert set(per_kind) == set(PAIR_KINDS), report
     assert per_kind["exist"] >= 0.90 and per_kind["conjunction"] >= 0.85, report
-    assert per_kind["count"] >= 0.85 and report.accuracy.overall >= 0.80, report
+    assert per_kind["count"] >= 0.85 and per_kind["spatial"] >= 0.55, report
 
 
 def test_identical_images_give_consistent_verdicts(
