@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,6 +29,9 @@ from encoder.losses import soft_score_loss
 from weights.files import atomic_path
 
 CHECKPOINT_FORMAT = 1
+
+#: One training example of a task (QA question, NLVR2 statement).
+Example = TypeVar("Example")
 
 
 @dataclass(frozen=True)
@@ -145,16 +149,47 @@ def train_epoch(
 ) -> EpochRecord:
     """One pass over ``dataset`` (0-based ``epoch``): soft-score BCE, clipped AdamW steps."""
     model = encoder.model
-    model.train()
-    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    parameters = list(model.parameters())
-    for step, batch in enumerate(_loader(dataset, batches, config.workers), start=1):
+
+    def batch_loss(batch: list[QAExample]) -> torch.Tensor:
         inputs = encoder.model_inputs([e.regions for e in batch], [e.entry.sentence for e in batch])
         targets = torch.stack([e.target for e in batch]).to(model.device)
         with autocast(model.device, config):
             logits = model(**inputs).question_answering_score
-        loss = soft_score_loss(logits.float(), targets)
+        return soft_score_loss(logits.float(), targets)
+
+    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
+    return run_epoch(
+        model,
+        _loader(dataset, batches, config.workers),
+        batch_loss,
+        steps=len(batches),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=config,
+        epoch=epoch,
+        on_progress=on_progress,
+    )
+
+
+def run_epoch(
+    model: torch.nn.Module,
+    loader: Iterator[list[Example]],
+    batch_loss: Callable[[list[Example]], torch.Tensor],
+    *,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: FinetuneConfig,
+    epoch: int,
+    on_progress: Callable[[Progress], None] | None,
+) -> EpochRecord:
+    """The training steps every task shares: ``batch_loss`` of each of the ``steps``
+    batches of ``loader``, backward, clipped AdamW step, schedule step, progress."""
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    parameters = list(model.parameters())
+    for step, batch in enumerate(loader, start=1):
+        loss = batch_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.clip_norm)
@@ -164,7 +199,7 @@ def train_epoch(
         seen += len(batch)
         if on_progress is not None:
             elapsed = max(time.perf_counter() - start, 1e-9)
-            on_progress(Progress(epoch, step, len(batches), total_loss / seen, seen / elapsed))
+            on_progress(Progress(epoch, step, steps, total_loss / seen, seen / elapsed))
     model.eval()
     return EpochRecord(
         epoch=epoch + 1,

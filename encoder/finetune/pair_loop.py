@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -11,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
-from encoder.finetune.loop import EpochRecord, Progress, autocast, epoch_batches
+from encoder.finetune.loop import EpochRecord, Progress, autocast, epoch_batches, run_epoch
 from encoder.finetune.pairs import PairDataset, PairExample, PairReport, pair_scores
 from encoder.nlvr2 import LxmertForNLVR2, true_probability
 
@@ -54,32 +53,24 @@ def train_pair_epoch(
     """One pass over ``dataset`` (0-based ``epoch``): cross-entropy over (False, True),
     clipped AdamW steps."""
     model = _model(encoder)
-    model.train()
-    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    parameters = list(model.parameters())
-    for step, batch in enumerate(_loader(dataset, batches, config.workers), start=1):
+
+    def batch_loss(batch: list[PairExample]) -> torch.Tensor:
         labels = torch.tensor([e.target for e in batch], device=model.device)
         with autocast(model.device, config):
             logits = model(**_inputs(encoder, batch)).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, config.clip_norm)
-        optimizer.step()
-        scheduler.step()
-        total_loss += float(loss.detach()) * len(batch)
-        seen += len(batch)
-        if on_progress is not None:
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            on_progress(Progress(epoch, step, len(batches), total_loss / seen, seen / elapsed))
-    model.eval()
-    return EpochRecord(
-        epoch=epoch + 1,
-        loss=total_loss / max(seen, 1),
-        examples=seen,
-        seconds=time.perf_counter() - start,
-        valid_accuracy=None,
+        return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
+    return run_epoch(
+        model,
+        _loader(dataset, batches, config.workers),
+        batch_loss,
+        steps=len(batches),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=config,
+        epoch=epoch,
+        on_progress=on_progress,
     )
 
 
