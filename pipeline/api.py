@@ -20,6 +20,7 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ Answer = str | list[tuple[str, float]]
 Judgement = bool | list[tuple[bool, float]]
 
 _SINGLE_IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image)
+
+T = TypeVar("T")
 
 
 def _check_image_list(images: object, what: str) -> None:
@@ -137,6 +140,21 @@ def _image_key(image: object) -> object:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return ("bytes", bytes(image))
     return ("object", id(image))
+
+
+def _regroup(flat: Sequence[T], entries: Sequence[str | Sequence[str]]) -> list[T | list[T]]:
+    """``flat`` (one result per text, in order) nested as ``entries`` were: a string's one
+    result, or a list of results for a list of texts."""
+    results: list[T | list[T]] = []
+    position = 0
+    for entry in entries:
+        if isinstance(entry, str):
+            results.append(flat[position])
+            position += 1
+        else:
+            results.append(list(flat[position : position + len(entry)]))
+            position += len(entry)
+    return results
 
 
 def _judgement(probability: float, *, top_k: int) -> Judgement:
@@ -306,16 +324,7 @@ class Pipeline:
             best[0].answer if top_k == 1 else [(a.answer, a.probability) for a in best]
             for best in scored
         ]
-        results: list[Answer | list[Answer]] = []
-        position = 0
-        for entry in questions:
-            if isinstance(entry, str):
-                results.append(decoded[position])
-                position += 1
-            else:
-                results.append(decoded[position : position + len(entry)])
-                position += len(entry)
-        return results
+        return _regroup(decoded, questions)
 
     def answer(
         self,
@@ -388,16 +397,7 @@ class Pipeline:
             self.encoder.judge(flat_left, flat_right, flat_statements) if flat_statements else []
         )
         decoded = [_judgement(p, top_k=top_k) for p in probabilities]
-        results: list[Judgement | list[Judgement]] = []
-        position = 0
-        for entry in statements:
-            if isinstance(entry, str):
-                results.append(decoded[position])
-                position += 1
-            else:
-                results.append(decoded[position : position + len(entry)])
-                position += len(entry)
-        return results
+        return _regroup(decoded, statements)
 
     def judge(
         self,
