@@ -95,16 +95,21 @@ def _check_question(question: object, name: str) -> str:
 def _questions_of(entry: object, *, image: int | None) -> list[str]:
     """The checked questions of one entry: one question or a list of them. ``image`` (1-based)
     names the entry's image in errors; ``None`` when there is only one image."""
-    where = "" if image is None else f" for image {image}"
+    return _texts_of(entry, noun="question", where="" if image is None else f" for image {image}")
+
+
+def _texts_of(entry: object, *, noun: str, where: str) -> list[str]:
+    """One text or a list of them, each checked (:func:`_check_question`); errors name the
+    ``noun`` (question, statement), its number in a list, and ``where`` it belongs."""
     if entry is None or isinstance(entry, (str, bytes, bytearray, memoryview)):
-        return [_check_question(entry, f"question{where}")]
+        return [_check_question(entry, f"{noun}{where}")]
     if not isinstance(entry, Sequence):
         raise TypeError(
-            f"question{where} must be a string or a list of strings, got {type(entry).__name__}"
+            f"{noun}{where} must be a string or a list of strings, got {type(entry).__name__}"
         )
     return [
-        _check_question(question, f"question {number}{where}")
-        for number, question in enumerate(entry, start=1)
+        _check_question(text, f"{noun} {number}{where}")
+        for number, text in enumerate(entry, start=1)
     ]
 
 
@@ -118,17 +123,7 @@ def _checked_questions(questions: Sequence[object]) -> list[list[str]]:
 def _statements_of(entry: object, *, pair: int | None) -> list[str]:
     """The checked statements of one pair's entry: one statement or a list of them. ``pair``
     (1-based) names the pair in errors; ``None`` when there is only one pair."""
-    where = "" if pair is None else f" for pair {pair}"
-    if entry is None or isinstance(entry, (str, bytes, bytearray, memoryview)):
-        return [_check_question(entry, f"statement{where}")]
-    if not isinstance(entry, Sequence):
-        raise TypeError(
-            f"statement{where} must be a string or a list of strings, got {type(entry).__name__}"
-        )
-    return [
-        _check_question(statement, f"statement {number}{where}")
-        for number, statement in enumerate(entry, start=1)
-    ]
+    return _texts_of(entry, noun="statement", where="" if pair is None else f" for pair {pair}")
 
 
 def _image_key(image: object) -> object:
