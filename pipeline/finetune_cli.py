@@ -362,7 +362,18 @@ def run_train(args: argparse.Namespace) -> int:
             f"{settings.source}; device {device}",
             file=sys.stderr,
         )
-    record: dict[str, object] = {
+    record = run_record(
+        settings, skipped=skipped, answers=len(table), answers_kept_from_source=kept
+    )
+    return fit_and_write(settings, encoder, train, valid, record)
+
+
+def run_record(
+    settings: TrainSettings, *, skipped: int, **task_fields: object
+) -> dict[str, object]:
+    """``finetune.json``'s record of a training run: the recipe, the command and the data,
+    then the task's own fields, then the count of skipped entries."""
+    return {
         "task": settings.task,
         "from": settings.source,
         "command": settings.command(),
@@ -370,11 +381,9 @@ def run_train(args: argparse.Namespace) -> int:
         "train": [str(p) for p in settings.train],
         "valid": str(settings.valid) if settings.valid else None,
         "features": [str(p) for p in settings.features],
-        "answers": len(table),
-        "answers_kept_from_source": kept,
+        **task_fields,
         "skipped_missing": skipped,
     }
-    return fit_and_write(settings, encoder, train, valid, record)
 
 
 def run_train_nlvr2(settings: TrainSettings, store: FeatureStore) -> int:
@@ -407,17 +416,7 @@ def run_train_nlvr2(settings: TrainSettings, store: FeatureStore) -> int:
             f"device {device}",
             file=sys.stderr,
         )
-    record: dict[str, object] = {
-        "task": settings.task,
-        "from": settings.source,
-        "command": settings.command(),
-        "config": asdict(settings.recipe),
-        "train": [str(p) for p in settings.train],
-        "valid": str(settings.valid) if settings.valid else None,
-        "features": [str(p) for p in settings.features],
-        "skipped_missing": skipped,
-    }
-    return fit_and_write(settings, encoder, train, valid, record)
+    return fit_and_write(settings, encoder, train, valid, run_record(settings, skipped=skipped))
 
 
 def fit_and_write(
