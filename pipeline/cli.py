@@ -292,6 +292,16 @@ def _add_engine_flags(engine: argparse._ArgumentGroup) -> None:
         help="CPUs each actor reserves, fractions allowed (default: at most --threads, leaving "
         "one CPU of the cluster free so decoding is always scheduled)",
     )
+    engine.add_argument(
+        "--ship-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each actor loads its node's own copy of the detector (the registry's cache, "
+        "$LXMERT_PIPELINE_WEIGHTS, the same path) when its sha256 is this machine's; "
+        "otherwise this machine's copy, put once into Ray's object store and kept in the "
+        "node's ~/.cache/lxmert-pipeline/shipped. --no-ship-weights: nothing is put there, and "
+        "a node without the file ends the run (default: ship)",
+    )
 
 
 def _add_run_flags(runs: argparse._ArgumentGroup) -> None:

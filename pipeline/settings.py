@@ -49,12 +49,15 @@ class RaySettings:
         actors: detector actors (None: one per GPU with ``--device cuda``, else as many as
             the cluster's CPUs allow at ``threads`` each).
         actor_cpus: CPUs each actor reserves (None: chosen so that one CPU stays free for
-            decoding, see :func:`pipeline.engines.ray_plan.plan_actors`).
+            decoding, see :func:`pipeline.engines.ray.plan_actors`).
+        ship_weights: put the driver's checkpoint into the object store for the actors
+            whose node lacks it (``--no-ship-weights``: False).
     """
 
     address: str | None
     actors: int | None
     actor_cpus: float | None
+    ship_weights: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,7 @@ def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
             ("--ray-address", args.ray_address),
             ("--actors", args.actors),
             ("--actor-cpus", args.actor_cpus),
+            ("--ship-weights" if args.ship_weights else "--no-ship-weights", args.ship_weights),
         )
         if value is not None
     ]
@@ -289,7 +293,12 @@ def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
         import ray.data  # noqa: F401  (the [ray] extra; imported here only to check)
     except ImportError as error:
         raise UsageError(RAY_MISSING) from error
-    return RaySettings(address=args.ray_address, actors=args.actors, actor_cpus=args.actor_cpus)
+    return RaySettings(
+        address=args.ray_address,
+        actors=args.actors,
+        actor_cpus=args.actor_cpus,
+        ship_weights=args.ship_weights is not False,
+    )
 
 
 def _check_boxes_from_flags(args: argparse.Namespace) -> None:

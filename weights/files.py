@@ -62,8 +62,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fsync_directory(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (see the module docstring); returns ``path``."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
+    """Replace ``path`` with ``data`` (bytes, or any buffer as a memoryview) atomically (see
+    the module docstring); returns ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as stream:
         stream.write(data)

@@ -21,6 +21,7 @@ import logging
 import math
 import socket
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detector import RegionFeatures
+from detector.structures import CheckpointInfo
 from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import RecordSink
-from pipeline.engines.ray_stages import ActorSpec, DecodeImages, DetectRegions
+from pipeline.engines.ray_stages import ActorSpec, DecodeImages, DetectRegions, NoWeights
+from pipeline.engines.ray_weights import ActorWeights, ship_checkpoint
 from pipeline.exits import UsageError
 from pipeline.manifest import Failure
 from pipeline.plan import ExtractPlan, RunStats
@@ -117,6 +120,7 @@ class RayEngine:
             "actor_cpus": self.pool.cpus,
             "actor_gpus": self.pool.gpus,
             "decode_cpus": DECODE_CPUS,
+            "ship_weights": self.settings.ray is not None and self.settings.ray.ship_weights,
             "cluster": {"nodes": self.nodes, "resources": self.resources},
         }
 
@@ -131,7 +135,9 @@ class RayEngine:
         boxes: BoxesFile | None,
     ) -> None:
         """Detect ``plan.todo`` on the cluster and write each outcome in plan order.
-        ``batch_size`` (this process's) is unused: each actor chooses its own."""
+        ``batch_size`` (this process's) is unused: each actor chooses its own. The actors
+        load the weights of ``sink.detector``, this process's model, whose digest the
+        manifest records."""
         del batch_size
         progress = tqdm(
             total=len(plan.todo), unit="img", disable=not show_progress, dynamic_ncols=True
@@ -155,7 +161,8 @@ class RayEngine:
         boxes: BoxesFile | None,
     ) -> None:
         order = InOrder[RegionFeatures | Failure](count=len(plan.todo))
-        rows = iter(self.dataset(plan, boxes).iter_rows())
+        weights = self.actor_weights(sink.detector.checkpoint)
+        rows = iter(self.dataset(plan, boxes, weights).iter_rows())
         try:
             while True:
                 tick = time.monotonic()
@@ -163,6 +170,11 @@ class RayEngine:
                 stats.seconds["waiting"] += time.monotonic() - tick
                 if row is None:
                     break
+                if isinstance(row["outcome"], NoWeights):
+                    raise UsageError(
+                        f"{row['outcome'].reason} (records written before stay valid: "
+                        "--resume continues)"
+                    )
                 stats.seconds["detector"] += float(row["seconds"])
                 LOG.debug("image %d of the plan came back", int(row["index"]))
                 tick = time.monotonic()
@@ -176,7 +188,23 @@ class RayEngine:
                 close()  # stops the dataset's execution (Ctrl-C, an error)
         order.check_complete()
 
-    def dataset(self, plan: ExtractPlan, boxes: BoxesFile | None) -> ray.data.Dataset:
+    def actor_weights(self, checkpoint: CheckpointInfo) -> ActorWeights:
+        """What the actors load: ``checkpoint`` (this process's), and unless
+        ``--no-ship-weights`` its copy in the object store for nodes without it."""
+        if checkpoint.path is None or checkpoint.sha256 is None:
+            raise ValueError(f"the Ray engine needs a checkpoint file, not {checkpoint.name}")
+        given = Path(self.settings.detector)
+        ship = self.settings.ray is not None and self.settings.ray.ship_weights
+        return ActorWeights(
+            # A checkpoint file by its absolute path (a registry name stays a name).
+            detector=str(given.absolute()) if given.is_file() else self.settings.detector,
+            sha256=checkpoint.sha256,
+            shipped=ship_checkpoint(Path(checkpoint.path), checkpoint.sha256) if ship else None,
+        )
+
+    def dataset(
+        self, plan: ExtractPlan, boxes: BoxesFile | None, weights: ActorWeights
+    ) -> ray.data.Dataset:
         """The run's pipeline: rows of ``plan.todo`` -> decode tasks -> detector actors."""
         import ray.data
 
@@ -192,17 +220,17 @@ class RayEngine:
             }
             for index, item in enumerate(plan.todo)
         ]
-        blocks = math.ceil(len(rows) / DECODE_ROWS)
+        # A block is one actor call's worth of work: at least one per actor, when there are
+        # images enough, or the actors beyond the block count would sit idle.
+        blocks = min(len(rows), max(math.ceil(len(rows) / DECODE_ROWS), self.pool.actors))
         decode = DecodeImages(
             config=settings.config,
             max_pixels=settings.max_pixels,
             max_bytes=settings.max_bytes,
             boxes=boxes,
         )
-        checkpoint = Path(settings.detector)
         detect = ActorSpec(
-            # A checkpoint file by its absolute path (a registry name stays a name).
-            detector=str(checkpoint.absolute()) if checkpoint.is_file() else settings.detector,
+            weights=weights,
             config=settings.config,
             options=settings.inference_options.on(settings.device.type),
             threads=settings.threads,
@@ -210,9 +238,11 @@ class RayEngine:
             boxes=boxes,
         )
         on_gpu = self.pool.gpus > 0
-        return (
-            ray.data.from_items(rows, override_num_blocks=blocks)
-            .map_batches(
+        with warnings.catch_warnings():
+            # Ray 2.60 calls ``max_retries`` a deprecated remote argument but names no
+            # parameter that replaces it here (requirements-ray.txt pins 2.60).
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            decoded = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
                 decode,
                 batch_size=DECODE_ROWS,
                 num_cpus=DECODE_CPUS,
@@ -223,15 +253,14 @@ class RayEngine:
                 max_retries=-1,
                 batch_format="numpy",
             )
-            .map_batches(
-                DetectRegions,
-                fn_constructor_kwargs={"spec": detect},
-                compute=ray.data.ActorPoolStrategy(size=self.pool.actors),
-                batch_size=settings.batch_size or (AUTO_ROWS_PER_CALL if on_gpu else 1),
-                num_cpus=self.pool.cpus,
-                num_gpus=self.pool.gpus,
-                batch_format="numpy",
-            )
+        return decoded.map_batches(
+            DetectRegions,
+            fn_constructor_kwargs={"spec": detect},
+            compute=ray.data.ActorPoolStrategy(size=self.pool.actors),
+            batch_size=settings.batch_size or (AUTO_ROWS_PER_CALL if on_gpu else 1),
+            num_cpus=self.pool.cpus,
+            num_gpus=self.pool.gpus,
+            batch_format="numpy",
         )
 
 

@@ -3,15 +3,16 @@
 :class:`DecodeImages` runs as Ray Data CPU tasks: it decodes and resizes images with the local
 engine's :class:`~pipeline.engines.local.PrepareImage`. :class:`DetectRegions` runs in the
 detector actors: its ``__init__`` loads the model once, its ``__call__`` detects a batch with
-the local engine's :func:`~pipeline.engines.local.detect_or_fail`. Neither imports Ray: Ray
-Data calls them with batches, dicts of equal-length numpy columns:
+the local engine's :func:`~pipeline.engines.local.detect_or_fail` (the weights reach it as
+:mod:`~pipeline.engines.ray_weights` says). Neither imports Ray: Ray Data calls them with
+batches, dicts of equal-length numpy columns:
 
     index    int64 [B]   position of the image in the plan's ``todo`` (the driver's order)
     image_id str   [B]   its id (before decode)
     path     str   [B]   the image file as listed (messages name it so)
     file     str   [B]   the same, absolute: readable at this path on every node (before decode)
     outcome  object[B]   after decode: PreparedImage | Failure;
-                         after detect: RegionFeatures | Failure
+                         after detect: RegionFeatures | Failure | NoWeights
     seconds  float64[B]  after detect: this batch's detector seconds, shared out per image
 """
 
@@ -33,6 +34,11 @@ from detector.options import InferenceOptions
 from detector.preprocess import PreparedImage
 from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import Prepared, PrepareImage, detect_or_fail
+from pipeline.engines.ray_weights import (
+    ActorWeights,
+    WeightsUnavailableError,
+    weights_for_actor,
+)
 from pipeline.inputs import InputItem
 from pipeline.manifest import Failure
 
@@ -90,8 +96,9 @@ class ActorSpec:
     """How each detector actor loads and runs the model.
 
     Attributes:
-        detector: registry name or checkpoint path, resolved on the actor's node (its own
-            weights cache or ``LXMERT_PIPELINE_WEIGHTS``).
+        weights: the driver's weights: resolved on the actor's node (its own weights cache
+            or ``LXMERT_PIPELINE_WEIGHTS``) when they are there, else the shipped copy
+            (:func:`~pipeline.engines.ray_weights.weights_for_actor`).
         config: the run's detector config (preset + flag overrides).
         options: the run's inference options (``ExtractSettings.inference_options``), on
             the device type only: ``cpu`` or ``cuda`` (the one GPU Ray gives the actor).
@@ -101,7 +108,7 @@ class ActorSpec:
         boxes: the ``--boxes-from`` boxes, or None to detect.
     """
 
-    detector: str
+    weights: ActorWeights
     config: DetectorConfig
     options: InferenceOptions
     threads: int
@@ -109,13 +116,29 @@ class ActorSpec:
     boxes: BoxesFile | None
 
 
+@dataclass(frozen=True)
+class NoWeights:
+    """The outcome of every image sent to an actor that has no copy of the driver's weights
+    (:class:`~pipeline.engines.ray_weights.WeightsUnavailableError`): the driver ends the run
+    with ``reason``. A row, not a failed ``__init__``: Ray would retry that in vain and pass
+    on only the text of its traceback."""
+
+    reason: str
+
+
 class DetectRegions:
     """The detector in a Ray actor: loaded once, then a batch of decoded images at a time."""
 
     def __init__(self, spec: ActorSpec) -> None:
         torch.set_num_threads(spec.threads)
+        self.no_weights: NoWeights | None = None
+        try:
+            weights = weights_for_actor(spec.weights)
+        except WeightsUnavailableError as error:
+            self.no_weights = NoWeights(reason=str(error))
+            return
         self.detector = load_detector(
-            spec.detector, config=spec.config, device=spec.options.device, options=spec.options
+            weights, config=spec.config, device=spec.options.device, options=spec.options
         )
         worst = (spec.config.min_size, spec.config.max_size)
         self.batch_size = spec.batch_size or auto_batch_size(self.detector.device, worst)
@@ -124,11 +147,31 @@ class DetectRegions:
 
     def __call__(self, batch: Batch) -> Batch:
         """Regions (or failures) of the batch's decoded images, row for row."""
+        rows = len(batch["index"])
+        if self.no_weights is not None:
+            outcomes = objects([self.no_weights] * rows)
+            return {"index": batch["index"], "outcome": outcomes, "seconds": np.zeros(rows)}
+        tick = time.monotonic()
+        results = self._detect(batch)
+        seconds = time.monotonic() - tick
+        outcomes = objects(
+            [
+                results[entry.image_id] if isinstance(entry, PreparedImage) else entry
+                for entry in batch["outcome"]
+            ]
+        )
+        return {
+            "index": batch["index"],
+            "outcome": outcomes,
+            "seconds": np.full(rows, seconds / max(rows, 1)),
+        }
+
+    def _detect(self, batch: Batch) -> dict[str, RegionFeatures | Failure]:
+        """The regions or failure of each decoded image of ``batch``, by image id."""
         paths = dict[str, str]()
         for outcome, path in zip(batch["outcome"], batch["path"], strict=True):
             paths[outcome.image_id] = str(path)
         prepared = [entry for entry in batch["outcome"] if isinstance(entry, PreparedImage)]
-        tick = time.monotonic()
         results: dict[str, RegionFeatures | Failure] = {}
         if prepared:
             detected = detect_or_fail(
@@ -137,14 +180,4 @@ class DetectRegions:
             self.limits = detected.limits
             results.update({region.image_id: region for region in detected.regions})
             results.update({failure.image_id: failure for failure in detected.failures})
-        seconds = time.monotonic() - tick
-        rows = len(batch["index"])
-        outcomes = [
-            results[entry.image_id] if isinstance(entry, PreparedImage) else entry
-            for entry in batch["outcome"]
-        ]
-        return {
-            "index": batch["index"],
-            "outcome": objects(outcomes),
-            "seconds": np.full(rows, seconds / max(rows, 1)),
-        }
+        return results

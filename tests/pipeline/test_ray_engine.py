@@ -16,11 +16,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("ray.data")
 
@@ -29,6 +31,7 @@ from pipeline.engines.ray import InOrder, plan_actors
 from pipeline.exits import UsageError
 from pipeline.manifest import manifest_path
 from pipeline.settings import RaySettings
+from weights import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("scene_*.png"))
@@ -45,6 +48,9 @@ class Cluster:
     token: str
     """The cluster's own token (RAY_AUTH_TOKEN): whether Ray turns token authentication on
     depends on ~/.ray/auth_token, which any earlier ray.init() on the machine creates."""
+    node_cache: Path | None = None
+    """The workers' XDG_CACHE_HOME. The cluster's nodes have no weights of their own: no
+    $LXMERT_PIPELINE_WEIGHTS, an empty Hugging Face cache and HF_HUB_OFFLINE."""
 
 
 def _free_port() -> int:
@@ -126,18 +132,31 @@ def cluster() -> Iterator[Cluster]:
     temp = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths must fit 107 bytes
     port = _free_port()
     token = uuid.uuid4().hex + uuid.uuid4().hex
-    env = {**_env(token), MARKER: marker}
+    node_cache = temp / "cache"
+    env = {**_env(token), MARKER: marker, **_bare_node(temp)}
+    env.pop("LXMERT_PIPELINE_WEIGHTS", None)
     ray = Path(sys.executable).with_name("ray")
     command = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2"]
     command += ["--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
     started = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
-        yield Cluster(address=f"127.0.0.1:{port}", marker=marker, token=token)
+        yield Cluster(
+            address=f"127.0.0.1:{port}", marker=marker, token=token, node_cache=node_cache
+        )
     finally:
         left = _stop_cluster(marker)
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"Ray processes left after the module: {left}"
+
+
+def _bare_node(folder: Path) -> dict[str, str]:
+    """The environment of a machine whose caches (under ``folder``) hold no weights."""
+    return {
+        "HF_HOME": str(folder / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "XDG_CACHE_HOME": str(folder / "cache"),
+    }
 
 
 def _ray_command(cluster: Cluster, *args: object) -> list[str]:
@@ -153,10 +172,12 @@ def _env(token: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", **ray}
 
 
-def run_ray(cluster: Cluster, *args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run_ray(
+    cluster: Cluster, *args: object, cwd: Path = ROOT, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         _ray_command(cluster, *args),
-        env=_env(cluster.token),
+        env={**_env(cluster.token), **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -229,6 +250,84 @@ def test_shard_and_limit(cluster: Cluster, tmp_path: Path) -> None:
     expected = [path.stem for path in EXAMPLES[1::3][:2]]
     assert [line.split("\t")[0] for line in shard.read_text().splitlines()] == expected
     assert shard.read_bytes() == (tmp_path / "local.shard-2-of-3.tsv").read_bytes()
+
+
+#: A registry name that only the driver resolves here: the shapes detector's weights as
+#: vg-r101-c4-attr's pytorch_model.bin, in the driver's $LXMERT_PIPELINE_WEIGHTS alone.
+DRIVER_ONLY = ("--detector", "vg-r101-c4-attr", "--preset", "shapes")
+
+
+@dataclass(frozen=True)
+class DriverWeights:
+    env: dict[str, str]
+    sha256: str
+
+
+@pytest.fixture(scope="module")
+def driver_weights(tmp_path_factory: pytest.TempPathFactory) -> DriverWeights:
+    """The environment of a driver that has :data:`DRIVER_ONLY`'s weights (with the label
+    files beside them), and their sha256."""
+    home = tmp_path_factory.mktemp("driver")
+    folder = home / "weights" / "vg-r101-c4-attr"
+    folder.mkdir(parents=True)
+    shapes = ROOT / "weights" / "shipped" / "shapes-detector"
+    torch.save(load_file(shapes / "model.safetensors"), folder / "pytorch_model.bin")
+    for name in ("objects_vocab.txt", "attributes_vocab.txt"):
+        shutil.copyfile(shapes / name, folder / name)
+    env = {**_bare_node(home), "LXMERT_PIPELINE_WEIGHTS": str(home / "weights")}
+    return DriverWeights(env=env, sha256=sha256_file(folder / "pytorch_model.bin"))
+
+
+def test_nodes_without_the_weights_load_the_drivers_shipped_copy(
+    cluster: Cluster, driver_weights: DriverWeights, tmp_path: Path
+) -> None:
+    inputs, local = [str(path) for path in EXAMPLES[:3]], tmp_path / "local.tsv"
+    command = [sys.executable, "-m", "pipeline.cli", *DETECTOR, *DRIVER_ONLY, *inputs, "-q"]
+    reference = subprocess.run(
+        [*command, "--out", str(local)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", **driver_weights.env},
+        capture_output=True,
+        text=True,
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    # A damaged copy in the node's cache is not trusted: fetched again and replaced.
+    assert cluster.node_cache is not None
+    kept = cluster.node_cache / "lxmert-pipeline" / "shipped" / driver_weights.sha256
+    kept.mkdir(parents=True)
+    (kept / "pytorch_model.bin").write_bytes(b"half a checkpoint")
+    out = tmp_path / "ray.tsv"
+    flags = (*DRIVER_ONLY, *inputs, "-q")
+    done = run_ray(cluster, *flags, "--out", out, "--actors", 2, env=driver_weights.env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes() == local.read_bytes()
+    assert sha256_file(kept / "pytorch_model.bin") == driver_weights.sha256
+    names = ["attributes_vocab.txt", "objects_vocab.txt", "pytorch_model.bin"]
+    assert sorted(path.name for path in kept.iterdir()) == names
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["detector"]["sha256"] == driver_weights.sha256
+    assert manifest["engine"]["ship_weights"] is True
+    # The next actor on the node finds the kept copy and does not write it again.
+    inode = (kept / "pytorch_model.bin").stat().st_ino
+    again = run_ray(cluster, *flags, "--out", tmp_path / "again.tsv", env=driver_weights.env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "again.tsv").read_bytes() == local.read_bytes()
+    assert (kept / "pytorch_model.bin").stat().st_ino == inode
+
+
+def test_no_ship_weights_on_nodes_without_them_is_a_usage_error(
+    cluster: Cluster, driver_weights: DriverWeights, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.tsv"
+    flags = (*DRIVER_ONLY, EXAMPLES[0], "--out", out, "--no-ship-weights")
+    done = run_ray(cluster, *flags, env=driver_weights.env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    node = f"node {socket.gethostname()}: --detector vg-r101-c4-attr: not usable on this node"
+    assert node in done.stderr
+    assert "drop --no-ship-weights to send the driver's copy" in done.stderr
+    assert "Traceback" not in done.stderr
+    manifest = json.loads(manifest_path(out).read_text())
+    assert (manifest["status"], manifest["engine"]["ship_weights"]) == ("error", False)
+    assert _records(out) == 0
 
 
 def _records(path: Path) -> int:
@@ -398,6 +497,8 @@ def test_cluster_flags_need_the_ray_engine(
     out = tmp_path / "x.tsv"
     assert run_local(EXAMPLES[0], "--out", out, "--actors", "2") == 2
     assert "--actors only apply with --engine ray" in capsys.readouterr().err
+    assert run_local(EXAMPLES[0], "--out", out, "--no-ship-weights") == 2
+    assert "--no-ship-weights only apply with --engine ray" in capsys.readouterr().err
     assert not out.exists()
 
 
