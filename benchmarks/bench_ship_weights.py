@@ -5,10 +5,11 @@
 
 A checkpoint file of ``--megabytes`` random bytes (the real R101 detector is ~260 MB) is put
 into the object store of a Ray instance started here, as ``--engine ray`` does at the start of
-every run unless ``--no-ship-weights``; then a Ray task plays an actor whose node lacks the
-weights. Printed as one JSON record:
+every run on a joined cluster unless ``--no-ship-weights``; then a Ray task plays an actor
+whose node lacks the weights. Printed as one JSON record:
 
-- ``hash_s``: sha256 of the file (each actor hashes its node's copy, or the kept one, once);
+- ``hash_s``: sha256 of the file (an actor hashes its node's copy, or the kept one, to choose
+  it, and again as it loads it);
 - ``put_s``: :func:`~pipeline.engines.ray_weights.ship_checkpoint` on the driver;
 - ``first_actor_s``: an actor without the file: fetch, check the digest, keep it in the node's
   cache (written and fsynced);
@@ -40,7 +41,7 @@ def seconds_of_actor(weights: ActorWeights, cache: Path) -> float:
     @ray.remote(num_cpus=0.5)
     def get_weights() -> float:
         tick = time.perf_counter()
-        weights_for_actor(weights, cache_dir=cache)
+        weights_for_actor(weights, cache=cache)
         return time.perf_counter() - tick
 
     return float(ray.get(get_weights.remote()))

@@ -296,11 +296,12 @@ def _add_engine_flags(engine: argparse._ArgumentGroup) -> None:
         "--ship-weights",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="each actor loads its node's own copy of the detector (the registry's cache, "
-        "$LXMERT_PIPELINE_WEIGHTS, the same path) when its sha256 is this machine's; "
-        "otherwise this machine's copy, put once into Ray's object store and kept in the "
-        "node's ~/.cache/lxmert-pipeline/shipped. --no-ship-weights: nothing is put there, and "
-        "a node without the file ends the run (default: ship)",
+        help="on a joined cluster, put this machine's detector weights into Ray's object "
+        "store for actors whose node has no copy with the same sha256 (its registry cache, "
+        "$LXMERT_PIPELINE_WEIGHTS, the same path); they keep it in "
+        "$XDG_CACHE_HOME/lxmert-pipeline/shipped (~/.cache). --no-ship-weights: nothing is "
+        "put there, and a node without the weights is exit 2 before anything is written "
+        "(default: ship)",
     )
 
 

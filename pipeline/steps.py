@@ -20,6 +20,7 @@ import torch
 
 from detector import Detector, load_detector
 from detector.model import auto_batch_size
+from detector.structures import CheckpointInfo
 from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import RecordSink, run_local
 from pipeline.exits import (
@@ -103,6 +104,11 @@ class Engine(Protocol):
         its address and resources."""
         ...
 
+    def prepare(self, checkpoint: CheckpointInfo) -> Engine:
+        """This engine, ready to run the model whose weights ``checkpoint`` are (the
+        driver's), before anything is written. Raises UsageError when it cannot."""
+        ...
+
     def run(
         self,
         plan: ExtractPlan,
@@ -126,6 +132,10 @@ class LocalEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"name": "local", "threads": self.threads, "workers": self.workers}
+
+    def prepare(self, checkpoint: CheckpointInfo) -> LocalEngine:
+        del checkpoint  # this process loaded it
+        return self
 
     def run(
         self,
@@ -377,6 +387,7 @@ def run_extract(settings: ExtractSettings) -> int:
         # --device cuda, is a usage problem.
         engine = open_engine(settings, stack)
         model = load_model(driver_settings(settings))
+        engine = engine.prepare(model.detector.checkpoint)
         if settings.mode == "resume":
             ours = run_record_settings(
                 model.detector, settings, boxes_sha256=_boxes_sha256(settings)

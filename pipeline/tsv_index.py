@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.writers import tsv_line_id
+from weights.defaults import cache_dir
 from weights.files import atomic_write_bytes
 
 INDEX_MAGIC = b"LXFSIDX\0"
@@ -52,8 +53,7 @@ class TsvIndex:
 def index_cache_dir() -> Path:
     """Folder of the indexes that cannot lie beside their TSV, from the environment as it is
     now: ``$XDG_CACHE_HOME/lxmert-pipeline/index``, else ``~/.cache/lxmert-pipeline/index``."""
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(xdg).expanduser() / "lxmert-pipeline" / "index"
+    return cache_dir() / "index"
 
 
 def index_locations(path: str | os.PathLike[str], *, cache_dir: Path | None = None) -> list[Path]:

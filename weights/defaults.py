@@ -16,8 +16,10 @@ caught here rather than by a "no kernel image" error in the middle of a run.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,6 +55,14 @@ MIN_CUDA_CAPABILITY = (7, 5)
 
 class DeviceError(ValueError):
     """An explicitly requested device that cannot be used here (a usage error)."""
+
+
+def cache_dir() -> Path:
+    """The project's own cache folder, from the environment as it is now (not at import):
+    ``$XDG_CACHE_HOME/lxmert-pipeline``, else ``~/.cache/lxmert-pipeline``. Model weights are
+    cached by the registry in the Hugging Face cache instead (:mod:`weights.resolve`)."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "lxmert-pipeline"
 
 
 def _warn_fallback(message: str) -> None:

@@ -188,8 +188,8 @@ def locate_checkpoint(
 ) -> ResolvedCheckpoint:
     """Like :func:`resolve_checkpoint`, but also says which files were found and where."""
     table = REGISTRY if registry is None else registry
-    if _is_explicit_path(name_or_path, table):
-        path = Path(name_or_path).expanduser()
+    path = explicit_path(name_or_path, registry=table)
+    if path is not None:
         if path.exists():
             return ResolvedCheckpoint(path=path, files={}, source="path", record=None)
         raise CheckpointNotFoundError(
@@ -557,12 +557,16 @@ def _cache_origin() -> str:
     return "default location"
 
 
-def _is_explicit_path(
-    name_or_path: str | os.PathLike[str], table: Mapping[str, CheckpointRecord]
-) -> bool:
-    """A registry name wins over a same-named file in the working directory unless the caller
+def explicit_path(
+    name_or_path: str | os.PathLike[str], *, registry: Mapping[str, CheckpointRecord] | None = None
+) -> Path | None:
+    """The path ``name_or_path`` stands for (``~`` expanded), or None for a registry name.
+
+    A registry name wins over a same-named file in the working directory unless the caller
     passed a PathLike or wrote a separator (``./lxmert-vqa``)."""
-    if not isinstance(name_or_path, str):
-        return True
-    separators = [os.sep] + ([os.altsep] if os.altsep else [])
-    return name_or_path not in table or any(s in name_or_path for s in separators)
+    table = REGISTRY if registry is None else registry
+    if isinstance(name_or_path, str):
+        separators = [os.sep] + ([os.altsep] if os.altsep else [])
+        if name_or_path in table and not any(s in name_or_path for s in separators):
+            return None
+    return Path(name_or_path).expanduser()

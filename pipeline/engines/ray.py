@@ -17,6 +17,7 @@ imported inside functions only: the extra is optional.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import socket
@@ -24,7 +25,6 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tqdm import tqdm
@@ -35,7 +35,12 @@ from detector.structures import CheckpointInfo
 from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import RecordSink
 from pipeline.engines.ray_stages import ActorSpec, DecodeImages, DetectRegions, NoWeights
-from pipeline.engines.ray_weights import ActorWeights, ship_checkpoint
+from pipeline.engines.ray_weights import (
+    ActorWeights,
+    WeightsUnavailableError,
+    actor_weights,
+    nodes_without,
+)
 from pipeline.exits import UsageError
 from pipeline.manifest import Failure
 from pipeline.plan import ExtractPlan, RunStats
@@ -109,6 +114,8 @@ class RayEngine:
     resources: dict[str, float]
     nodes: int
     pool: ActorPlan
+    weights: ActorWeights | None = None
+    """What the actors load; set by :meth:`prepare`."""
 
     def describe(self) -> dict[str, Any]:
         """The manifest's ``engine`` section."""
@@ -120,9 +127,34 @@ class RayEngine:
             "actor_cpus": self.pool.cpus,
             "actor_gpus": self.pool.gpus,
             "decode_cpus": DECODE_CPUS,
-            "ship_weights": self.settings.ray is not None and self.settings.ray.ship_weights,
+            "ship_weights": self.weights is not None and self.weights.shipped is not None,
             "cluster": {"nodes": self.nodes, "resources": self.resources},
         }
+
+    def prepare(self, checkpoint: CheckpointInfo) -> RayEngine:
+        """This engine, ready to run the driver's ``checkpoint``: on a joined cluster its
+        file is put into the object store for nodes without it, or with
+        ``--no-ship-weights`` every node is checked for it. (A Ray instance started here
+        runs its actors on this machine, with this environment: nothing to ship or check.)
+
+        Raises:
+            UsageError: ``--no-ship-weights`` and some node lacks the file (nothing written).
+        """
+        flags = self.settings.ray
+        assert flags is not None  # ray_engine() refuses settings without them
+        joined = flags.address is not None
+        ship = joined and flags.ship_weights
+        weights = actor_weights(self.settings.detector, checkpoint, ship=ship)
+        lacking = nodes_without(weights) if joined and not ship else []
+        if lacking:
+            raise UsageError(
+                "--no-ship-weights: the detector's weights (sha256 "
+                f"{weights.sha256}) are not on every node of the cluster:\n  "
+                + "\n  ".join(lacking)
+                + "\nPut the checkpoint on every node (the registry's cache or "
+                "$LXMERT_PIPELINE_WEIGHTS), or drop --no-ship-weights to send this machine's copy"
+            )
+        return dataclasses.replace(self, weights=weights)
 
     def run(
         self,
@@ -135,10 +167,16 @@ class RayEngine:
         boxes: BoxesFile | None,
     ) -> None:
         """Detect ``plan.todo`` on the cluster and write each outcome in plan order.
-        ``batch_size`` (this process's) is unused: each actor chooses its own. The actors
-        load the weights of ``sink.detector``, this process's model, whose digest the
-        manifest records."""
+        ``batch_size`` (this process's) is unused: each actor chooses its own.
+
+        Raises:
+            WeightsUnavailableError: an actor's node has no copy of the weights (one that
+                joined after :meth:`prepare` checked, or where the shipped copy could not
+                be kept); what was written stays valid.
+        """
         del batch_size
+        if self.weights is None:
+            raise ValueError("RayEngine.run before prepare(): the actors' weights are not set")
         progress = tqdm(
             total=len(plan.todo), unit="img", disable=not show_progress, dynamic_ncols=True
         )
@@ -161,8 +199,8 @@ class RayEngine:
         boxes: BoxesFile | None,
     ) -> None:
         order = InOrder[RegionFeatures | Failure](count=len(plan.todo))
-        weights = self.actor_weights(sink.detector.checkpoint)
-        rows = iter(self.dataset(plan, boxes, weights).iter_rows())
+        assert self.weights is not None  # checked by run()
+        rows = iter(self.dataset(plan, boxes, self.weights).iter_rows())
         try:
             while True:
                 tick = time.monotonic()
@@ -171,8 +209,8 @@ class RayEngine:
                 if row is None:
                     break
                 if isinstance(row["outcome"], NoWeights):
-                    raise UsageError(
-                        f"{row['outcome'].reason} (records written before stay valid: "
+                    raise WeightsUnavailableError(
+                        f"{row['outcome'].reason} (the records written stay valid: "
                         "--resume continues)"
                     )
                 stats.seconds["detector"] += float(row["seconds"])
@@ -187,20 +225,6 @@ class RayEngine:
             if close is not None:
                 close()  # stops the dataset's execution (Ctrl-C, an error)
         order.check_complete()
-
-    def actor_weights(self, checkpoint: CheckpointInfo) -> ActorWeights:
-        """What the actors load: ``checkpoint`` (this process's), and unless
-        ``--no-ship-weights`` its copy in the object store for nodes without it."""
-        if checkpoint.path is None or checkpoint.sha256 is None:
-            raise ValueError(f"the Ray engine needs a checkpoint file, not {checkpoint.name}")
-        given = Path(self.settings.detector)
-        ship = self.settings.ray is not None and self.settings.ray.ship_weights
-        return ActorWeights(
-            # A checkpoint file by its absolute path (a registry name stays a name).
-            detector=str(given.absolute()) if given.is_file() else self.settings.detector,
-            sha256=checkpoint.sha256,
-            shipped=ship_checkpoint(Path(checkpoint.path), checkpoint.sha256) if ship else None,
-        )
 
     def dataset(
         self, plan: ExtractPlan, boxes: BoxesFile | None, weights: ActorWeights

@@ -19,6 +19,7 @@ batches, dicts of equal-length numpy columns:
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,6 +141,13 @@ class DetectRegions:
         self.detector = load_detector(
             weights, config=spec.config, device=spec.options.device, options=spec.options
         )
+        if self.detector.checkpoint.sha256 != spec.weights.sha256:  # replaced since checked
+            self.no_weights = NoWeights(
+                reason=f"node {socket.gethostname()}: {weights} changed while the actor "
+                f"loaded it (sha256 now {self.detector.checkpoint.sha256}, the driver's "
+                f"{spec.weights.sha256}); run again"
+            )
+            return
         worst = (spec.config.min_size, spec.config.max_size)
         self.batch_size = spec.batch_size or auto_batch_size(self.detector.device, worst)
         self.boxes = spec.boxes

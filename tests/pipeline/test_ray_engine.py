@@ -301,8 +301,7 @@ def test_nodes_without_the_weights_load_the_drivers_shipped_copy(
     assert done.returncode == 0, done.stderr[-3000:]
     assert out.read_bytes() == local.read_bytes()
     assert sha256_file(kept / "pytorch_model.bin") == driver_weights.sha256
-    names = ["attributes_vocab.txt", "objects_vocab.txt", "pytorch_model.bin"]
-    assert sorted(path.name for path in kept.iterdir()) == names
+    assert [path.name for path in kept.iterdir()] == ["pytorch_model.bin"]
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["detector"]["sha256"] == driver_weights.sha256
     assert manifest["engine"]["ship_weights"] is True
@@ -317,16 +316,42 @@ def test_nodes_without_the_weights_load_the_drivers_shipped_copy(
 def test_no_ship_weights_on_nodes_without_them_is_a_usage_error(
     cluster: Cluster, driver_weights: DriverWeights, tmp_path: Path
 ) -> None:
+    """Every node is checked before anything is written."""
     out = tmp_path / "x.tsv"
     flags = (*DRIVER_ONLY, EXAMPLES[0], "--out", out, "--no-ship-weights")
     done = run_ray(cluster, *flags, env=driver_weights.env)
     assert done.returncode == 2, done.stderr[-3000:]
-    node = f"node {socket.gethostname()}: --detector vg-r101-c4-attr: not usable on this node"
-    assert node in done.stderr
-    assert "drop --no-ship-weights to send the driver's copy" in done.stderr
+    assert f"weights (sha256 {driver_weights.sha256}) are not on every node" in done.stderr
+    node = f"node {socket.gethostname()}: not usable on this node"
+    assert node in done.stderr and "$LXMERT_PIPELINE_WEIGHTS: not set" in done.stderr
+    assert "drop --no-ship-weights to send this machine's copy" in done.stderr
     assert "Traceback" not in done.stderr
+    assert not out.exists() and not manifest_path(out).exists()
+
+
+def test_a_node_that_cannot_keep_the_shipped_copy_ends_the_run_naming_it(
+    cluster: Cluster, driver_weights: DriverWeights, tmp_path: Path
+) -> None:
+    assert cluster.node_cache is not None
+    shipped = cluster.node_cache / "lxmert-pipeline" / "shipped"
+    aside = shipped.with_name("shipped.aside")
+    if shipped.exists():
+        shipped.rename(aside)
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    shipped.write_bytes(b"a file where the node keeps shipped weights")
+    try:
+        out = tmp_path / "x.tsv"
+        done = run_ray(cluster, *DRIVER_ONLY, EXAMPLES[0], "--out", out, env=driver_weights.env)
+    finally:
+        shipped.unlink()
+        if aside.exists():
+            aside.rename(shipped)
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert f"WeightsUnavailableError: node {socket.gethostname()}: " in done.stderr
+    assert "this machine's copy could not be kept there" in done.stderr
+    assert "set XDG_CACHE_HOME to a writable folder on that node" in done.stderr
     manifest = json.loads(manifest_path(out).read_text())
-    assert (manifest["status"], manifest["engine"]["ship_weights"]) == ("error", False)
+    assert (manifest["status"], manifest["engine"]["ship_weights"]) == ("error", True)
     assert _records(out) == 0
 
 
