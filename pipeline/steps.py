@@ -387,7 +387,6 @@ def run_extract(settings: ExtractSettings) -> int:
         # --device cuda, is a usage problem.
         engine = open_engine(settings, stack)
         model = load_model(driver_settings(settings))
-        engine = engine.prepare(model.detector.checkpoint)
         if settings.mode == "resume":
             ours = run_record_settings(
                 model.detector, settings, boxes_sha256=_boxes_sha256(settings)
@@ -395,5 +394,6 @@ def run_extract(settings: ExtractSettings) -> int:
             check_resume_settings(
                 plan, ours, model.detector.config, given_boxes=settings.boxes_from is not None
             )
+        engine = engine.prepare(model.detector.checkpoint)  # last check: it may ship weights
         stats, status = extract(settings, plan, model, started=started, engine=engine)
     return finish(settings, plan, stats, status)
