@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -93,6 +93,47 @@ def _entry(raw: object, origin: str) -> QuestionEntry:
     )
 
 
+class _Entry(Protocol):
+    """An entry of a data file: where it came from, for messages."""
+
+    @property
+    def origin(self) -> str: ...
+
+
+E = TypeVar("E", bound=_Entry)
+
+
+def read_json_list(path: Path, *, of: str) -> list[object]:
+    """The list the JSON file ``path`` holds (``of``: what it lists, for the message).
+
+    Raises:
+        DataError: the file is not UTF-8, not JSON, or not a list; the message names it.
+        OSError: the file cannot be read.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text: {err}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {of}, got {type(data).__name__}")
+    return data
+
+
+def unique(entries: Iterable[E], key: Callable[[E], object], field: str) -> tuple[E, ...]:
+    """``entries`` in order; ``DataError`` naming both entries when two share ``key``."""
+    kept: list[E] = []
+    seen: dict[object, str] = {}
+    for entry in entries:
+        value = key(entry)
+        if value in seen:
+            raise DataError(f"{entry.origin}: {field} {value!r} repeats {seen[value]}")
+        seen[value] = entry.origin
+        kept.append(entry)
+    return tuple(kept)
+
+
 def read_questions(path: str | Path) -> tuple[QuestionEntry, ...]:
     """The entries of one LXMERT JSON question file, in file order.
 
@@ -101,41 +142,17 @@ def read_questions(path: str | Path) -> tuple[QuestionEntry, ...]:
             value, or two entries share a ``question_id``; the message names file and entry.
         OSError: the file cannot be read.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text: {err}") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
-    entries = tuple(_entry(raw, f"{path}: entry {index}") for index, raw in enumerate(data))
-    seen: dict[int | str, str] = {}
-    for entry in entries:
-        if entry.question_id in seen:
-            raise DataError(
-                f"{entry.origin}: question_id {entry.question_id!r} repeats "
-                f"{seen[entry.question_id]}"
-            )
-        seen[entry.question_id] = entry.origin
-    return entries
+    return read_question_files([path])
 
 
 def read_question_files(paths: Sequence[str | Path]) -> tuple[QuestionEntry, ...]:
     """The entries of several files, joined in the order given (ids must stay unique)."""
-    entries: list[QuestionEntry] = []
-    seen: dict[int | str, str] = {}
-    for path in paths:
-        for entry in read_questions(path):
-            if entry.question_id in seen:
-                raise DataError(
-                    f"{entry.origin}: question_id {entry.question_id!r} repeats "
-                    f"{seen[entry.question_id]}"
-                )
-            seen[entry.question_id] = entry.origin
-            entries.append(entry)
-    return tuple(entries)
+    entries = (
+        _entry(raw, f"{path}: entry {index}")
+        for path in map(Path, paths)
+        for index, raw in enumerate(read_json_list(path, of="questions"))
+    )
+    return unique(entries, lambda entry: entry.question_id, "question_id")
 
 
 def answer_table_from_labels(entries: Iterable[QuestionEntry], *, name: str) -> AnswerTable:

@@ -11,7 +11,6 @@ per-type accuracy.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from detector.structures import RegionFeatures
-from encoder.finetune.data import DataError, RegionSource, first_boxes
+from encoder.finetune.data import DataError, RegionSource, first_boxes, read_json_list, unique
 from encoder.finetune.metrics import AccuracyReport, summarize
 
 #: NLVR2 identifiers: ``<split>-<set>-<pair>-<sentence>``; the statement group drops the last.
@@ -87,27 +86,12 @@ def read_pair_files(paths: Sequence[str | Path]) -> tuple[PairEntry, ...]:
             value, or two entries share an ``identifier``; the message names file and entry.
         OSError: a file cannot be read.
     """
-    entries: list[PairEntry] = []
-    seen: dict[str, str] = {}
-    for path in map(Path, paths):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: not valid JSON: {err}") from None
-        if not isinstance(data, list):
-            raise DataError(
-                f"{path}: expected a JSON list of statements, got {type(data).__name__}"
-            )
-        for index, raw in enumerate(data):
-            entry = _entry(raw, f"{path}: entry {index}")
-            if entry.identifier in seen:
-                raise DataError(
-                    f"{entry.origin}: identifier {entry.identifier!r} repeats "
-                    f"{seen[entry.identifier]}"
-                )
-            seen[entry.identifier] = entry.origin
-            entries.append(entry)
-    return tuple(entries)
+    entries = (
+        _entry(raw, f"{path}: entry {index}")
+        for path in map(Path, paths)
+        for index, raw in enumerate(read_json_list(path, of="statements"))
+    )
+    return unique(entries, lambda entry: entry.identifier, "identifier")
 
 
 def pairs_with_regions(
