@@ -394,6 +394,7 @@ def run_extract(settings: ExtractSettings) -> int:
             check_resume_settings(
                 plan, ours, model.detector.config, given_boxes=settings.boxes_from is not None
             )
-        engine = engine.prepare(model.detector.checkpoint)  # last check: it may ship weights
+        if plan.todo:  # last check, as it may ship the weights; nothing to ship for no work
+            engine = engine.prepare(model.detector.checkpoint)
         stats, status = extract(settings, plan, model, started=started, engine=engine)
     return finish(settings, plan, stats, status)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.writers import tsv_line_id
-from weights.defaults import cache_dir
+from weights.defaults import cache_dir as project_cache_dir
 from weights.files import atomic_write_bytes
 
 INDEX_MAGIC = b"LXFSIDX\0"
@@ -53,7 +53,7 @@ class TsvIndex:
 def index_cache_dir() -> Path:
     """Folder of the indexes that cannot lie beside their TSV, from the environment as it is
     now: ``$XDG_CACHE_HOME/lxmert-pipeline/index``, else ``~/.cache/lxmert-pipeline/index``."""
-    return cache_dir() / "index"
+    return project_cache_dir() / "index"
 
 
 def index_locations(path: str | os.PathLike[str], *, cache_dir: Path | None = None) -> list[Path]:

@@ -134,18 +134,22 @@ class RayEngine:
     def prepare(self, checkpoint: CheckpointInfo) -> RayEngine:
         """This engine, ready to run the driver's ``checkpoint``: on a joined cluster its
         file is put into the object store for nodes without it, or with
-        ``--no-ship-weights`` every node is checked for it. (A Ray instance started here
-        runs its actors on this machine, with this environment: nothing to ship or check.)
+        ``--no-ship-weights`` every node that can hold an actor is checked for it. (A Ray
+        instance started here runs its actors on this machine, with this environment:
+        nothing to ship or check.)
 
         Raises:
-            UsageError: ``--no-ship-weights`` and some node lacks the file (nothing written).
+            UsageError: ``--no-ship-weights`` and some node that can hold an actor lacks
+                the file (nothing written).
         """
         flags = self.settings.ray
         assert flags is not None  # ray_engine() refuses settings without them
         joined = flags.address is not None
         ship = joined and flags.ship_weights
         weights = actor_weights(self.settings.detector, checkpoint, ship=ship)
-        lacking = nodes_without(weights) if joined and not ship else []
+        lacking = []
+        if joined and not ship:
+            lacking = nodes_without(weights, cpus=self.pool.cpus, gpus=self.pool.gpus)
         if lacking:
             raise UsageError(
                 "--no-ship-weights: the detector's weights (sha256 "
@@ -175,7 +179,7 @@ class RayEngine:
                 be kept); what was written stays valid.
         """
         del batch_size
-        if self.weights is None:
+        if self.weights is None and plan.todo:
             raise ValueError("RayEngine.run before prepare(): the actors' weights are not set")
         progress = tqdm(
             total=len(plan.todo), unit="img", disable=not show_progress, dynamic_ncols=True

@@ -38,6 +38,7 @@ from pipeline.engines.local import Prepared, PrepareImage, detect_or_fail
 from pipeline.engines.ray_weights import (
     ActorWeights,
     WeightsUnavailableError,
+    file_state,
     weights_for_actor,
 )
 from pipeline.inputs import InputItem
@@ -138,14 +139,18 @@ class DetectRegions:
         except WeightsUnavailableError as error:
             self.no_weights = NoWeights(reason=str(error))
             return
+        before = file_state(weights)
         self.detector = load_detector(
             weights, config=spec.config, device=spec.options.device, options=spec.options
         )
-        if self.detector.checkpoint.sha256 != spec.weights.sha256:  # replaced since checked
+        # Replaced after it was chosen (the digest load_detector took differs) or while
+        # it was read (another file state): another run or a fetch was writing it.
+        digest = self.detector.checkpoint.sha256
+        if digest != spec.weights.sha256 or file_state(weights) != before:
             self.no_weights = NoWeights(
                 reason=f"node {socket.gethostname()}: {weights} changed while the actor "
-                f"loaded it (sha256 now {self.detector.checkpoint.sha256}, the driver's "
-                f"{spec.weights.sha256}); run again"
+                f"loaded it (sha256 {digest} when read, the driver's {spec.weights.sha256}); "
+                "run again"
             )
             return
         worst = (spec.config.min_size, spec.config.max_size)

@@ -135,6 +135,16 @@ def weights_for_actor(weights: ActorWeights, *, cache: Path | None = None) -> Pa
         ) from error
 
 
+def file_state(path: Path) -> tuple[int, int, int] | None:
+    """Inode, size and modification time of ``path`` (None if it is gone): a file replaced
+    or rewritten in place shows another state."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def on_this_node(weights: ActorWeights) -> tuple[Path | None, str]:
     """This node's copy of the driver's weights file, or None and why there is none. A
     download from the hub is tried only when nothing was shipped."""
@@ -170,9 +180,11 @@ def _unpack(shipped: ShippedCheckpoint, cache: Path) -> Path:
     return atomic_write_bytes(target, data.data)
 
 
-def nodes_without(weights: ActorWeights) -> list[str]:
-    """Why each live node of the joined cluster lacks the driver's weights file (one line
-    per such node; empty: every node has it), checked by a task pinned to each node."""
+def nodes_without(weights: ActorWeights, *, cpus: float, gpus: int) -> list[str]:
+    """Why each live node of the joined cluster with the resources of one actor (``cpus``,
+    ``gpus``) lacks the driver's weights file (one line per such node; empty: all have it),
+    checked by a task pinned to each node. Nodes no actor fits on (a head started with
+    ``--num-cpus=0``, CPU nodes of a GPU run) are not asked."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -181,7 +193,13 @@ def nodes_without(weights: ActorWeights) -> list[str]:
         local, reason = on_this_node(weights)
         return "" if local is not None else f"node {socket.gethostname()}: {reason}"
 
-    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    nodes = [
+        node["NodeID"]
+        for node in ray.nodes()
+        if node.get("Alive")
+        and node["Resources"].get("CPU", 0.0) >= cpus
+        and node["Resources"].get("GPU", 0.0) >= gpus
+    ]
     pending = [
         check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
         for node in nodes

@@ -311,6 +311,12 @@ def test_nodes_without_the_weights_load_the_drivers_shipped_copy(
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "again.tsv").read_bytes() == local.read_bytes()
     assert (kept / "pytorch_model.bin").stat().st_ino == inode
+    # A resume with nothing left to do neither ships nor checks the nodes.
+    resumed = run_ray(
+        cluster, *flags, "--out", out, "--resume", "--no-ship-weights", env=driver_weights.env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert out.read_bytes() == local.read_bytes()
 
 
 def test_no_ship_weights_on_nodes_without_them_is_a_usage_error(

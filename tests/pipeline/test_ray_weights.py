@@ -19,6 +19,7 @@ from pipeline.engines.ray_weights import (
     ShippedCheckpoint,
     WeightsUnavailableError,
     actor_weights,
+    file_state,
     shipped_cache_dir,
     weights_for_actor,
 )
@@ -117,6 +118,7 @@ def test_the_actors_get_a_registry_name_as_a_name_and_a_path_absolute(
 
 def test_a_ray_instance_started_here_ships_nothing(tmp_path: Path) -> None:
     """Without --ray-address the actors run on this machine, in this environment."""
+    pytest.importorskip("ray.data")  # --engine ray is refused without the extra
     argv = [str(tmp_path), "--out", str(tmp_path / "x.tsv"), "--detector", str(SHAPES)]
     settings = validate(build_parser().parse_args([*argv, "--engine", "ray"]))
     engine = RayEngine(
@@ -132,6 +134,19 @@ def test_a_ray_instance_started_here_ships_nothing(tmp_path: Path) -> None:
         detector=str(SHAPES), sha256=sha256_file(SHAPES), shipped=None
     )
     assert ready.describe()["ship_weights"] is False
+
+
+def test_a_file_replaced_or_rewritten_shows_another_state(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"weights")
+    before = file_state(path)
+    assert before is not None and file_state(path) == before
+    replacement = tmp_path / "new"
+    replacement.write_bytes(b"weights")
+    replacement.replace(path)  # what an atomic write does
+    assert file_state(path) != before
+    path.unlink()
+    assert file_state(path) is None
 
 
 def test_the_cache_follows_xdg_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
