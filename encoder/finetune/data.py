@@ -221,7 +221,18 @@ def first_boxes(regions: RegionFeatures, count: int) -> RegionFeatures:
     )
 
 
-class QADataset(torch.utils.data.Dataset[QAExample]):
+T = TypeVar("T")
+
+
+class SizedDataset(torch.utils.data.Dataset[T]):
+    """A map-style dataset with a length (torch's ``Dataset`` does not declare one): what
+    the fine-tuning loop shuffles and batches, whatever the task's example type."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class QADataset(SizedDataset[QAExample]):
     """Questions with their regions and soft-score targets over an answer table.
 
     Regions are read from ``source`` when an item is asked for (a feature store reads one
@@ -255,9 +266,3 @@ class QADataset(torch.utils.data.Dataset[QAExample]):
                 target[label] = score
         regions = first_boxes(self.source.get(entry.image_id), self.num_boxes)
         return QAExample(entry=entry, regions=regions, target=target)
-
-
-def collate(examples: list[QAExample]) -> list[QAExample]:
-    """The DataLoader's ``collate_fn``: a batch stays a list of typed examples (the encoder
-    pads and stacks them, :meth:`encoder.build.Encoder.model_inputs`)."""
-    return examples

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
-from encoder.finetune.data import QADataset, QAExample, collate
+from encoder.finetune.data import QADataset, QAExample, SizedDataset
 from encoder.finetune.evaluation import Task, question_scores
 from encoder.finetune.metrics import AccuracyReport
 from encoder.losses import soft_score_loss
@@ -128,11 +128,23 @@ def autocast(
     return contextlib.nullcontext()
 
 
-def _loader(
-    dataset: QADataset, batches: Sequence[list[int]], workers: int
-) -> Iterator[list[QAExample]]:
-    loader: DataLoader[QAExample] = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers
+def in_order(count: int, size: int) -> list[list[int]]:
+    """Index batches of at most ``size`` in dataset order (evaluation, prediction)."""
+    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+
+def _as_list(examples: list[Example]) -> list[Example]:
+    """The DataLoader's ``collate_fn``: a batch stays a list of typed examples (the encoder
+    pads and stacks them, e.g. :meth:`encoder.build.Encoder.model_inputs`)."""
+    return examples
+
+
+def load_batches(
+    dataset: SizedDataset[Example], batches: Sequence[list[int]], workers: int
+) -> Iterator[list[Example]]:
+    """The examples of each index batch of ``batches``, read by ``workers`` processes."""
+    loader: DataLoader[Example] = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=_as_list, num_workers=workers
     )
     return iter(loader)
 
@@ -157,12 +169,10 @@ def train_epoch(
             logits = model(**inputs).question_answering_score
         return soft_score_loss(logits.float(), targets)
 
-    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
     return run_epoch(
         model,
-        _loader(dataset, batches, config.workers),
+        dataset,
         batch_loss,
-        steps=len(batches),
         optimizer=optimizer,
         scheduler=scheduler,
         config=config,
@@ -173,22 +183,24 @@ def train_epoch(
 
 def run_epoch(
     model: torch.nn.Module,
-    loader: Iterator[list[Example]],
+    dataset: SizedDataset[Example],
     batch_loss: Callable[[list[Example]], torch.Tensor],
     *,
-    steps: int,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: FinetuneConfig,
     epoch: int,
     on_progress: Callable[[Progress], None] | None,
 ) -> EpochRecord:
-    """The training steps every task shares: ``batch_loss`` of each of the ``steps``
-    batches of ``loader``, backward, clipped AdamW step, schedule step, progress."""
+    """The training steps every task shares: ``batch_loss`` of each batch of the epoch's
+    shuffle of ``dataset`` (:func:`epoch_batches`), backward, clipped AdamW step, schedule
+    step, progress."""
     model.train()
+    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
+    steps = len(batches)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     parameters = list(model.parameters())
-    for step, batch in enumerate(loader, start=1):
+    for step, batch in enumerate(load_batches(dataset, batches, config.workers), start=1):
         loss = batch_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,10 +229,9 @@ def predict(encoder: Encoder, dataset: QADataset, *, config: FinetuneConfig) -> 
         raise ValueError("the encoder has no answer table")
     model = encoder.model
     model.eval()
-    size = config.eval_batch_size
-    batches = [list(range(s, min(s + size, len(dataset)))) for s in range(0, len(dataset), size)]
+    batches = in_order(len(dataset), config.eval_batch_size)
     out: list[str] = []
-    for batch in _loader(dataset, batches, config.workers):
+    for batch in load_batches(dataset, batches, config.workers):
         inputs = encoder.model_inputs([e.regions for e in batch], [e.entry.sentence for e in batch])
         with autocast(model.device, config):
             logits = model(**inputs).question_answering_score

@@ -3,29 +3,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
-from encoder.finetune.loop import EpochRecord, Progress, autocast, epoch_batches, run_epoch
+from encoder.finetune.loop import (
+    EpochRecord,
+    Progress,
+    autocast,
+    in_order,
+    load_batches,
+    run_epoch,
+)
 from encoder.finetune.pairs import PairDataset, PairExample, PairReport, pair_scores
 from encoder.nlvr2 import LxmertForNLVR2, true_probability
-
-
-def _collate(examples: list[PairExample]) -> list[PairExample]:
-    return examples
-
-
-def _loader(
-    dataset: PairDataset, batches: Sequence[list[int]], workers: int
-) -> Iterator[list[PairExample]]:
-    loader: DataLoader[PairExample] = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=_collate, num_workers=workers
-    )
-    return iter(loader)
 
 
 def _model(encoder: Encoder) -> LxmertForNLVR2:
@@ -60,12 +53,10 @@ def train_pair_epoch(
             logits = model(**_inputs(encoder, batch)).logits
         return torch.nn.functional.cross_entropy(logits.float(), labels)
 
-    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
     return run_epoch(
         model,
-        _loader(dataset, batches, config.workers),
+        dataset,
         batch_loss,
-        steps=len(batches),
         optimizer=optimizer,
         scheduler=scheduler,
         config=config,
@@ -80,10 +71,9 @@ def predict_pairs(encoder: Encoder, dataset: PairDataset, *, config: FinetuneCon
     judged true when its probability is above 0.5, the argmax of the two logits)."""
     model = _model(encoder)
     model.eval()
-    size = config.eval_batch_size
-    batches = [list(range(s, min(s + size, len(dataset)))) for s in range(0, len(dataset), size)]
+    batches = in_order(len(dataset), config.eval_batch_size)
     out: list[float] = []
-    for batch in _loader(dataset, batches, config.workers):
+    for batch in load_batches(dataset, batches, config.workers):
         with autocast(model.device, config):
             logits = model(**_inputs(encoder, batch)).logits
         out.extend(float(p) for p in true_probability(logits))

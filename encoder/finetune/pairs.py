@@ -16,10 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from detector.structures import RegionFeatures
-from encoder.finetune.data import DataError, RegionSource, first_boxes, read_json_list, unique
+from encoder.finetune.data import (
+    DataError,
+    RegionSource,
+    SizedDataset,
+    first_boxes,
+    read_json_list,
+    unique,
+)
 from encoder.finetune.metrics import AccuracyReport, summarize
 
 #: NLVR2 identifiers: ``<split>-<set>-<pair>-<sentence>``; the statement group drops the last.
@@ -188,7 +193,7 @@ class PairExample:
     target: int
 
 
-class PairDataset(torch.utils.data.Dataset[PairExample]):
+class PairDataset(SizedDataset[PairExample]):
     """Statements with the regions of their two images, read from ``source`` when an item is
     asked for (a feature store reads one record from disk), so DataLoader workers share the
     work."""
