@@ -14,12 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-import cv2
-
 from shapesworld.records import scene_record
 from shapesworld.scenes import Split, make_scene, split_seeds
 from shapesworld.vocab import ANSWERS, COLORS, SHAPES, SPLIT_SEED_BASE
-from weights.files import atomic_write_bytes, atomic_write_text
+from weights.files import atomic_write_text
 
 
 def render(*, split: str, count: int, out: Path, offset: int = 0) -> list[Path]:
@@ -36,10 +34,7 @@ def render(*, split: str, count: int, out: Path, offset: int = 0) -> list[Path]:
     for index, seed in enumerate(seeds):
         scene = make_scene(seed)
         name = f"scene_{index:03d}.png"
-        ok, data = cv2.imencode(".png", scene.image_bgr())
-        if not ok:
-            raise RuntimeError(f"PNG encoding failed for seed {seed}")
-        atomic_write_bytes(out / name, data.tobytes())
+        scene.write_png(out / name)
         written.append(out / name)
         records.append({"file": name, **scene_record(scene)})
     meta = {

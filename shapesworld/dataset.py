@@ -27,11 +27,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
-
 from shapesworld.questions import Question, scene_questions, training_questions
 from shapesworld.scenes import Scene, Split, make_scene, split_seeds
-from weights.files import atomic_write_bytes, atomic_write_text
+from weights.files import atomic_write_text
 
 #: Dataset split -> the scene seed range it is drawn from.
 SPLITS: dict[str, Split] = {"train": "train", "valid": "val", "test": "heldout"}
@@ -71,10 +69,7 @@ def write_split(out: Path, name: str, count: int, *, spatial_aids: bool = False)
     entries: list[dict[str, object]] = []
     for seed in split_seeds(SPLITS[name], count):
         scene = make_scene(seed)
-        ok, data = cv2.imencode(".png", scene.image_bgr())
-        if not ok:
-            raise RuntimeError(f"PNG encoding failed for seed {seed}")
-        atomic_write_bytes(folder / f"seed-{seed}.png", data.tobytes())
+        scene.write_png(folder / f"seed-{seed}.png")
         entries.extend(question_entries(scene, training=spatial_aids and name == "train"))
     atomic_write_text(out / f"{name}.json", json.dumps(entries, indent=0) + "\n")
     return folder
@@ -110,15 +105,25 @@ def write_dataset(
     return written
 
 
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    """``--out`` and the scene count of each split (``--train``, ``--valid``, ``--test``)."""
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder")
+    parser.add_argument("--train", type=int, default=2000, help="train scenes (default 2000)")
+    parser.add_argument("--valid", type=int, default=200, help="valid scenes (default 200)")
+    parser.add_argument("--test", type=int, default=200, help="held-out scenes (default 200)")
+
+
+def split_counts(args: argparse.Namespace) -> dict[str, int]:
+    """Scenes per split, from the flags of :func:`add_split_flags`."""
+    return {"train": args.train, "valid": args.valid, "test": args.test}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m shapesworld.dataset", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder")
-    parser.add_argument("--train", type=int, default=2000, help="train scenes (default 2000)")
-    parser.add_argument("--valid", type=int, default=200, help="valid scenes (default 200)")
-    parser.add_argument("--test", type=int, default=200, help="held-out scenes (default 200)")
+    add_split_flags(parser)
     parser.add_argument("--detector", default="shapes-detector", help="registry name or file")
     parser.add_argument(
         "--spatial-aids",
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="add the training-only position and relation questions to the train split",
     )
     args = parser.parse_args(argv)
-    counts = {"train": args.train, "valid": args.valid, "test": args.test}
+    counts = split_counts(args)
     if any(count < 0 for count in counts.values()):
         parser.error("scene counts must be >= 0")
     if args.out.exists() and not args.out.is_dir():

@@ -35,14 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 
-from shapesworld.dataset import SPLITS, extract_split
+from shapesworld.dataset import SPLITS, add_split_flags, extract_split, split_counts
 from shapesworld.questions import SPATIAL_MARGIN_PERCENT
 from shapesworld.scenes import Scene, make_scene, split_seeds
 from shapesworld.vocab import SHAPE_PLURALS, SHAPES, SPLIT_SEED_BASE
-from weights.files import atomic_write_bytes, atomic_write_text
+from weights.files import atomic_write_text
 
 #: Statement kinds; groups cycle through them in this order.
 PAIR_KINDS: tuple[str, ...] = ("count", "exist", "conjunction", "spatial")
@@ -283,10 +282,7 @@ def write_split(out: Path, name: str, count: int, *, groups_per_scene: int, imag
     if images:
         folder.mkdir(parents=True, exist_ok=True)
         for scene in scenes:
-            ok, data = cv2.imencode(".png", scene.image_bgr())
-            if not ok:
-                raise RuntimeError(f"PNG encoding failed for seed {scene.seed}")
-            atomic_write_bytes(folder / f"seed-{scene.seed}.png", data.tobytes())
+            scene.write_png(folder / f"seed-{scene.seed}.png")
     entries = pair_entries(name, scenes, groups_per_scene * count)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{name}.json", json.dumps(entries, indent=0) + "\n")
@@ -298,10 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m shapesworld.pairs", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder")
-    parser.add_argument("--train", type=int, default=2000, help="train scenes (default 2000)")
-    parser.add_argument("--valid", type=int, default=200, help="valid scenes (default 200)")
-    parser.add_argument("--test", type=int, default=200, help="held-out scenes (default 200)")
+    add_split_flags(parser)
     parser.add_argument(
         "--groups-per-scene", type=int, default=2, help="statements per scene, each on 2 pairs"
     )
@@ -313,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with the same counts serve: same scenes, same image ids)",
     )
     args = parser.parse_args(argv)
-    counts = {"train": args.train, "valid": args.valid, "test": args.test}
+    counts = split_counts(args)
     if any(count < 0 for count in counts.values()) or args.groups_per_scene < 1:
         parser.error("scene counts must be >= 0 and --groups-per-scene >= 1")
     if args.out.exists() and not args.out.is_dir():

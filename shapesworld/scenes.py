@@ -15,6 +15,7 @@ shape, so it is tight: anti-aliased edge pixels reach at most one pixel beyond i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -34,6 +35,7 @@ from shapesworld.vocab import (
     SPLIT_SEED_BASE,
     SPLIT_SIZE,
 )
+from weights.files import atomic_write_bytes
 
 __all__ = [
     "Scene",
@@ -129,6 +131,13 @@ class Scene:
     def image_bgr(self) -> np.ndarray:
         """The pixels as the detector and ``cv2.imencode`` read them: uint8 [H, W, 3], BGR."""
         return cv2.cvtColor(self.image_rgb, cv2.COLOR_RGB2BGR)
+
+    def write_png(self, path: Path) -> Path:
+        """Write the image to ``path`` as a PNG, atomically; returns ``path``."""
+        ok, data = cv2.imencode(".png", self.image_bgr())
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for seed {self.seed}")
+        return atomic_write_bytes(path, data.tobytes())
 
     def class_ids(self) -> np.ndarray:
         """Object class ids, int64 [N], indices into ``vocab.SHAPES``."""
