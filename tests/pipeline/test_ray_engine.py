@@ -39,6 +39,10 @@ DETECTOR = ("--detector", "shapes-detector", "--threads", "1", "--device", "cpu"
 #: Marks the cluster's processes (they inherit it) so that the module can find and end them.
 MARKER = "LXMERT_RAY_TEST_CLUSTER"
 ACTOR_TITLE = b"DetectRegions"
+#: The cluster's actors import this folder's sitecustomize: a gate a test can close.
+ACTOR_GATE = Path(__file__).with_name("ray_gate")
+GATED_DRIVER = Path(__file__).with_name("gated_driver.py")
+Popen = subprocess.Popen[str]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Cluster:
     node_cache: Path | None = None
     """The workers' XDG_CACHE_HOME. The cluster's nodes have no weights of their own: no
     $LXMERT_PIPELINE_WEIGHTS, an empty Hugging Face cache and HF_HUB_OFFLINE."""
+    gate: Path | None = None
+    """While ``gate/hold`` exists, each actor call waits (``ray_gate/sitecustomize.py``)."""
 
 
 def _free_port() -> int:
@@ -132,8 +138,11 @@ def cluster() -> Iterator[Cluster]:
     temp = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths must fit 107 bytes
     port = _free_port()
     token = uuid.uuid4().hex + uuid.uuid4().hex
-    node_cache = temp / "cache"
+    node_cache, gate = temp / "cache", temp / "gate"
+    gate.mkdir()
     env = {**_env(token), MARKER: marker, **_bare_node(temp)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ACTOR_GATE), env.get("PYTHONPATH")]))
+    env["LXMERT_TEST_RAY_GATE"] = str(gate)
     env.pop("LXMERT_PIPELINE_WEIGHTS", None)
     ray = Path(sys.executable).with_name("ray")
     command = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2"]
@@ -142,7 +151,11 @@ def cluster() -> Iterator[Cluster]:
     try:
         assert started.returncode == 0, started.stderr[-2000:]
         yield Cluster(
-            address=f"127.0.0.1:{port}", marker=marker, token=token, node_cache=node_cache
+            address=f"127.0.0.1:{port}",
+            marker=marker,
+            token=token,
+            node_cache=node_cache,
+            gate=gate,
         )
     finally:
         left = _stop_cluster(marker)
@@ -372,9 +385,14 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) ->
         time.sleep(0.05)
 
 
-def _start(cluster: Cluster, *args: object) -> subprocess.Popen[str]:
+def _start(cluster: Cluster, *args: object, gate: tuple[Path, int] | None = None) -> Popen:
+    """A Ray run in the background; with ``gate=(fifo, k)`` its driver waits after its
+    ``k``-th record until one byte is written to ``fifo`` (``gated_driver.py``)."""
+    command = _ray_command(cluster, *args)
+    if gate is not None:
+        command[1:3] = [str(GATED_DRIVER), str(gate[0]), str(gate[1])]
     return subprocess.Popen(
-        _ray_command(cluster, *args),
+        command,
         env=_env(cluster.token),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -409,44 +427,59 @@ def many(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     return folder, out.read_bytes()
 
 
+#: Records a gated run writes before its driver waits for the test.
+GATED_AFTER = 5
+
+
 def _stopped_midway(
-    cluster: Cluster,
-    folder: Path,
-    out: Path,
-    stop: Callable[[subprocess.Popen[str]], None],
-    *,
-    actors: int = 1,
-) -> tuple[subprocess.Popen[str], str]:
-    """Start a Ray run, ``stop`` it once its first records are on disk (and before its
-    last), then wait for the driver to end; returns it and its stderr."""
-    run = _start(cluster, folder, "--out", out, "--actors", actors, "--batch-size", 1)
-    _wait_for(lambda: _records(out) >= 1 or run.poll() is not None, "the first records")
+    cluster: Cluster, folder: Path, out: Path, stop: Callable[[Popen], None], gate: Path
+) -> tuple[Popen, str]:
+    """Start a Ray run whose driver waits after :data:`GATED_AFTER` records (a named pipe
+    at ``gate`` is its gate), ``stop`` it there, and wait for it to end; returns it and its
+    stderr. Midway is certain: the run cannot write more until the gate opens."""
+    os.mkfifo(gate)
+    run = _start(cluster, folder, "--out", out, "--batch-size", 1, gate=(gate, GATED_AFTER))
+    _wait_for(lambda: _records(out) >= GATED_AFTER or run.poll() is not None, "the records")
+    assert run.poll() is None, run.communicate()[1][-3000:]
     stop(run)
-    assert _records(out) < 48, "the run ended before it could be stopped midway"
     _, stderr = run.communicate(timeout=300)
+    assert _records(out) == GATED_AFTER
     return run, stderr
 
 
 def test_killed_actor_is_replaced_and_every_image_written_once(
     cluster: Cluster, many: tuple[Path, bytes], tmp_path: Path
 ) -> None:
+    """One of two actors is killed mid-batch: both are held by the cluster's gate until
+    the kill, so the killed one certainly had work."""
     folder, expected = many
-    out = tmp_path / "ray.tsv"
-    killed: list[int] = []
+    out, gate = tmp_path / "ray.tsv", cluster.gate
+    assert gate is not None
+    hold = gate / "hold"
 
-    def kill_an_actor(run: subprocess.Popen[str]) -> None:
+    def held() -> set[str]:
+        return {path.name for path in gate.glob("held-*")}
+
+    hold.write_text("")
+    try:
+        run = _start(cluster, folder, "--out", out, "--actors", 2, "--batch-size", 1)
+        _wait_for(lambda: len(held()) == 2 or run.poll() is not None, "both actors held")
         titles = _actor_titles(cluster)
         assert len(titles) == 2 and run.poll() is None
         # Two actors at 0.5 CPU and decode tasks at 0.5: stages of equal resources, which Ray
         # Data would fuse; the actors must only detect (decoding is its own CPU stage).
         assert all(b"DecodeImages" not in title for title in titles.values())
-        killed.append(min(titles))
-        os.kill(killed[0], signal.SIGKILL)
-
-    run, stderr = _stopped_midway(cluster, folder, out, kill_an_actor, actors=2)
+        killed = min(titles)
+        assert f"held-{killed}" in held()
+        os.kill(killed, signal.SIGKILL)
+    finally:
+        hold.unlink()
+        for marker in gate.glob("held-*"):
+            marker.unlink()
+    _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-3000:]
     assert out.read_bytes() == expected  # every image once, in order, same bytes
-    assert killed[0] not in _actor_titles(cluster)
+    assert killed not in _actor_titles(cluster)
 
 
 def test_ctrl_c_exits_130_and_local_resume_finishes(
@@ -454,7 +487,10 @@ def test_ctrl_c_exits_130_and_local_resume_finishes(
 ) -> None:
     folder, expected = many
     out = tmp_path / "ray.tsv"
-    run, stderr = _stopped_midway(cluster, folder, out, lambda run: run.send_signal(signal.SIGINT))
+    gate = tmp_path / "gate"
+    run, stderr = _stopped_midway(
+        cluster, folder, out, lambda run: run.send_signal(signal.SIGINT), gate
+    )
     assert run.returncode == 130, stderr[-3000:]
     partial = out.read_bytes()
     assert expected.startswith(partial) and len(partial) < len(expected)
@@ -470,7 +506,7 @@ def test_killed_driver_then_ray_resume_finishes(
 ) -> None:
     folder, expected = many
     out = tmp_path / "ray.tsv"
-    run, _ = _stopped_midway(cluster, folder, out, lambda run: run.kill())
+    run, _ = _stopped_midway(cluster, folder, out, lambda run: run.kill(), tmp_path / "gate")
     assert run.returncode == -signal.SIGKILL
     assert json.loads(manifest_path(out).read_text())["status"] == "running"
     done = run_ray(cluster, folder, "--out", out, "--resume", "-q")
