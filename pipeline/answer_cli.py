@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 from pipeline.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from pipeline.precision_flags import add_precision_flags, precision_from_args
+from pipeline.text_args import non_utf8_message
 from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
@@ -69,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k < 1:
         print("answer: error: --top-k must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    not_utf8 = non_utf8_message(args.questions, what="question")
+    if not_utf8 is not None:
+        print(f"answer: error: {not_utf8}", file=sys.stderr)
         return EXIT_USAGE
     try:
         device = resolve_device(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from pipeline.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from pipeline.text_args import non_utf8_message
 from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
@@ -106,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k not in (1, 2):
         return _error("--top-k must be 1 (True/False) or 2 (both verdicts)")
+    not_utf8 = non_utf8_message(args.statements, what="statement")
+    if not_utf8 is not None:
+        return _error(not_utf8)
     if args.encoder is None:
         return _error(f"--encoder is required. {NO_NLVR2_CHECKPOINT}")
     try:
