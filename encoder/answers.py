@@ -60,12 +60,20 @@ class AnswerTable:
 
 
 def _read_answers(path: Path) -> tuple[str, ...]:
-    """A JSON list of answer strings, or LXMERT's list of ``{"ans": ..., "dsets": [...]}``."""
+    """The answers of a JSON file, in label order. Three shapes are read: a list of answer
+    strings (LXMERT's ``trainval_label2ans.json``), LXMERT's list of ``{"ans": ..., "dsets":
+    [...]}`` (``all_ans.json``), and a dict from answer to label index (LXMERT's
+    ``trainval_ans2label.json``), whose indices must be 0..N-1, each exactly once."""
     if not path.is_file():
         raise FileNotFoundError(f"answer set file {path} not found")
     data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        return _answers_by_index(data, path)
     if not isinstance(data, list):
-        raise ValueError(f"answer set file {path} must hold a JSON list, got {type(data).__name__}")
+        raise ValueError(
+            f"answer set file {path} must hold a JSON list of answers or a dict from answer "
+            f"to index, got {type(data).__name__}"
+        )
     answers = []
     for item in data:
         if isinstance(item, dict) and isinstance(item.get("ans"), str):
@@ -77,6 +85,33 @@ def _read_answers(path: Path) -> tuple[str, ...]:
                 f"answer set file {path}: entries must be strings or {{'ans': str}}, got {item!r}"
             )
     return tuple(answers)
+
+
+def _answers_by_index(ans2label: dict[str, object], path: Path) -> tuple[str, ...]:
+    """The answers of an ``ans2label`` dict in label order; a label that is not an int, is
+    repeated, or leaves a gap in 0..N-1 is an error naming the file (a gap would shift every
+    later answer onto the wrong logit)."""
+    by_label: dict[int, str] = {}
+    for answer, label in ans2label.items():
+        # bool is an int in Python; true/false in a label file is a mistake, not 1/0.
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise ValueError(
+                f"answer set file {path}: the index of {answer!r} must be an integer, got {label!r}"
+            )
+        if label in by_label:
+            raise ValueError(
+                f"answer set file {path}: index {label} is given to both "
+                f"{by_label[label]!r} and {answer!r}; each index 0..N-1 must appear once"
+            )
+        by_label[label] = answer
+    outside = sorted(label for label in by_label if not 0 <= label < len(by_label))
+    if outside:
+        missing = sorted(set(range(len(by_label))) - set(by_label))
+        raise ValueError(
+            f"answer set file {path}: indices must be 0..{len(by_label) - 1} exactly once; "
+            f"{outside[:5]} lie outside and {missing[:5]} are missing"
+        )
+    return tuple(by_label[label] for label in range(len(by_label)))
 
 
 def load_answer_table(name_or_path: str | Path) -> AnswerTable:
@@ -94,7 +129,8 @@ def load_answer_table(name_or_path: str | Path) -> AnswerTable:
     if path.suffix != ".json":
         raise ValueError(
             f"unknown answer set {str(name_or_path)!r}: use one of {', '.join(ANSWER_SETS)} "
-            "or a path to a JSON list of answers"
+            "or a path to a JSON file of answers (a list in label order, or a dict from "
+            "answer to index)"
         )
     return AnswerTable(name=str(path), answers=_read_answers(path))
 

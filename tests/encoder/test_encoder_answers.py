@@ -65,3 +65,35 @@ def test_top_k_order_probabilities_and_ties() -> None:
 def test_answer_labels_ignore_missing() -> None:
     table = AnswerTable(name="t", answers=("yes", "no"))
     assert answer_labels(["no", None, "maybe", "yes"], table).tolist() == [1, -100, -100, 0]
+
+
+def test_lxmert_answer_files_dict_and_list(tmp_path: Path) -> None:
+    # LXMERT's data/vqa/trainval_ans2label.json and trainval_label2ans.json, in miniature.
+    ans2label = tmp_path / "trainval_ans2label.json"
+    ans2label.write_text(json.dumps({"net": 0, "pitcher": 2, "orange": 1}), encoding="utf-8")
+    label2ans = tmp_path / "trainval_label2ans.json"
+    label2ans.write_text(json.dumps(["net", "orange", "pitcher"]), encoding="utf-8")
+    by_dict = load_answer_table(ans2label)
+    assert by_dict.answers == ("net", "orange", "pitcher")
+    assert by_dict.label("pitcher") == 2
+    assert answer_table_for(3, ans2label).answers == load_answer_table(label2ans).answers
+
+
+@pytest.mark.parametrize(
+    ("ans2label", "message"),
+    [
+        ({"a": 0, "b": 2}, r"0\.\.1 exactly once; \[2\] lie outside and \[1\] are missing"),
+        ({"a": 1, "b": 1}, r"index 1 is given to both 'a' and 'b'"),
+        ({"a": 0, "b": -1}, r"\[-1\] lie outside"),
+        ({"a": 0, "b": "1"}, r"index of 'b' must be an integer"),
+        ({"a": True}, r"index of 'a' must be an integer"),
+    ],
+)
+def test_ans2label_indices_must_be_0_to_n_minus_1_once(
+    tmp_path: Path, ans2label: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "trainval_ans2label.json"
+    path.write_text(json.dumps(ans2label), encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as caught:
+        load_answer_table(path)
+    assert str(path) in str(caught.value)
