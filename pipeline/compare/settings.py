@@ -1,0 +1,248 @@
+"""``extract_features compare``'s flags: the parser and their validation into one typed
+:class:`CompareSettings` (no weights read, no image opened)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pipeline.command import positive_int
+from pipeline.compare.metrics import IOU_LEVELS, GivenBoxTolerances, ReproduceRule
+from pipeline.exits import UsageError
+from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE
+
+if TYPE_CHECKING:  # torch and the detector load only when the command runs
+    import torch
+
+    from detector import DetectorConfig
+    from detector.config import ProposalMode
+
+BoxCount = Literal["reference", "preset"]
+
+
+#: The proposal layers the full check runs, in the order reported.
+PROPOSAL_MODES: tuple[ProposalMode, ...] = ("caffe", "detectron2")
+#: ``kind`` of every JSON report (an existing ``--report`` file is replaced only if it has it).
+REPORT_KIND = "extract_features compare report"
+#: File names the reference may have (the formats :class:`~pipeline.store.FeatureStore` reads).
+REFERENCE_SUFFIXES = (".tsv", ".h5", ".hdf5")
+
+# --- the command: settings -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What ``extract_features compare`` was asked to do, validated.
+
+    Attributes:
+        reference: the reference feature file (obj36 TSV, or our HDF5).
+        inputs: image specs as given (files, folders, globs, ``@list.txt``).
+        detector: registry name or checkpoint path.
+        preset: ``--preset`` or None for the checkpoint's own.
+        configs: per proposal layer that can run, the detector config of its full check.
+        unavailable: per proposal layer that cannot run with this preset, why.
+        box_count: ``reference`` (each image keeps as many boxes as its reference record) or
+            ``preset`` (the config's min/max boxes).
+        device: where the detector runs (``auto`` resolved).
+        report: the JSON report to write, or None.
+        limit: only the first N images in common (id order), or None.
+        quiet, verbose: how much to print.
+        tolerances, rule: when the given-box check passes and a proposal layer reproduces.
+    """
+
+    reference: Path
+    inputs: tuple[str, ...]
+    detector: str
+    preset: str | None
+    configs: Mapping[ProposalMode, DetectorConfig]
+    unavailable: Mapping[ProposalMode, str]
+    box_count: BoxCount
+    device: torch.device
+    report: Path | None
+    limit: int | None
+    quiet: bool
+    verbose: bool
+    tolerances: GivenBoxTolerances = field(default_factory=GivenBoxTolerances)
+    rule: ReproduceRule = field(default_factory=ReproduceRule)
+
+
+def _describe_rules() -> tuple[str, str]:
+    """The two checks and their pass rules, in words (one paragraph each)."""
+    given, rule = GivenBoxTolerances(), ReproduceRule()
+    return (
+        "given-box check: our features for the reference's own boxes (no RPN, no selection). "
+        f"Passes when, over all boxes, the median feature cosine is >= {given.median_cosine}, "
+        f"the worst >= {given.worst_cosine} and objects_id agrees on >= "
+        f"{given.objects_agree:.0%} of boxes.",
+        "full check, once per proposal layer (caffe, detectron2): our detected boxes matched "
+        "one-to-one to the reference's by greedy IoU (highest pair first; continuous IoU in "
+        "raw-image pixels); reported: the fraction of reference boxes matched at IoU >= "
+        f"{', '.join(f'{t:g}' for t in IOU_LEVELS)}, and object agreement and feature cosine "
+        f"on the pairs at IoU >= {rule.match_iou:g}. A layer reproduces the reference when "
+        f">= {rule.matched_fraction:.0%} of reference boxes are matched at IoU >= "
+        f"{rule.iou:g} and objects agree on >= {rule.objects_agree:.0%} of the pairs at IoU "
+        f">= {rule.match_iou:g}.",
+    )
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    """The ``extract_features compare`` argument parser."""
+    intro = (
+        "Compare our features with a reference feature file (e.g. LXMERT's val2014_obj36.tsv) "
+        "on the images present in both, and say which proposal layer reproduces it."
+    )
+    ids = (
+        "image ids: as extract_features (the path relative to its input root, without the "
+        "extension): give LXMERT's COCO images as the val2014 folder itself, so that ids read "
+        "COCO_val2014_000000000042."
+    )
+    parser = argparse.ArgumentParser(
+        prog="extract_features compare",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(
+            textwrap.fill(paragraph, width=88, break_on_hyphens=False)
+            for paragraph in (intro, *_describe_rules())
+        ),
+        epilog=textwrap.fill(ids, width=88)
+        + "\n\nexit codes:\n  0  the given-box check passes\n  1  it fails, or an image in "
+        "common could not be checked (named)\n  2  usage: bad flags, unreadable reference, no "
+        "image in common, a detector that cannot be loaded",
+    )
+    _add_compare_flags(parser)
+    return parser
+
+
+def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reference", type=Path, metavar="REFERENCE", help="obj36 .tsv or .h5")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGES", help="image files, folders, globs or @list.txt"
+    )
+    parser.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        metavar="NAME|PATH",
+        help="registry name or checkpoint file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--preset", default=None, help="detector config preset (default: the checkpoint's)"
+    )
+    parser.add_argument(
+        "--selection",
+        choices=("bottom-up", "max-class"),
+        default="bottom-up",
+        help="box selection of the full check (default: %(default)s, as LXMERT's features)",
+    )
+    parser.add_argument(
+        "--box-count",
+        choices=("reference", "preset"),
+        default="reference",
+        help="boxes per image in the full check: as many as the reference record holds "
+        "(min = max), or the preset's min/max (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default=DEFAULT_DEVICE,
+        metavar="DEV",
+        help="cpu, cuda, cuda:N or auto (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.json",
+        help="also write the figures, per image too, as JSON",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="only the first N images in common, in id order",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print the verdict only")
+    verbosity.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print each image's figures and the detector's log",
+    )
+
+
+def _check_report_path(report: Path) -> None:
+    """A report is a ``.json`` file in an existing folder that, if it exists, is a report."""
+    if report.suffix.lower() != ".json":
+        raise UsageError(f"--report {report}: give a file name ending in .json")
+    if report.is_dir() or not report.parent.is_dir():
+        raise UsageError(f"--report {report}: not a file in an existing folder")
+    if report.exists():
+        try:
+            kind = json.loads(report.read_bytes()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind != REPORT_KIND:
+            raise UsageError(
+                f"--report {report} exists and is not a report of extract_features compare; "
+                "remove it or choose another name"
+            )
+
+
+def _configs(
+    args: argparse.Namespace,
+) -> tuple[dict[ProposalMode, DetectorConfig], dict[ProposalMode, str]]:
+    """Each proposal layer's config; a layer the preset cannot express is left out, named."""
+    from detector.checkpoint import detector_config
+
+    configs: dict[ProposalMode, DetectorConfig] = {}
+    unavailable: dict[ProposalMode, str] = {}
+    for mode in reversed(PROPOSAL_MODES):  # detectron2 first: any preset can run it
+        overrides = {"proposals": mode, "selection": args.selection}
+        try:
+            configs[mode] = detector_config(args.detector, preset=args.preset, overrides=overrides)
+        except ValueError as error:
+            if not configs:  # not about the proposal layer: the flags are wrong
+                raise UsageError(f"--detector {args.detector}: {error}") from error
+            unavailable[mode] = str(error)
+        except (KeyError, OSError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise UsageError(f"--detector {args.detector}: {message}") from error
+    return {m: configs[m] for m in PROPOSAL_MODES if m in configs}, unavailable
+
+
+def validate_compare(args: argparse.Namespace) -> CompareSettings:
+    """Check every flag (no weights read, no image opened); :class:`UsageError` otherwise."""
+    from weights.defaults import DeviceError, resolve_device
+
+    if args.reference.suffix.lower() not in REFERENCE_SUFFIXES:
+        raise UsageError(
+            f"reference {args.reference}: give an obj36 .tsv (LXMERT's or ours) or an .h5 "
+            "output of extract_features"
+        )
+    if args.report is not None:
+        _check_report_path(args.report)
+    configs, unavailable = _configs(args)
+    try:
+        device = resolve_device(
+            args.device,
+            on_fallback=lambda m: print(f"extract_features compare: {m}", file=sys.stderr),
+        )
+    except DeviceError as error:
+        raise UsageError(f"--device {args.device}: {error}") from error
+    return CompareSettings(
+        reference=args.reference,
+        inputs=tuple(args.inputs),
+        detector=args.detector,
+        preset=args.preset,
+        configs=configs,
+        unavailable=unavailable,
+        box_count=args.box_count,
+        device=device,
+        report=args.report,
+        limit=args.limit,
+        quiet=args.quiet,
+        verbose=args.verbose,
+    )
