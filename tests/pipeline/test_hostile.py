@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from gated_driver import gated_command, open_gate
 
 from pipeline.cli import main
 from pipeline.lock import lock_path
@@ -45,10 +46,10 @@ def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def start(*args: object) -> subprocess.Popen[str]:
+def start(argv: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
 
 
@@ -102,11 +103,14 @@ def test_a_second_run_on_a_locked_output_exits_2_and_the_first_keeps_its_records
     out = tmp_path / f"cw{suffix}"
     trigger = tmp_path / "go"
     other = primed(trigger, many, "--out", out, *BASE, *second)
-    first = start(many, "--out", out, *BASE)
+    gate = tmp_path / "gate"
+    # The first run waits after its first record until the second has tried.
+    first = start(gated_command(gate, 1, many, "--out", out, *BASE))
     wait_for_holder(out, first)
     trigger.touch()
     _, other_err = other.communicate(timeout=120)
     assert first.poll() is None, "the first run ended before the second tried"
+    open_gate(gate, first)
     assert other.returncode == 2, other_err
     assert "locked" in other_err and str(first.pid) in other_err and str(out) in other_err
     _, first_err = first.communicate(timeout=600)

@@ -30,14 +30,15 @@ from pipeline.lock import (
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Takes the lock of argv[1], then creates argv[2] (readiness) and sleeps until killed.
+#: Takes the lock of argv[1], then creates argv[2] (readiness) and waits until killed.
 HOLDER_SCRIPT = """
-import sys, time
+import signal, sys
 from pathlib import Path
 from pipeline.lock import output_lock
 with output_lock(Path(sys.argv[1])) as info:
     Path(sys.argv[2]).write_text(str(info.pid))
-    time.sleep(60)
+    while True:
+        signal.pause()
 """
 
 #: Tries the lock of argv[1] once; prints the error's holder pid and message, or "taken".
@@ -69,7 +70,7 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     ready = tmp_path / "ready"
     proc = subprocess.Popen(_python(HOLDER_SCRIPT, tmp_path / "out.tsv", ready), env=_env())
     try:
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + 300.0
         while not ready.exists():
             assert proc.poll() is None, "the holder process died before taking the lock"
             assert time.monotonic() < deadline, "the holder process did not take the lock"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from gated_driver import gated_command
 from PIL import Image
 from pipeline_helpers import assert_same_region, lxmert_read_tsv, photo_bgr
 
@@ -151,7 +151,8 @@ def subprocess_free_merge(shards: list[Path], out: Path) -> int:
 
 
 def _kill_after_first_record(procs: dict[str, subprocess.Popen], watch: dict[str, Path]) -> None:
-    """SIGKILL each process as soon as its file holds one complete record."""
+    """SIGKILL each process once its file holds one complete record (each is held there by
+    its gate, ``gated_driver.py``, so it cannot have finished)."""
     deadline = time.monotonic() + 300
     running = dict(procs)
     while running and time.monotonic() < deadline:
@@ -161,7 +162,7 @@ def _kill_after_first_record(procs: dict[str, subprocess.Popen], watch: dict[str
                 proc.wait()
                 del running[name]
             elif proc.poll() is not None:
-                pytest.fail(f"{name}: ended (code {proc.returncode}) before it could be killed")
+                pytest.fail(f"{name}: ended (code {proc.returncode}) before its first record")
         time.sleep(0.005)
     if running:
         pytest.fail(f"no record appeared in time: {sorted(running)}")
@@ -184,18 +185,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_records(
     ref = {r.image_id: r for r in read_features(reference[0])}
     outs = {"tsv": tmp_path / "k.tsv", "h5": tmp_path / "k.h5"}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        str(copies),
-        "--detector",
-        str(tiny_checkpoint),
-    ]
-    command += ["--batch-size", "1", "--workers", "0", "-q"]
+    args = [copies, "--detector", tiny_checkpoint, "--batch-size", "1", "--workers", "0", "-q"]
     procs = {
         fmt: subprocess.Popen(
-            [*command, "--out", str(out)],
+            gated_command(tmp_path / f"gate-{fmt}", 1, *args, "--out", out),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

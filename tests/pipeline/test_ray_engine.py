@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 
 pytest.importorskip("ray.data")
 
+from gated_driver import gated_command
+
 from pipeline.cli import main as extract_features
 from pipeline.engines.ray import InOrder, plan_actors
 from pipeline.exits import UsageError
@@ -41,7 +43,6 @@ MARKER = "LXMERT_RAY_TEST_CLUSTER"
 ACTOR_TITLE = b"DetectRegions"
 #: The cluster's actors import this folder's sitecustomize: a gate a test can close.
 ACTOR_GATE = Path(__file__).with_name("ray_gate")
-GATED_DRIVER = Path(__file__).with_name("gated_driver.py")
 Popen = subprocess.Popen[str]
 
 
@@ -389,8 +390,8 @@ def _start(cluster: Cluster, *args: object, gate: tuple[Path, int] | None = None
     """A Ray run in the background; with ``gate=(fifo, k)`` its driver waits after its
     ``k``-th record until one byte is written to ``fifo`` (``gated_driver.py``)."""
     command = _ray_command(cluster, *args)
-    if gate is not None:
-        command[1:3] = [str(GATED_DRIVER), str(gate[0]), str(gate[1])]
+    if gate is not None:  # the same arguments, to the gated driver
+        command = gated_command(gate[0], gate[1], *command[3:])
     return subprocess.Popen(
         command,
         env=_env(cluster.token),
@@ -437,7 +438,6 @@ def _stopped_midway(
     """Start a Ray run whose driver waits after :data:`GATED_AFTER` records (a named pipe
     at ``gate`` is its gate), ``stop`` it there, and wait for it to end; returns it and its
     stderr. Midway is certain: the run cannot write more until the gate opens."""
-    os.mkfifo(gate)
     run = _start(cluster, folder, "--out", out, "--batch-size", 1, gate=(gate, GATED_AFTER))
     _wait_for(lambda: _records(out) >= GATED_AFTER or run.poll() is not None, "the records")
     assert run.poll() is None, run.communicate()[1][-3000:]

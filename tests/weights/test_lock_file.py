@@ -29,7 +29,7 @@ from weights.resolve import locate_checkpoint
 
 tag, count, barrier = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 (barrier / (tag + ".ready")).touch()
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + 300
 while len(list(barrier.glob("*.ready"))) < 2:
     if time.monotonic() > deadline:
         sys.exit("the other process never started")
