@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.command import Command, non_negative_int, positive_int, run_command
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.finetune_outputs import REPORT_KIND, check_outputs
 from weights.defaults import DEFAULT_DEVICE
 from weights.files import atomic_write_text
 
@@ -500,6 +501,16 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_evaluate_outputs(args: argparse.Namespace) -> None:
+    """``--predictions`` and ``--report`` are neither inputs nor one file, and replace only
+    evaluate's own outputs (:func:`pipeline.finetune_outputs.check_outputs`)."""
+    inputs = [("--questions", path) for path in args.questions]
+    inputs += [("--features", path) for path in args.features]
+    inputs += [("--annotations", args.annotations)] if args.annotations else []
+    inputs += [("--model", Path(args.model))] if Path(args.model).exists() else []
+    check_outputs({"--predictions": args.predictions, "--report": args.report}, inputs)
+
+
 def _model_record(model: str) -> dict[str, object]:
     """The ``finetune.json`` of a model directory, or {} when there is none."""
     from encoder.finetune import FINETUNE_FILE
@@ -538,9 +549,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     from weights.defaults import DeviceError, resolve_device
 
-    for out, flag in ((args.predictions, "--predictions"), (args.report, "--report")):
-        if out is not None and out.is_dir():
-            raise UsageError(f"{flag} {out} is a directory; give a file")
+    check_evaluate_outputs(args)
     record = _model_record(args.model)
     saved_task = record.get("task")
     task: Task = args.task or (saved_task if saved_task in ("gqa", "nlvr2") else "vqa")
@@ -644,7 +653,12 @@ def _finish_evaluate(
     from encoder.finetune import DataError, prediction_records, question_scores
 
     labelled = annotations is not None or any(e.label for e in entries)
-    report: dict[str, object] = {"task": task, "questions": len(entries), "skipped": skipped}
+    report: dict[str, object] = {
+        "kind": REPORT_KIND,
+        "task": task,
+        "questions": len(entries),
+        "skipped": skipped,
+    }
     if labelled:
         try:
             scores = question_scores(entries, predictions, task=task, annotations=annotations)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.exits import UsageError
+from pipeline.finetune_outputs import REPORT_KIND
 from weights.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -76,7 +77,12 @@ def finish_evaluate(
     from encoder.finetune import pair_scores, prediction_csv
 
     verdicts = [p > 0.5 for p in probabilities]
-    summary: dict[str, object] = {"task": "nlvr2", "statements": len(entries), "skipped": skipped}
+    summary: dict[str, object] = {
+        "kind": REPORT_KIND,
+        "task": "nlvr2",
+        "statements": len(entries),
+        "skipped": skipped,
+    }
     if any(e.label is not None for e in entries):
         scores = pair_scores(entries, verdicts)
         summary.update(asdict(scores))
