@@ -7,6 +7,11 @@ read from disk when it is asked for, with the writers' own decoders.
 
 Files are opened lazily in each process and never pickled, so a store can be handed to
 DataLoader workers, forked or spawned: each opens its own handles on first access.
+
+What is wrong with a file (a corrupt record, a file changed since it was opened) is a
+:class:`FeatureDataError`, naming the file and line: the user's data, never the code's fault.
+A TSV index that a read finds wrong (its stamp matched, its offsets did not) is rebuilt once
+and the read retried.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ import numpy as np
 import torch.utils.data
 
 from detector.structures import RegionFeatures
-from pipeline.tsv_index import TsvIndex, load_tsv_index
+from pipeline.tsv_index import TsvIndex, load_tsv_index, rebuild_tsv_index
 from pipeline.writers import (
     decode_tsv_line,
     journal_path,
     open_h5,
     output_format,
     read_h5_record,
+    tsv_line_id,
 )
 
 
@@ -47,8 +53,19 @@ class _Part(Protocol):
     def close(self) -> None: ...
 
 
-def _changed(path: Path, what: str) -> ValueError:
-    return ValueError(
+class FeatureDataError(ValueError):
+    """A feature file's record cannot be read as it should: corrupt bytes, or the file changed
+    since it was opened. Names the file and line (or record): a fault of the data, which
+    commands report as a usage error (exit 2)."""
+
+
+class StaleIndexError(FeatureDataError):
+    """A TSV line is not where its index says (:meth:`FeatureStore.get` rebuilds the index and
+    retries once)."""
+
+
+def _changed(path: Path, what: str) -> FeatureDataError:
+    return FeatureDataError(
         f"{path}: {what}; the file changed after the feature store opened it: open it again"
     )
 
@@ -56,10 +73,12 @@ def _changed(path: Path, what: str) -> ValueError:
 class _TsvPart:
     """An obj36 TSV read by byte offsets (``os.pread``: no shared file position)."""
 
-    def __init__(self, path: Path, index: TsvIndex) -> None:
+    def __init__(self, path: Path, index: TsvIndex, *, cache_dir: Path | None) -> None:
         self.path = path
         self.ids = index.ids
         self._offsets = index.offsets
+        self.index_file = index.location
+        self.cache_dir = cache_dir
         self._fd: int | None = None
         self._pid: int | None = None
 
@@ -80,14 +99,21 @@ class _TsvPart:
         line = os.pread(self._handle(), end - start, start)
         source = self.where(local)
         if len(line) != end - start:
-            raise _changed(self.path, f"line {local + 1} ends past the end of the file")
-        region = decode_tsv_line(line, source=source)
-        if region.image_id != self.ids[local]:
-            raise _changed(
-                self.path,
-                f"line {local + 1} holds image {region.image_id!r}, indexed as {self.ids[local]!r}",
+            raise StaleIndexError(f"{source}: the line ends past the end of the file")
+        if tsv_line_id(line) != self.ids[local]:
+            raise StaleIndexError(
+                f"{source}: line {local + 1} holds image {tsv_line_id(line)!r}, indexed as "
+                f"{self.ids[local]!r}"
             )
-        return region
+        try:
+            return decode_tsv_line(line, source=source)
+        except ValueError as error:
+            raise FeatureDataError(str(error)) from None
+
+    def reindexed(self) -> _TsvPart:
+        """This file with a fresh index (:func:`rebuild_tsv_index`)."""
+        index = rebuild_tsv_index(self.path, cache_dir=self.cache_dir)
+        return _TsvPart(self.path, index, cache_dir=self.cache_dir)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -135,14 +161,19 @@ class _H5Part:
 
     def read(self, local: int) -> RegionFeatures:
         image_h, image_w, start, count = (int(v) for v in self._per_image[:, local])
-        return read_h5_record(
-            self._handle(),
-            image_id=self.ids[local],
-            image_h=image_h,
-            image_w=image_w,
-            start=start,
-            count=count,
-        )
+        try:
+            return read_h5_record(
+                self._handle(),
+                image_id=self.ids[local],
+                image_h=image_h,
+                image_w=image_w,
+                start=start,
+                count=count,
+            )
+        except (ValueError, KeyError, OSError) as error:  # h5py's errors of a damaged file
+            if isinstance(error, FeatureDataError):
+                raise
+            raise FeatureDataError(f"{self.where(local)}: {error}") from None
 
     def close(self) -> None:
         if self._file is not None:
@@ -155,7 +186,7 @@ class _H5Part:
 
 def _open_part(path: Path, *, cache_dir: Path | None) -> _Part:
     if output_format(path) == "tsv":
-        return _TsvPart(path, load_tsv_index(path, cache_dir=cache_dir))
+        return _TsvPart(path, load_tsv_index(path, cache_dir=cache_dir), cache_dir=cache_dir)
     return _H5Part(path)
 
 
@@ -168,6 +199,10 @@ class FeatureStore(torch.utils.data.Dataset[RegionFeatures]):
     """
 
     def __init__(self, *, parts: Sequence[_Part]) -> None:
+        self._join(parts)
+
+    def _join(self, parts: Sequence[_Part]) -> None:
+        """Positions and the id lookup of ``parts`` joined in order."""
         self._parts = tuple(parts)
         self._starts: list[int] = []
         lookup: dict[str, int] = {}
@@ -228,8 +263,8 @@ class FeatureStore(torch.utils.data.Dataset[RegionFeatures]):
 
         Raises:
             IndexError: out of range.
-            ValueError: a corrupt record (names file and line), or a file changed since
-                :meth:`open`.
+            FeatureDataError: a corrupt record (names file and line), or a file changed
+                since :meth:`open` (a TSV whose lines moved is indexed again, once).
         """
         position = operator.index(index)
         if position < 0:
@@ -237,7 +272,34 @@ class FeatureStore(torch.utils.data.Dataset[RegionFeatures]):
         if not 0 <= position < len(self._ids):
             raise IndexError(f"record {index} of a feature store of {len(self._ids)}")
         part, local = self._locate(position)
-        return part.read(local)
+        try:
+            return part.read(local)
+        except StaleIndexError:
+            if not isinstance(part, _TsvPart):
+                raise
+            return self._read_reindexed(part, self._ids[position])
+
+    def _read_reindexed(self, stale: _TsvPart, image_id: str) -> RegionFeatures:
+        """Record ``image_id`` after rebuilding the index of ``stale`` (a TSV whose index
+        pointed at the wrong bytes), once; a second miss names the index file to delete."""
+        stale.close()
+        try:
+            fresh = stale.reindexed()
+            self._join([fresh if part is stale else part for part in self._parts])
+        except ValueError as error:  # a line that is not a record; an id now in two files
+            raise FeatureDataError(str(error)) from None
+        position = self._lookup.get(image_id)
+        if position is None:
+            raise _changed(fresh.path, f"image {image_id!r} is no longer in it")
+        part, local = self._locate(position)
+        try:
+            return part.read(local)
+        except StaleIndexError as error:
+            index = fresh.index_file or "the index (held in memory)"
+            raise FeatureDataError(
+                f"{error}; rebuilding the index did not help: delete {index} and open "
+                f"{fresh.path} again"
+            ) from None
 
     def ids(self) -> tuple[str, ...]:
         """Image ids in the joined order."""

@@ -1,12 +1,14 @@
 """Byte-offset index of an obj36 TSV: image id -> the bytes of its line, built by one pass over
 the file and cached, so that opening the file again reads no feature.
 
-The cache (format version 1, little-endian) is the header ``struct "<8sIIqqqq"``: magic
+The cache (format version 2, little-endian) is the header ``struct "<8sIIqqqq32s"``: magic
 ``b"LXFSIDX\\0"``, version, 0 (reserved), the TSV's size in bytes and ``st_mtime_ns`` when it
-was indexed, the record count ``R`` and the byte length ``L`` of the id block; then ``offsets``
+was indexed, the record count ``R``, the byte length ``L`` of the id block, and the sha256 of
+the TSV's first and last 64 KiB (:func:`pipeline.fingerprint.edges_sha256`); then ``offsets``
 int64 ``[R + 1]`` (line ``r`` spans bytes ``offsets[r]:offsets[r + 1]``); then the ``R`` ids,
-UTF-8, joined by ``\\n`` (an obj36 id never holds a newline). An index whose size or mtime differs
-from the file's is rebuilt.
+UTF-8, joined by ``\\n`` (an obj36 id never holds a newline). An index whose size, mtime or
+edge hash differs from the file's (or of version 1, which had no hash) is rebuilt; so is one
+that a read finds wrong (:func:`rebuild_tsv_index`, called by the feature store).
 
 It lies beside the TSV (``X.tsv.index``), or, where that cannot be written (a read-only folder,
 or a file of that name that is not an index of ours), in :func:`index_cache_dir` under the
@@ -18,18 +20,19 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.fingerprint import edges_sha256, fingerprint
 from pipeline.writers import tsv_line_id
 from weights.defaults import cache_dir as project_cache_dir
 from weights.files import atomic_write_bytes
 
 INDEX_MAGIC = b"LXFSIDX\0"
-INDEX_VERSION = 1
-_HEADER = struct.Struct("<8sIIqqqq")
+INDEX_VERSION = 2
+_HEADER = struct.Struct("<8sIIqqqq32s")
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,15 +42,20 @@ class TsvIndex:
     Attributes:
         size: the TSV's size in bytes when it was indexed (bytes past it were not read).
         mtime_ns: its ``st_mtime_ns`` then.
+        edges_sha256: hex sha256 of its first and last 64 KiB then.
         ids: image ids, in file order; record ``r`` is line ``r + 1``.
         offsets: int64 ``[R + 1]``; record ``r`` is bytes ``offsets[r]:offsets[r + 1]``, its
             ``\\r\\n`` included.
+        location: the cache file it was read from or saved to; None when it lives in memory
+            only.
     """
 
     size: int
     mtime_ns: int
+    edges_sha256: str
     ids: tuple[str, ...]
     offsets: np.ndarray
+    location: Path | None = None
 
 
 def index_cache_dir() -> Path:
@@ -74,10 +82,11 @@ def scan_tsv(path: str | os.PathLike[str]) -> TsvIndex:
             the line.
     """
     path = Path(path)
-    stat = os.stat(path)
     ids: list[str] = []
     offsets = [0]
     with open(path, "rb") as stream:
+        stat = os.fstat(stream.fileno())
+        edges = edges_sha256(stream.fileno(), stat.st_size)
         for number, line in enumerate(stream, start=1):
             if offsets[-1] + len(line) > stat.st_size or not line.endswith(b"\n"):
                 break  # written after the scan began, or the incomplete last line
@@ -92,6 +101,7 @@ def scan_tsv(path: str | os.PathLike[str]) -> TsvIndex:
     return TsvIndex(
         size=stat.st_size,
         mtime_ns=stat.st_mtime_ns,
+        edges_sha256=edges,
         ids=tuple(ids),
         offsets=np.array(offsets, dtype=np.int64),
     )
@@ -101,25 +111,31 @@ def encode_index(index: TsvIndex) -> bytes:
     """The cache file's bytes (see the module docstring)."""
     id_block = "\n".join(index.ids).encode("utf-8", "surrogateescape")
     header = _HEADER.pack(
-        INDEX_MAGIC, INDEX_VERSION, 0, index.size, index.mtime_ns, len(index.ids), len(id_block)
+        INDEX_MAGIC,
+        INDEX_VERSION,
+        0,
+        index.size,
+        index.mtime_ns,
+        len(index.ids),
+        len(id_block),
+        bytes.fromhex(index.edges_sha256),
     )
     return header + index.offsets.astype("<i8").tobytes() + id_block
 
 
-def _read_index(location: Path, *, size: int, mtime_ns: int) -> TsvIndex | None:
-    """The index stored at ``location`` if it is ours, sound and made for this size and mtime."""
+def _read_index(location: Path, *, size: int, mtime_ns: int, edges: str) -> TsvIndex | None:
+    """The index stored at ``location`` if it is ours, sound and made for this size, mtime and
+    edge hash."""
     try:
         with open(location, "rb") as stream:
             header = stream.read(_HEADER.size)
             if len(header) < _HEADER.size:
                 return None
-            magic, version, _, stored_size, stored_mtime, count, id_bytes = _HEADER.unpack(header)
-            if (magic, version, stored_size, stored_mtime) != (
-                INDEX_MAGIC,
-                INDEX_VERSION,
-                size,
-                mtime_ns,
-            ):
+            magic, version, _, stored_size, stored_mtime, count, id_bytes, stored_edges = (
+                _HEADER.unpack(header)
+            )
+            stamp = (magic, version, stored_size, stored_mtime, stored_edges.hex())
+            if stamp != (INDEX_MAGIC, INDEX_VERSION, size, mtime_ns, edges):
                 return None
             if (
                 count < 0
@@ -135,7 +151,14 @@ def _read_index(location: Path, *, size: int, mtime_ns: int) -> TsvIndex | None:
     sound = offsets[0] == 0 and bool(np.all(np.diff(offsets) > 0)) and offsets[-1] <= size
     if len(ids) != count or not sound:
         return None
-    return TsvIndex(size=size, mtime_ns=mtime_ns, ids=ids, offsets=offsets)
+    return TsvIndex(
+        size=size,
+        mtime_ns=mtime_ns,
+        edges_sha256=edges,
+        ids=ids,
+        offsets=offsets,
+        location=location,
+    )
 
 
 def _is_ours_or_absent(location: Path) -> bool:
@@ -165,19 +188,30 @@ def _save_index(index: TsvIndex, locations: list[Path]) -> Path | None:
 
 
 def load_tsv_index(path: str | os.PathLike[str], *, cache_dir: Path | None = None) -> TsvIndex:
-    """The index of ``path``: a cached one that matches its size and mtime, else a fresh scan
-    (:func:`scan_tsv`), which is then cached (see the module docstring).
+    """The index of ``path``: a cached one that matches its size, mtime and edge hash, else a
+    fresh scan (:func:`scan_tsv`), which is then cached (see the module docstring).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: as :func:`scan_tsv`.
     """
-    stat = os.stat(path)
+    found = fingerprint(path)
     locations = index_locations(path, cache_dir=cache_dir)
     for location in locations:
-        cached = _read_index(location, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        cached = _read_index(
+            location, size=found.size, mtime_ns=found.mtime_ns, edges=found.edges_sha256
+        )
         if cached is not None:
             return cached
+    return rebuild_tsv_index(path, cache_dir=cache_dir)
+
+
+def rebuild_tsv_index(path: str | os.PathLike[str], *, cache_dir: Path | None = None) -> TsvIndex:
+    """A fresh scan of ``path``, cached where :func:`load_tsv_index` looks first: for a new
+    file, and for an index that a read found wrong although its stamp matched.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`scan_tsv`.
+    """
     index = scan_tsv(path)
-    _save_index(index, locations)
-    return index
+    return replace(index, location=_save_index(index, index_locations(path, cache_dir=cache_dir)))
