@@ -13,9 +13,12 @@ Both take the RPN's outputs for every anchor of one image, in the RPN's flattene
   ``bbox_transform_inv``, clipping to ``[0, W - 1] x [0, H - 1]``, dropping sides below
   ``16 * im_scale``, top ``pre_nms_topk`` by score, then ``cpu_nms`` (+1 areas, float32,
   suppress IoU >= thresh), keep ``post_nms_topk``. It runs in numpy on the CPU, step for step
-  as the reference did, so sort order and float32 rounding are numpy's, as they were there;
-  and on the anchors in Caffe's own order (ratio-major within a cell, where our checkpoint's
-  channels are size-major), so that exact score ties are broken as the reference broke them.
+  as the reference did, on the anchors in Caffe's own order (ratio-major within a cell, where
+  our checkpoint's channels are size-major), and sorts with numpy 1.x's introsort
+  (:func:`detector.reference_sort.argsort`), so exact score ties (probabilities saturate to
+  1.0) are broken as the reference broke them. Its output is the same on every machine: the
+  sorts are the introsort, ``exp`` is :func:`detector.exact_math.exp_float32`, and every other
+  step is a correctly rounded float32 operation.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detector import reference_sort
 from detector.boxes import apply_deltas, clip_boxes, nonempty
+from detector.exact_math import exp_float32
 from detector.native_ops import nms
 
 #: (wx, wy, ww, wh) of the RPN's anchor deltas (both layers: no scaling).
@@ -148,10 +153,13 @@ def caffe_fg_probability(logits: np.ndarray) -> np.ndarray:
     ``exp(x) / (1 + exp(x))`` otherwise, computed here in that form in float32: monotone in
     ``x``, and saturating to exactly 1.0 where Caffe's did (x > ~16.6), so ties among
     confident anchors arise as they did there. (``x`` itself comes from one merged conv, so
-    it can differ from Caffe's ``fg - bg`` in the last bits.)
+    it can differ from Caffe's ``fg - bg`` in the last bits.) Exact on every machine: the
+    ``exp`` is :func:`~detector.exact_math.exp_float32` (float64, rounded once to float32; numpy's
+    own float32 ``exp`` rounds differently with and without AVX2), the rest is correctly rounded
+    float32 arithmetic.
     """
     logits = np.asarray(logits, dtype=np.float32)
-    small = np.exp(-np.abs(logits))  # exp(smaller logit - larger logit), in (0, 1]
+    small = exp_float32(-np.abs(logits))  # exp(smaller logit - larger logit), in (0, 1]
     one = np.float32(1.0)
     return np.where(logits >= 0, one / (one + small), small / (one + small)).astype(np.float32)
 
@@ -161,7 +169,8 @@ def caffe_decode(anchors: np.ndarray, deltas: np.ndarray) -> np.ndarray:
 
     Widths are ``x2 - x1 + 1``, centres ``x1 + 0.5 * w``; the box is ``ctr +- 0.5 * w'``
     with ``w' = exp(dw) * w``. No clamp on ``dw`` (the reference has none): an overflowing
-    ``exp`` gives infinite sides, which clipping turns into the image border.
+    ``exp`` gives infinite sides, which clipping turns into the image border. The same bits on
+    every machine (:func:`~detector.exact_math.exp_float32`, then float32 arithmetic).
     """
     boxes = np.asarray(anchors, dtype=np.float32)
     deltas = np.asarray(deltas, dtype=np.float32)
@@ -171,9 +180,9 @@ def caffe_decode(anchors: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     ctr_y = boxes[:, 1] + np.float32(0.5) * heights
     pred_ctr_x = deltas[:, 0] * widths + ctr_x
     pred_ctr_y = deltas[:, 1] * heights + ctr_y
-    with np.errstate(over="ignore"):
-        pred_w = np.exp(deltas[:, 2]) * widths
-        pred_h = np.exp(deltas[:, 3]) * heights
+    with np.errstate(over="ignore"):  # inf * a positive width stays inf
+        pred_w = exp_float32(deltas[:, 2]) * widths
+        pred_h = exp_float32(deltas[:, 3]) * heights
     half = np.float32(0.5)
     return np.stack(
         (
@@ -209,34 +218,40 @@ def caffe_nms(
 ) -> np.ndarray:
     """py-faster-rcnn's ``cpu_nms``: int64 indices of the kept boxes, in visiting order.
 
-    Boxes (float32 ``[N, 4]`` xyxy) are visited in ``scores.argsort()[::-1]`` order (numpy's
-    default sort, so exact ties fall where the reference put them); a box not yet suppressed
-    is kept and suppresses every later box whose IoU with it is ``>= thresh``. IoU uses +1
-    areas, every step in float32 as in the Cython code, compared with ``thresh`` in float64
-    as Cython compares a float with a double. ``max_keep`` stops after that many kept boxes:
-    the same as taking the first ``max_keep`` of the full result, since kept boxes come in
-    visiting order.
+    Boxes (float32 ``[N, 4]`` xyxy) are visited in ``scores.argsort()[::-1]`` order, the
+    argsort being numpy 1.x's (:func:`detector.reference_sort.argsort`), so exact ties fall
+    where the reference put them on every machine; a box not yet suppressed is kept and
+    suppresses every later box whose IoU with it is ``>= thresh``. IoU uses +1 areas, every
+    step in float32 as in the Cython code, compared with ``thresh`` in float64 as Cython
+    compares a float with a double. ``max_keep`` stops after that many kept boxes: the same as
+    taking the first ``max_keep`` of the full result, since kept boxes come in visiting order.
     """
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k], dtype=np.float32) for k in range(4))
+    order = reference_sort.argsort(np.asarray(scores, dtype=np.float32))[::-1]
+    # Coordinates in visiting order once, so each step reads the later boxes as slices (the
+    # same float32 values and operations as gathering them by index every step).
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, k], dtype=np.float32) for k in range(4))
     one, zero = np.float32(1.0), np.float32(0.0)
     areas = (x2 - x1 + one) * (y2 - y1 + one)
-    order = np.asarray(scores, dtype=np.float32).argsort()[::-1]
     suppressed = np.zeros(len(order), dtype=bool)
     keep: list[int] = []
     limit = len(order) if max_keep is None else max_keep
-    for rank, i in enumerate(order.tolist()):
+    for rank in range(len(order)):
         if len(keep) >= limit:
             break
-        if suppressed[i]:
+        if suppressed[rank]:
             continue
-        keep.append(i)
-        later = order[rank + 1 :]
-        width = np.maximum(zero, np.minimum(x2[i], x2[later]) - np.maximum(x1[i], x1[later]) + one)
-        height = np.maximum(zero, np.minimum(y2[i], y2[later]) - np.maximum(y1[i], y1[later]) + one)
+        keep.append(rank)
+        nxt = rank + 1
+        width = np.maximum(
+            zero, np.minimum(x2[rank], x2[nxt:]) - np.maximum(x1[rank], x1[nxt:]) + one
+        )
+        height = np.maximum(
+            zero, np.minimum(y2[rank], y2[nxt:]) - np.maximum(y1[rank], y1[nxt:]) + one
+        )
         inter = width * height
-        iou = inter / (areas[i] + areas[later] - inter)
-        suppressed[later[iou.astype(np.float64) >= float(thresh)]] = True
-    return np.array(keep, dtype=np.int64)
+        iou = inter / (areas[rank] + areas[nxt:] - inter)
+        suppressed[nxt:] |= iou.astype(np.float64) >= float(thresh)
+    return order[np.array(keep, dtype=np.int64)].astype(np.int64)
 
 
 def caffe_proposals(
@@ -260,7 +275,8 @@ def caffe_proposals(
     steps of the reference: fg probability (:func:`caffe_fg_probability`), decode every
     anchor (:func:`caffe_decode`), clip (:func:`caffe_clip`), drop sides below ``min_size *
     im_scale`` with ``im_scale`` rounded to float32 as Caffe's ``im_info`` blob holds it
-    (:func:`caffe_large_enough`), order by ``argsort()[::-1]`` and keep ``pre_nms_topk``,
+    (:func:`caffe_large_enough`), order by ``argsort()[::-1]`` (numpy 1.x's argsort:
+    :func:`detector.reference_sort.argsort`) and keep ``pre_nms_topk``,
     :func:`caffe_nms`, keep ``post_nms_topk``.
 
     Args:
@@ -305,8 +321,8 @@ def caffe_proposals(
     boxes = caffe_clip(caffe_decode(_caffe_rows(anchors, order), deltas32), image_size)
     keep = caffe_large_enough(boxes, np.float32(min_size) * np.float32(im_scale))
     boxes, scores, logits32 = boxes[keep], scores[keep], logits32[keep]
-    order = scores.argsort()[::-1][:pre_nms_topk]
-    boxes, scores, logits32 = boxes[order], scores[order], logits32[order]
+    top = reference_sort.argsort(scores)[::-1][:pre_nms_topk]
+    boxes, scores, logits32 = boxes[top], scores[top], logits32[top]
     keep = caffe_nms(boxes, scores, thresh=nms_thresh, max_keep=post_nms_topk)
     device = logits.device
     return torch.from_numpy(boxes[keep]).to(device), torch.from_numpy(logits32[keep]).to(device)

@@ -17,6 +17,11 @@ Given boxes (:func:`given_regions`) skip selection: every given box is a region,
 Class probabilities are always ``[R, C + 1]`` softmax outputs with background LAST (Detectron2
 layout; the Caffe model had it first, so the reference's class loop ``range(1, C + 1)`` is our
 ``range(C)``).
+
+Exact on every machine: every sort is numpy 1.x's introsort (:mod:`detector.reference_sort`),
+the class and attribute softmax is :func:`detector.exact_math.softmax_float32`, and the rest
+(Caffe IoU, comparisons, maxima) is correctly rounded float32 arithmetic, so the same network
+outputs give the same regions whatever SIMD numpy or torch finds.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detector import reference_sort
 from detector.boxes import (
     BOX_HEAD_WEIGHTS,
     apply_deltas,
@@ -39,6 +45,7 @@ from detector.boxes import (
     unscale_boxes,
 )
 from detector.config import DetectorConfig
+from detector.exact_math import softmax_float32
 from detector.native_ops import nms
 from detector.structures import RegionFeatures
 
@@ -99,16 +106,16 @@ def _greedy_nms_all_classes(
 
     ``overlap[i, j]`` says whether box ``i`` suppresses box ``j``; ``scores`` is float32
     ``[C, R]``. For each class this is py-faster-rcnn's ``cpu_nms``: visit boxes in the order
-    ``scores.argsort()[::-1]`` (numpy's default sort, row by row, so exact ties fall exactly
-    where the reference puts them), keep a box unless an earlier kept box suppressed it, and
-    let it suppress all boxes it overlaps. The loop runs over rank positions (R steps), each
-    step advancing all C classes together. ``depth``: visit only each class's first ``depth``
-    boxes in that order (a box's fate depends only on the boxes before it); the others stay
-    False.
+    ``scores.argsort()[::-1]`` (numpy 1.x's argsort, :func:`detector.reference_sort.argsort`,
+    row by row, so exact ties fall where the reference put them), keep a box unless an
+    earlier kept box suppressed it, and let it suppress all boxes it overlaps. The loop runs
+    over rank positions (R steps), each step advancing all C classes together. ``depth``:
+    visit only each class's first ``depth`` boxes in that order (a box's fate depends only on
+    the boxes before it); the others stay False.
     """
     num_classes, num_boxes = scores.shape
-    # argsort along the last axis sorts each row with the same routine as a 1-D argsort.
-    order = np.argsort(scores, axis=1)[:, ::-1]
+    # Each row sorted on its own, as a 1-D argsort of that class's scores.
+    order = reference_sort.argsort(scores, axis=1)[:, ::-1]
     suppressed = np.zeros((num_classes, num_boxes), dtype=bool)
     kept = np.zeros((num_classes, num_boxes), dtype=bool)
     classes = np.arange(num_classes)
@@ -176,7 +183,7 @@ def _keep_from_strong_classes(
     Exact whenever it answers: between ``min_boxes`` and ``max_boxes`` survive the threshold
     (a count the strong classes settle), or the clamp's top ``want`` boxes are among those
     known exactly (``max_conf >= floor``) and those values are pairwise distinct, so that no
-    tie order, and no box below the floor, can change numpy's ranking.
+    tie order, and no box below the floor, can change the reference's ranking.
     """
     for fraction in _FLOOR_FRACTIONS:
         floor = conf_thresh * fraction
@@ -187,7 +194,7 @@ def _keep_from_strong_classes(
         want = max_boxes if len(above) > max_boxes else min_boxes
         known = max_conf[max_conf >= floor]
         if len(known) >= want and np.unique(known).size == known.size:
-            return np.argsort(max_conf)[::-1][:want]
+            return reference_sort.argsort(max_conf)[::-1][:want]
         if len(above) > max_boxes:
             return None  # ties among the survivors: a lower floor cannot help
     return None
@@ -225,8 +232,9 @@ def select_bottom_up(
     proposal's ``max_conf`` is the highest score at which it survived (0 if none). Proposals
     with ``max_conf >= conf_thresh`` are kept in index order; if fewer than ``min_boxes``, or
     more than ``max_boxes``, the top ``min_boxes`` / ``max_boxes`` by ``max_conf`` instead, in
-    the order numpy's ``argsort(max_conf)[::-1]`` gives (computed with numpy on float64, as the
-    reference did, so ties break identically).
+    the order ``argsort(max_conf)[::-1]`` gives on float64 with numpy 1.x's argsort
+    (:func:`detector.reference_sort.argsort`), as the reference computed it, so ties break
+    identically.
 
     The Caffe IoU is not scale invariant and the reference ran it on ``rois / im_scale``: pass
     proposals in raw-image pixels to reproduce its choices exactly.
@@ -268,9 +276,9 @@ def select_bottom_up(
     max_conf = _surviving_max_conf(boxes32, scores, nms_thresh)
     keep_boxes = np.where(max_conf >= conf_thresh)[0]
     if len(keep_boxes) < min_boxes:
-        keep_boxes = np.argsort(max_conf)[::-1][:min_boxes]
+        keep_boxes = reference_sort.argsort(max_conf)[::-1][:min_boxes]
     elif len(keep_boxes) > max_boxes:
-        keep_boxes = np.argsort(max_conf)[::-1][:max_boxes]
+        keep_boxes = reference_sort.argsort(max_conf)[::-1][:max_boxes]
     return _bottom_up_selection(keep_boxes, boxes32, scores).to(device)
 
 
@@ -381,7 +389,8 @@ def attributes_from_probs(attr_logits: Tensor, *, renormalize: bool) -> tuple[Te
         attr_logits: ``Tensor[R, A + 1]`` logits, "no attribute" last.
         renormalize: True (max-class, as the HF port): softmax over the first A logits only.
             False (bottom-up): softmax over all A + 1, then drop the last column, so
-            probabilities are not renormalised.
+            probabilities are not renormalised. Either way
+            :func:`~detector.exact_math.softmax_float32`: the same bits on every machine.
 
     Returns:
         ``(ids, conf)``: int64 ``[R]`` argmax over the A attributes, float32 ``[R]`` its
@@ -391,7 +400,10 @@ def attributes_from_probs(attr_logits: Tensor, *, renormalize: bool) -> tuple[Te
         shape = tuple(attr_logits.shape) if isinstance(attr_logits, Tensor) else attr_logits
         raise ValueError(f"attr_logits must be a Tensor[R, A + 1] with A >= 1, got {shape}")
     logits = attr_logits.detach().float()
-    probs = logits[:, :-1].softmax(dim=-1) if renormalize else logits.softmax(dim=-1)[:, :-1]
+    if renormalize:
+        probs = softmax_float32(logits[:, :-1], last_first=False)
+    else:  # Caffe's attribute softmax, "no attribute" (our last column) its column 0
+        probs = softmax_float32(logits, last_first=True)[:, :-1]
     conf, ids = probs.max(dim=-1)
     return ids, conf
 
@@ -468,7 +480,8 @@ def select_regions(
         proposals=unscale_boxes(proposals, image.scale),
         # max-class only: decoding every class's box is wasted work for bottom-up.
         pred_boxes=apply_deltas(deltas, proposals, weights=BOX_HEAD_WEIGHTS) if max_class else None,
-        class_probs=torch.softmax(class_logits.float(), dim=1),
+        # Caffe's class softmax (background, our last column, was its column 0).
+        class_probs=softmax_float32(class_logits, last_first=True),
         image_size=image.resized_size,
     )
     boxes = selection.boxes
@@ -595,7 +608,7 @@ def given_regions(
         attr_logits: ``Tensor[K, A + 1]``, "no attribute" last.
     """
     num_classes = _check_probs(class_logits, int(boxes.shape[0]), "class_logits")
-    probs = torch.softmax(class_logits.float(), dim=1)[:, :num_classes]
+    probs = softmax_float32(class_logits, last_first=True)[:, :num_classes]
     object_conf, object_ids = probs.max(dim=1)
     attr_ids, attr_conf = attributes_from_probs(
         attr_logits, renormalize=config.selection == "max-class"

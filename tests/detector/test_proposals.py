@@ -4,8 +4,10 @@ The port below is written from the semantics of peteanderson80/bottom-up-attenti
 ``lib/rpn/proposal_layer.py``, ``lib/rpn/generate_anchors.py``,
 ``lib/fast_rcnn/bbox_transform.py`` and ``lib/nms/cpu_nms.pyx``: Caffe's blob layout (fg
 probabilities ``(1, A, H, W)``, deltas ``(1, 4A, H, W)``, anchors ratio-major), a 2-way
-softmax, float32 arithmetic, ``im_info`` as float32, numpy's ``argsort()[::-1]``, and NMS that
-removes suppressed candidates from a list (cpu_nms marks them; the result is the same).
+softmax, float32 arithmetic, ``im_info`` as float32, numpy 1.x's ``argsort()[::-1]`` (the
+introsort of introsort_helpers, not today's numpy, whose SIMD sorts order ties differently),
+a correctly rounded float32 ``exp``, and NMS that removes suppressed candidates from a list
+(cpu_nms marks them; the result is the same).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from introsort_helpers import exp32, introsort_argsort
 
 from detector.checkpoint import config_from_dict
 from detector.config import DetectorConfig, get_preset
@@ -66,7 +69,7 @@ def ref_generate_anchors(base_size: int, ratios, scales) -> np.ndarray:
 def ref_softmax_fg(bg: np.ndarray, fg: np.ndarray) -> np.ndarray:
     """Caffe's SoftmaxLayer over (bg, fg), float32: subtract the max, exp, normalise."""
     top = np.maximum(bg, fg)
-    e_bg, e_fg = np.exp(bg - top), np.exp(fg - top)
+    e_bg, e_fg = exp32(bg - top), exp32(fg - top)
     return e_fg / (e_bg + e_fg)
 
 
@@ -79,8 +82,8 @@ def ref_bbox_transform_inv(boxes: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     pred_ctr_x = deltas[:, 0::4] * widths[:, None] + ctr_x[:, None]
     pred_ctr_y = deltas[:, 1::4] * heights[:, None] + ctr_y[:, None]
     with np.errstate(over="ignore"):
-        pred_w = np.exp(deltas[:, 2::4]) * widths[:, None]
-        pred_h = np.exp(deltas[:, 3::4]) * heights[:, None]
+        pred_w = exp32(deltas[:, 2::4]) * widths[:, None]
+        pred_h = exp32(deltas[:, 3::4]) * heights[:, None]
     out = np.zeros(deltas.shape, dtype=deltas.dtype)
     out[:, 0::4] = pred_ctr_x - 0.5 * pred_w
     out[:, 1::4] = pred_ctr_y - 0.5 * pred_h
@@ -107,7 +110,7 @@ def ref_cpu_nms(dets: np.ndarray, thresh: float) -> list[int]:
     """cpu_nms: float32 IoU with +1 areas, compared as a double; suppress at >= thresh."""
     x1, y1, x2, y2, scores = (dets[:, k] for k in range(5))
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort()[::-1]
+    order = introsort_argsort(scores)[::-1]
     keep = []
     while order.size > 0:
         i = order[0]
@@ -141,7 +144,7 @@ def ref_proposal_layer(fg_prob, bbox_deltas, im_info, cell_anchors, *, pre, post
     proposals = ref_clip_boxes(proposals, im_info[:2])
     keep = ref_filter_boxes(proposals, 16 * im_info[2])
     proposals, scores = proposals[keep, :], scores[keep]
-    order = scores.ravel().argsort()[::-1][:pre]
+    order = introsort_argsort(scores.ravel())[::-1][:pre]
     proposals, scores = proposals[order, :], scores[order]
     keep = ref_cpu_nms(np.hstack((proposals, scores)), nms)[:post]
     return proposals[keep, :].astype(np.float32), scores[keep].ravel()
@@ -278,6 +281,21 @@ def test_ties_break_as_caffe_ordered_them() -> None:
     assert not np.array_equal(unpermuted.numpy(), ours[0])
 
 
+@pytest.mark.parametrize(("seed", "pre"), [(11, 6000), (12, 1500), (13, 400)])
+def test_saturated_objectness_ties_break_as_numpy_1_sorted(seed, pre) -> None:
+    """Logits from a few values either side of ~16.6, where float32 fg probabilities saturate
+    to 1.0, on a photo-sized grid: the pre-NMS top-N cuts through a block of ties and cpu_nms
+    visits tied boxes in numpy 1.x's order. Today's numpy sorts those ties in another order on
+    an AVX2 or AVX-512 machine, so this fails unless the layer sorts as numpy 1.x did."""
+    rng = np.random.default_rng(seed)
+    values = np.float32([-3.0, 0.0, 15.0, 16.5, 16.7, 17.0, 18.0, 25.0])
+    logits = rng.choice(values, size=(38, 50, 4, 3))
+    deltas = rng.choice(np.float32([-0.1, 0.0, 0.05, 0.2]), size=(38, 50, 4, 3, 4))
+    ours, ref = run_both(logits, deltas, image_size=(600, 800), im_scale=1.25, pre=pre, post=300)
+    assert (ours[1] == 1.0).sum() > 100  # ties among the kept boxes
+    assert_same(ours, ref)
+
+
 @pytest.mark.parametrize(
     ("im_scale", "kept_widths"), [(0.75 + 1e-9, {24.0, 17.0, 12.0}), (0.7500001, {24.0, 17.0})]
 )
@@ -334,10 +352,9 @@ def test_nms_threshold_is_compared_as_a_double() -> None:
     assert ref_cpu_nms(np.hstack((boxes, scores[:, None])), 0.7) == [0, 1]
     half = np.float32([[0, 0, 9, 9], [0, 0, 9, 4]])
     assert caffe_nms(half, np.float32([0.9, 0.8]), thresh=0.5).tolist() == [0]
-    # Equal scores: numpy's argsort()[::-1] decides, here the later index first.
+    # Equal scores: numpy 1.x's argsort()[::-1] decides, here the later index first.
     same = np.float32([[0, 0, 9, 9], [0, 0, 9, 9]])
-    expected = np.float32([0.5, 0.5]).argsort()[::-1][:1].tolist()
-    assert caffe_nms(same, np.float32([0.5, 0.5]), thresh=0.7).tolist() == expected
+    assert caffe_nms(same, np.float32([0.5, 0.5]), thresh=0.7).tolist() == [1]
 
 
 def test_rpn_module_in_caffe_mode_matches_the_reference() -> None:

@@ -1,7 +1,8 @@
 """Both box-selection modes against deliberately plain re-implementations of the references.
 
 bottom-up: tools/generate_tsv.py of the Caffe bottom-up-attention (a loop over classes, numpy,
-the Caffe "+1" IoU, py-faster-rcnn's greedy NMS, background FIRST as Caffe had it).
+the Caffe "+1" IoU, py-faster-rcnn's greedy NMS, background FIRST as Caffe had it), sorting with
+numpy 1.x's introsort as written out in introsort_helpers (today's numpy sorts ties otherwise).
 max-class: py-bottom-up-attention's / the HF demo's per-image loop (a loop over classes for the
 best class, hand-written torchvision-convention NMS).
 """
@@ -13,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from introsort_helpers import introsort_argsort
 
 from detector.boxes import BOX_HEAD_WEIGHTS, apply_deltas, clip_boxes
 from detector.config import get_preset
@@ -38,7 +40,7 @@ def plain_caffe_nms(dets: np.ndarray, thresh: float) -> list[int]:
     """py-faster-rcnn's greedy NMS in float32 with +1 areas; IoU >= thresh suppresses."""
     x1, y1, x2, y2, scores = (dets[:, k] for k in range(5))
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort()[::-1]
+    order = introsort_argsort(scores)[::-1]
     keep = []
     while order.size > 0:
         i, rest = order[0], order[1:]
@@ -71,9 +73,9 @@ def plain_keep_boxes(
     """generate_tsv's threshold and min/max clamp, in its order."""
     keep_boxes = np.where(max_conf >= conf_thresh)[0]
     if len(keep_boxes) < min_boxes:
-        keep_boxes = np.argsort(max_conf)[::-1][:min_boxes]
+        keep_boxes = introsort_argsort(max_conf)[::-1][:min_boxes]
     elif len(keep_boxes) > max_boxes:
-        keep_boxes = np.argsort(max_conf)[::-1][:max_boxes]
+        keep_boxes = introsort_argsort(max_conf)[::-1][:max_boxes]
     return keep_boxes
 
 
@@ -233,6 +235,38 @@ def test_bottom_up_matches_generate_tsv_with_many_proposals_and_ties() -> None:
         )
         expected = plain_keep_boxes(max_conf, 0.2, min_boxes, max_boxes)
         np.testing.assert_array_equal(got.indices.numpy(), expected)
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_saturated_class_probabilities_break_ties_as_numpy_1_sorted(seed) -> None:
+    """Many boxes score exactly 1.0 or 0.5 in several classes, on 300 proposals: per-class NMS
+    visits tied boxes, and the min/max clamp ranks tied max_conf values, in numpy 1.x's order.
+    Today's numpy sorts those ties in another order on an AVX2 or AVX-512 machine, so this
+    fails unless selection sorts as numpy 1.x did."""
+    rng = np.random.default_rng(seed)
+    num_rows, num_classes = 300, 12
+    xy = rng.uniform(0, 500, (num_rows, 2))
+    boxes = np.round(np.concatenate([xy, xy + rng.uniform(20, 200, (num_rows, 2))], axis=1))
+    probs = rng.dirichlet(np.full(num_classes + 1, 0.5), num_rows)
+    confident = rng.random(num_rows) < 0.5
+    classes = rng.integers(0, 4, num_rows)  # few classes, many boxes each
+    probs[confident] = 0.0
+    probs[confident, classes[confident]] = rng.choice([1.0, 0.5], confident.sum())
+    probs[confident, num_classes] = 1.0 - probs[confident, classes[confident]]
+    boxes, probs = boxes.astype(np.float32), probs.astype(np.float32)
+    max_conf = plain_max_conf(boxes, caffe_layout(probs), 0.3)
+    assert (max_conf == 1.0).sum() > 20 and (max_conf == 0.5).sum() > 20
+    for min_boxes, max_boxes in [(36, 36), (10, 30), (100, 150)]:
+        got = select_bottom_up(
+            torch.from_numpy(boxes),
+            torch.from_numpy(probs),
+            conf_thresh=0.2,
+            nms_thresh=0.3,
+            min_boxes=min_boxes,
+            max_boxes=max_boxes,
+        )
+        expected = plain_keep_boxes(max_conf, 0.2, min_boxes, max_boxes)
+        np.testing.assert_array_equal(got.indices.numpy(), expected)  # same boxes, same order
 
 
 def test_the_strong_class_shortcut_answers_exactly_or_not_at_all() -> None:
