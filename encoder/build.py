@@ -4,6 +4,7 @@ encoder (model, tokenizer, answer set), and question answering on RegionFeatures
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from encoder.config import EncoderConfig, config_for
 from encoder.inputs import build_visual_inputs
 from encoder.model import build_model, checkpoint_directory, saved_head
 from encoder.nlvr2 import LxmertForNLVR2, build_pair_inputs, true_probability
+from encoder.original.load import load_original, original_checkpoint_file
 from encoder.tokenizer import VOCAB_PATH, LxmertTokenizer, encode_text, load_tokenizer
 from weights.defaults import DEFAULT_DEVICE, resolve_device
 
@@ -24,6 +26,8 @@ from weights.defaults import DEFAULT_DEVICE, resolve_device
 #: set (JSON list, label order) and the WordPiece vocabulary.
 ANSWERS_FILE = "label2ans.json"
 VOCAB_FILE = "vocab.txt"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,6 +132,10 @@ def load_encoder(
     A checkpoint directory may carry ``label2ans.json`` (answers in label order) and
     ``vocab.txt``; they are used instead of the shipped answer set and vocabulary unless the
     config names an answer set.
+
+    ``source`` (or the config's checkpoint) may also be a ``.pth`` file of the original LXMERT
+    (airsplay/lxmert): ``model_LXRT.pth`` or a VQA/GQA/NLVR2 task's ``BEST.pth``
+    (:mod:`encoder.original`); see :func:`_load_original_encoder`.
     """
     if isinstance(source, EncoderConfig):
         config = source
@@ -136,6 +144,11 @@ def load_encoder(
     else:
         raise TypeError(
             f"source must be a preset name, a path or an EncoderConfig, got {type(source).__name__}"
+        )
+    original = original_checkpoint_file(config.checkpoint)
+    if original is not None:
+        return _load_original_encoder(
+            original, config, head_given=isinstance(source, EncoderConfig), device=device
         )
     directory = checkpoint_directory(config.checkpoint)
     if not isinstance(source, EncoderConfig) and saved_head(directory) == "nlvr2":
@@ -153,4 +166,43 @@ def load_encoder(
         if answer_set is None and (directory / ANSWERS_FILE).is_file():
             answer_set = directory / ANSWERS_FILE
         answers = answer_table_for(model.config.num_qa_labels, answer_set)
+    return Encoder(config=config, model=model, tokenizer=tokenizer, answers=answers)
+
+
+def _load_original_encoder(
+    path: Path, config: EncoderConfig, *, head_given: bool, device: torch.device | str
+) -> Encoder:
+    """An :class:`Encoder` from an original LXMERT ``.pth`` (:func:`encoder.original.
+    load_original`), with the shipped uncased BERT vocabulary that LXMERT used.
+
+    The head is ``config.head`` when the caller gave an :class:`EncoderConfig`; else the
+    file's own: NLVR2 for an NLVR2 checkpoint, QA otherwise (``model_LXRT.pth`` then answers
+    over its 9500 pretraining answers). The files carry no answer names: the answer table is
+    ``config.answer_set`` (a name, or a file such as LXMERT's ``trainval_label2ans.json`` or
+    ``trainval_ans2label.json``), else the shipped table of the head's size, with a warning
+    in the log saying which was assumed.
+    """
+    loaded = load_original(path, head=config.head if head_given else None)
+    config = dataclasses.replace(config, head=loaded.head)
+    model = loaded.model
+    module: torch.nn.Module = model  # see load_encoder: transformers hides .to's signature
+    module.to(resolve_device(device))
+    tokenizer = load_tokenizer(VOCAB_PATH)
+    if model.config.vocab_size != len(tokenizer):
+        raise ValueError(
+            f"{path}: its word embeddings have {model.config.vocab_size} rows but LXMERT's "
+            f"vocabulary has {len(tokenizer)} words"
+        )
+    answers = None
+    if config.head not in ("base", "nlvr2"):
+        answers = answer_table_for(model.config.num_qa_labels, config.answer_set)
+        if config.answer_set is None:
+            logger.warning(
+                "%s carries no answer names; assuming the shipped %r answer table (%d answers) "
+                "by the size of its answer head. Give the file it was trained with (--answers "
+                "FILE, answer_set=) if it was another",
+                path,
+                answers.name,
+                len(answers),
+            )
     return Encoder(config=config, model=model, tokenizer=tokenizer, answers=answers)

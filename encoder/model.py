@@ -46,7 +46,8 @@ def checkpoint_directory(source: str | Path) -> Path:
     elif path.exists():
         raise ValueError(
             f"{path} is a file; an encoder checkpoint is the directory written by "
-            "save_pretrained (config.json and the weights)"
+            "save_pretrained (config.json and the weights), or an original LXMERT checkpoint "
+            "file (.pth, .pt, .bin, .ckpt)"
         )
     else:
         # Names, known or not, go to the registry: it knows every name and says which exist.

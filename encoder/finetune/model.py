@@ -20,6 +20,7 @@ from encoder.config import config_for
 from encoder.finetune.config import FinetuneConfig
 from encoder.finetune.surgery import transfer_answer_head
 from encoder.model import quiet_progress_bars
+from encoder.original import original_checkpoint_file, transfer_answer_head_lxmert_qa
 from weights.files import atomic_path, atomic_write_text
 
 #: The file of an output directory that records the recipe, the command and the history.
@@ -35,7 +36,9 @@ def prepare_encoder(
 ) -> tuple[Encoder, int]:
     """A QA :class:`Encoder` from ``source`` (registry name or ``save_pretrained`` directory)
     whose head answers over ``answers``; returns it and the number of answers that kept their
-    pretrained output row (:func:`~encoder.finetune.surgery.transfer_answer_head`).
+    pretrained output row (:func:`~encoder.finetune.surgery.transfer_answer_head`; for an
+    original LXMERT ``.pth``, LXMERT's rule :func:`~encoder.original.
+    transfer_answer_head_lxmert_qa`).
 
     The source's own answer table is its preset's, else its ``label2ans.json``, else the
     shipped table of its head size (``load_encoder``'s rules). Seeds torch's generator with
@@ -49,7 +52,10 @@ def prepare_encoder(
     model = loaded.model
     if not isinstance(model, LxmertForQuestionAnswering) or loaded.answers is None:
         raise TypeError(f"{source}: expected a question-answering LXMERT with an answer table")
-    kept = transfer_answer_head(model, old=loaded.answers, new=answers)
+    # An original LXMERT file starts the new head by LXMERT's own rule (--loadLXMERTQA).
+    original = original_checkpoint_file(source) is not None
+    transfer = transfer_answer_head_lxmert_qa if original else transfer_answer_head
+    kept = transfer(model, old=loaded.answers, new=answers)
     encoder = Encoder(config=settings, model=model, tokenizer=loaded.tokenizer, answers=answers)
     return encoder, kept
 
