@@ -32,6 +32,12 @@ class GivenBoxTolerances:
     """Smallest per-box feature cosine at least this."""
     objects_agree: float = 0.98
     """Fraction of boxes whose ``objects_id`` equals the reference's, at least this."""
+    median_scale_difference: float = 0.01
+    """Median per-box ``|norm(ours) / norm(ref) - 1|`` at most this: cosine cannot see scale,
+    so features scaled by 7, or L2-normalised, pass every cosine limit."""
+    median_relative_difference: float = 0.05
+    """Median per-box ``||ours - ref||_2 / ||ref||_2`` at most this (with equal norms, what a
+    cosine of 0.999 allows: ``sqrt(2 * (1 - 0.999))`` = 0.045)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,17 @@ def feature_cosine(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
     both_zero = ~a.any(axis=1) & ~b.any(axis=1)
     cosine = np.divide((a * b).sum(axis=1), norms, out=np.zeros(len(a)), where=norms > 0)
     return np.where(both_zero, 1.0, cosine)
+
+
+def scale_difference(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Row-wise ``|norm(ours) / norm(ref) - 1|`` of ``[K, D]`` features, float64 ``[K]``; 0 when
+    both rows are zero, inf when only ``ref`` is."""
+    ours_norm = np.linalg.norm(ours.astype(np.float64), axis=1)
+    ref_norm = np.linalg.norm(reference.astype(np.float64), axis=1)
+    ratio = np.divide(
+        ours_norm, ref_norm, out=np.where(ours_norm > 0, np.inf, 1.0), where=ref_norm > 0
+    )
+    return np.abs(ratio - 1.0)
 
 
 def feature_differences(ours: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,9 +137,12 @@ def match_boxes(reference: np.ndarray, ours: np.ndarray) -> BoxMatch:
 
 @dataclass(frozen=True, eq=False)
 class GivenBoxStats:
-    """One image's given-box check, per box ``[K]`` (float64, bools)."""
+    """One image's given-box check, per box ``[K]`` (float64, bools); ``image_id`` names the
+    image, so that a summary over many can name its worst box."""
 
+    image_id: str
     cosine: np.ndarray
+    scale_difference: np.ndarray
     largest_difference: np.ndarray
     relative_difference: np.ndarray
     objects_agree: np.ndarray
@@ -133,7 +153,9 @@ def compare_given(ours: RegionFeatures, reference: RegionFeatures) -> GivenBoxSt
     """Our regions for the reference's boxes against the reference record, box by box."""
     largest, relative = feature_differences(ours.features, reference.features)
     return GivenBoxStats(
+        image_id=reference.image_id,
         cosine=feature_cosine(ours.features, reference.features),
+        scale_difference=scale_difference(ours.features, reference.features),
         largest_difference=largest,
         relative_difference=relative,
         objects_agree=ours.objects_id == reference.objects_id,
@@ -178,11 +200,20 @@ def _fraction(flags: np.ndarray) -> float | None:
 
 @dataclass(frozen=True)
 class GivenBoxSummary:
-    """The given-box check over all boxes; None where there is no box."""
+    """The given-box check over all boxes; None where there is no box.
+
+    ``cosine_1st_percentile`` stands beside the worst cosine, so that one outlier box can be
+    told from many bad ones; ``worst_cosine_image`` and ``worst_cosine_box`` (its index in that
+    image's record) name where the worst one is."""
 
     boxes: int
     median_cosine: float | None
+    cosine_1st_percentile: float | None
     worst_cosine: float | None
+    worst_cosine_image: str | None
+    worst_cosine_box: int | None
+    median_scale_difference: float | None
+    worst_scale_difference: float | None
     median_largest_difference: float | None
     worst_largest_difference: float | None
     median_relative_difference: float | None
@@ -190,6 +221,34 @@ class GivenBoxSummary:
     objects_agree: float | None
     attrs_agree: float | None
     passed: bool
+
+
+def _worst_box(stats: Sequence[GivenBoxStats]) -> tuple[str, int] | None:
+    """The image and box index of the smallest cosine (the first one on ties)."""
+    candidates = [(float(s.cosine.min()), i) for i, s in enumerate(stats) if len(s.cosine)]
+    if not candidates:
+        return None
+    _, index = min(candidates)
+    worst = stats[index]
+    return worst.image_id, int(np.argmin(worst.cosine))
+
+
+def given_passes(
+    cosine: np.ndarray,
+    scale: np.ndarray,
+    relative: np.ndarray,
+    objects: np.ndarray,
+    tolerances: GivenBoxTolerances,
+) -> bool:
+    """Every limit of ``tolerances`` on pooled per-box figures (no box: not passed)."""
+    return bool(
+        len(cosine)
+        and np.median(cosine) >= tolerances.median_cosine
+        and cosine.min() >= tolerances.worst_cosine
+        and np.median(scale) <= tolerances.median_scale_difference
+        and np.median(relative) <= tolerances.median_relative_difference
+        and objects.mean() >= tolerances.objects_agree
+    )
 
 
 def summarize_given(
@@ -202,23 +261,23 @@ def summarize_given(
 
     cosine, largest = pooled("cosine"), pooled("largest_difference")
     relative, objects = pooled("relative_difference"), pooled("objects_agree")
-    passed = bool(
-        len(cosine)
-        and np.median(cosine) >= tolerances.median_cosine
-        and cosine.min() >= tolerances.worst_cosine
-        and objects.mean() >= tolerances.objects_agree
-    )
+    scale, worst = pooled("scale_difference"), _worst_box(stats)
     return GivenBoxSummary(
         boxes=len(cosine),
         median_cosine=_median(cosine),
+        cosine_1st_percentile=float(np.percentile(cosine, 1)) if len(cosine) else None,
         worst_cosine=float(cosine.min()) if len(cosine) else None,
+        worst_cosine_image=None if worst is None else worst[0],
+        worst_cosine_box=None if worst is None else worst[1],
+        median_scale_difference=_median(scale),
+        worst_scale_difference=float(scale.max()) if len(scale) else None,
         median_largest_difference=_median(largest),
         worst_largest_difference=float(largest.max()) if len(largest) else None,
         median_relative_difference=_median(relative),
         worst_relative_difference=float(relative.max()) if len(relative) else None,
         objects_agree=_fraction(objects),
         attrs_agree=_fraction(pooled("attrs_agree")),
-        passed=passed,
+        passed=given_passes(cosine, scale, relative, objects, tolerances),
     )
 
 

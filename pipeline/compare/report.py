@@ -18,7 +18,7 @@ from pipeline.compare.metrics import (
     summarize_given,
 )
 from pipeline.compare.run import ComparePlan, ImageComparison
-from pipeline.compare.settings import REPORT_KIND
+from pipeline.compare.settings import REPORT_KIND, CompareSettings, Require
 from pipeline.exits import EXIT_OK, EXIT_SOME_FAILED
 from pipeline.manifest import Failure
 
@@ -39,7 +39,8 @@ class CompareResult:
         images: each compared image.
         failures: images in common that could not be compared.
         verdict: the last line: which proposal layer reproduces the reference, with figures.
-        exit_code: 0 the given-box check passed on every image; 1 otherwise.
+        exit_code: 0 the checks ``--require`` names passed on every image (the given-box
+            check; with ``full`` also the full check); 1 otherwise.
     """
 
     given: GivenBoxSummary
@@ -97,13 +98,47 @@ def summarize(
         mode: summarize_full([c.full[mode] for c in images], settings.rule)
         for mode in settings.configs
     }
-    verdict = verdict_line(full, settings.unavailable, settings.rule)
-    code = EXIT_OK if given.passed and not failures else EXIT_SOME_FAILED
+    reproduced = any(s.reproduces for s in full.values())
+    passed = given.passed and (settings.require == "given" or reproduced)
+    code = EXIT_OK if passed and not failures else EXIT_SOME_FAILED
+    verdict = verdict_line(full, settings.unavailable, settings.rule) + coverage_clause(
+        require=settings.require,
+        given_passed=given.passed,
+        reproduced=reproduced,
+        failures=len(failures),
+        code=code,
+    )
     return CompareResult(given, full, images, failures, verdict, code)
+
+
+def _outcome(passed: bool) -> str:
+    return "passed" if passed else "failed"
+
+
+def coverage_clause(
+    *, require: Require, given_passed: bool, reproduced: bool | None, failures: int, code: int
+) -> str:
+    """The verdict's last words: which checks the exit code covers, and how each went.
+
+    ``reproduced`` is None where no full check ran (file against file)."""
+    checks = [f"the given-box check ({_outcome(given_passed)})"]
+    if require == "full" and reproduced is not None:
+        checks.append(f"the full check ({_outcome(reproduced)}: a proposal layer must reproduce)")
+    elif reproduced is not None:
+        checks.append("not the full check (--require full adds it)")
+    if failures:
+        checks.append(f"{failures} image{'' if failures == 1 else 's'} not compared")
+    return f"; exit code {code} covers {', '.join(checks)}"
 
 
 def _number(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _worst_place(given: GivenBoxSummary) -> str:
+    if given.worst_cosine_image is None:
+        return "n/a"
+    return f"image {given.worst_cosine_image!r} box {given.worst_cosine_box}"
 
 
 def _given_lines(given: GivenBoxSummary, tolerances: GivenBoxTolerances) -> list[str]:
@@ -112,10 +147,16 @@ def _given_lines(given: GivenBoxSummary, tolerances: GivenBoxTolerances) -> list
         f"  feature cosine        median {_number(given.median_cosine, '.6f'):>10}  worst "
         f"{_number(given.worst_cosine, '.6f'):>10}   need median >= "
         f"{tolerances.median_cosine}, worst >= {tolerances.worst_cosine}",
+        f"  cosine 1st percentile        {_number(given.cosine_1st_percentile, '.6f'):>10}  "
+        f"worst at {_worst_place(given)}",
+        f"  |norm ratio - 1|      median {_number(given.median_scale_difference, '.3g'):>10}  "
+        f"worst {_number(given.worst_scale_difference, '.3g'):>10}   need median <= "
+        f"{tolerances.median_scale_difference}",
         f"  largest |difference|  median {_number(given.median_largest_difference, '.3g'):>10}  "
         f"worst {_number(given.worst_largest_difference, '.3g'):>10}",
         f"  relative difference   median {_number(given.median_relative_difference, '.3g'):>10}  "
-        f"worst {_number(given.worst_relative_difference, '.3g'):>10}",
+        f"worst {_number(given.worst_relative_difference, '.3g'):>10}   need median <= "
+        f"{tolerances.median_relative_difference}",
         f"  objects_id agree      {_percent(given.objects_agree):>17}"
         f"{'':24}need >= {tolerances.objects_agree:.0%}",
         f"  attrs_id agree        {_percent(given.attrs_agree):>17}",
@@ -171,6 +212,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _numerics(settings: CompareSettings) -> str:
+    if settings.device.type != "cuda":
+        return ""  # CPU runs are always exact
+    if settings.deterministic:
+        return " (deterministic: no TF32, deterministic cuDNN)"
+    return " (--no-deterministic: TF32 and cuDNN autotuning may move features by ~1e-3)"
+
+
 def format_report(plan: ComparePlan, result: CompareResult, checkpoint: str) -> str:
     """The printed report: what was compared, the two checks, failures, the verdict last."""
     settings = plan.settings
@@ -179,7 +228,7 @@ def format_report(plan: ComparePlan, result: CompareResult, checkpoint: str) -> 
         f"reference  {settings.reference}: {_count(len(plan.store), 'record')}; "
         f"{_count(plan.in_common, 'image')} in common ({len(result.images)} compared, "
         f"{len(result.failures)} failed{limit}); {plan.inputs_only} inputs without a record",
-        f"detector   {checkpoint} on {settings.device}",
+        f"detector   {checkpoint} on {settings.device}{_numerics(settings)}",
         "",
         *_given_lines(result.given, settings.tolerances),
         "",
@@ -236,6 +285,8 @@ def report_json(
         "device": str(settings.device),
         "selection": next(iter(settings.configs.values())).selection,
         "box_count": settings.box_count,
+        "require": settings.require,
+        "deterministic": settings.deterministic,
         "matching": MATCHING,
         "tolerances": {"given_boxes": asdict(settings.tolerances), "reproduces": asdict(rule)},
         "given_boxes": asdict(result.given),

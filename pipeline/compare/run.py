@@ -126,12 +126,18 @@ class ImageComparison:
 def load_detectors(settings: CompareSettings) -> dict[ProposalMode, Detector]:
     """One detector per proposal layer that can run (the weights are read once per layer)."""
     from detector import load_detector
+    from detector.options import InferenceOptions
 
     detectors: dict[ProposalMode, Detector] = {}
     for mode, config in settings.configs.items():
         try:
             detectors[mode] = load_detector(
-                settings.detector, config=config, device=settings.device
+                settings.detector,
+                config=config,
+                device=settings.device,
+                options=InferenceOptions(
+                    device=settings.device, deterministic=settings.deterministic
+                ),
             )
         except (KeyError, ValueError, TypeError, OSError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error

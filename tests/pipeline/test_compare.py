@@ -299,3 +299,125 @@ def test_help_lists_compare_and_states_the_rules(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "median feature cosine is >= 0.999, the worst >= 0.99" in text
     assert ">= 95% of reference boxes are matched at IoU >= 0.9" in text
+
+
+# --- the given-box check sees scale and offset; the verdict says what the exit code covers ------
+
+
+def transformed(source: Path, target: Path, how: str) -> list[dict]:
+    """``source`` with every feature changed: ``scaled`` x7, ``normalised`` to unit L2 norm,
+    or ``offset`` by a constant, 5% of the record's mean value; written to ``target``."""
+    items = lxmert_read_tsv(source)
+    for index, item in enumerate(items):
+        features = item["features"].astype(np.float64)
+        if how == "scaled":
+            features = features * 7
+        elif how == "normalised":
+            features = features / np.linalg.norm(features, axis=1, keepdims=True)
+        else:
+            features = features + 0.05 * features.mean()
+        items[index] = {**item, "features": features.astype(np.float32)}
+    write_lxmert_tsv(target, items)
+    return items
+
+
+@pytest.mark.parametrize("how", ["scaled", "normalised", "offset"])
+def test_scaled_normalised_or_offset_features_fail_the_given_box_check(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, tmp_path: Path, how: str
+) -> None:
+    target = tmp_path / f"{how}.tsv"
+    changed = transformed(references["caffe"], target, how)
+    code, report = compare(target, photos, tiny_checkpoint, "--limit", "2")
+    assert report is not None and report["images"]["compared"] == 2
+    # Independent figures from the two files: cosine alone cannot see the change.
+    clean = [i["features"].astype(np.float64) for i in lxmert_read_tsv(references["caffe"])[:2]]
+    ref = [i["features"].astype(np.float64) for i in changed[:2]]
+    ours, theirs = np.concatenate(clean), np.concatenate(ref)
+    norms = np.linalg.norm(ours, axis=1), np.linalg.norm(theirs, axis=1)
+    cosine = (ours * theirs).sum(1) / norms[0] / norms[1]
+    assert np.median(cosine) >= 0.999 and cosine.min() >= 0.99
+    scale = np.median(np.abs(norms[0] / norms[1] - 1))
+    relative = np.median(np.linalg.norm(ours - theirs, axis=1) / norms[1])
+    # Scale catches all three; the offset, whose relative difference is ~0.03, only by scale.
+    assert scale > 0.01 and bool(relative > 0.05) is (how != "offset")
+    given = report["given_boxes"]
+    assert given["median_scale_difference"] == pytest.approx(scale, rel=1e-4)
+    assert given["median_relative_difference"] == pytest.approx(relative, rel=1e-4)
+    assert (code, given["passed"], report["exit_code"]) == (1, False, 1)
+    assert report["verdict"].endswith("exit code 1 covers the given-box check (failed), not "
+                                      "the full check (--require full adds it)")  # fmt: skip
+
+
+def test_the_printed_table_has_the_scale_and_relative_limits_and_the_worst_box(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    target = tmp_path / "one-bad-box.tsv"
+    items = lxmert_read_tsv(references["caffe"])
+    features = items[1]["features"].copy()
+    features[4] = features[4][::-1]  # one box of the second image, its feature reversed
+    items[1] = {**items[1], "features": features}
+    write_lxmert_tsv(target, items)
+    code = run("compare", target, photos, "--detector", tiny_checkpoint, "--device", "cpu")
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1  # the minimum stays the tolerance: one outlier fails the run
+    assert any("|norm ratio - 1|" in line and "need median <= 0.01" in line for line in lines)
+    assert any("relative difference" in line and "need median <= 0.05" in line for line in lines)
+    worst = next(line for line in lines if "cosine 1st percentile" in line)
+    assert worst.endswith(f"worst at image {items[1]['img_id']!r} box 4")
+    # Every other box has cosine 1 (our own run): the 1st percentile is that of [cosine, 1...].
+    reference = lxmert_read_tsv(references["caffe"])[1]["features"][4].astype(np.float64)
+    cosine = reference @ features[4] / np.linalg.norm(reference) ** 2
+    assert f"worst {cosine:10.6f}" in next(line for line in lines if "feature cosine" in line)
+    boxes = sum(item["num_boxes"] for item in items)
+    expected = np.percentile([cosine] + [1.0] * (boxes - 1), 1)
+    assert float(worst.split()[3]) == pytest.approx(expected, abs=2e-6) and expected > cosine
+    assert lines[-1].endswith("exit code 1 covers the given-box check (failed), not the full "
+                              "check (--require full adds it)")  # fmt: skip
+
+
+def test_require_full_also_demands_a_reproducing_proposal_layer(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, capsys
+) -> None:
+    # Max-class selection keeps other boxes than the bottom-up reference, so no proposal layer
+    # reproduces it; its given-box check, which never selects, still passes.
+    args = ("--selection", "max-class", "--limit", "2")
+    code, report = compare(references["caffe"], photos, tiny_checkpoint, *args)
+    assert report is not None and report["given_boxes"]["passed"]
+    assert not any(report["full"][mode]["reproduces"] for mode in MODES)
+    assert code == 0 and report["require"] == "given"
+    assert (
+        "exit code 0 covers the given-box check (passed), not the full check" in report["verdict"]
+    )
+    code, report = compare(references["caffe"], photos, tiny_checkpoint, *args, "--require",
+                           "full")  # fmt: skip
+    assert report is not None and (code, report["exit_code"], report["require"]) == (1, 1, "full")
+    assert report["verdict"].endswith(
+        "exit code 1 covers the given-box check (passed), the full check (failed: a proposal "
+        "layer must reproduce)"
+    )
+    code, report = compare(references["caffe"], photos, tiny_checkpoint, "--limit", "2",
+                           "--require", "full")  # fmt: skip
+    assert report is not None and code == 0 and report["full"]["caffe"]["reproduces"]
+    assert report["verdict"].endswith("the full check (passed: a proposal layer must reproduce)")
+
+
+@pytest.mark.parametrize(("flags", "deterministic"), [((), True), (("--no-deterministic",), False)])
+def test_compare_loads_the_detector_deterministic_unless_told_not_to(
+    references: dict[str, Path], photos: Path, tiny_checkpoint: Path, monkeypatch,
+    flags: tuple[str, ...], deterministic: bool,
+) -> None:  # fmt: skip
+    import detector
+
+    asked = []
+    real = detector.load_detector
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("options"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "load_detector", spy)
+    code, report = compare(references["caffe"], photos / "coffee.jpg", tiny_checkpoint, *flags)
+    assert code == 0 and report is not None and report["deterministic"] is deterministic
+    assert len(asked) == 2 and all(
+        o is not None and o.deterministic is deterministic for o in asked
+    )
