@@ -1,81 +1,24 @@
-"""What every sub-command shares: parse its flags, run it, turn errors into exit codes.
-
-A :class:`Command` is a parser and a function of the parsed flags that returns the exit code.
-:func:`run_command` is the one place where a :class:`~pipeline.exits.UsageError` becomes exit
-2 and any other exception exit 4, with the traceback under ``-v``.
-"""
+"""What the pipeline's commands share beyond :mod:`weights.command` (where :class:`Command`
+and :func:`run_command`, the one place that turns errors into exit codes, live): logging and
+the argparse types of counts."""
 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import sys
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from pipeline.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from weights.command import Command, add_verbose_flag, report_unexpected, run_command
 
-
-@dataclass(frozen=True)
-class Command:
-    """One sub-command.
-
-    Attributes:
-        name: what follows the program name (``merge``), or ``""`` for the default command.
-        summary: one line for the program's help.
-        build_parser: its argument parser.
-        run: parsed flags -> exit code; raises :class:`UsageError` for a usage problem.
-        disk_full_remedy: what to do after the disk filled up (ENOSPC, exit 4).
-    """
-
-    name: str
-    summary: str
-    build_parser: Callable[[], argparse.ArgumentParser]
-    run: Callable[[argparse.Namespace], int]
-    disk_full_remedy: str = "free some space and run the same command again"
-
-
-def run_command(command: Command, argv: Sequence[str]) -> int:
-    """Parse ``argv`` with ``command``'s parser and run it; returns the exit code.
-
-    ``argparse`` exits 2 itself on unknown flags, as the exit-code table says.
-    """
-    parser = command.build_parser()
-    args = parser.parse_args(list(argv))
-    try:
-        return command.run(args)
-    except UsageError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        # Outside the extraction loop (which records it itself): nothing half done to report.
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            report_unexpected(parser, args, error)
-            return EXIT_ERROR
-        print(
-            f"{parser.prog}: error: the disk is full ({error}); {command.disk_full_remedy}.",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
-    except Exception as error:
-        report_unexpected(parser, args, error)
-        return EXIT_ERROR
-
-
-def report_unexpected(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, error: Exception
-) -> None:
-    """Report an unexpected error (exit 4): its type and message, and the traceback with -v."""
-    print(f"{parser.prog}: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
-    if getattr(args, "verbose", False):
-        traceback.print_exception(error)
-    else:
-        print("(run with -v for the traceback)", file=sys.stderr)
+__all__ = [
+    "Command",
+    "add_verbose_flag",
+    "configure_logging",
+    "non_negative_int",
+    "positive_int",
+    "report_unexpected",
+    "run_command",
+]
 
 
 def configure_logging(*, quiet: bool, verbose: bool) -> None:

@@ -1,16 +1,32 @@
 """Exit codes of every command (``extract_features``, ``answer``, ...) and the usage error.
 
-A command picks its exit code in one place, from these names; the README's tables list them.
+The codes and :class:`UsageError` live in the base layer (:mod:`weights.command`, used by
+``python -m weights`` too); this module names them for the pipeline and holds
+``extract_features``'s table of their meanings, which the README lists.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_ALL_FAILED = 3
-EXIT_ERROR = 4
-EXIT_INTERRUPTED = 130
+from weights.command import (
+    EXIT_ALL_FAILED,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    UsageError,
+)
+
+__all__ = [
+    "EXIT_ALL_FAILED",
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EXIT_USAGE",
+    "UsageError",
+]
 
 #: What each exit status of ``extract_features`` means (printed by ``--help``).
 EXIT_CODES: dict[int, str] = {
@@ -25,8 +41,3 @@ EXIT_CODES: dict[int, str] = {
     EXIT_ERROR: "unexpected error during the run (the output stays valid; --resume continues)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); the output is valid, --resume finishes it",
 }
-
-
-class UsageError(ValueError):
-    """A problem with the command line or its inputs, found before any image is processed
-    (exit :data:`EXIT_USAGE`)."""

@@ -9,17 +9,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from pipeline.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
-from pipeline.text_args import non_utf8_message
-from weights.defaults import (
-    DEFAULT_DETECTOR,
-    DEFAULT_DEVICE,
-    NO_NLVR2_CHECKPOINT,
-    SHAPES_DETECTOR,
-    SHAPES_NLVR2,
-    DeviceError,
-    resolve_device,
+from pipeline.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.model_flags import (
+    add_detector_flag,
+    add_device_flag,
+    add_encoder_flag,
+    device_from_args,
 )
+from pipeline.text_args import non_utf8_message
+from weights.command import Command, add_verbose_flag, run_command
+from weights.defaults import NO_NLVR2_CHECKPOINT, SHAPES_DETECTOR, SHAPES_NLVR2
 
 if TYPE_CHECKING:
     from pipeline.api import Judgement
@@ -36,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"checkpoint, so --encoder is required; the shipped shapes-world model runs offline: "
         f"--detector {SHAPES_DETECTOR} --encoder {SHAPES_NLVR2}.",
         epilog=f"exit codes: {EXIT_OK} judged; {EXIT_USAGE} bad arguments, unreadable image "
-        f"or models that cannot be loaded; {EXIT_ERROR} unexpected error.",
+        f"or models that cannot be loaded; {EXIT_ERROR} unexpected error; "
+        f"{EXIT_INTERRUPTED} interrupted (Ctrl-C).",
     )
     parser.add_argument("left", help="left image file")
     parser.add_argument("right", help="right image file")
@@ -48,79 +48,54 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="1: True/False; 2: both verdicts with probabilities (default: %(default)s)",
     )
-    parser.add_argument(
-        "--detector",
-        default=DEFAULT_DETECTOR,
-        metavar="NAME|PATH",
-        help="detector registry name or checkpoint file (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--encoder",
-        metavar="NAME|DIR",
+    add_detector_flag(parser)
+    add_encoder_flag(
+        parser,
+        default=None,
         help=f"NLVR2 model: registry name ({SHAPES_NLVR2}) or a directory written by "
         "lxmert-finetune train --task nlvr2 (required: there is no default)",
     )
-    parser.add_argument(
-        "--device",
-        default=DEFAULT_DEVICE,
-        help="cpu, cuda, cuda:N, or auto (cuda when available) (default: %(default)s)",
-    )
+    add_device_flag(parser)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per statement instead of text"
     )
+    add_verbose_flag(parser)
     return parser
 
 
-def _error(message: object) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+def _judge(args: argparse.Namespace, device: str) -> list[Judgement]:
+    """The verdicts; an unreadable image or a model that cannot be loaded is a usage error."""
+    from detector.image import ImageError
+    from pipeline.api import judge
 
-
-def _judge(args: argparse.Namespace, device: str) -> list[Judgement] | int:
-    """The verdicts, or the exit code of an error already reported."""
     try:
-        from detector.image import ImageError
-        from pipeline.api import judge
-
-        try:
-            return cast(
-                "list[Judgement]",
-                judge(
-                    args.left,
-                    args.right,
-                    list(args.statements),
-                    top_k=args.top_k,
-                    detector=args.detector,
-                    encoder=args.encoder,
-                    device=device,
-                ),
-            )
-        except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
-            return _error(error.args[0] if isinstance(error, KeyError) and error.args else error)
-    except Exception as error:
-        print(f"{PROG}: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return cast(
+            "list[Judgement]",
+            judge(
+                args.left,
+                args.right,
+                list(args.statements),
+                top_k=args.top_k,
+                detector=args.detector,
+                encoder=args.encoder,
+                device=device,
+            ),
+        )
+    except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise UsageError(str(message)) from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``judge`` command."""
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Judge ``args.statements`` of the pair ``args.left``, ``args.right``; print verdicts."""
     if args.top_k not in (1, 2):
-        return _error("--top-k must be 1 (True/False) or 2 (both verdicts)")
+        raise UsageError("--top-k must be 1 (True/False) or 2 (both verdicts)")
     not_utf8 = non_utf8_message(args.statements, what="statement")
     if not_utf8 is not None:
-        return _error(not_utf8)
+        raise UsageError(not_utf8)
     if args.encoder is None:
-        return _error(f"--encoder is required. {NO_NLVR2_CHECKPOINT}")
-    try:
-        device = resolve_device(
-            args.device, on_fallback=lambda message: print(f"{PROG}: {message}", file=sys.stderr)
-        )
-    except DeviceError as error:
-        return _error(f"--device {args.device}: {error}")
-    results = _judge(args, str(device))
-    if isinstance(results, int):
-        return results
+        raise UsageError(f"--encoder is required. {NO_NLVR2_CHECKPOINT}")
+    results = _judge(args, str(device_from_args(args, prog=PROG)))
     for statement, result in zip(args.statements, results, strict=True):
         ranked: list[tuple[bool, float | None]] = (
             [(result, None)] if isinstance(result, bool) else list(result)
@@ -133,6 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"{statement}\t" + ", ".join(f"{v} ({p:.3f})" for v, p in result))
     return EXIT_OK
+
+
+JUDGE_COMMAND = Command(
+    name="judge",
+    summary="judge statements about an image pair (NLVR2)",
+    build_parser=build_parser,
+    run=run,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``judge`` command."""
+    return run_command(JUDGE_COMMAND, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

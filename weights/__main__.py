@@ -1,7 +1,8 @@
 """Command line for the checkpoint registry: ``python -m weights list | fetch | verify | path``.
 
-Exit codes: 0 success; 1 checkpoint not found, checksum mismatch, unknown name or unreadable
-file (message on stderr, no traceback); 2 bad command line (argparse).
+Exit codes, as every command of the project uses them (:mod:`weights.command`): 0 success;
+2 bad command line, or models not loadable: checkpoint not found, checksum mismatch, unknown
+name or unreadable file (message on stderr, no traceback); 4 unexpected error; 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from weights.command import Command, UsageError, add_verbose_flag, run_command
 from weights.registry import REGISTRY, CheckpointRecord, UnknownCheckpointError
 from weights.resolve import (
     ENV_VAR,
@@ -34,21 +36,25 @@ where checkpoints are looked for, in order:
 checksums not known to the registry are pinned on first use in <hub cache>/lxmert-pipeline-
 checksums.json and checked on every later use.
 
-exit codes: 0 ok, 1 not found / checksum mismatch / unreadable, 2 usage error.
+exit codes: 0 ok; 2 usage error, or not loadable: not found / checksum mismatch /
+unreadable; 4 unexpected error; 130 interrupted (Ctrl-C).
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    return run_command(WEIGHTS_COMMAND, sys.argv[1:] if argv is None else argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The chosen sub-command; a checkpoint that is missing, unknown, damaged or unreadable
+    is a usage error (exit 2: models not loadable)."""
     try:
         return int(args.run(args))
     except (CheckpointNotFoundError, ChecksumError, UnknownCheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        raise UsageError(str(err)) from None
     except (FileNotFoundError, ValueError, TypeError) as err:  # unreadable/unsafe files
-        print(f"error: {err}", file=sys.stderr)
-    return 1
+        raise UsageError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,7 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", help="registry name of a detector, or a file")
     p.add_argument("dest", metavar="DEST", type=Path, help="output .safetensors file")
     p.set_defaults(run=_cmd_convert)
+    add_verbose_flag(parser)
     return parser
+
+
+WEIGHTS_COMMAND = Command(
+    name="", summary="the checkpoint registry", build_parser=_parser, run=_run
+)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -65,19 +65,28 @@ def test_help_documents_the_commands_and_the_env_var() -> None:
         assert word in result.stdout
 
 
-def test_path_not_found_exits_1_without_traceback() -> None:
-    result = _run("path", "lxmert-vqa")
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "python -m weights fetch lxmert-vqa" in result.stderr
-    assert result.stdout == ""
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``python -m weights ARGS`` in this process: exit code, stdout, stderr."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_unknown_name_exits_1() -> None:
-    result = _run("verify", "no-such-model")
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "vg-r101-c4-attr" in result.stderr
+def test_path_not_found_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    """Models not loadable: exit 2, as every command of the project says it."""
+    code, out, err = _main(capsys, "path", "lxmert-vqa")
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.startswith("python -m weights: error: ")
+    assert "python -m weights fetch lxmert-vqa" in err
+    assert out == ""
+
+
+def test_unknown_name_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _main(capsys, "verify", "no-such-model")
+    assert code == 2
+    assert "Traceback" not in err
+    assert "vg-r101-c4-attr" in err
 
 
 def test_usage_error_exits_2() -> None:
@@ -101,7 +110,7 @@ def test_path_and_verify_on_a_hub_cache(
 
     (snapshot / "pytorch_model.bin").resolve().write_bytes(b"changed")
     result = _run("verify", "vg-r101-c4-attr")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(isolated_env / LOCK_FILE_NAME) in result.stderr
 
@@ -122,7 +131,7 @@ def test_convert_refuses_an_unsafe_pickle(
     src = tmp_path / "evil.pkl"
     target = tmp_path / "pwned"
     src.write_bytes(b"cbuiltins\nopen\n(V" + str(target).encode() + b"\nVw\ntR.")
-    assert main(["convert", str(src), str(tmp_path / "out.safetensors")]) == 1
+    assert main(["convert", str(src), str(tmp_path / "out.safetensors")]) == 2
     assert "builtins.open" in capsys.readouterr().err
     assert not target.exists()
     assert not (tmp_path / "out.safetensors").exists()
