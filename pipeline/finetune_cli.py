@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from pipeline.command import Command, non_negative_int, positive_int, run_command
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from pipeline.finetune_outputs import REPORT_KIND, check_outputs
+from pipeline.finetune_resume import check_resume, run_inputs
 from weights.defaults import DEFAULT_DEVICE
 from weights.files import atomic_write_text
 
@@ -341,9 +342,11 @@ def run_train(args: argparse.Namespace) -> int:
     from weights.defaults import DeviceError, resolve_device
 
     settings = validate_train(args)
+    inputs = run_inputs(settings)
+    check_resume(settings, checkpoint=settings.out / CHECKPOINT, inputs=inputs)
     store = open_stores(settings.features)
     if settings.task == "nlvr2":
-        return run_train_nlvr2(settings, store)
+        return run_train_nlvr2(settings, store, inputs=inputs)
     train_entries, valid_entries, skipped = plan_train(settings, store)
     table = answer_table(settings, train_entries)
     try:
@@ -364,16 +367,25 @@ def run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     record = run_record(
-        settings, skipped=skipped, answers=len(table), answers_kept_from_source=kept
+        settings,
+        skipped=skipped,
+        inputs=inputs,
+        answers=len(table),
+        answers_kept_from_source=kept,
     )
-    return fit_and_write(settings, encoder, train, valid, record)
+    return fit_and_write(settings, encoder, train, valid, record, inputs=inputs)
 
 
 def run_record(
-    settings: TrainSettings, *, skipped: int, **task_fields: object
+    settings: TrainSettings,
+    *,
+    skipped: int,
+    inputs: Mapping[str, object],
+    **task_fields: object,
 ) -> dict[str, object]:
     """``finetune.json``'s record of a training run: the recipe, the command and the data,
-    then the task's own fields, then the count of skipped entries."""
+    then the task's own fields, then the count of skipped entries and the inputs' fingerprints
+    (:func:`pipeline.finetune_resume.run_inputs`; the checkpoint holds the same)."""
     return {
         "task": settings.task,
         "from": settings.source,
@@ -384,10 +396,13 @@ def run_record(
         "features": [str(p) for p in settings.features],
         **task_fields,
         "skipped_missing": skipped,
+        "inputs": dict(inputs),
     }
 
 
-def run_train_nlvr2(settings: TrainSettings, store: FeatureStore) -> int:
+def run_train_nlvr2(
+    settings: TrainSettings, store: FeatureStore, *, inputs: Mapping[str, object]
+) -> int:
     """``train --task nlvr2``: plan (statements) -> run (NLVR2 model, fit) -> finish."""
     from encoder.finetune import PairDataset, prepare_nlvr2_encoder
     from pipeline.finetune_nlvr2 import read_pairs
@@ -417,7 +432,8 @@ def run_train_nlvr2(settings: TrainSettings, store: FeatureStore) -> int:
             f"device {device}",
             file=sys.stderr,
         )
-    return fit_and_write(settings, encoder, train, valid, run_record(settings, skipped=skipped))
+    record = run_record(settings, skipped=skipped, inputs=inputs)
+    return fit_and_write(settings, encoder, train, valid, record, inputs=inputs)
 
 
 def fit_and_write(
@@ -426,8 +442,11 @@ def fit_and_write(
     train: FitData,
     valid: FitData | None,
     record: Mapping[str, object],
+    *,
+    inputs: Mapping[str, object],
 ) -> int:
-    """Fit, writing the best model into ``--out`` as it improves, then the full record."""
+    """Fit, writing the best model into ``--out`` as it improves, then the full record; the
+    checkpoint records ``inputs`` (what a ``--resume`` must be given again)."""
     from encoder.finetune import FINETUNE_FILE, fit, write_model_dir
 
     def keep_best(best: Encoder, epoch: EpochRecord) -> None:
@@ -445,6 +464,7 @@ def fit_and_write(
             resume=settings.resume,
             on_progress=_progress_printer(settings),
             on_epoch=None if settings.quiet else _epoch_line,
+            inputs=inputs,
         )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with the same command and --resume", file=sys.stderr)

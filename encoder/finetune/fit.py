@@ -3,7 +3,7 @@ best model handed to the caller, and a resumable checkpoint after every epoch.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -76,6 +76,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     config: FinetuneConfig
     task: Task
+    inputs: Mapping[str, object]
 
     def restore(self, state: TrainingState | None) -> tuple[list[EpochRecord], float | None, int]:
         """Load a checkpoint's model, optimiser, scheduler and RNG states (nothing without
@@ -129,6 +130,7 @@ class _Run:
             history=history,
             best=best,
             best_epoch=best_epoch,
+            inputs=self.inputs,
         )
         save_checkpoint(checkpoint, state)
 
@@ -184,6 +186,7 @@ def fit(
     resume: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    inputs: Mapping[str, object] | None = None,
 ) -> FitResult:
     """Fine-tune ``encoder.model`` in place for ``config.epochs`` epochs: a QA model on
     question sets (:class:`QADataset`), an NLVR2 model on pair sets (:class:`PairDataset`;
@@ -193,6 +196,8 @@ def fit(
     that accuracy improves (every epoch without ``valid``); ``checkpoint`` is replaced
     atomically. With ``resume``, training goes on after the checkpoint's last epoch (set up
     ``encoder`` exactly as for the first run: same source, answer table and seed).
+    ``inputs`` (JSON-ready, e.g. the data files' fingerprints) is stored in the checkpoint
+    for the caller to compare before a resume.
 
     Raises:
         ValueError: ``train`` is empty.
@@ -203,7 +208,14 @@ def fit(
     optimizer = make_optimizer(encoder.model, config)
     steps = -(-len(train) // config.batch_size) * config.epochs
     scheduler = make_scheduler(optimizer, total_steps=steps, config=config)
-    run = _Run(encoder=encoder, optimizer=optimizer, scheduler=scheduler, config=config, task=task)
+    run = _Run(
+        encoder=encoder,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=config,
+        task=task,
+        inputs=dict(inputs or {}),
+    )
     state = _checked(checkpoint, encoder, config) if resume and checkpoint.is_file() else None
     history, best, best_epoch = run.restore(state)
     resumed_from = len(history)

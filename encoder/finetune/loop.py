@@ -13,7 +13,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -278,6 +278,8 @@ class TrainingState:
         rng: torch CPU/CUDA and Python generator states after the last finished epoch.
         config: ``asdict`` of the recipe.
         answers: the answer table, in label order.
+        inputs: what the caller recorded of the run's inputs (files and their fingerprints),
+            JSON-ready; a resume compares it with the inputs it is given ({} when none).
     """
 
     model: Mapping[str, torch.Tensor]
@@ -289,6 +291,7 @@ class TrainingState:
     rng: Mapping[str, object]
     config: Mapping[str, object]
     answers: tuple[str, ...]
+    inputs: Mapping[str, object] = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, state: TrainingState) -> None:
@@ -304,6 +307,7 @@ def save_checkpoint(path: Path, state: TrainingState) -> None:
         "rng": dict(state.rng),
         "config": dict(state.config),
         "answers": list(state.answers),
+        "inputs": dict(state.inputs),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as target:
@@ -319,6 +323,7 @@ def capture_state(
     history: Sequence[EpochRecord],
     best: float | None,
     best_epoch: int,
+    inputs: Mapping[str, object] | None = None,
 ) -> TrainingState:
     """The :class:`TrainingState` of a run now (RNG states included)."""
     return TrainingState(
@@ -331,13 +336,15 @@ def capture_state(
         rng=_rng_state(),
         config=asdict(config),
         answers=tuple(encoder.answers.answers) if encoder.answers else (),
+        inputs=dict(inputs or {}),
     )
 
 
-def load_checkpoint(path: Path) -> TrainingState:
+def load_checkpoint(path: Path, *, mmap: bool = False) -> TrainingState:
     """A checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``:
-    no code runs); ``ValueError`` naming ``path`` when it is not one."""
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    no code runs); ``ValueError`` naming ``path`` when it is not one. ``mmap``: tensors stay
+    on disk until used (a check of its settings and inputs reads little of a large model)."""
+    raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a fine-tuning checkpoint of this version")
     try:
@@ -352,6 +359,7 @@ def load_checkpoint(path: Path) -> TrainingState:
             rng=dict(raw["rng"]),
             config=dict(raw["config"]),
             answers=tuple(str(a) for a in raw["answers"]),
+            inputs=dict(raw.get("inputs", {})),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: damaged fine-tuning checkpoint ({err})") from None
