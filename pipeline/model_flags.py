@@ -44,10 +44,15 @@ def add_device_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
 def device_from_args(args: argparse.Namespace, *, prog: str) -> torch.device:
     """``args.device`` resolved by the one device rule (:func:`weights.defaults.
     resolve_device`); a device that cannot be used is a :class:`UsageError` naming the flag.
-    """
+    A GPU that cannot be used is said on stderr; the CPU of a machine without one only under
+    ``-v``."""
+
+    def say(message: str) -> None:
+        print(f"{prog}: {message}", file=sys.stderr)
+
     try:
         device = resolve_device(
-            args.device, on_fallback=lambda message: print(f"{prog}: {message}", file=sys.stderr)
+            args.device, on_fallback=say, on_cpu=say if getattr(args, "verbose", False) else None
         )
     except DeviceError as error:
         raise UsageError(f"--device {args.device}: {error}") from None

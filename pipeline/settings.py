@@ -195,7 +195,7 @@ def _check_model_limits(config: DetectorConfig) -> None:
 
 def _device(args: argparse.Namespace) -> torch.device:
     def say(message: str) -> None:
-        # Said once per run: in a container this usually means `docker run` without --gpus.
+        # Said once per run: a GPU that cannot be used, or (-v) no GPU at all.
         print(f"extract_features: {message}", file=sys.stderr)
 
     if args.engine == "ray" and args.device.strip().lower().startswith("cuda"):
@@ -203,7 +203,8 @@ def _device(args: argparse.Namespace) -> torch.device:
         # as cuda; this process, which only writes, needs none.
         return torch.device("cuda")
     try:
-        return resolve_device(args.device, on_fallback=say)
+        on_cpu = say if args.verbose else None  # a CPU machine's normal case: quiet
+        return resolve_device(args.device, on_fallback=say, on_cpu=on_cpu)
     except DeviceError as error:
         raise UsageError(f"--device {args.device}: {error}") from error
 

@@ -44,7 +44,7 @@ NO_NLVR2_CHECKPOINT = (
 #: The device every entry point uses unless told otherwise.
 DEFAULT_DEVICE = "auto"
 
-#: What every entry point says when ``auto`` finds no GPU.
+#: What ``auto`` says (only when asked: ``-v``) when the machine has no GPU at all.
 CPU_FALLBACK_MESSAGE = "no CUDA device visible (in Docker: run with --gpus all); running on the CPU"
 
 
@@ -74,16 +74,20 @@ def resolve_device(
     spec: str | torch.device | None = DEFAULT_DEVICE,
     *,
     on_fallback: Callable[[str], None] | None = _warn_fallback,
+    on_cpu: Callable[[str], None] | None = None,
 ) -> torch.device:
     """The ``torch.device`` that ``spec`` names, checked to be usable now.
 
     Args:
         spec: ``"auto"`` or ``None`` (CUDA when available, else the CPU), ``"cpu"``,
             ``"cuda"``, ``"cuda:N"``, or a ``torch.device``.
-        on_fallback: called with :data:`CPU_FALLBACK_MESSAGE` when ``auto`` falls back to the
-            CPU (default: a ``RuntimeWarning``); ``None`` says nothing. Also called, with a
-            message naming the card, when the CUDA device is older than
-            :data:`MIN_CUDA_CAPABILITY`.
+        on_fallback: called, with a message naming the card, when ``auto`` falls back to
+            the CPU because the CUDA device is older than :data:`MIN_CUDA_CAPABILITY`: a GPU
+            the user has and cannot use deserves a word (default: a ``RuntimeWarning``;
+            ``None`` says nothing).
+        on_cpu: called with :data:`CPU_FALLBACK_MESSAGE` when ``auto`` runs on the CPU of a
+            machine without CUDA. Default ``None``: that is the normal case on a CPU machine,
+            and says nothing (the commands say it under ``-v``).
 
     Raises:
         DeviceError: an unknown name, ``cuda`` without a usable CUDA device, ``cuda:N``
@@ -96,8 +100,10 @@ def resolve_device(
         why_not = cuda_too_old(torch.device("cuda")) if torch.cuda.is_available() else ""
         if torch.cuda.is_available() and not why_not:
             return torch.device("cuda")
-        if on_fallback is not None:
-            on_fallback(f"{why_not}; running on the CPU" if why_not else CPU_FALLBACK_MESSAGE)
+        if why_not and on_fallback is not None:
+            on_fallback(f"{why_not}; running on the CPU")
+        elif not why_not and on_cpu is not None:
+            on_cpu(CPU_FALLBACK_MESSAGE)
         return torch.device("cpu")
     try:
         device = torch.device(spec.strip() if isinstance(spec, str) else spec)

@@ -337,12 +337,15 @@ def test_help_lists_every_flag() -> None:
         assert flag in text, flag
 
 
-def test_auto_device_without_cuda_says_cpu_once(photos, tiny_checkpoint, tmp_path, capsys) -> None:
+def test_auto_device_without_cuda_is_quiet_and_says_cpu_once_under_v(
+    photos, tiny_checkpoint, tmp_path, capsys
+) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    out = tmp_path / "auto.tsv"
-    code = extract(photos, "--out", out, "--detector", tiny_checkpoint, "--workers", 0, "-q")
-    assert code == 0
+    flags = ("--detector", tiny_checkpoint, "--workers", 0, "--limit", 1)
+    assert extract(photos, "--out", tmp_path / "auto.tsv", *flags) == 0
+    assert "no CUDA device visible" not in capsys.readouterr().err
+    assert extract(photos, "--out", tmp_path / "v.tsv", *flags, "-v") == 0
     assert capsys.readouterr().err.count("no CUDA device visible") == 1

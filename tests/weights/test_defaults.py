@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -50,15 +52,24 @@ def test_defaults_are_the_real_models_and_name_registry_records() -> None:
 
 
 @pytest.mark.parametrize("spec", ["auto", None, " AUTO "])
-def test_auto_falls_back_to_the_cpu_saying_so_once(monkeypatch, spec) -> None:
+def test_auto_without_cuda_runs_on_the_cpu_saying_so_only_when_asked(monkeypatch, spec) -> None:
     fake_cuda(monkeypatch, count=0)
     said: list[str] = []
     assert resolve_device(spec, on_fallback=said.append) == torch.device("cpu")
+    assert said == []
+    assert resolve_device(spec, on_fallback=said.append, on_cpu=said.append).type == "cpu"
     assert said == [CPU_FALLBACK_MESSAGE]
 
 
-def test_auto_warns_by_default(monkeypatch) -> None:
+def test_auto_without_cuda_is_no_warning(monkeypatch) -> None:
     fake_cuda(monkeypatch, count=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_auto_warns_by_default_about_a_gpu_it_cannot_use(monkeypatch) -> None:
+    fake_cuda(monkeypatch, count=1, capability=(7, 0), name="Tesla V100-SXM2-16GB")
     with pytest.warns(RuntimeWarning, match="running on the CPU"):
         resolve_device("auto")
 
