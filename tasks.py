@@ -125,7 +125,7 @@ def test() -> None:
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy", *TYPED_PACKAGES)
-    run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25")
 
 
 def screenshot() -> None:
