@@ -28,6 +28,8 @@ ANSWERS_FILE = "label2ans.json"
 VOCAB_FILE = "vocab.txt"
 
 logger = logging.getLogger(__name__)
+#: The hidden size of every LXMERT airsplay/lxmert released (12 heads of 64).
+ORIGINAL_HIDDEN_SIZE = 768
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,14 +179,30 @@ def _load_original_encoder(
 
     The head is ``config.head`` when the caller gave an :class:`EncoderConfig`; else the
     file's own: NLVR2 for an NLVR2 checkpoint, QA otherwise (``model_LXRT.pth`` then answers
-    over its 9500 pretraining answers). The files carry no answer names: the answer table is
+    over its 9500 pretraining answers). The files record no head count: it is
+    ``config.num_attention_heads``, else hidden size / 64 (logged unless the hidden size is
+    the released 768). The files carry no answer names: the answer table is
     ``config.answer_set`` (a name, or a file such as LXMERT's ``trainval_label2ans.json`` or
     ``trainval_ans2label.json``), else the shipped table of the head's size, with a warning
     in the log saying which was assumed.
     """
-    loaded = load_original(path, head=config.head if head_given else None)
+    loaded = load_original(
+        path,
+        head=config.head if head_given else None,
+        num_attention_heads=config.num_attention_heads,
+    )
     config = dataclasses.replace(config, head=loaded.head)
     model = loaded.model
+    hidden, heads = model.config.hidden_size, model.config.num_attention_heads
+    if config.num_attention_heads is None and hidden != ORIGINAL_HIDDEN_SIZE:
+        # A wrong head count runs without error and gives other outputs: say what was chosen.
+        logger.warning(
+            "%s: hidden size %d is not the released LXMERT's; assuming %d attention head(s) "
+            "(BERT's width of 64). Set EncoderConfig.num_attention_heads if it had others",
+            path,
+            hidden,
+            heads,
+        )
     module: torch.nn.Module = model  # see load_encoder: transformers hides .to's signature
     module.to(resolve_device(device))
     tokenizer = load_tokenizer(VOCAB_PATH)
@@ -195,14 +213,21 @@ def _load_original_encoder(
         )
     answers = None
     if config.head not in ("base", "nlvr2"):
-        answers = answer_table_for(model.config.num_qa_labels, config.answer_set)
-        if config.answer_set is None:
-            logger.warning(
-                "%s carries no answer names; assuming the shipped %r answer table (%d answers) "
-                "by the size of its answer head. Give the file it was trained with (--answers "
-                "FILE, answer_set=) if it was another",
-                path,
-                answers.name,
-                len(answers),
-            )
+        answers = _original_answers(path, model.config.num_qa_labels, config.answer_set)
     return Encoder(config=config, model=model, tokenizer=tokenizer, answers=answers)
+
+
+def _original_answers(path: Path, size: int, answer_set: str | None) -> AnswerTable:
+    """``answer_set`` (checked against the head's ``size``), else the shipped table of that
+    size, saying so in the log: an original file carries no answer names."""
+    answers = answer_table_for(size, answer_set)
+    if answer_set is None:
+        logger.warning(
+            "%s carries no answer names; assuming the shipped %r answer table (%d answers) "
+            "by the size of its answer head. Give the file it was trained with (--answers "
+            "FILE, answer_set=) if it was another",
+            path,
+            answers.name,
+            len(answers),
+        )
+    return answers

@@ -32,18 +32,27 @@ class EncoderConfig:
             ``num_qa_labels``.
         max_question_length: tokens per question including ``[CLS]`` and ``[SEP]``; longer
             questions are truncated. 20 as in LXMERT's VQA/GQA code (``MAX_VQA_LENGTH``).
+        num_attention_heads: attention heads of an original LXMERT ``.pth`` checkpoint, which
+            no tensor records; None: hidden size / 64 as in BERT (12 for the released
+            LXMERT). Directories carry theirs in ``config.json`` and ignore this.
     """
 
     checkpoint: str
     head: Head = "qa"
     answer_set: str | None = None
     max_question_length: int = 20
+    num_attention_heads: int | None = None
 
     def __post_init__(self) -> None:
         if self.head not in ("qa", "pretraining", "base", "nlvr2"):
             raise ValueError(
                 "EncoderConfig.head must be 'qa', 'pretraining', 'base' or 'nlvr2', "
                 f"got {self.head!r}"
+            )
+        if self.num_attention_heads is not None and self.num_attention_heads < 1:
+            raise ValueError(
+                "EncoderConfig.num_attention_heads must be >= 1 or None, "
+                f"got {self.num_attention_heads}"
             )
         if self.max_question_length < 3:
             raise ValueError(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from encoder_fixtures import FEAT_DIM, make_regions
-from original_fixtures import scaled_state, with_data_parallel
+from original_fixtures import full_size_state, scaled_state, with_data_parallel
 
 from encoder.answers import AnswerTable, load_answer_table
 from encoder.build import load_encoder
@@ -19,6 +19,7 @@ from encoder.config import EncoderConfig
 from encoder.finetune import FinetuneConfig
 from encoder.finetune.model import prepare_encoder
 from encoder.finetune.surgery import transfer_answer_head
+from encoder.model import build_model
 from encoder.original import (
     OriginalCheckpointError,
     convert_answer,
@@ -89,7 +90,8 @@ def test_answer_file_given_is_used_and_nothing_assumed(
     ans2label.write_text(json.dumps({"yes": 1, "no": 0, "red": 3, "left": 2}), encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="encoder.build"):
         encoder = load_encoder(
-            EncoderConfig(checkpoint=str(path), answer_set=str(ans2label)), device="cpu"
+            EncoderConfig(checkpoint=str(path), answer_set=str(ans2label), num_attention_heads=1),
+            device="cpu",
         )
     assert encoder.answers is not None and encoder.answers.answers == ("no", "yes", "left", "red")
     assert caplog.text == ""
@@ -168,3 +170,46 @@ def test_finetuning_from_model_lxrt_uses_lxmert_s_rule(tmp_path: Path) -> None:
         assert torch.equal(layer.weight[row], state["answer_head.logit_fc.3.weight"][source])
     assert not layer.weight[3].any() and layer.bias[3] == 0
     assert encoder.answers is task
+
+
+def test_full_size_vqa_file_with_module_answers_through_load_encoder(tmp_path: Path) -> None:
+    # The key file's names and shapes (bert-base); broadcast values keep the file small.
+    state = with_data_parallel(full_size_state("vqa"))
+    encoder = load_encoder(str(_save(state, tmp_path / "BEST.pth")), device="cpu")
+    assert encoder.model.config.num_attention_heads == 12
+    regions = [make_regions("a", 36, seed=1, feat_dim=2048)]
+    ((best,),) = encoder.answer(regions, ["is there a dog?"], k=1)
+    assert encoder.answers is not None and best.answer in encoder.answers.answers
+
+
+def test_a_shapes_world_model_exported_and_loaded_back_answers_the_same(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours = load_encoder("shapes-lxmert", device="cpu")
+    path = save_original(ours.model, tmp_path / "BEST.pth", head="qa", data_parallel=True)
+    answers = tmp_path / "trainval_label2ans.json"
+    answers.write_text(json.dumps(list(ours.answers.answers)), encoding="utf-8")  # type: ignore[union-attr]
+    config = EncoderConfig(checkpoint=str(path), answer_set=str(answers), num_attention_heads=4)
+    back = load_encoder(config, device="cpu")
+    regions = [make_regions(str(i), 5 + i, seed=i, feat_dim=256) for i in range(3)]
+    questions = ["what color is the cube?", "how many spheres are there?", "is it red?"]
+    with torch.no_grad():
+        a = ours.model(**ours.model_inputs(regions, questions)).question_answering_score
+        b = back.model(**back.model_inputs(regions, questions)).question_answering_score
+    assert torch.equal(a, b)
+    # Without the head count the file still loads, and the log says what was assumed.
+    with caplog.at_level(logging.WARNING, logger="encoder.build"):
+        load_encoder(EncoderConfig(checkpoint=str(path), answer_set=str(answers)), device="cpu")
+    assert "assuming 1 attention head(s)" in caplog.text
+
+
+def test_a_new_model_exports_to_the_pretraining_layout(tmp_path: Path) -> None:
+    model = build_model(
+        model_from_original(
+            scaled_state("pretraining"), head="pretraining", num_attention_heads=2
+        ).model.config,
+        head="pretraining",
+    )
+    path = save_original(model, tmp_path / "model_LXRT.pth", head="pretraining")
+    loaded = load_original(path, head="pretraining", num_attention_heads=2)
+    assert loaded.layout == "pretraining" and loaded.ignored == ()
