@@ -147,7 +147,8 @@ def answer_table_for(num_qa_labels: int, answer_set: str | Path | None = None) -
             raise ValueError(
                 f"no shipped answer set has {num_qa_labels} answers (known: "
                 + ", ".join(f"{name}={size}" for name, (_, size) in ANSWER_SETS.items())
-                + "); pass answer_set= a JSON list of the checkpoint's answers"
+                + "); give the checkpoint's answer file (answer_set=, or --answers FILE where the "
+                "command has it): a JSON list in label order or a dict from answer to index"
             )
         answer_set = by_size[num_qa_labels]
     table = load_answer_table(answer_set)
