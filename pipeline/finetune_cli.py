@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.command import Command, non_negative_int, positive_int, run_command
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.finetune_labels import check_labels
 from pipeline.finetune_outputs import REPORT_KIND, check_outputs
 from pipeline.finetune_resume import check_resume, run_inputs
 from weights.defaults import DEFAULT_DEVICE
@@ -349,6 +350,8 @@ def run_train(args: argparse.Namespace) -> int:
         return run_train_nlvr2(settings, store, inputs=inputs)
     train_entries, valid_entries, skipped = plan_train(settings, store)
     table = answer_table(settings, train_entries)
+    source = f"--answers {settings.answers}" if settings.answers else "the training labels"
+    check_labels(train_entries, table, table_name=source)
     try:
         device = resolve_device(settings.device, on_fallback=_say)
         encoder, kept = prepare_encoder(
