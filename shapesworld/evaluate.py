@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ from torchvision.ops import batched_nms
 
 from detector.boxes import BOX_HEAD_WEIGHTS, apply_deltas, clip_boxes, pairwise_iou
 from detector.model import Detector
+from detector.structures import RegionFeatures
 from shapesworld.models import load_trained_detector, prepare_scene
 from shapesworld.questions import scene_questions
 from shapesworld.scenes import Scene, make_split
@@ -205,23 +206,40 @@ def score_answers(
 
 
 @torch.inference_mode()
-def answer_scenes(detector: Detector, encoder: Encoder, scenes: Sequence[Scene]) -> list[str]:
+def answer_scenes(
+    detector: Detector,
+    encoder: Encoder,
+    scenes: Sequence[Scene],
+    *,
+    regions: Mapping[int, RegionFeatures] | None = None,
+) -> list[str]:
     """The encoder's most probable answer to every question of every scene, in order
-    (``questions.scene_questions``); the scene's regions come from ``detector``."""
+    (``questions.scene_questions``); the scene's regions are ``regions[scene.seed]`` when
+    given (the same detector's, computed once), else ``detector``'s now."""
     out: list[str] = []
     for scene in scenes:
         questions = [q.text for q in scene_questions(scene)]
         if not questions:
             continue
-        regions = detector.detect([prepare_scene(scene, detector.config)])[0]
-        ranked = encoder.answer([regions] * len(questions), questions, k=1)
+        if regions is not None:
+            found = regions[scene.seed]
+        else:
+            found = detector.detect([prepare_scene(scene, detector.config)])[0]
+        ranked = encoder.answer([found] * len(questions), questions, k=1)
         out.extend(best[0].answer for best in ranked)
     return out
 
 
-def evaluate_vqa(detector: Detector, encoder: Encoder, scenes: Sequence[Scene]) -> VqaMetrics:
-    """VQA accuracy of the detector + encoder pair on ``scenes``."""
-    predicted = answer_scenes(detector, encoder, scenes)
+def evaluate_vqa(
+    detector: Detector,
+    encoder: Encoder,
+    scenes: Sequence[Scene],
+    *,
+    regions: Mapping[int, RegionFeatures] | None = None,
+) -> VqaMetrics:
+    """VQA accuracy of the detector + encoder pair on ``scenes`` (``regions``: as in
+    :func:`answer_scenes`)."""
+    predicted = answer_scenes(detector, encoder, scenes, regions=regions)
     questions = [q for scene in scenes for q in scene_questions(scene)]
     return score_answers([q.kind for q in questions], predicted, [q.answer for q in questions])
 

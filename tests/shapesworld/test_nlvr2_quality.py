@@ -9,15 +9,13 @@ are ``shapesworld.pairs``' ``test`` statements over the first held-out scenes, s
 from __future__ import annotations
 
 import pytest
-import torch
 
 from detector.model import Detector
 from detector.structures import RegionFeatures
 from encoder.build import Encoder, load_encoder
 from encoder.finetune import PairEntry, PairReport, pair_scores
-from shapesworld.models import prepare_scene
 from shapesworld.pairs import PAIR_KINDS, pair_entries
-from shapesworld.scenes import make_split
+from shapesworld.scenes import Scene, make_split
 
 #: Held-out scenes and statements (each on a true and a false pair): the README's held-out
 #: set, ``python -m shapesworld.pairs``' test split (200 scenes, 400 statements, 800 pairs).
@@ -26,21 +24,17 @@ GROUPS = 400
 
 
 @pytest.fixture(scope="module")
-def models() -> tuple[Detector, Encoder]:
-    from detector.checkpoint import load_detector
-
-    torch.set_num_threads(1)  # a busy 2-core machine: more threads are far slower
-    return load_detector("shapes-detector"), load_encoder("shapes-nlvr2", device="cpu")
+def models(shapes_detector: Detector) -> tuple[Detector, Encoder]:
+    return shapes_detector, load_encoder("shapes-nlvr2", device="cpu")
 
 
 @pytest.fixture(scope="module")
-def heldout(models: tuple[Detector, Encoder]) -> tuple[list[PairEntry], dict[str, RegionFeatures]]:
-    detector, _ = models
-    scenes = make_split("heldout", HELDOUT_SCENES)
-    regions = {
-        f"seed-{scene.seed}": detector.detect([prepare_scene(scene, detector.config)])[0]
-        for scene in scenes
-    }
+def heldout(
+    heldout_scenes: list[Scene], heldout_regions: dict[int, RegionFeatures]
+) -> tuple[list[PairEntry], dict[str, RegionFeatures]]:
+    """The statements, and the regions of the held-out scenes by image id (the session's)."""
+    scenes = heldout_scenes[:HELDOUT_SCENES]
+    regions = {f"seed-{scene.seed}": heldout_regions[scene.seed] for scene in scenes}
     entries = [
         PairEntry(
             identifier=str(raw["identifier"]),

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from detector.model import Detector
+from detector.structures import RegionFeatures
 from shapesworld.evaluate import (
     Detections,
     DetectorMetrics,
@@ -26,7 +26,7 @@ from shapesworld.evaluate import (
     voc_average_precision,
 )
 from shapesworld.models import DETECTOR_DIR, DETECTOR_FILE, LABEL2ANS_FILE, LXMERT_DIR
-from shapesworld.scenes import Scene, make_scene, make_split
+from shapesworld.scenes import Scene, make_scene
 from shapesworld.vocab import ANSWERS, QUESTION_KINDS
 
 SHIPPED = Path(__file__).resolve().parents[2] / "weights" / "shipped"
@@ -124,18 +124,14 @@ def _shipped(directory: str, file_name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def heldout() -> list[Scene]:
-    return make_split("heldout", HELDOUT_SCENES)
+def heldout(heldout_scenes: list[Scene]) -> list[Scene]:
+    return heldout_scenes
 
 
 @pytest.fixture(scope="module")
-def detector() -> Detector:
-    from detector.checkpoint import load_detector
-
-    # One thread: with other jobs on a 2-core machine, two threads spin against each other
-    # and made this fixture 10x slower.
-    torch.set_num_threads(1)
-    return load_detector(_shipped(DETECTOR_DIR, DETECTOR_FILE))
+def detector(shapes_detector: Detector) -> Detector:
+    _shipped(DETECTOR_DIR, DETECTOR_FILE)  # the shipped file, not another copy, is tested
+    return shapes_detector
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +157,9 @@ def test_shipped_detector_vocabularies(detector: Detector) -> None:
 
 
 @pytest.fixture(scope="module")
-def vqa_metrics(detector: Detector, heldout: list[Scene]) -> VqaMetrics:
+def vqa_metrics(
+    detector: Detector, heldout: list[Scene], heldout_regions: dict[int, RegionFeatures]
+) -> VqaMetrics:
     from encoder.build import load_encoder
 
     directory = _shipped(LXMERT_DIR, LABEL2ANS_FILE).parent
@@ -169,7 +167,7 @@ def vqa_metrics(detector: Detector, heldout: list[Scene]) -> VqaMetrics:
     # lxmert-finetune's table: the training labels' answers, sorted ("6" never occurs).
     assert encoder.answers is not None and set(encoder.answers.answers) <= set(ANSWERS)
     assert len(encoder.answers.answers) >= len(ANSWERS) - 1
-    return evaluate_vqa(detector, encoder, heldout)
+    return evaluate_vqa(detector, encoder, heldout, regions=heldout_regions)
 
 
 def test_shipped_lxmert_vqa_accuracy(vqa_metrics: VqaMetrics) -> None:
