@@ -119,13 +119,32 @@ def _train(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def test_cli_trains_every_stage_and_reproduces_its_files(tmp_path, torch_settings) -> None:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, bytes]]]:
+    """One small training run of every stage: its folder and its files' bytes."""
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("trained")
+    try:
+        yield out, _train(out)
+    finally:  # main sets them for the process
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.slow
+def test_cli_reproduces_its_files(trained, tmp_path, torch_settings) -> None:
+    """Seeded: a second run writes the same bytes (same process, same thread count). Slow:
+    a second training run, and nothing else checks it."""
+    assert _train(tmp_path / "b") == trained[1]
+
+
+def test_cli_trains_every_stage(trained, torch_settings) -> None:
     from encoder.build import load_encoder
     from shapesworld.evaluate import answer_scenes
     from shapesworld.questions import scene_questions
     from shapesworld.scenes import make_split
 
-    first = _train(tmp_path / "a")
+    folder, first = trained
     assert set(first) == {
         f"{DETECTOR_DIR}/{DETECTOR_FILE}",
         f"{DETECTOR_DIR}/objects_vocab.txt",
@@ -134,12 +153,9 @@ def test_cli_trains_every_stage_and_reproduces_its_files(tmp_path, torch_setting
         f"{LXMERT_DIR}/model.safetensors",
         f"{LXMERT_DIR}/{LABEL2ANS_FILE}",
     }
-    # Seeded: a second run writes the same bytes (same process, same thread count).
-    assert _train(tmp_path / "b") == first
-
-    detector = load_trained_detector(tmp_path / "a" / DETECTOR_DIR)
+    detector = load_trained_detector(folder / DETECTOR_DIR)
     assert detector.object_names == list(SHAPES) and detector.attribute_names == list(COLORS)
-    encoder = load_encoder(tmp_path / "a" / LXMERT_DIR)
+    encoder = load_encoder(folder / LXMERT_DIR)
     assert encoder.answers is not None and encoder.answers.answers == ANSWERS
     scenes = make_split("val", 2)
     predicted = answer_scenes(detector, encoder, scenes)
