@@ -24,6 +24,7 @@ setup(
         "detector",
         "encoder",
         "encoder.finetune",
+        "encoder.original",
         "pipeline",
         "pipeline.engines",
         "pipeline.web",
