@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
+import runpy
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = ("detector", "encoder", "pipeline", "weights", "shapesworld")
 
 
 def setup_keyword(name: str) -> object:
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup":
-            for keyword in node.keywords:
-                if keyword.arg == name:
-                    return ast.literal_eval(keyword.value)
-    raise AssertionError(f"setup.py has no {name}=")
+    """The value setup.py passes to ``setup(name=...)``, from running setup.py with a
+    ``setup`` that only records its arguments."""
+    arguments: dict[str, object] = {}
+    with mock.patch("setuptools.setup", lambda **kwargs: arguments.update(kwargs)):
+        runpy.run_path(str(ROOT / "setup.py"))
+    assert name in arguments, f"setup.py has no {name}="
+    return arguments[name]
 
 
 def test_every_package_folder_is_listed() -> None:
-    on_disk = {
-        ".".join(init.parent.relative_to(ROOT).parts)
+    """Every folder of Python files under the top-level packages is a package that setup.py
+    ships (a folder without ``__init__.py`` would be left out of the wheel)."""
+    folders = {
+        path.parent.relative_to(ROOT)
         for top in TOP_LEVEL
-        for init in (ROOT / top).rglob("__init__.py")
+        for path in (ROOT / top).rglob("*.py")
+        if "__pycache__" not in path.parts
     }
-    assert set(setup_keyword("packages")) == on_disk  # type: ignore[arg-type]
+    missing = sorted(
+        str(folder) for folder in folders if not (ROOT / folder / "__init__.py").exists()
+    )
+    assert not missing, f"folders of Python files without __init__.py: {missing}"
+    assert set(setup_keyword("packages")) == {".".join(folder.parts) for folder in folders}  # type: ignore[arg-type]
 
 
 def test_console_scripts_name_real_functions() -> None:
