@@ -28,6 +28,7 @@ setup(
     package_data={
         "detector": ["data/*"],
         "encoder": ["data/*"],
+        "pipeline.web": ["examples/*.png"],
         "weights": ["shipped/**/*"],
     },
     install_requires=read_requirements("requirements.txt"),

@@ -46,3 +46,18 @@ def test_console_scripts_name_real_functions() -> None:
     for line in scripts:
         module, function = line.split("=")[1].split(":")
         assert callable(getattr(importlib.import_module(module), function)), line
+
+
+def test_the_page_examples_are_package_data() -> None:
+    """The page's gallery ships in the package (lxmert-demo works from any folder)."""
+    from fnmatch import fnmatch
+
+    package_data = setup_keyword("package_data")
+    assert isinstance(package_data, dict)
+    patterns = package_data["pipeline.web"]
+    folder = ROOT / "pipeline" / "web"
+    shipped = sorted((folder / "examples").glob("*.png"))
+    assert shipped
+    for image in shipped:
+        relative = image.relative_to(folder).as_posix()
+        assert any(fnmatch(relative, pattern) for pattern in patterns), relative

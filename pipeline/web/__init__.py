@@ -4,6 +4,8 @@ extra).
 - :mod:`pipeline.web.models`: which models resolve here, and loading each one once.
 - :mod:`pipeline.web.service`: the page's work as plain functions of (image, text, settings)
   -> values, tested without a server; never imports gradio.
+- :mod:`pipeline.web.gate`: what a request may name (stored files, offered models, bounded
+  numbers); one message for every refused file.
 - :mod:`pipeline.web.app`: ``build_app(service, start)`` -> ``gradio.Blocks``, layout only.
 - :mod:`pipeline.web.cli`: the ``lxmert-demo`` command.
 - :mod:`pipeline.web.browser`: the server as a process and headless Chromium (Playwright on

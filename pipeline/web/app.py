@@ -10,20 +10,28 @@ Endpoints (``gradio_client`` and plain HTTP, ``/gradio_api/call/<name>``):
 
 Uploads reach the service as files (``preprocess=False``), so the service's own decoder,
 with its byte and pixel caps, is the only one that reads them, and a bad upload is the
-service's message on the page, never a failure inside gradio.
+service's message on the page, never a failure inside gradio. Because gradio checks a
+file's path only when the payload carries its FileData marker, every value a request sends
+passes :mod:`pipeline.web.gate` first: files only from gradio's upload folder (or the listed
+examples), models only among those offered, numbers only within the sliders' ranges.
+
+Memory: a page session keeps only the key of its detection (the image stays in the
+service's bounded region cache), gradio keeps at most :data:`SESSIONS` sessions, and files
+in gradio's folder older than an hour are deleted every ten minutes (:data:`DELETE_CACHE`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import gradio as gr
 
+from pipeline.web.gate import NOT_UPLOADED, Uploads, bounded, offered, upload_of
 from pipeline.web.models import ModelChoice, ModelSettings, StartModels
 from pipeline.web.service import (
     MAX_QUESTIONS,
@@ -31,7 +39,6 @@ from pipeline.web.service import (
     TOP_K,
     DemoError,
     DemoService,
-    Detection,
     PageView,
     boxes_picture,
     region_choices,
@@ -44,6 +51,15 @@ if TYPE_CHECKING:
 OWN_SELECTION = "checkpoint's own"
 #: Boxes drawn at first (the slider's start).
 DEFAULT_SHOWN = 36
+#: The selection radio's choices.
+SELECTIONS = (OWN_SELECTION, "bottom-up", "max-class")
+#: The box-count slider's top (0 means the checkpoint's own) and the boxes-shown slider's.
+MAX_BOX_COUNT = 100
+MAX_SHOWN = 100
+#: gradio's cache cleaning: every 600 s, files older than 3600 s (all of them at shutdown).
+DELETE_CACHE = (600, 3600)
+#: Page sessions gradio keeps in memory (``launch(state_session_capacity=...)``).
+SESSIONS = 64
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -61,26 +77,55 @@ def _shown_errors(function: _F) -> _F:
     return cast("_F", wrapper)
 
 
-def settings_of(detector: str, encoder: str, selection: str, boxes: float) -> ModelSettings:
-    """The settings the page's controls describe (box count 0: the checkpoint's own)."""
-    chosen = None if selection in (None, "", OWN_SELECTION) else cast("Selection", selection)
+@dataclass(frozen=True)
+class Offer:
+    """Every value a request may choose, as the page offers it.
+
+    Attributes:
+        uploads: the files it may name (:class:`pipeline.web.gate.Uploads`).
+        detectors, encoders: the names in the detector and encoder dropdowns.
+    """
+
+    uploads: Uploads
+    detectors: tuple[str, ...]
+    encoders: tuple[str, ...]
+
+
+class _Blocks(gr.Blocks):
+    """Blocks whose refusal of a file payload is the page's one message.
+
+    gradio checks a request's file payloads itself before our functions run: a path outside
+    its upload folder raises ``InvalidPathError`` and a plain string fails validation, both
+    shown as ``{"error": null}`` and logged with the path. Every such refusal becomes
+    :data:`pipeline.web.gate.NOT_UPLOADED`, the same as the gate's own.
+    """
+
+    async def preprocess_data(self, *args: Any, **kwargs: Any) -> Any:
+        from gradio.exceptions import InvalidPathError
+        from pydantic import ValidationError
+
+        try:
+            return await super().preprocess_data(*args, **kwargs)
+        except (InvalidPathError, ValidationError) as error:
+            raise gr.Error(NOT_UPLOADED, duration=None) from error
+
+
+def settings_of(
+    offer: Offer, detector: object, encoder: object, selection: object, boxes: object
+) -> ModelSettings:
+    """The settings the page's controls describe (box count 0: the checkpoint's own).
+
+    Raises:
+        DemoError: a value the page does not offer (the message lists what it does).
+    """
+    chosen = offered(selection, SELECTIONS, what="Selection")
+    count = bounded(boxes, low=0, high=MAX_BOX_COUNT, what="Box count")
     return ModelSettings(
-        detector=detector or "",
-        encoder=encoder or "",
-        selection=chosen,
-        boxes=int(boxes) if boxes else None,
+        detector=offered(detector, offer.detectors, what="Detector"),
+        encoder=offered(encoder, offer.encoders, what="Encoder"),
+        selection=None if chosen == OWN_SELECTION else cast("Selection", chosen),
+        boxes=count or None,
     )
-
-
-def upload_of(payload: dict[str, Any] | str | None) -> tuple[str | None, str]:
-    """(local path, display name) of an image input as gradio passes it unprocessed: a file
-    dict (``path``, ``orig_name``) or, from some clients, a path."""
-    if payload is None:
-        return None, "image"
-    if isinstance(payload, str):
-        return payload, Path(payload).name
-    path = payload.get("path")
-    return path, str(payload.get("orig_name") or (Path(path).name if path else "image"))
 
 
 def models_html(choices: Sequence[ModelChoice]) -> str:
@@ -111,8 +156,21 @@ def build_app(
     examples: Sequence[str] = (),
 ) -> gr.Blocks:
     """The page over ``service``; ``start`` says which models are selected first (and why,
-    when they are not the defaults). ``nlvr2_encoders``: the NLVR2 tab's models."""
-    with gr.Blocks(title="LXMERT demo", analytics_enabled=False) as app:
+    when they are not the defaults). ``nlvr2_encoders``: the NLVR2 tab's models;
+    ``examples``: image files, the only ones outside gradio's upload folder a request may
+    name. The usable models are the only ones a request may choose."""
+    from gradio.utils import get_upload_folder
+
+    uploads = Uploads.of(folder=get_upload_folder(), examples=examples)
+    offer = Offer(
+        uploads=uploads,
+        detectors=tuple(c.name for c in detectors if c.available),
+        encoders=tuple(c.name for c in encoders if c.available),
+    )
+    nlvr2 = dataclasses.replace(
+        offer, encoders=tuple(c.name for c in nlvr2_encoders if c.available)
+    )
+    with _Blocks(title="LXMERT demo", analytics_enabled=False, delete_cache=DELETE_CACHE) as app:
         gr.Markdown(
             "# LXMERT: boxes and answers\nUpload, paste or pick an image; **Show boxes** runs "
             "the detector, **Ask** also answers the questions (one per line). The detector "
@@ -123,26 +181,29 @@ def build_app(
             page = _ask_layout(examples)
         with gr.Tab("NLVR2: two images, one statement"):
             pair = _nlvr2_layout(nlvr2_encoders)
-        status = gr.Markdown(service.describe_models(), elem_id="status")
+        # A textbox: the upload's name (chosen by the client) is shown as text, never markup.
+        status = gr.Textbox(
+            service.describe_models(), show_label=False, interactive=False, elem_id="status"
+        )
         with gr.Accordion("Settings", open=False):
             detector = gr.Dropdown(
-                [c.name for c in detectors if c.available],
+                list(offer.detectors),
                 value=start.detector or None,
                 label="Detector",
             )
             encoder = gr.Dropdown(
-                [c.name for c in encoders if c.available],
+                list(offer.encoders),
                 value=start.encoder or None,
                 label="Encoder",
             )
-            selection = gr.Radio(
-                [OWN_SELECTION, "bottom-up", "max-class"], value=OWN_SELECTION, label="Selection"
+            selection = gr.Radio(list(SELECTIONS), value=OWN_SELECTION, label="Selection")
+            boxes = gr.Slider(
+                0, MAX_BOX_COUNT, value=0, step=1, label="Box count (0: the checkpoint's own)"
             )
-            boxes = gr.Slider(0, 100, value=0, step=1, label="Box count (0: the checkpoint's own)")
             gr.HTML(models_html([*detectors, *encoders, *nlvr2_encoders]))
         controls = (detector, encoder, selection, boxes, page.shown)
-        _wire(service, page, controls=controls, status=status, detection=gr.State(None))
-        _wire_nlvr2(service, pair, (detector, pair.encoder, selection, boxes), status)
+        _wire(service, offer, page, controls=controls, status=status, detection=gr.State(None))
+        _wire_nlvr2(service, nlvr2, pair, (detector, pair.encoder, selection, boxes), status)
         app.load(service.describe_models, None, status, api_visibility="private")
     return app
 
@@ -173,7 +234,7 @@ def _ask_layout(examples: Sequence[str]) -> _Page:
             picture = gr.Image(
                 label="Boxes", type="numpy", format="png", interactive=False, elem_id="boxes"
             )
-            shown = gr.Slider(1, 100, value=DEFAULT_SHOWN, step=1, label="Boxes shown")
+            shown = gr.Slider(1, MAX_SHOWN, value=DEFAULT_SHOWN, step=1, label="Boxes shown")
             picked = gr.Dropdown(label="Highlight a region", choices=[], value=None)
             charts = [
                 gr.Label(num_top_classes=TOP_K, visible=False, elem_classes="answer-chart")
@@ -215,15 +276,17 @@ class _Page:
 
 def _wire(
     service: DemoService,
+    offer: Offer,
     page: _Page,
     *,
     controls: tuple[gr.components.Component, ...],
-    status: gr.Markdown,
+    status: gr.Textbox,
     detection: gr.State,
 ) -> None:
     """Connect the "Ask" tab: ``detect`` and ``ask`` are the public endpoints (uploads passed
     unprocessed, one shared queue); redraws and charts are private. ``controls``: detector,
-    encoder, selection, box count, boxes shown (:func:`_outputs`' arguments)."""
+    encoder, selection, box count, boxes shown (:func:`_outputs`' arguments). ``detection``
+    holds the key of the shown detection, never its image."""
 
     # Parameter names are the API's (gradio_client, /gradio_api/info).
     @_shown_errors
@@ -236,7 +299,7 @@ def _wire(
         boxes_shown: float,
     ) -> tuple[Any, ...]:
         chosen = (detector, encoder, selection, box_count, boxes_shown)
-        return _outputs(service, image, None, *chosen)[:4]
+        return _outputs(service, offer, image, None, *chosen)[:4]
 
     @_shown_errors
     def ask(
@@ -249,7 +312,21 @@ def _wire(
         boxes_shown: float,
     ) -> tuple[Any, ...]:
         chosen = (detector, encoder, selection, box_count, boxes_shown)
-        return _outputs(service, image, questions or "", *chosen)
+        return _outputs(service, offer, image, questions, *chosen)
+
+    def choices(key: Any) -> Any:
+        """The highlight picker's choices for the detection's regions, nothing picked."""
+        known = service.known(key)
+        return gr.update(choices=region_choices(known) if known else [], value=None)
+
+    @_shown_errors
+    def redraw(key: Any, shown: Any, picked: Any) -> Any:
+        known = service.known(key)
+        if known is None:
+            return gr.skip()
+        count = bounded(shown, low=1, high=MAX_SHOWN, what="Boxes shown")
+        row = picked if isinstance(picked, int) and not isinstance(picked, bool) else None
+        return boxes_picture(known, shown=count, picked=row)
 
     outputs = [page.picture, page.table, status, detection]
     for event, fn, inputs, results in (
@@ -263,12 +340,12 @@ def _wire(
             api_name=fn.__name__,
             preprocess=False,
             concurrency_id="models",
-        ).success(_choices, detection, page.picked, api_visibility="private")
+        ).success(choices, detection, page.picked, api_visibility="private")
         if fn is ask:
             done.success(_charts, page.answers, list(page.charts), api_visibility="private")
     redraw_inputs = [detection, page.shown, page.picked]
-    page.shown.release(_redraw, redraw_inputs, page.picture, api_visibility="private")
-    page.picked.change(_redraw, redraw_inputs, page.picture, api_visibility="private")
+    page.shown.release(redraw, redraw_inputs, page.picture, api_visibility="private")
+    page.picked.change(redraw, redraw_inputs, page.picture, api_visibility="private")
     page.table.select(_picked_row, None, page.picked, api_visibility="private")
 
 
@@ -314,12 +391,13 @@ def _nlvr2_layout(encoders: Sequence[ModelChoice]) -> _Pair:
 
 def _wire_nlvr2(
     service: DemoService,
+    offer: Offer,
     pair: _Pair,
     controls: tuple[gr.components.Component, ...],
-    status: gr.Markdown,
+    status: gr.Textbox,
 ) -> None:
     """Connect the NLVR2 tab: the public ``judge`` endpoint. ``controls``: detector, NLVR2
-    encoder, selection, box count."""
+    encoder, selection, box count; ``offer``: with the NLVR2 models as its encoders."""
 
     @_shown_errors
     def judge(
@@ -331,9 +409,12 @@ def _wire_nlvr2(
         selection: str,
         box_count: float,
     ) -> tuple[Any, ...]:
-        settings = settings_of(detector, encoder, selection, box_count)
+        settings = settings_of(offer, detector, encoder, selection, box_count)
         first, second, verdicts = service.judge(
-            upload_of(left), upload_of(right), statements or "", settings
+            upload_of(left, offer.uploads),
+            upload_of(right, offer.uploads),
+            _text(statements),
+            settings,
         )
         return (
             boxes_picture(first, shown=DEFAULT_SHOWN),
@@ -352,36 +433,36 @@ def _wire_nlvr2(
     )
 
 
+def _text(value: object) -> str:
+    """A text box's value: a string, or nothing (a client may send null or a number)."""
+    return value if isinstance(value, str) else ""
+
+
 def _outputs(
     service: DemoService,
+    offer: Offer,
     upload: Any,
-    text: str | None,
-    detector: str,
-    encoder: str,
-    selection: str,
-    boxes: float,
-    shown: float,
+    text: object,
+    detector: object,
+    encoder: object,
+    selection: object,
+    boxes: object,
+    shown: object,
 ) -> tuple[Any, ...]:
-    path, name = upload_of(upload)
+    """detect's and ask's values (``text`` None: boxes only); the detection as its key."""
+    settings = settings_of(offer, detector, encoder, selection, boxes)
+    count = bounded(shown, low=1, high=MAX_SHOWN, what="Boxes shown")
+    path, name = upload_of(upload, offer.uploads)
     view: PageView = service.respond(
-        path,
-        text,
-        settings_of(detector, encoder, selection, boxes),
-        name=name,
-        shown=int(shown),
+        path, None if text is None else _text(text), settings, name=name, shown=count
     )
     return (
         view.picture,
         view.rows,
         view.status,
-        view.detection,
+        view.detection.key,
         [answer.as_json() for answer in view.answers],
     )
-
-
-def _choices(detection: Detection | None) -> Any:
-    """The highlight picker's choices for ``detection``'s regions, nothing picked."""
-    return gr.update(choices=region_choices(detection) if detection else [], value=None)
 
 
 def _charts(answers: list[dict[str, Any]] | None) -> list[Any]:
@@ -396,12 +477,6 @@ def _charts(answers: list[dict[str, Any]] | None) -> list[Any]:
         for entry in shown
     ]
     return updates + [gr.update(visible=False)] * (MAX_QUESTIONS - len(updates))
-
-
-def _redraw(detection: Detection | None, shown: float, picked: int | None) -> Any:
-    if detection is None:
-        return gr.skip()
-    return boxes_picture(detection, shown=int(shown), picked=picked)
 
 
 def _picked_row(event: gr.SelectData) -> int:

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,12 +50,29 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running ``lxmert-demo`` process.
+
+    Attributes:
+        url: the page, ``http://127.0.0.1:PORT/``.
+        process: the server (its own process group).
+        temp_dir: its ``GRADIO_TEMP_DIR``; the server keeps its uploads in a folder of its
+            own inside it.
+    """
+
+    url: str
+    process: subprocess.Popen[bytes]
+    temp_dir: Path
+
+
 @contextmanager
-def demo_server(
+def serve_demo(
     *, log: Path, args: Sequence[str] = SHAPES_ARGS, cwd: Path | None = None
-) -> Iterator[str]:
-    """Run ``lxmert-demo`` on a free port in its own process group and yield its URL; the
-    process group is stopped on exit. Uploads go to a temporary folder removed afterwards.
+) -> Iterator[Served]:
+    """Run ``lxmert-demo`` on a free port in its own process group until it answers, and
+    yield it; the process group is stopped on exit (SIGTERM, then SIGKILL). Its
+    ``GRADIO_TEMP_DIR`` is a temporary folder removed afterwards.
 
     Raises:
         RuntimeError: the server exited or did not answer within :data:`START_S`; the
@@ -75,9 +93,18 @@ def demo_server(
         url = f"http://127.0.0.1:{port}/"
         try:
             _wait_until_serving(process, url, log)
-            yield url
+            yield Served(url=url, process=process, temp_dir=Path(uploads))
         finally:
             _stop(process)
+
+
+@contextmanager
+def demo_server(
+    *, log: Path, args: Sequence[str] = SHAPES_ARGS, cwd: Path | None = None
+) -> Iterator[str]:
+    """:func:`serve_demo`, yielding only the page's URL."""
+    with serve_demo(log=log, args=args, cwd=cwd) as served:
+        yield served.url
 
 
 def _wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path) -> None:

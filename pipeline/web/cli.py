@@ -1,10 +1,20 @@
-"""``lxmert-demo``: serve the Gradio page (:mod:`pipeline.web.app`) on one device."""
+"""``lxmert-demo``: serve the Gradio page (:mod:`pipeline.web.app`) on one device.
+
+The server keeps its uploads in a folder of its own (made inside ``GRADIO_TEMP_DIR`` or the
+system's temporary folder) and removes it when it stops: on Ctrl-C (exit 130) or SIGTERM
+(exit 0).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +29,8 @@ if TYPE_CHECKING:
 #: Where the page listens unless told otherwise: this machine only.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+#: The example scenes shipped in the package (shapes-world), the gallery's default.
+PACKAGED_EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "models are used when they are on this machine; otherwise the page says why and offers "
         "the shipped shapes-world pair.",
         epilog=f"exit codes: {EXIT_OK} stopped; {EXIT_USAGE} bad flags, models named by a flag "
-        "that do not resolve, gradio missing; 4 unexpected error; 130 interrupted.",
+        "that do not resolve, an --examples folder that is not there, gradio missing; "
+        "4 unexpected error; 130 interrupted (Ctrl-C).",
     )
     parser.add_argument(
         "--host",
@@ -73,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--examples",
         type=Path,
-        default=Path("examples"),
-        help="folder of example images shown on the page, when it exists (default: %(default)s)",
+        default=None,
+        help="folder whose *.png files are the page's examples; only those files are served "
+        "(default: the shapes-world scenes shipped in the package)",
     )
     return parser
 
@@ -98,14 +112,48 @@ def _choices(args: argparse.Namespace) -> tuple[list[ModelChoice], ...]:
     return detectors, encoders, nlvr2
 
 
+def example_images(folder: Path | None) -> list[str]:
+    """The example images of ``folder`` (default: :data:`PACKAGED_EXAMPLES`): its ``*.png``
+    regular files, not hidden, not in subfolders, sorted.
+
+    Raises:
+        UsageError: ``--examples`` names a folder that is not there.
+    """
+    chosen = PACKAGED_EXAMPLES if folder is None else folder
+    if not chosen.is_dir():
+        raise UsageError(
+            f"--examples {folder}: not a folder; name a folder of .png images, or leave the "
+            "flag out for the shipped scenes"
+        )
+    found = (path for path in chosen.glob("*.png") if path.is_file())
+    return sorted(str(path) for path in found if not path.name.startswith("."))
+
+
 def _run(args: argparse.Namespace) -> int:
+    examples = example_images(args.examples)
+    # Uploads go to a folder of this server only, removed when it stops: the files it may
+    # read are those it stored, and none are left behind.
+    uploads = tempfile.mkdtemp(prefix="lxmert-demo-", dir=os.environ.get("GRADIO_TEMP_DIR"))
+    before = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = uploads
+    try:
+        return _serve(args, examples)
+    finally:
+        shutil.rmtree(uploads, ignore_errors=True)
+        if before is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = before
+
+
+def _serve(args: argparse.Namespace, examples: list[str]) -> int:
     try:
         import gradio  # noqa: F401  # the [web] extra: say so before any model loads
     except ImportError as error:
         raise UsageError(
             f"gradio is not installed ({error}); pip install 'lxmert-pipeline[web]'"
         ) from error
-    from pipeline.web.app import build_app
+    from pipeline.web.app import SESSIONS, build_app
     from pipeline.web.models import ModelCache, start_models
     from pipeline.web.service import DemoService, Limits
     from weights.defaults import resolve_device
@@ -131,7 +179,6 @@ def _run(args: argparse.Namespace) -> int:
     if failed:
         start = dataclasses.replace(start, notice=f"{start.notice} {failed}".strip())
         print(f"lxmert-demo: {failed}", file=sys.stderr)
-    examples = sorted(str(p) for p in args.examples.glob("*.png")) if args.examples.is_dir() else []
     app = build_app(
         service,
         start=start,
@@ -150,13 +197,29 @@ def _run(args: argparse.Namespace) -> int:
             max_file_size=args.max_upload_bytes,
             show_error=False,
             quiet=False,
-            allowed_paths=[str(args.examples.resolve())] if examples else None,
+            # The listed files by exact path: never the folder they are in.
+            allowed_paths=examples or None,
+            state_session_capacity=SESSIONS,
+            prevent_thread_lock=True,
         )
     except OSError as error:  # gradio's "Cannot find empty port", an address not here
         raise UsageError(
             f"cannot serve on {args.host}:{args.port}: {error}; choose another --port/--host"
         ) from error
+    try:
+        _wait_for_stop()
+    finally:  # Ctrl-C included (exit 130 from run_command): stop serving, then clean up
+        app.close()
     return EXIT_OK
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGTERM (returns) or Ctrl-C (raises KeyboardInterrupt). Gradio's own wait
+    swallows Ctrl-C, which would make an interrupted server exit 0."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    while not stopped.wait(0.2):
+        pass
 
 
 COMMAND = Command(

@@ -3,16 +3,21 @@
 A model is offered when it resolves on this machine without a download
 (:func:`weights.locate_checkpoint` with ``download=False``): the registry's records and the
 ``--detector`` / ``--encoder`` values. The others are listed with the reason they do not.
-Loaded models are kept: a detector per (name, selection, box count), an encoder per name.
+Loaded models are kept by identity (real path and sha256 of what a name resolves to), a
+bounded number of each, the least recently used dropped first.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weights import CheckpointNotFoundError, UnknownCheckpointError, locate_checkpoint
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
 
 #: Detector variants (selection, box count) kept loaded; the oldest is dropped past this.
 MAX_DETECTOR_VARIANTS = 3
+#: Encoders kept loaded (a QA model and an NLVR2 model, and one more); the least recently
+#: used is dropped past this.
+MAX_ENCODERS = 3
 
 
 @dataclass(frozen=True)
@@ -166,51 +174,118 @@ class ModelSettings:
         return (self.detector, self.selection, self.boxes)
 
 
+#: A loaded model's identity: (kind, real path, sha256, settings a name adds). Two
+#: spellings of one file, or a registry name and the path it resolves to, are one model.
+Identity = tuple[str, str, str, str]
+#: A loaded detector: its identity, selection and box count.
+DetectorKey = tuple[Identity, "Selection | None", "int | None"]
+#: Names whose identity is remembered (with the files' sizes and times, so an unchanged
+#: checkpoint is hashed once); past this the memory starts again.
+MAX_REMEMBERED_NAMES = 64
+
+
+def _files_of(path: Path) -> list[Path]:
+    """The files that make a checkpoint: the file itself, or a directory's regular files."""
+    if path.is_dir():
+        return sorted(child for child in path.iterdir() if child.is_file())
+    return [path]
+
+
+def _signature(files: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
+    return tuple((str(file), (stat := file.stat()).st_size, stat.st_mtime_ns) for file in files)
+
+
 class ModelCache:
     """Loads each model once on ``device`` and hands out :class:`Pipeline` objects over them.
 
-    Thread-safe: two requests never load the same model twice. On the CPU, :meth:`using`
-    lets one request at a time run a given pipeline (torch already uses every core).
+    Models are kept by identity (:data:`Identity`: the resolved file's real path and sha256),
+    never by the name a request spelt, and at most ``max_detectors`` detector variants and
+    ``max_encoders`` encoders are loaded: the least recently used is dropped when a new one
+    is needed. Thread-safe: two requests never load the same model twice. On the CPU,
+    :meth:`using` lets one request at a time run a given pipeline (torch already uses every
+    core).
     """
 
-    def __init__(self, *, device: torch.device, max_detectors: int = MAX_DETECTOR_VARIANTS):
+    def __init__(
+        self,
+        *,
+        device: torch.device,
+        max_detectors: int = MAX_DETECTOR_VARIANTS,
+        max_encoders: int = MAX_ENCODERS,
+    ):
         self.device = device
         self._max_detectors = max_detectors
+        self._max_encoders = max_encoders
         self._load_lock = threading.Lock()
-        self._detectors: OrderedDict[tuple[str, str | None, int | None], Detector] = OrderedDict()
-        self._encoders: dict[str, Encoder] = {}
-        self._pipelines: dict[tuple[str, str | None, int | None, str], Pipeline] = {}
-        self._run_locks: dict[tuple[str, str | None, int | None, str], threading.Lock] = {}
+        self._identities: dict[tuple[str, str], tuple[object, Identity]] = {}
+        self._detectors: OrderedDict[DetectorKey, tuple[str, Detector]] = OrderedDict()
+        self._encoders: OrderedDict[Identity, tuple[str, Encoder]] = OrderedDict()
+        self._pipelines: dict[tuple[DetectorKey, Identity], Pipeline] = {}
+        self._run_locks: dict[tuple[DetectorKey, Identity], threading.Lock] = {}
+
+    def identity(self, name: str, kind: CheckpointKind) -> Identity:
+        """What ``name`` loads, without downloading: kind, real path, sha256 (of a
+        directory: of its files' names and digests) and, for encoders, the preset's settings.
+
+        Raises:
+            CheckpointNotFoundError: ``name`` does not resolve on this machine.
+        """
+        from weights import sha256_file
+
+        found = locate_checkpoint(
+            _checkpoint_of(name, kind), download=False, verify_checksums=False
+        )
+        real = Path(os.path.realpath(found.path))
+        files = _files_of(real)
+        signature = _signature(files)
+        remembered = self._identities.get((kind, name))
+        if remembered is not None and remembered[0] == signature:
+            return remembered[1]
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
+        settings = ""
+        if kind == "encoder":
+            from encoder.config import config_for
+
+            settings = repr(dataclasses.replace(config_for(name), checkpoint=""))
+        identity = (kind, str(real), digest.hexdigest(), settings)
+        if len(self._identities) >= MAX_REMEMBERED_NAMES:
+            self._identities.clear()
+        self._identities[(kind, name)] = (signature, identity)
+        return identity
 
     def pipeline(self, settings: ModelSettings) -> Pipeline:
         """The pipeline for ``settings``, loading what is not loaded yet.
 
-        Raises what :func:`detector.load_detector` and :func:`encoder.build.load_encoder`
-        raise (not found, checksum, bad settings).
+        Raises what :meth:`identity`, :func:`detector.load_detector` and
+        :func:`encoder.build.load_encoder` raise (not found, checksum, bad settings).
         """
         from pipeline.api import Pipeline
 
-        key = (*settings.detector_key(), settings.encoder)
         with self._load_lock:
+            key = self._key(settings)
             known = self._pipelines.get(key)
             if known is not None:
+                self._detectors.move_to_end(key[0])
+                self._encoders.move_to_end(key[1])
                 return known
-            detector = self._detector(settings)
-            encoder = self._encoders.get(settings.encoder)
-            if encoder is None:
-                from encoder.build import load_encoder
-
-                encoder = load_encoder(settings.encoder, device=self.device)
-                self._encoders[settings.encoder] = encoder
+            detector = self._detector(settings, key[0])
+            encoder = self._encoder(settings, key[1])
             built = Pipeline(detector=detector, encoder=encoder, device=self.device)
             self._pipelines[key] = built
             return built
 
-    def _detector(self, settings: ModelSettings) -> Detector:
-        key = settings.detector_key()
+    def _key(self, settings: ModelSettings) -> tuple[DetectorKey, Identity]:
+        detector = self.identity(settings.detector, "detector")
+        return (detector, settings.selection, settings.boxes), self.identity(
+            settings.encoder, "encoder"
+        )
+
+    def _detector(self, settings: ModelSettings, key: DetectorKey) -> Detector:
         if key in self._detectors:
             self._detectors.move_to_end(key)
-            return self._detectors[key]
+            return self._detectors[key][1]
         from detector import InferenceOptions, load_detector
 
         overrides: dict[str, object] = {}
@@ -223,12 +298,32 @@ class ModelCache:
             overrides=overrides or None,
             options=InferenceOptions(device=self.device),
         )
-        self._detectors[key] = detector
+        self._detectors[key] = (settings.detector, detector)
         while len(self._detectors) > self._max_detectors:
             dropped, _ = self._detectors.popitem(last=False)
-            for stale in [k for k in self._pipelines if k[:3] == dropped]:
-                del self._pipelines[stale]
+            self._forget(detector=dropped)
         return detector
+
+    def _encoder(self, settings: ModelSettings, key: Identity) -> Encoder:
+        if key in self._encoders:
+            self._encoders.move_to_end(key)
+            return self._encoders[key][1]
+        from encoder.build import load_encoder
+
+        encoder = load_encoder(settings.encoder, device=self.device)
+        self._encoders[key] = (settings.encoder, encoder)
+        while len(self._encoders) > self._max_encoders:
+            dropped, _ = self._encoders.popitem(last=False)
+            self._forget(encoder=dropped)
+        return encoder
+
+    def _forget(
+        self, *, detector: DetectorKey | None = None, encoder: Identity | None = None
+    ) -> None:
+        """Drop the pipelines (and run locks) over a detector or encoder that was dropped."""
+        for pair in [p for p in self._pipelines if detector == p[0] or encoder == p[1]]:
+            del self._pipelines[pair]
+            self._run_locks.pop(pair, None)
 
     @contextmanager
     def using(self, settings: ModelSettings) -> Iterator[None]:
@@ -236,9 +331,8 @@ class ModelCache:
         if self.device.type != "cpu":
             yield
             return
-        key = (*settings.detector_key(), settings.encoder)
         with self._load_lock:
-            lock = self._run_locks.setdefault(key, threading.Lock())
+            lock = self._run_locks.setdefault(self._key(settings), threading.Lock())
         with lock:
             yield
 
@@ -249,7 +343,7 @@ class ModelCache:
             lines = [
                 f"detector {name} ({det.config.selection}, {det.config.min_boxes}.."
                 f"{det.config.max_boxes} boxes)"
-                for (name, _, _), det in self._detectors.items()
+                for name, det in self._detectors.values()
             ]
-            lines += [f"encoder {name}" for name in self._encoders]
+            lines += [f"encoder {name}" for name, _ in self._encoders.values()]
         return lines

@@ -67,11 +67,14 @@ class Detection:
     """One image and its regions.
 
     Attributes:
+        key: (sha256 of the image file, detector settings): its place in the service's
+            region cache (:meth:`DemoService.known`), all a page session keeps of it.
         image_bgr: uint8 ``[H, W, 3]`` BGR, the raw image the boxes refer to.
         regions: its regions (boxes xyxy, raw-image pixels).
         object_names, attribute_names: the detector's vocabularies (index = id).
     """
 
+    key: tuple[str, tuple[object, ...]]
     image_bgr: np.ndarray
     regions: RegionFeatures
     object_names: tuple[str, ...]
@@ -138,11 +141,25 @@ def parse_questions(
         DemoError: none at all, or more than ``limit``.
     """
     questions = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    for number, question in enumerate(questions, start=1):
+        _check_text(question, what=f"{what} {number}")
     if not questions:
         raise DemoError(f"The {what} is empty: write a {what} (one per line), then ask.")
     if len(questions) > limit:
         raise DemoError(f"{len(questions)} {what}s: ask at most {limit} at a time.")
     return questions
+
+
+def _check_text(text: str, *, what: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (a lone surrogate, which JSON can carry):
+    the tokenizer would fail on it with a ``TypeError`` far from here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DemoError(
+            f"The {what} is not valid text (a lone surrogate at character {error.start + 1}); "
+            "retype it."
+        ) from None
 
 
 def read_image(path: str | os.PathLike[str], *, limits: Limits, name: str) -> np.ndarray:
@@ -206,6 +223,7 @@ class DemoService:
             except ImageError as error:  # e.g. too thin to resize (20000x20)
                 raise DemoError(f"Cannot use this image: {name}: {error.reason}") from error
         found = Detection(
+            key=key,
             image_bgr=bgr,
             regions=regions,
             object_names=tuple(pipeline.detector.object_names),
@@ -216,6 +234,12 @@ class DemoService:
             while len(self._regions) > REGION_CACHE_SIZE:
                 self._regions.popitem(last=False)
         return found
+
+    def known(self, key: object) -> Detection | None:
+        """The cached detection whose :attr:`Detection.key` is ``key`` (None once it has
+        left the cache: the page then asks for a new run)."""
+        with self._lock:
+            return self._regions.get(key) if isinstance(key, tuple) else None  # type: ignore[arg-type]
 
     def ask(
         self, detection: Detection, questions: Sequence[str], settings: ModelSettings

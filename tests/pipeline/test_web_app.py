@@ -405,3 +405,140 @@ def test_judge_refuses_a_qa_model_and_an_empty_statement(service: DemoService) -
         service.judge((SCENE, "a.png"), (other, "b.png"), "there is a circle", SHAPES)
     with pytest.raises(DemoError, match="statement is empty"):
         service.judge((SCENE, "a.png"), (other, "b.png"), "\n \n", SHAPES)
+
+
+# -- what a request may name (issue 26) -----------------------------------------------------
+
+
+def test_gate_reads_only_stored_files_and_listed_examples(tmp_path: Path) -> None:
+    from pipeline.web.gate import NOT_UPLOADED, Uploads, upload_of
+
+    folder = tmp_path / "uploads"
+    (folder / "h").mkdir(parents=True)
+    stored = folder / "h" / "scene.png"
+    stored.write_bytes(SCENE.read_bytes())
+    outside = tmp_path / "private.png"
+    outside.write_bytes(SCENE.read_bytes())
+    (folder / "h" / "link.png").symlink_to(outside)
+    (tmp_path / "linked").symlink_to(folder)
+    uploads = Uploads.of(folder=tmp_path / "linked", examples=[str(SCENE)])
+    marker = {"_type": "gradio.FileData"}
+    assert upload_of({"path": str(stored), "meta": marker}, uploads) == (stored, "scene.png")
+    assert upload_of({"path": str(SCENE), "meta": marker, "orig_name": "x.png"}, uploads) == (
+        SCENE,
+        "x.png",
+    )
+    assert upload_of(None, uploads) == (None, "image")
+    refused: list[object] = [
+        str(stored),  # a plain string, even of a stored file
+        {"path": str(stored)},  # no FileData marker
+        {"path": str(outside), "meta": marker},
+        {"path": str(folder / "h" / "link.png"), "meta": marker},  # a link out
+        {"path": str(folder / "h" / "none.png"), "meta": marker},
+        {"path": str(folder / "h"), "meta": marker},
+        {"path": str(folder), "meta": marker},
+        {"path": str(SCENE.parent / "scene_001.png"), "meta": marker},  # beside an example
+        {"path": 7, "meta": marker},
+        {"path": f"{stored}\0", "meta": marker},
+    ]
+    for payload in refused:
+        with pytest.raises(DemoError) as caught:
+            upload_of(payload, uploads)
+        assert str(caught.value) == NOT_UPLOADED, payload
+
+
+def test_choices_and_numbers_are_those_of_the_page() -> None:
+    from pipeline.web.gate import bounded, offered
+
+    assert offered("b", ("a", "b"), what="Encoder") == "b"
+    for value in ("c", "b/", None, 3):
+        with pytest.raises(DemoError, match=r"^Encoder must be one of the page's choices: a, b\.$"):
+            offered(value, ("a", "b"), what="Encoder")
+    assert bounded(0, low=0, high=100, what="Box count") == 0
+    assert bounded(100.0, low=0, high=100, what="Box count") == 100
+    for number in (101, -1, 2.5, float("nan"), float("inf"), "7", True, None):
+        with pytest.raises(DemoError, match=r"^Box count must be a whole number from 0 to 100\.$"):
+            bounded(number, low=0, high=100, what="Box count")
+
+
+def test_models_are_cached_by_identity_and_bounded() -> None:
+    import torch
+
+    cache = ModelCache(device=torch.device("cpu"), max_encoders=1)
+    first = cache.pipeline(SHAPES)
+    lxmert = ROOT / "weights" / "shipped" / "shapes-lxmert"
+    spelt = [f"{lxmert}/", f"{lxmert}//", str(lxmert / ".." / "shapes-lxmert")]
+    for encoder in spelt:
+        again = cache.pipeline(ModelSettings(detector="shapes-detector", encoder=encoder))
+        assert again.encoder is first.encoder, encoder
+    by_path = next(SHIPPED.glob("*.safetensors"))
+    assert cache.pipeline(ModelSettings(str(by_path), "shapes-lxmert")).detector is first.detector
+    assert cache.loaded() == [  # one of each, however spelt
+        "detector shapes-detector (bottom-up, 4..16 boxes)",
+        "encoder shapes-lxmert",
+    ]
+    nlvr2 = cache.pipeline(ModelSettings("shapes-detector", "shapes-nlvr2"))
+    assert [line for line in cache.loaded() if line.startswith("encoder")] == [
+        "encoder shapes-nlvr2"
+    ]  # the least recently used encoder was dropped
+    assert cache.pipeline(SHAPES).encoder is not first.encoder  # loaded again
+    assert nlvr2.detector is first.detector
+
+
+def test_page_session_keeps_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gradio")
+    import torch
+
+    from pipeline.web.app import DELETE_CACHE, build_app
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    (tmp_path / "h").mkdir()
+    stored = tmp_path / "h" / "scene.png"
+    stored.write_bytes(SCENE.read_bytes())
+    service = DemoService(models=ModelCache(device=torch.device("cpu")))
+    detectors, encoders = model_choices("detector"), model_choices("encoder")
+    start = start_models("shapes-detector", "shapes-lxmert", detectors, encoders)
+    app = build_app(service, start=start, detectors=detectors, encoders=encoders)
+    assert app.delete_cache == DELETE_CACHE == (600, 3600)
+    detect = next(fn for fn in app.fns.values() if fn.api_name == "detect").fn
+    assert detect is not None
+    payload = {"path": str(stored), "meta": {"_type": "gradio.FileData"}}
+    picture, _, status, kept = detect(
+        payload, "shapes-detector", "shapes-lxmert", "checkpoint's own", 0, 36
+    )
+    assert status.startswith("scene.png: 271x271")
+    assert picture.shape == (271, 271, 3)
+
+    def arrays(value: object) -> list[np.ndarray]:
+        if isinstance(value, np.ndarray):
+            return [value]
+        if isinstance(value, (tuple, list)):
+            return [a for item in value for a in arrays(item)]
+        return [] if isinstance(value, (str, int, float, type(None))) else [np.zeros(1)]
+
+    assert arrays(kept) == []  # the session state: a key of plain values, no image
+    known = service.known(kept)
+    assert known is not None and known.image_bgr.shape == (271, 271, 3)
+
+
+# -- examples -------------------------------------------------------------------------------
+
+
+def test_packaged_examples_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.web.cli import PACKAGED_EXAMPLES, example_images, main
+
+    monkeypatch.chdir(tmp_path)
+    listed = example_images(None)
+    assert [Path(p).name for p in listed] == [f"scene_00{i}.png" for i in range(4)]
+    for path in listed:  # the repository's scenes, whose answers examples/scenes.json records
+        assert Path(path).read_bytes() == (ROOT / "examples" / Path(path).name).read_bytes()
+        assert Path(path).parent == PACKAGED_EXAMPLES
+    (tmp_path / "mine" / "sub").mkdir(parents=True)
+    (tmp_path / "mine" / "one.png").write_bytes(SCENE.read_bytes())
+    (tmp_path / "mine" / ".hidden.png").write_bytes(SCENE.read_bytes())
+    (tmp_path / "mine" / "sub" / "two.png").write_bytes(SCENE.read_bytes())
+    assert example_images(Path("mine")) == ["mine/one.png"]
+    assert main(["--examples", "none-here", "--detector", "shapes-detector"]) == 2
+    assert "--examples none-here: not a folder" in capsys.readouterr().err

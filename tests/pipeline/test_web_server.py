@@ -1,0 +1,189 @@
+"""The page as a server: a real ``lxmert-demo`` process (shapes models) spoken to over HTTP as
+a hostile client would (issue 26, items 1, 2, 4 and 5). One server for the module.
+
+Every request goes through ``/gradio_api/call/<name>``: a POST that queues it, then the
+event stream that ends with ``complete`` (the outputs) or ``error`` (the page error).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from web_helpers import CONTROLS, REFUSED, ROOT, SCENE, Page, file_data
+
+from pipeline.web.browser import SHAPES_ARGS, serve_demo
+
+
+@dataclass(frozen=True)
+class Served:
+    """The module's server and the files around it: its ``--examples`` folder (two images
+    listed, a dotfile, a text file and a subfolder not) and a private image elsewhere."""
+
+    page: Page
+    examples: Path
+    secret: Path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    pytest.importorskip("gradio", reason="pip install 'lxmert-pipeline[web]'")
+    base = tmp_path_factory.mktemp("web-server")
+    examples = base / "examples"
+    (examples / "sub").mkdir(parents=True)
+    shutil.copy(SCENE, examples / "a.png")
+    shutil.copy(ROOT / "examples" / "scene_001.png", examples / "b.png")
+    shutil.copy(SCENE, examples / "sub" / "c.png")
+    (examples / ".env").write_text("TOKEN=secret\n")
+    (examples / "notes.txt").write_text("not listed\n")
+    # A private image: pixels no example has, so a leak would be recognisable.
+    secret = base / "private" / "secret.png"
+    secret.parent.mkdir()
+    Image.fromarray(np.full((64, 96, 3), (12, 200, 34), dtype=np.uint8)).save(secret)
+    args = [*SHAPES_ARGS, "--examples", str(examples)]
+    try:
+        with serve_demo(log=base / "server.log", args=args, cwd=base) as served:
+            yield Served(page=Page(served=served), examples=examples, secret=secret)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture
+def page(server: Served) -> Page:
+    return server.page
+
+
+def _inputs(endpoint: str, image: Any) -> list[Any]:
+    if endpoint == "detect":
+        return [image, *CONTROLS]
+    if endpoint == "ask":
+        return [image, "what color is the circle?", *CONTROLS]
+    return [image, image, "there is a circle", "shapes-detector", "shapes-nlvr2", CONTROLS[2], 0]
+
+
+# -- item 1: only files the server stored ----------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["detect", "ask", "judge"])
+def test_files_the_server_did_not_store_are_refused_alike(server: Served, endpoint: str) -> None:
+    page, examples, secret = server.page, server.examples, str(server.secret)
+    link = page.uploads / f"link-{endpoint}.png"
+    link.symlink_to(server.secret)  # inside the upload folder, pointing out of it
+    payloads = {
+        "bare path dict": {"path": secret},
+        "plain string": secret,
+        "path outside the upload folder": file_data(secret),
+        "missing file": file_data(str(server.secret.parent / "none.png")),
+        "a folder": file_data(str(server.secret.parent)),
+        "not an image": file_data("/etc/passwd"),
+        "link out of the upload folder": file_data(str(link)),
+        "unlisted file beside the examples": file_data(str(examples / "sub" / "c.png")),
+    }
+    for what, payload in payloads.items():
+        assert page.call(endpoint, _inputs(endpoint, payload)) == ("error", REFUSED), what
+
+
+def test_an_uploaded_file_is_answered_and_its_name_shown_as_text(page: Page) -> None:
+    name = "**bold** <img src=x onerror=alert(1)> _x_.png"
+    upload = page.upload(SCENE, name=name)
+    kind, outputs = page.call("ask", [upload, "what color is the circle?", *CONTROLS])
+    assert kind == "complete", outputs
+    picture, _, status, _, answers = outputs
+    assert answers[0]["answers"][0]["answer"] == "yellow"
+    assert status.startswith(f"{name}: 271x271 pixels")
+    shown = Image.open(picture["path"])
+    assert shown.size == Image.open(SCENE).size
+    config = json.load(urllib.request.urlopen(page.served.url + "config", timeout=60))
+    (box,) = [c for c in config["components"] if c["props"].get("elem_id") == "status"]
+    assert box["type"] == "textbox"  # text, never Markdown or HTML
+
+
+# -- item 2: only the models offered, numbers within the sliders ------------------------------
+
+
+def test_models_not_offered_are_refused_naming_the_choices(page: Page) -> None:
+    upload = page.upload(SCENE)
+    shipped = ROOT / "weights" / "shipped" / "shapes-lxmert"
+    cases = [
+        ("/etc/passwd", "shapes-lxmert", "Detector must be one of the page's choices"),
+        ("vg-r101-c4-attr", "shapes-lxmert", "Detector must be one of the page's choices"),
+        ("shapes-detector", "/etc", "Encoder must be one of the page's choices"),
+        ("shapes-detector", f"{shipped}//", "Encoder must be one of the page's choices"),
+        ("shapes-detector", "lxmert-vqa", "Encoder must be one of the page's choices"),
+    ]
+    for detector, encoder, message in cases:
+        kind, error = page.call("detect", [upload, detector, encoder, *CONTROLS[2:]])
+        assert kind == "error" and error.startswith(message), (detector, encoder, error)
+        assert "shapes-detector" in error or "shapes-lxmert" in error
+    kind, outputs = page.call("detect", [upload, *CONTROLS])
+    assert kind == "complete"
+    assert "loaded: detector shapes-detector" in outputs[2]
+    assert outputs[2].count("encoder ") == 1  # the refused spellings loaded nothing
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (3, 100000, "Box count must be a whole number from 0 to 100."),
+        (3, -1, "Box count must be a whole number from 0 to 100."),
+        (3, 2.5, "Box count must be a whole number from 0 to 100."),
+        (3, "7", "Box count must be a whole number from 0 to 100."),
+        (4, 0, "Boxes shown must be a whole number from 1 to 100."),
+        (4, 1e9, "Boxes shown must be a whole number from 1 to 100."),
+        (2, "sideways", "Selection must be one of the page's choices"),
+    ],
+)
+def test_numbers_and_choices_are_bounded_as_the_page_bounds_them(
+    page: Page, field: int, value: Any, message: str
+) -> None:
+    controls = list(CONTROLS)
+    controls[field] = value
+    kind, error = page.call("detect", [page.upload(SCENE), *controls])
+    assert kind == "error" and error.startswith(message)
+
+
+# -- item 4: --examples serves only its listed files ----------------------------------------
+
+
+def test_examples_serve_only_the_listed_files(server: Served) -> None:
+    page = server.page
+
+    def served(path: Path) -> int:
+        return page.status_of(f"gradio_api/file={path}")
+
+    assert served(server.examples / "a.png") == 200
+    assert served(server.examples / "b.png") == 200
+    for unlisted in (".env", "notes.txt", "sub/c.png"):
+        assert served(server.examples / unlisted) in (403, 404), unlisted
+    config = json.load(urllib.request.urlopen(page.served.url + "config", timeout=60))
+    samples = [
+        sample[0]["orig_name"]
+        for c in config["components"]
+        if c["type"] == "dataset"
+        for sample in c["props"]["samples"]
+    ]
+    assert samples == ["a.png", "b.png"]
+    # Picking an example sends gradio's copy of it: answered like an upload.
+    (dataset,) = [c for c in config["components"] if c["type"] == "dataset"]
+    example = dataset["props"]["samples"][0][0]
+    kind, outputs = page.call("detect", [file_data(example["path"]), *CONTROLS])
+    assert kind == "complete" and outputs[2].startswith("a.png: 271x271")
+
+
+# -- item 5: smaller page defects -------------------------------------------------------------
+
+
+def test_a_lone_surrogate_in_a_question_is_a_page_error(page: Page) -> None:
+    kind, error = page.call("ask", [page.upload(SCENE), "what \ud800 color?", *CONTROLS])
+    assert kind == "error"
+    assert error == "The question 1 is not valid text (a lone surrogate at character 6); retype it."
+    kind, _ = page.call("ask", [page.upload(SCENE), "what color is the circle?", *CONTROLS])
+    assert kind == "complete"  # and the page serves on
