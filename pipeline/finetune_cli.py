@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.command import Command, non_negative_int, positive_int, run_command
+from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from pipeline.finetune_labels import check_labels
 from pipeline.finetune_outputs import REPORT_KIND, check_outputs
@@ -456,19 +457,20 @@ def fit_and_write(
         write_model_dir(best, settings.out, record={**record, "best": asdict(epoch)})
 
     try:
-        result = fit(
-            encoder=encoder,
-            train=train,
-            valid=valid,
-            config=settings.recipe,
-            task=settings.task,
-            checkpoint=settings.out / CHECKPOINT,
-            on_best=keep_best,
-            resume=settings.resume,
-            on_progress=_progress_printer(settings),
-            on_epoch=None if settings.quiet else _epoch_line,
-            inputs=inputs,
-        )
+        with data_errors_are_usage(remedy=lambda: _data_error_remedy(settings.out / CHECKPOINT)):
+            result = fit(
+                encoder=encoder,
+                train=train,
+                valid=valid,
+                config=settings.recipe,
+                task=settings.task,
+                checkpoint=settings.out / CHECKPOINT,
+                on_best=keep_best,
+                resume=settings.resume,
+                on_progress=_progress_printer(settings),
+                on_epoch=None if settings.quiet else _epoch_line,
+                inputs=inputs,
+            )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with the same command and --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -478,6 +480,21 @@ def fit_and_write(
     if not settings.quiet:
         print(f"wrote {settings.out} (epoch {result.best_epoch})", file=sys.stderr)
     return EXIT_OK
+
+
+#: What to do after a feature record failed to read during ``evaluate``.
+_EVALUATE_REMEDY = "nothing was written: repair or re-extract the file and run the command again"
+
+
+def _data_error_remedy(checkpoint: Path) -> str:
+    """What to do after a feature file's record failed to read mid-run."""
+    if checkpoint.is_file():
+        return (
+            f"the last finished epoch is kept in {checkpoint}: restore the file as it was when "
+            "this run started (its bytes and modification time) and run the same command with "
+            "--resume, or re-extract it and start a new run"
+        )
+    return "no epoch was finished: repair or re-extract the file and run the command again"
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
@@ -606,11 +623,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if encoder.answers is None:
         raise UsageError(f"--model {args.model} has no QA head")
     try:
-        predictions = predict(
-            encoder,
-            QADataset(entries, store, encoder.answers, num_boxes=recipe.num_boxes),
-            config=recipe,
-        )
+        with data_errors_are_usage(remedy=_EVALUATE_REMEDY):
+            predictions = predict(
+                encoder,
+                QADataset(entries, store, encoder.answers, num_boxes=recipe.num_boxes),
+                config=recipe,
+            )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -649,8 +667,9 @@ def run_evaluate_nlvr2(args: argparse.Namespace, recipe: FinetuneConfig) -> int:
     except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
         raise UsageError(f"cannot load --model {args.model}: {err}") from None
     try:
-        dataset = PairDataset(entries, store, num_boxes=recipe.num_boxes)
-        probabilities = predict_pairs(encoder, dataset, config=recipe)
+        with data_errors_are_usage(remedy=_EVALUATE_REMEDY):
+            dataset = PairDataset(entries, store, num_boxes=recipe.num_boxes)
+            probabilities = predict_pairs(encoder, dataset, config=recipe)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED

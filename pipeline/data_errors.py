@@ -1,0 +1,36 @@
+"""Faults of the user's feature files met while a command runs (a corrupt record, a file
+changed under the run) are usage errors, exit 2, naming the file and line: never exit 4,
+which is for faults of the machine or of the code."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from pipeline.exits import UsageError
+from pipeline.store import FeatureDataError
+
+_NAME = FeatureDataError.__name__
+
+
+def data_error_text(error: FeatureDataError) -> str:
+    """The error's own message. A DataLoader worker's error comes back with the worker's
+    traceback in its text ("Caught FeatureDataError in DataLoader worker process 0 ...");
+    its last line holds the original message."""
+    text = str(error)
+    if "Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split(f"{_NAME}: ", 1)[-1].strip()
+
+
+@contextlib.contextmanager
+def data_errors_are_usage(*, remedy: str | Callable[[], str]) -> Iterator[None]:
+    """Turn a :class:`FeatureDataError` raised in the block into a :class:`UsageError` (exit
+    2) that names the file and line and ends with ``remedy`` (called when the error comes,
+    if a function: what to do may depend on what the run had done by then)."""
+    try:
+        yield
+    except FeatureDataError as error:
+        advice = remedy if isinstance(remedy, str) else remedy()
+        raise UsageError(f"{data_error_text(error)}; {advice}") from None
