@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from detector.exact_math import exp_float32_tensor
+
 #: Largest log-scale a delta may apply: turns a 16 px box into at most a 1000 px box.
 DEFAULT_SCALE_CLAMP: float = math.log(1000.0 / 16)
 #: (wx, wy, ww, wh) the box head's class-specific deltas are scaled by (Detectron2's
@@ -46,7 +48,9 @@ def apply_deltas(
 
     Width is ``x2 - x1`` (no +1). ``dw``/``dh`` are clamped to ``scale_clamp`` before ``exp``.
     Decoding runs in float32 whatever the input dtypes (both are cast), as Detectron2 does
-    to keep decoding precise under autocast.
+    to keep decoding precise under autocast. The ``exp`` is
+    :func:`~detector.exact_math.exp_float32_tensor` (torch's own changes last bits with the
+    CPU's SIMD level), so the same deltas give the same boxes on every machine.
 
     Args:
         deltas: ``Tensor[N, k*4]`` (dx, dy, dw, dh) per box, ``k >= 1`` class-specific sets.
@@ -79,8 +83,8 @@ def apply_deltas(
 
     pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
     pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-    pred_w = torch.exp(dw) * widths[:, None]
-    pred_h = torch.exp(dh) * heights[:, None]
+    pred_w = exp_float32_tensor(dw) * widths[:, None]
+    pred_h = exp_float32_tensor(dh) * heights[:, None]
 
     out = torch.empty_like(deltas)
     out[:, 0::4] = pred_ctr_x - 0.5 * pred_w

@@ -74,6 +74,34 @@ def exp_float32(values: np.ndarray) -> np.ndarray:
     return result
 
 
+def exp_float32_tensor(values: Tensor) -> Tensor:
+    """float32 ``exp`` of a tensor, the same bits on every machine: :func:`exp_float32`'s
+    method in torch float64 operations, on the tensor's own device and differentiable (the
+    gradient is the polynomial's derivative, ``exp`` to float64 accuracy). For the box
+    decoding of :func:`detector.boxes.apply_deltas`, where torch's own ``exp`` changes last
+    bits with ``ATEN_CPU_CAPABILITY``.
+
+    Args:
+        values: float tensor of any shape.
+
+    Returns:
+        float32 tensor of the same shape and device.
+    """
+    x = values.to(torch.float64)
+    nan = torch.isnan(x)
+    x = torch.clamp(torch.where(nan, torch.zeros_like(x), x), *_EXP_RANGE)
+    k = torch.round(x * _LOG2_E)  # half to even, as np.rint
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    poly = r * _TAYLOR[0]
+    for coefficient in _TAYLOR[1:-1]:
+        poly = (poly + coefficient) * r
+    poly = poly + _TAYLOR[-1]
+    # 2**k built from its bits: exact, where a pow() kernel need not be.
+    scale = ((k.to(torch.int64) + 1023) << 52).view(torch.float64)
+    result = (poly * scale).to(torch.float32)
+    return torch.where(nan, torch.full_like(result, float("nan")), result)
+
+
 def softmax_float32(logits: Tensor, *, last_first: bool) -> Tensor:
     """Row-wise float32 softmax of ``logits`` ``[R, K]``, the same bits on every machine.
 

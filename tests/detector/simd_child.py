@@ -89,11 +89,28 @@ def tie_heavy_selection(seed: int) -> dict[str, np.ndarray]:
     return out
 
 
+def decoded_boxes(seed: int) -> dict[str, np.ndarray]:
+    """apply_deltas (Detectron2's proposals and max-class boxes) on random deltas."""
+    from detector.boxes import BOX_HEAD_WEIGHTS, apply_deltas
+
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 500, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 300, (300, 2))], axis=1)
+    deltas = rng.normal(0, 1.0, (300, 4 * 50))
+    decoded = apply_deltas(
+        torch.from_numpy(deltas.astype(np.float32)),
+        torch.from_numpy(boxes.astype(np.float32)),
+        weights=BOX_HEAD_WEIGHTS,
+    )
+    return {f"decoded_{seed}": decoded.numpy()}
+
+
 def synthetic(out_path: str) -> None:
     arrays: dict[str, np.ndarray] = {}
     for seed in (0, 1):
         arrays.update(tie_heavy_proposals(seed))
         arrays.update(tie_heavy_selection(seed))
+        arrays.update(decoded_boxes(seed))
     np.savez(out_path, **arrays)
 
 

@@ -9,7 +9,7 @@ import torch
 from introsort_helpers import exp32, introsort_argsort, introsort_rows
 
 from detector import reference_sort
-from detector.exact_math import exp_float32, softmax_float32
+from detector.exact_math import exp_float32, exp_float32_tensor, softmax_float32
 
 SIZES = (0, 1, 2, 3, 15, 16, 17, 18, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000)
 
@@ -74,6 +74,19 @@ def test_exp_is_python_exp_rounded_to_float32() -> None:
     edges = exp_float32(np.float32([np.inf, -np.inf, np.nan, 1000.0, -1000.0]))
     assert edges.dtype == np.float32
     np.testing.assert_array_equal(edges, np.float32([np.inf, 0.0, np.nan, np.inf, 0.0]))
+
+
+def test_tensor_exp_has_the_same_bits_and_a_gradient() -> None:
+    rng = np.random.default_rng(4)
+    values = np.concatenate(
+        [rng.normal(0, 8, 100_000), [np.inf, -np.inf, np.nan, 100.0, -200.0]]
+    ).astype(np.float32)
+    got = exp_float32_tensor(torch.from_numpy(values))
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), exp_float32(values))
+    x = torch.tensor([0.3, -2.0, 5.0], requires_grad=True)
+    exp_float32_tensor(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.exp(x.detach()))
 
 
 def plain_caffe_softmax(logits: np.ndarray) -> np.ndarray:

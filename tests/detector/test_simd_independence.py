@@ -47,7 +47,8 @@ def run_child(*args: str, limited: bool) -> None:
 
 
 def test_proposals_and_selection_do_not_depend_on_simd(tmp_path: Path) -> None:
-    """caffe_proposals, select_bottom_up and the attribute softmax on tie-heavy inputs."""
+    """caffe_proposals, select_bottom_up and the attribute softmax on tie-heavy inputs, and
+    apply_deltas (Detectron2's proposals, max-class boxes)."""
     outputs = {}
     for limited in (False, True):
         path = tmp_path / f"limited_{limited}.npz"
