@@ -22,6 +22,7 @@ from encoder.original.keys import (
     to_original,
 )
 from encoder.original.load import (
+    BERT_HEAD_WIDTH,
     OriginalModel,
     config_from_original,
     load_original,
@@ -32,6 +33,7 @@ from encoder.original.load import (
 
 __all__ = [
     "ANSWER_HEAD_KEYS",
+    "BERT_HEAD_WIDTH",
     "PRETRAINING_HEAD_KEYS",
     "TASK_HEAD_KEYS",
     "Layout",

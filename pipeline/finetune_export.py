@@ -1,0 +1,95 @@
+"""``lxmert-finetune export``: a model in the original LXMERT's file layout, so that work goes
+back to airsplay/lxmert's code.
+
+    lxmert-finetune export RUN --format lxmert-original OUT.pth [--data-parallel]
+
+``RUN`` is a ``train --out`` folder, another ``save_pretrained`` folder or a registry name. A QA
+model becomes a ``VQAModel``/``GQAModel`` state dict (``lxrt_encoder.model.bert.*``,
+``logit_fc.*``; its ``--load``), an NLVR2 model an ``NLVR2Model`` one, a pretraining model
+``model_LXRT.pth``'s layout (its ``--loadLXMERTQA``). A QA model's answers, which the original
+keeps apart, go to ``OUT.label2ans.json`` (a list in label order, which both LXMERT's
+``trainval_label2ans.json`` readers and our ``--answers`` take). Nothing existing is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.command import Command
+from pipeline.exits import EXIT_OK, UsageError
+from weights.files import atomic_write_text
+
+PROG = "lxmert-finetune export"
+FORMATS = ("lxmert-original",)
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    """Flags of ``lxmert-finetune export``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="write a model in the original LXMERT's checkpoint layout"
+    )
+    parser.add_argument("model", metavar="RUN", help="a train --out folder, a folder or a name")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("out", type=Path, metavar="OUT.pth")
+    parser.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="names as an nn.DataParallel run saves them (module.), as --multiGPU wrote",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+    return parser
+
+
+def answers_path(out: Path) -> Path:
+    """Where a QA model's answers go beside ``out``: ``OUT.label2ans.json``."""
+    return out.with_suffix(".label2ans.json")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """validate (outputs new) -> load -> write the state dict, then the answers."""
+    from encoder.build import load_encoder
+    from encoder.original import BERT_HEAD_WIDTH, OriginalCheckpointError, save_original
+
+    out: Path = args.out
+    if out.suffix.lower() != ".pth":
+        raise UsageError(f"{out}: the original checkpoints are .pth files; name it OUT.pth")
+    for path in (out, answers_path(out)):
+        if path.exists():
+            raise UsageError(f"{path} exists; choose a new OUT.pth (nothing is replaced)")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent} is not a folder")
+    try:
+        encoder = load_encoder(args.model, device="cpu")
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as error:
+        raise UsageError(f"cannot load {args.model}: {error}") from None
+    try:
+        save_original(
+            encoder.model, out, head=encoder.config.head, data_parallel=args.data_parallel
+        )
+    except OriginalCheckpointError as error:
+        raise UsageError(f"{args.model}: {error}") from None
+    lines = [f"wrote {out} ({encoder.config.head} model, {args.format})"]
+    if encoder.answers is not None:
+        atomic_write_text(answers_path(out), json.dumps(list(encoder.answers.answers)) + "\n")
+        lines.append(f"wrote {answers_path(out)} ({len(encoder.answers)} answers)")
+    config = encoder.model.config
+    if config.hidden_size != BERT_HEAD_WIDTH * config.num_attention_heads:
+        # The file cannot say it; loading it back would otherwise assume hidden/64 heads.
+        lines.append(
+            f"note: {config.num_attention_heads} attention heads at hidden size "
+            f"{config.hidden_size}; load it back with num_attention_heads="
+            f"{config.num_attention_heads} (EncoderConfig)"
+        )
+    print("\n".join(lines), file=sys.stderr)
+    return EXIT_OK
+
+
+EXPORT_COMMAND = Command(
+    name="export",
+    summary="write a model in the original LXMERT's checkpoint layout (.pth)",
+    build_parser=build_export_parser,
+    run=run_export,
+)
