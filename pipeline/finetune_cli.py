@@ -6,6 +6,7 @@
         [--device auto|cpu|cuda[:N]] [--resume] [--skip-missing]
     lxmert-finetune evaluate --model DIR --questions FILE [FILE...] --features STORE [...] \\
         [--annotations VQA.json] [--predictions OUT.json|OUT.csv] [--report OUT.json]
+    lxmert-finetune export RUN --format lxmert-original OUT.pth [--data-parallel]
 
 Each sub-command runs validate -> plan -> run -> finish: flags and data are checked (and
 question files read, stores opened) before any model loads; the library
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING
 from pipeline.command import Command, non_negative_int, positive_int, run_command
 from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.finetune_export import EXPORT_COMMAND
 from pipeline.finetune_labels import check_labels
 from pipeline.finetune_outputs import REPORT_KIND, check_outputs
 from pipeline.finetune_resume import check_resume, run_inputs
@@ -744,7 +746,9 @@ EVALUATE_COMMAND = Command(
     build_parser=build_evaluate_parser,
     run=run_evaluate,
 )
-COMMANDS: dict[str, Command] = {c.name: c for c in (TRAIN_COMMAND, EVALUATE_COMMAND)}
+COMMANDS: dict[str, Command] = {
+    c.name: c for c in (TRAIN_COMMAND, EVALUATE_COMMAND, EXPORT_COMMAND)
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
