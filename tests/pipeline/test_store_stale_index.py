@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch.utils.data
 from pipeline_helpers import assert_same_region, make_region
 
 from detector.structures import RegionFeatures
+from pipeline.data_errors import data_error_text
 from pipeline.fingerprint import EDGE_BYTES, fingerprint
 from pipeline.store import FeatureDataError, FeatureStore
 from pipeline.writers import encode_tsv_line
@@ -93,3 +95,18 @@ def test_a_damaged_record_is_a_data_error_naming_file_and_line(tmp_path: Path) -
     path.write_bytes(b"".join([lines[0], b"\t".join(fields), lines[2]]))
     with FeatureStore.open(path) as store, pytest.raises(FeatureDataError, match=r"f\.tsv:2: bad"):
         store.get("seed-1")
+
+
+def test_a_damaged_record_read_by_a_dataloader_worker_keeps_its_message(tmp_path: Path) -> None:
+    regions = [make_region(f"seed-{i}", n=3, dim=16, seed=i) for i in range(3)]
+    path = tmp_path / "f.tsv"
+    lines = _write(path, regions)
+    fields = lines[2].split(b"\t")
+    fields[9] = b"!" + fields[9][1:]
+    path.write_bytes(b"".join([lines[0], lines[1], b"\t".join(fields)]))
+    store = FeatureStore.open(path)
+    loader = torch.utils.data.DataLoader(store, batch_size=1, num_workers=1, collate_fn=list)
+    with pytest.raises(FeatureDataError) as caught:
+        list(loader)
+    assert "DataLoader worker" in str(caught.value)  # the worker's traceback in its text
+    assert data_error_text(caught.value).startswith(f"{path}:3: bad base64")
