@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from pipeline.exits import UsageError
-from pipeline.store import FeatureDataError
 
-_NAME = FeatureDataError.__name__
+if TYPE_CHECKING:
+    from pipeline.store import FeatureDataError
+
+#: The class name as a worker's traceback text writes it.
+_NAME = "FeatureDataError"
 
 
 def data_error_text(error: FeatureDataError) -> str:
@@ -29,6 +33,8 @@ def data_errors_are_usage(*, remedy: str | Callable[[], str]) -> Iterator[None]:
     """Turn a :class:`FeatureDataError` raised in the block into a :class:`UsageError` (exit
     2) that names the file and line and ends with ``remedy`` (called when the error comes,
     if a function: what to do may depend on what the run had done by then)."""
+    from pipeline.store import FeatureDataError  # numpy, h5py, torch: only once work starts
+
     try:
         yield
     except FeatureDataError as error:
