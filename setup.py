@@ -36,6 +36,7 @@ setup(
         "ray": read_requirements("requirements-ray.txt"),
         "web": read_requirements("requirements-web.txt"),
         "test": read_requirements("requirements-test.txt"),
+        "formats": read_requirements("requirements-formats.txt"),
     },
     entry_points={
         "console_scripts": [

@@ -29,6 +29,7 @@ INSTALL_INPUTS = (
     "requirements-ray.txt",
     "requirements-web.txt",
     "requirements-test.txt",
+    "requirements-formats.txt",
     "setup.py",
 )
 #: Packages mypy checks in `test` (settings in pyproject.toml).
@@ -75,6 +76,8 @@ def setup() -> None:
         "requirements-web.txt",
         "-r",
         "requirements-test.txt",
+        "-r",
+        "requirements-formats.txt",
     )
     run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", ".")
     STAMP.write_text(wanted)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.command import Command, configure_logging, non_negative_int, positive_int, run_command
 from pipeline.compare import COMPARE_COMMAND
+from pipeline.convert import CONVERT_COMMAND
 from pipeline.exits import EXIT_CODES
 from pipeline.merge import MERGE_COMMAND
 from pipeline.precision_flags import add_precision_flags
@@ -368,6 +369,7 @@ EXTRACT_COMMAND = Command(
 COMMANDS: dict[str, Command] = {
     MERGE_COMMAND.name: MERGE_COMMAND,
     COMPARE_COMMAND.name: COMPARE_COMMAND,
+    CONVERT_COMMAND.name: CONVERT_COMMAND,
 }
 
 

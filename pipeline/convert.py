@@ -1,0 +1,408 @@
+"""``extract_features convert IN... --to FORMAT OUT``: feature files from one format to another.
+
+Also runnable as ``python -m pipeline.convert``. The steps, in order:
+
+1. validate: the flags, the format and its precision, every input's format (read from its name
+   and content), the output's folder and name. An output that exists needs ``--overwrite``,
+   and a folder output is only replaced when its manifest says this tool wrote it.
+2. plan: inputs with a manifest must be finished (as ``merge`` requires), and their settings
+   equal; what the target or a source cannot hold is said before anything is written.
+3. run: the output's lock is held; records stream from the inputs in order (one record, or
+   one parquet row group, in memory) into a temporary folder beside the output; an id in two
+   inputs stops the conversion. Only a complete output is moved into place (its companion
+   files first), then its manifest is written with every input's sha256.
+
+A refusal is exit 2 and leaves nothing behind; an interrupted conversion leaves the old
+output (if any) as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from detector.structures import RegionFeatures
+from pipeline.command import Command, run_command
+from pipeline.exits import EXIT_OK, UsageError
+from pipeline.formats.common import FeatureDtype, WriteOptions
+from pipeline.formats.registry import FORMATS, LOSSLESS, FormatSpec, detect_format, get_format
+from pipeline.lock import hold_output_lock
+from pipeline.manifest import (
+    check_name_length,
+    command_line,
+    manifest_path,
+    now_utc,
+    own_manifest,
+    read_manifest,
+    recorded_settings,
+    settings_differences,
+    write_manifest,
+)
+from pipeline.merge import MERGEABLE_STATUSES, file_sha256
+from pipeline.writers import journal_path
+from weights.files import fsync_directory, fsync_file
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """What ``extract_features convert`` was asked to do."""
+
+    inputs: tuple[Path, ...]
+    out: Path
+    to: str
+    feature_dtype: FeatureDtype
+    ban_ids: Literal["strict", "trailing-digits"]
+    overwrite: bool
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class ConvertInput:
+    """One input as found: its format and manifest (None when it has none)."""
+
+    path: Path
+    format: str
+    manifest: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ConvertPlan:
+    """A conversion whose every rule was checked."""
+
+    settings: ConvertSettings
+    spec: FormatSpec
+    inputs: tuple[ConvertInput, ...]
+    common: dict[str, Any] | None
+    notices: tuple[str, ...]
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Paths may stand on both sides of the flags (``IN... --to FORMAT OUT``)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        return self.parse_intermixed_args(args, namespace)
+
+
+def build_convert_parser() -> argparse.ArgumentParser:
+    """The ``extract_features convert`` argument parser."""
+    parser = _IntermixedParser(
+        prog="extract_features convert",
+        description=(
+            "Convert feature files between formats, record by record with flat memory: "
+            + ", ".join(FORMATS)
+            + ". Inputs of any format (told by name and content) are joined in the order "
+            "given; an id in two inputs is refused. The output is written whole or not at "
+            "all, under a lock, with OUT.manifest.json naming every input and its sha256. "
+            "Formats that cannot hold every field say so before starting; docs/formats.md "
+            "lists what each loses and how a conversion back fills it. An input named "
+            "'convert' is given as ./convert."
+        ),
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="input files or folders, then the output (or give -o)",
+    )
+    parser.add_argument("--to", required=True, choices=tuple(FORMATS), help="output format")
+    parser.add_argument("-o", "--out", type=Path, default=None, help="the output file or folder")
+    parser.add_argument(
+        "--feature-dtype",
+        choices=("float32", "float16"),
+        default=None,
+        help="stored precision of the features where the format allows both (h5 and tsv: "
+        "float32 only; lmdb: float16 only) (default: the format's first, float32 if allowed)",
+    )
+    parser.add_argument(
+        "--ban-ids",
+        choices=("strict", "trailing-digits"),
+        default="strict",
+        help="ban-h5 keys images by int: strict (every id an integer) or trailing-digits "
+        "(the digits at the end of each id; NAME_ids.json keeps the way back)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="no progress, no notes")
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="print the traceback of an unexpected error"
+    )
+    return parser
+
+
+def validate_convert(args: argparse.Namespace) -> ConvertSettings:
+    """The conversion's settings from its flags; ``UsageError`` for a bad combination."""
+    paths = list(args.paths)
+    out = args.out if args.out is not None else (paths.pop() if len(paths) > 1 else None)
+    if out is None or not paths:
+        raise UsageError("convert needs at least one input and an output: IN... --to FORMAT OUT")
+    spec = get_format(args.to)
+    dtype = args.feature_dtype or spec.feature_dtypes[0]
+    if dtype not in spec.feature_dtypes:
+        raise UsageError(
+            f"--feature-dtype {dtype}: {spec.name} stores {' or '.join(spec.feature_dtypes)}"
+        )
+    return ConvertSettings(
+        inputs=tuple(paths),
+        out=out,
+        to=spec.name,
+        feature_dtype=cast(FeatureDtype, dtype),
+        ban_ids=args.ban_ids,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
+
+
+def check_convert_output(settings: ConvertSettings, spec: FormatSpec) -> None:
+    """Refuse an output the conversion may not write, before anything is created."""
+    out = settings.out
+    if not out.parent.is_dir():
+        raise UsageError(f"convert output folder {out.parent} does not exist; create it first")
+    try:
+        check_name_length(out)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if not spec.folder and out.is_dir():
+        raise UsageError(f"convert output {out} is a folder; --to {spec.name} writes a file")
+    if spec.folder and out.exists() and not out.is_dir():
+        raise UsageError(f"convert output {out} is a file; --to {spec.name} writes a folder")
+    existing = [p for p in (out, *spec.companions(out)) if p.exists()]
+    if existing and not settings.overwrite:
+        raise UsageError(f"convert output {existing[0]} already exists; pass --overwrite")
+    if spec.folder and out.exists() and own_manifest(out) is None:
+        raise UsageError(
+            f"convert output {out} is a folder this tool did not write (no manifest "
+            f"{manifest_path(out)}); it is never replaced: choose another output"
+        )
+    resolved = out.resolve()
+    for path in settings.inputs:
+        if path.resolve() == resolved:
+            raise UsageError(f"convert: the output {out} is also an input")
+
+
+def read_convert_input(path: Path) -> ConvertInput:
+    """One input's format and manifest; ``UsageError`` naming it for any refusal."""
+    try:
+        fmt = detect_format(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"convert input {error}") from None
+    if fmt == "h5" and journal_path(path).exists():
+        raise UsageError(
+            f"convert input {path} has a journal {journal_path(path)} of records not yet "
+            "folded in; finish its run first with --resume"
+        )
+    manifest = None
+    if manifest_path(path).exists():
+        try:
+            manifest = read_manifest(manifest_path(path))
+        except (OSError, ValueError) as error:
+            raise UsageError(f"convert input {path}: unreadable manifest ({error})") from None
+        status = manifest.get("status") if isinstance(manifest, dict) else None
+        if status not in (*MERGEABLE_STATUSES, "converted"):
+            raise UsageError(
+                f"convert input {path} is not finished: its manifest says {status!r}. Finish "
+                "it first with --resume (its extract_features command plus --resume)"
+            )
+    return ConvertInput(path=path, format=fmt, manifest=manifest)
+
+
+def _common_settings(inputs: Sequence[ConvertInput]) -> dict[str, Any] | None:
+    """The settings the inputs' manifests share; ``UsageError`` when two differ."""
+    reference: ConvertInput | None = None
+    for item in inputs:
+        settings = recorded_settings(item.manifest) if item.manifest else None
+        if settings is None:
+            continue
+        if reference is None:
+            reference = item
+            continue
+        differences = settings_differences(
+            recorded_settings(reference.manifest or {}) or {}, settings
+        )
+        if differences:
+            raise UsageError(
+                f"convert inputs {reference.path} and {item.path} were made with other "
+                "settings:\n  " + "\n  ".join(differences)
+            )
+    return None if reference is None else recorded_settings(reference.manifest or {})
+
+
+def notices(spec: FormatSpec, inputs: Sequence[ConvertInput]) -> tuple[str, ...]:
+    """What the conversion cannot keep, said before it starts."""
+    lines = []
+    for name in sorted({item.format for item in inputs} - set(LOSSLESS)):
+        lines.append(f"input format {name} holds no {FORMATS[name].loses}")
+    if spec.name not in LOSSLESS:
+        lines.append(f"output format {spec.name} loses {spec.loses}")
+    return tuple(lines)
+
+
+def plan_convert(settings: ConvertSettings) -> ConvertPlan:
+    """Check every rule (module docstring) without creating anything."""
+    spec = get_format(settings.to)
+    missing = spec.missing_modules()
+    if missing:
+        raise UsageError(
+            f"--to {spec.name} needs {', '.join(missing)}: pip install 'lxmert-pipeline[formats]'"
+        )
+    check_convert_output(settings, spec)
+    seen: set[Path] = set()
+    for path in settings.inputs:
+        if path.resolve() in seen:
+            raise UsageError(f"convert input {path} is given twice")
+        seen.add(path.resolve())
+    inputs = tuple(read_convert_input(path) for path in settings.inputs)
+    return ConvertPlan(
+        settings=settings,
+        spec=spec,
+        inputs=inputs,
+        common=_common_settings(inputs),
+        notices=notices(spec, inputs),
+    )
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file; of a folder, over each file's relative path and sha256, sorted."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = item.relative_to(path).as_posix()
+        digest.update(f"{relative}\t{file_sha256(item)}\n".encode())
+    return digest.hexdigest()
+
+
+def stream_inputs(inputs: Sequence[ConvertInput]) -> Iterator[RegionFeatures]:
+    """Every input's records in order; ``ValueError`` at an id already seen."""
+    seen: dict[str, Path] = {}
+    for item in inputs:
+        for record in FORMATS[item.format].iterate(item.path):
+            if record.image_id in seen:
+                raise ValueError(
+                    f"image id {record.image_id!r} is in {seen[record.image_id]} and in "
+                    f"{item.path}; the records converted into one output must not share an id"
+                )
+            seen[record.image_id] = item.path
+            yield record
+
+
+def _move_into_place(tmp: Path, out: Path, spec: FormatSpec, stale: Path) -> None:
+    """Move the written output (companions first) over ``out``; an old folder goes to
+    ``stale`` (inside the temporary folder, removed with it)."""
+    for companion in spec.companions(tmp):
+        target = out.with_name(companion.name)
+        if companion.exists():
+            fsync_file(companion)
+            os.replace(companion, target)
+        else:
+            target.unlink(missing_ok=True)  # a stale table of an overwritten output
+    if spec.folder:
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                fsync_file(item)
+        if out.exists():
+            os.replace(out, stale)
+    else:
+        fsync_file(tmp)
+    os.replace(tmp, out)
+    fsync_directory(out.parent)
+
+
+def _write(plan: ConvertPlan, work: Path) -> int:
+    """Stream the inputs into ``work / out.name``, with a progress bar unless quiet."""
+    from tqdm import tqdm
+
+    settings = plan.settings
+    options = WriteOptions(feature_dtype=settings.feature_dtype, ban_ids=settings.ban_ids)
+    records: Iterator[RegionFeatures] = stream_inputs(plan.inputs)
+    with tqdm(
+        records,
+        disable=settings.quiet,
+        unit="rec",
+        desc="convert",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        try:
+            return plan.spec.write(work / settings.out.name, bar, options)
+        except (ValueError, KeyError) as error:
+            raise UsageError(f"convert: {error}; nothing was written") from None
+
+
+def converted_manifest(plan: ConvertPlan, count: int, digests: Sequence[str]) -> dict[str, Any]:
+    """The output's manifest (``"status": "converted"``)."""
+    settings = plan.settings
+    return {
+        "status": "converted",
+        "output": str(settings.out),
+        "format": plan.spec.name,
+        "feature_dtype": settings.feature_dtype,
+        "loses": plan.spec.loses,
+        "updated": now_utc(),
+        "command": command_line(),
+        "settings": plan.common,
+        "counts": {"records_in_output": count},
+        "sources": [
+            {
+                "path": str(item.path),
+                "format": item.format,
+                "sha256": digest,
+                "status": None if item.manifest is None else item.manifest.get("status"),
+                "manifest": item.manifest,
+            }
+            for item, digest in zip(plan.inputs, digests, strict=True)
+        ],
+    }
+
+
+def run_convert(settings: ConvertSettings) -> int:
+    """Check, then convert; returns the exit code (module docstring)."""
+    plan = plan_convert(settings)
+    out = settings.out
+    if not settings.quiet:
+        for line in plan.notices:
+            print(f"extract_features convert: note: {line}", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        hold_output_lock(stack, out)
+        digests = [path_sha256(item.path) for item in plan.inputs]
+        work = out.with_name(f".{out.name}.convert-{os.getpid()}.tmp")
+        work.mkdir()
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        count = _write(plan, work)
+        manifest_path(out).unlink(missing_ok=True)  # it described the old output
+        _move_into_place(work / out.name, out, plan.spec, work / "replaced")
+        write_manifest(manifest_path(out), converted_manifest(plan, count, digests))
+    if not settings.quiet:
+        print(
+            f"extract_features convert: {count} records from {len(plan.inputs)} input(s) -> "
+            f"{out} ({plan.spec.name}, features {settings.feature_dtype})",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+CONVERT_COMMAND = Command(
+    name="convert",
+    summary="convert feature files between formats (tsv, h5, ban-h5, npz-dir, lmdb, parquet)",
+    build_parser=build_convert_parser,
+    run=lambda args: run_convert(validate_convert(args)),
+    disk_full_remedy="the output is written whole or not at all; free some space and run the "
+    "conversion again",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Convert feature files; see ``extract_features convert --help``."""
+    return run_command(CONVERT_COMMAND, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
