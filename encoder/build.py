@@ -18,7 +18,13 @@ from encoder.config import EncoderConfig, config_for
 from encoder.inputs import build_visual_inputs
 from encoder.model import build_model, checkpoint_directory, saved_head
 from encoder.nlvr2 import LxmertForNLVR2, build_pair_inputs, true_probability
-from encoder.original.load import load_original, original_checkpoint_file
+from encoder.original.load import (
+    ANSWERS_SUFFIX,
+    load_original,
+    original_checkpoint_file,
+    sidecar,
+    sidecar_heads,
+)
 from encoder.tokenizer import VOCAB_PATH, LxmertTokenizer, encode_text, load_tokenizer
 from weights.defaults import DEFAULT_DEVICE, resolve_device
 
@@ -180,21 +186,24 @@ def _load_original_encoder(
     The head is ``config.head`` when the caller gave an :class:`EncoderConfig`; else the
     file's own: NLVR2 for an NLVR2 checkpoint, QA otherwise (``model_LXRT.pth`` then answers
     over its 9500 pretraining answers). The files record no head count: it is
-    ``config.num_attention_heads``, else hidden size / 64 (logged unless the hidden size is
+    ``config.num_attention_heads``, else that of ``X.config.json`` beside ``X.pth`` (written
+    by ``lxmert-finetune export``), else hidden size / 64 (logged unless the hidden size is
     the released 768). The files carry no answer names: the answer table is
     ``config.answer_set`` (a name, or a file such as LXMERT's ``trainval_label2ans.json`` or
-    ``trainval_ans2label.json``), else the shipped table of the head's size, with a warning
-    in the log saying which was assumed.
+    ``trainval_ans2label.json``), else ``X.label2ans.json`` beside it, else the shipped table
+    of the head's size, with a warning in the log saying which was assumed.
     """
+    given_heads = config.num_attention_heads or sidecar_heads(path)
     loaded = load_original(
-        path,
-        head=config.head if head_given else None,
-        num_attention_heads=config.num_attention_heads,
+        path, head=config.head if head_given else None, num_attention_heads=given_heads
     )
+    answers_beside = sidecar(path, ANSWERS_SUFFIX)
+    if config.answer_set is None and answers_beside.is_file():
+        config = dataclasses.replace(config, answer_set=str(answers_beside))
     config = dataclasses.replace(config, head=loaded.head)
     model = loaded.model
     hidden, heads = model.config.hidden_size, model.config.num_attention_heads
-    if config.num_attention_heads is None and hidden != ORIGINAL_HIDDEN_SIZE:
+    if given_heads is None and hidden != ORIGINAL_HIDDEN_SIZE:
         # A wrong head count runs without error and gives other outputs: say what was chosen.
         logger.warning(
             "%s: hidden size %d is not the released LXMERT's; assuming %d attention head(s) "

@@ -6,21 +6,20 @@ back to airsplay/lxmert's code.
 ``RUN`` is a ``train --out`` folder, another ``save_pretrained`` folder or a registry name. A QA
 model becomes a ``VQAModel``/``GQAModel`` state dict (``lxrt_encoder.model.bert.*``,
 ``logit_fc.*``; its ``--load``), an NLVR2 model an ``NLVR2Model`` one, a pretraining model
-``model_LXRT.pth``'s layout (its ``--loadLXMERTQA``). A QA model's answers, which the original
-keeps apart, go to ``OUT.label2ans.json`` (a list in label order, which both LXMERT's
-``trainval_label2ans.json`` readers and our ``--answers`` take). Nothing existing is replaced.
+``model_LXRT.pth``'s layout (its ``--loadLXMERTQA``). Beside it: a QA model's answers, which
+the original keeps apart, in ``OUT.label2ans.json`` (a list in label order, as LXMERT's
+``trainval_label2ans.json``), and the model's config in ``OUT.config.json`` (the head count no
+tensor holds). Loading ``OUT.pth`` anywhere reads both. Nothing existing is replaced.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from pipeline.command import Command
 from pipeline.exits import EXIT_OK, UsageError
-from weights.files import atomic_write_text
 
 PROG = "lxmert-finetune export"
 FORMATS = ("lxmert-original",)
@@ -43,20 +42,23 @@ def build_export_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def answers_path(out: Path) -> Path:
-    """Where a QA model's answers go beside ``out``: ``OUT.label2ans.json``."""
-    return out.with_suffix(".label2ans.json")
-
-
 def run_export(args: argparse.Namespace) -> int:
     """validate (outputs new) -> load -> write the state dict, then the answers."""
+    # Imported here: ``lxmert-finetune --help`` and flag errors load neither torch nor models.
     from encoder.build import load_encoder
-    from encoder.original import BERT_HEAD_WIDTH, OriginalCheckpointError, save_original
+    from encoder.original import (
+        ANSWERS_SUFFIX,
+        CONFIG_SUFFIX,
+        OriginalCheckpointError,
+        save_original,
+        sidecar,
+        write_sidecars,
+    )
 
     out: Path = args.out
     if out.suffix.lower() != ".pth":
         raise UsageError(f"{out}: the original checkpoints are .pth files; name it OUT.pth")
-    for path in (out, answers_path(out)):
+    for path in (out, sidecar(out, ANSWERS_SUFFIX), sidecar(out, CONFIG_SUFFIX)):
         if path.exists():
             raise UsageError(f"{path} exists; choose a new OUT.pth (nothing is replaced)")
     if not out.parent.is_dir():
@@ -71,18 +73,12 @@ def run_export(args: argparse.Namespace) -> int:
         )
     except OriginalCheckpointError as error:
         raise UsageError(f"{args.model}: {error}") from None
+    answers = encoder.answers.answers if encoder.answers is not None else None
+    written = write_sidecars(encoder.model, out, answers=answers)
     lines = [f"wrote {out} ({encoder.config.head} model, {args.format})"]
-    if encoder.answers is not None:
-        atomic_write_text(answers_path(out), json.dumps(list(encoder.answers.answers)) + "\n")
-        lines.append(f"wrote {answers_path(out)} ({len(encoder.answers)} answers)")
-    config = encoder.model.config
-    if config.hidden_size != BERT_HEAD_WIDTH * config.num_attention_heads:
-        # The file cannot say it; loading it back would otherwise assume hidden/64 heads.
-        lines.append(
-            f"note: {config.num_attention_heads} attention heads at hidden size "
-            f"{config.hidden_size}; load it back with num_attention_heads="
-            f"{config.num_attention_heads} (EncoderConfig)"
-        )
+    lines += [f"wrote {path}" for path in written]
+    if answers is not None:
+        lines.append(f"  {len(answers)} answers in label order")
     print("\n".join(lines), file=sys.stderr)
     return EXIT_OK
 

@@ -22,18 +22,25 @@ from encoder.original.keys import (
     to_original,
 )
 from encoder.original.load import (
+    ANSWERS_SUFFIX,
     BERT_HEAD_WIDTH,
+    CONFIG_SUFFIX,
     OriginalModel,
     config_from_original,
     load_original,
     model_from_original,
     original_checkpoint_file,
     save_original,
+    sidecar,
+    sidecar_heads,
+    write_sidecars,
 )
 
 __all__ = [
+    "ANSWERS_SUFFIX",
     "ANSWER_HEAD_KEYS",
     "BERT_HEAD_WIDTH",
+    "CONFIG_SUFFIX",
     "PRETRAINING_HEAD_KEYS",
     "TASK_HEAD_KEYS",
     "Layout",
@@ -51,7 +58,10 @@ __all__ = [
     "original_checkpoint_file",
     "original_layout",
     "save_original",
+    "sidecar",
+    "sidecar_heads",
     "strip_data_parallel",
     "to_original",
     "transfer_answer_head_lxmert_qa",
+    "write_sidecars",
 ]

@@ -9,6 +9,7 @@ size airsplay/lxmert ever trained) unless given.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from encoder.original.keys import (
     strip_data_parallel,
     to_original,
 )
-from weights.files import atomic_path
+from weights.files import atomic_path, atomic_write_text
 from weights.io import load_state_dict
 
 #: Suffixes of ``torch.save`` files; a file (not a directory) with one of them is read as an
@@ -40,6 +41,12 @@ from weights.io import load_state_dict
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 #: BERT-base's attention head width: hidden 768 / 12 heads.
 BERT_HEAD_WIDTH = 64
+#: Files beside ``X.pth`` that ``lxmert-finetune export`` writes and loading reads: the
+#: answers in label order (``X.label2ans.json``) and transformers' config of the model
+#: (``X.config.json``, for its head count, which the state dict cannot hold). The ``.pth``
+#: itself stays exactly the original layout.
+ANSWERS_SUFFIX = ".label2ans.json"
+CONFIG_SUFFIX = ".config.json"
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,3 +216,41 @@ def save_original(
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
     return target
+
+
+def sidecar(path: str | os.PathLike[str], suffix: str) -> Path:
+    """``X.label2ans.json`` / ``X.config.json`` beside ``X.pth`` (``suffix``: one of
+    :data:`ANSWERS_SUFFIX`, :data:`CONFIG_SUFFIX`)."""
+    return Path(path).with_suffix(suffix)
+
+
+def sidecar_heads(path: str | os.PathLike[str]) -> int | None:
+    """``num_attention_heads`` of the ``X.config.json`` beside ``path``, or None without one.
+
+    Raises:
+        ValueError: the file is there but holds no positive ``num_attention_heads``.
+    """
+    config = sidecar(path, CONFIG_SUFFIX)
+    if not config.is_file():
+        return None
+    try:
+        heads = json.loads(config.read_text(encoding="utf-8")).get("num_attention_heads")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{config}: not a readable model config ({error})") from None
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise ValueError(f"{config}: num_attention_heads must be a positive integer, got {heads!r}")
+    return heads
+
+
+def write_sidecars(
+    model: LxmertPreTrainedModel, path: str | os.PathLike[str], *, answers: tuple[str, ...] | None
+) -> tuple[Path, ...]:
+    """Write ``X.config.json`` (the model's config) and, for a QA model, ``X.label2ans.json``
+    (a JSON list in label order, as LXMERT's ``trainval_label2ans.json``) beside ``X.pth``,
+    atomically; returns the files written."""
+    written = [sidecar(path, CONFIG_SUFFIX)]
+    atomic_write_text(written[0], model.config.to_json_string())
+    if answers is not None:
+        written.append(sidecar(path, ANSWERS_SUFFIX))
+        atomic_write_text(written[1], json.dumps(list(answers)) + "\n")
+    return tuple(written)

@@ -28,6 +28,7 @@ from encoder.original import (
     model_from_original,
     save_original,
     transfer_answer_head_lxmert_qa,
+    write_sidecars,
 )
 from weights.io import UnsafeCheckpointError
 
@@ -213,3 +214,17 @@ def test_a_new_model_exports_to_the_pretraining_layout(tmp_path: Path) -> None:
     path = save_original(model, tmp_path / "model_LXRT.pth", head="pretraining")
     loaded = load_original(path, head="pretraining", num_attention_heads=2)
     assert loaded.layout == "pretraining" and loaded.ignored == ()
+
+
+def test_the_files_beside_a_pth_give_heads_and_answers(tmp_path: Path) -> None:
+    ours = load_encoder("shapes-lxmert", device="cpu")
+    path = save_original(ours.model, tmp_path / "BEST.pth", head="qa")
+    assert ours.answers is not None
+    written = write_sidecars(ours.model, path, answers=ours.answers.answers)
+    assert [p.name for p in written] == ["BEST.config.json", "BEST.label2ans.json"]
+    back = load_encoder(str(path), device="cpu")
+    assert back.model.config.num_attention_heads == 4
+    assert back.answers is not None and back.answers.answers == ours.answers.answers
+    written[0].write_text(json.dumps({"num_attention_heads": "four"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"BEST\.config\.json: num_attention_heads"):
+        load_encoder(str(path), device="cpu")
