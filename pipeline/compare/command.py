@@ -10,18 +10,27 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from pipeline.command import Command, configure_logging, run_command
+from pipeline.compare.files import run_files
 from pipeline.compare.report import format_report, report_json, summarize
 from pipeline.compare.run import compare_images, load_detectors, plan_compare
-from pipeline.compare.settings import CompareSettings, build_compare_parser, validate_compare
+from pipeline.compare.settings import (
+    CompareSettings,
+    FileCompareSettings,
+    build_compare_parser,
+    validate_compare,
+)
 
 LOG = logging.getLogger("pipeline.compare")
 
 
-def run_compare(settings: CompareSettings) -> int:
-    """validate (done) -> plan -> load -> compare -> report; returns the exit code."""
+def run_compare(settings: CompareSettings | FileCompareSettings) -> int:
+    """validate (done) -> plan -> load -> compare -> report; returns the exit code. Two
+    feature files (``--features``) need no model: :func:`~pipeline.compare.files.run_files`."""
     from weights.files import atomic_write_text
 
     configure_logging(quiet=settings.quiet, verbose=settings.verbose)
+    if isinstance(settings, FileCompareSettings):
+        return run_files(settings)
     plan = plan_compare(settings)
     detectors = load_detectors(settings)
     for mode, detector in detectors.items():

@@ -138,7 +138,9 @@ def match_boxes(reference: np.ndarray, ours: np.ndarray) -> BoxMatch:
 @dataclass(frozen=True, eq=False)
 class GivenBoxStats:
     """One image's given-box check, per box ``[K]`` (float64, bools); ``image_id`` names the
-    image, so that a summary over many can name its worst box."""
+    image, so that a summary over many can name its worst box. ``box_index`` (int64 ``[K]``)
+    is each row's box in the reference record where the rows are a subset (matched pairs);
+    None: row k is box k."""
 
     image_id: str
     cosine: np.ndarray
@@ -147,6 +149,7 @@ class GivenBoxStats:
     relative_difference: np.ndarray
     objects_agree: np.ndarray
     attrs_agree: np.ndarray
+    box_index: np.ndarray | None = None
 
 
 def compare_given(ours: RegionFeatures, reference: RegionFeatures) -> GivenBoxStats:
@@ -230,7 +233,8 @@ def _worst_box(stats: Sequence[GivenBoxStats]) -> tuple[str, int] | None:
         return None
     _, index = min(candidates)
     worst = stats[index]
-    return worst.image_id, int(np.argmin(worst.cosine))
+    row = int(np.argmin(worst.cosine))
+    return worst.image_id, row if worst.box_index is None else int(worst.box_index[row])
 
 
 def given_passes(

@@ -51,14 +51,14 @@ class CompareResult:
     exit_code: int
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _figures(summary: FullSummary, rule: ReproduceRule) -> str:
+def reproduce_figures(summary: FullSummary, rule: ReproduceRule) -> str:
     return (
-        f"{_percent(summary.matched[f'{rule.iou:g}'])} of reference boxes matched at IoU >= "
-        f"{rule.iou:g}, objects agree on {_percent(summary.objects_agree)} of "
+        f"{percent(summary.matched[f'{rule.iou:g}'])} of reference boxes matched at IoU >= "
+        f"{rule.iou:g}, objects agree on {percent(summary.objects_agree)} of "
         f"{summary.matched_pairs} pairs at IoU >= {rule.match_iou:g}"
     )
 
@@ -72,7 +72,7 @@ def verdict_line(
     or that neither does, with each layer's figures."""
     if not full or all(s.reference_boxes == 0 for s in full.values()):
         return "verdict: nothing to compare: no image in common could be checked"
-    parts = [f"{mode}: {_figures(summary, rule)}" for mode, summary in full.items()]
+    parts = [f"{mode}: {reproduce_figures(summary, rule)}" for mode, summary in full.items()]
     parts += [f"{mode}: not run ({why})" for mode, why in unavailable.items()]
     winners = [mode for mode, summary in full.items() if summary.reproduces]
     if not winners:
@@ -141,9 +141,15 @@ def _worst_place(given: GivenBoxSummary) -> str:
     return f"image {given.worst_cosine_image!r} box {given.worst_cosine_box}"
 
 
-def _given_lines(given: GivenBoxSummary, tolerances: GivenBoxTolerances) -> list[str]:
+def given_lines(
+    given: GivenBoxSummary,
+    tolerances: GivenBoxTolerances,
+    *,
+    title: str = "given-box check (the reference's own boxes",
+) -> list[str]:
+    """The given-box table: figures, their limits, the worst box, PASS or FAIL."""
     return [
-        f"given-box check (the reference's own boxes, {given.boxes} in all)",
+        f"{title}, {given.boxes} in all)",
         f"  feature cosine        median {_number(given.median_cosine, '.6f'):>10}  worst "
         f"{_number(given.worst_cosine, '.6f'):>10}   need median >= "
         f"{tolerances.median_cosine}, worst >= {tolerances.worst_cosine}",
@@ -157,9 +163,9 @@ def _given_lines(given: GivenBoxSummary, tolerances: GivenBoxTolerances) -> list
         f"  relative difference   median {_number(given.median_relative_difference, '.3g'):>10}  "
         f"worst {_number(given.worst_relative_difference, '.3g'):>10}   need median <= "
         f"{tolerances.median_relative_difference}",
-        f"  objects_id agree      {_percent(given.objects_agree):>17}"
+        f"  objects_id agree      {percent(given.objects_agree):>17}"
         f"{'':24}need >= {tolerances.objects_agree:.0%}",
-        f"  attrs_id agree        {_percent(given.attrs_agree):>17}",
+        f"  attrs_id agree        {percent(given.attrs_agree):>17}",
         f"  result                {'PASS' if given.passed else 'FAIL':>17}",
     ]
 
@@ -175,11 +181,11 @@ def _full_lines(plan: ComparePlan, result: CompareResult) -> list[str]:
         header + "  objects*  cosine* median/worst  reproduces",
     ]
     for mode, s in result.full.items():
-        matched = "".join(f"  {_percent(s.matched[t]):>9}" for t in levels)
+        matched = "".join(f"  {percent(s.matched[t]):>9}" for t in levels)
         cosine = f"{_number(s.median_cosine, '.5f')}/{_number(s.worst_cosine, '.5f')}"
         lines.append(
             f"  {mode:<10}  {f'{s.reference_boxes}/{s.our_boxes}':>14}{matched}  "
-            f"{_percent(s.objects_agree):>8}  {cosine:>20}  {'yes' if s.reproduces else 'no'}"
+            f"{percent(s.objects_agree):>8}  {cosine:>20}  {'yes' if s.reproduces else 'no'}"
         )
     lines += [f"  {mode:<10}  not run: {why}" for mode, why in settings.unavailable.items()]
     lines.append(
@@ -198,12 +204,12 @@ def _image_lines(result: CompareResult, rule: ReproduceRule) -> list[str]:
     for c in result.images:
         given = summarize_given([c.given], GivenBoxTolerances())
         layers = "".join(
-            f"  {mode} {_percent(s.matched[f'{rule.iou:g}'])}/{_percent(s.objects_agree)}"
+            f"  {mode} {percent(s.matched[f'{rule.iou:g}'])}/{percent(s.objects_agree)}"
             for mode, s in ((m, summarize_full([f], rule)) for m, f in c.full.items())
         )
         lines.append(
             f"  {c.image_id}: {_number(given.worst_cosine, '.5f')}/"
-            f"{_percent(given.objects_agree)}{layers}"
+            f"{percent(given.objects_agree)}{layers}"
         )
     return lines
 
@@ -230,7 +236,7 @@ def format_report(plan: ComparePlan, result: CompareResult, checkpoint: str) -> 
         f"{len(result.failures)} failed{limit}); {plan.inputs_only} inputs without a record",
         f"detector   {checkpoint} on {settings.device}{_numerics(settings)}",
         "",
-        *_given_lines(result.given, settings.tolerances),
+        *given_lines(result.given, settings.tolerances),
         "",
         *_full_lines(plan, result),
     ]
@@ -242,14 +248,14 @@ def format_report(plan: ComparePlan, result: CompareResult, checkpoint: str) -> 
     return "\n".join([*lines, "", result.verdict])
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
     """``value`` with every non-finite float as None (JSON has no NaN or Infinity)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -296,4 +302,4 @@ def report_json(
         "verdict": result.verdict,
         "exit_code": result.exit_code,
     }
-    return {key: _json_safe(value) for key, value in report.items()}
+    return {key: json_safe(value) for key, value in report.items()}

@@ -80,6 +80,32 @@ class CompareSettings:
     rule: ReproduceRule = field(default_factory=ReproduceRule)
 
 
+@dataclass(frozen=True)
+class FileCompareSettings:
+    """What ``extract_features compare REFERENCE --features CANDIDATE`` was asked to do.
+
+    Attributes:
+        reference, candidate: the two feature files.
+        same_images: images in only one file fail the comparison.
+        exact: every record in both must be byte-equal.
+        report: the JSON report to write, or None.
+        limit: only the first N images in both (id order), or None.
+        quiet, verbose: how much to print.
+        tolerances, rule: the feature limits on the same boxes, and the box-matching rule.
+    """
+
+    reference: Path
+    candidate: Path
+    same_images: bool
+    exact: bool
+    report: Path | None
+    limit: int | None
+    quiet: bool
+    verbose: bool
+    tolerances: GivenBoxTolerances = field(default_factory=GivenBoxTolerances)
+    rule: ReproduceRule = field(default_factory=ReproduceRule)
+
+
 def _describe_rules() -> tuple[str, str]:
     """The two checks and their pass rules, in words (one paragraph each)."""
     given, rule = GivenBoxTolerances(), ReproduceRule()
@@ -133,7 +159,30 @@ def build_compare_parser() -> argparse.ArgumentParser:
 def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", type=Path, metavar="REFERENCE", help="obj36 .tsv or .h5")
     parser.add_argument(
-        "inputs", nargs="+", metavar="IMAGES", help="image files, folders, globs or @list.txt"
+        "inputs", nargs="*", metavar="IMAGES", help="image files, folders, globs or @list.txt"
+    )
+    files = parser.add_argument_group(
+        "two feature files (no images, no model)",
+        "compare REFERENCE with another feature file instead of with our detector: box "
+        "matching and same-box features per image and overall; images in only one file are "
+        "listed",
+    )
+    files.add_argument(
+        "--features",
+        type=Path,
+        metavar="CANDIDATE",
+        help="the other feature file (.tsv or .h5, ours or LXMERT's); replaces IMAGES",
+    )
+    files.add_argument(
+        "--same-images",
+        action="store_true",
+        help="with --features: an image in only one of the files fails the comparison",
+    )
+    files.add_argument(
+        "--exact",
+        action="store_true",
+        help="with --features: every record in both files must be byte-equal (the first that "
+        "differs is named)",
     )
     parser.add_argument(
         "--detector",
@@ -239,17 +288,55 @@ def _configs(
     return {m: configs[m] for m in PROPOSAL_MODES if m in configs}, unavailable
 
 
-def validate_compare(args: argparse.Namespace) -> CompareSettings:
+def _check_feature_file(path: Path, what: str) -> None:
+    if path.suffix.lower() not in REFERENCE_SUFFIXES:
+        raise UsageError(
+            f"{what} {path}: give an obj36 .tsv (LXMERT's or ours) or an .h5 output of "
+            "extract_features"
+        )
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    """IMAGES or --features, never both; the flags of one mode not given to the other."""
+    if args.features is not None:
+        _check_feature_file(args.features, "--features")
+        if args.inputs:
+            raise UsageError(
+                f"--features {args.features} compares two files: give no IMAGES with it "
+                f"(got {args.inputs[0]!r}); to check our detector, leave out --features"
+            )
+        if args.require == "full":
+            raise UsageError(
+                "--require full needs IMAGES (the full check runs our detector); with "
+                "--features the box matching is always covered"
+            )
+        return
+    for flag, given in (("--same-images", args.same_images), ("--exact", args.exact)):
+        if given:
+            raise UsageError(f"{flag} applies to --features CANDIDATE only")
+    if not args.inputs:
+        raise UsageError("give IMAGES to check our detector, or --features CANDIDATE")
+
+
+def validate_compare(args: argparse.Namespace) -> CompareSettings | FileCompareSettings:
     """Check every flag (no weights read, no image opened); :class:`UsageError` otherwise."""
     from weights.defaults import DeviceError, resolve_device
 
-    if args.reference.suffix.lower() not in REFERENCE_SUFFIXES:
-        raise UsageError(
-            f"reference {args.reference}: give an obj36 .tsv (LXMERT's or ours) or an .h5 "
-            "output of extract_features"
-        )
+    _check_feature_file(args.reference, "reference")
+    _check_mode(args)
     if args.report is not None:
         _check_report_path(args.report)
+    if args.features is not None:
+        return FileCompareSettings(
+            reference=args.reference,
+            candidate=args.features,
+            same_images=args.same_images,
+            exact=args.exact,
+            report=args.report,
+            limit=args.limit,
+            quiet=args.quiet,
+            verbose=args.verbose,
+        )
     configs, unavailable = _configs(args)
     try:
         device = resolve_device(

@@ -421,3 +421,116 @@ def test_compare_loads_the_detector_deterministic_unless_told_not_to(
     assert len(asked) == 2 and all(
         o is not None and o.deterministic is deterministic for o in asked
     )
+
+
+# --- two feature files: compare REFERENCE --features CANDIDATE ---------------------------------
+
+
+def compare_files(reference: Path, candidate: Path, *flags: object) -> tuple[int, dict | None]:
+    """``compare REFERENCE --features CANDIDATE`` with a report beside the candidate."""
+    report = candidate.with_name(candidate.stem + ".files.json")
+    report.unlink(missing_ok=True)
+    code = run("compare", reference, "--features", candidate, "--report", report, "-q", *flags)
+    return code, json.loads(report.read_text()) if report.exists() else None
+
+
+@pytest.fixture(scope="module")
+def caffe_h5(tmp_path_factory: pytest.TempPathFactory, photos: Path, tiny_checkpoint: Path) -> Path:
+    """The caffe reference's run again, written as HDF5."""
+    path = tmp_path_factory.mktemp("h5") / "caffe.h5"
+    code = run(photos, "--out", path, "--detector", tiny_checkpoint, "--proposals", "caffe",
+               "--device", "cpu", "-q")  # fmt: skip
+    assert code == 0
+    return path
+
+
+def test_a_run_against_its_rerun_in_another_format_is_exact(
+    references: dict[str, Path], caffe_h5: Path, capsys
+) -> None:
+    code, report = compare_files(references["caffe"], caffe_h5, "--exact", "--same-images")
+    assert report is not None and (code, report["exit_code"]) == (0, 0)
+    assert report["mode"] == "files" and report["first_difference"] is None
+    assert report["images"]["in_both"] == len(IDS) and report["boxes"]["matched"]["0.99"] == 1.0
+    assert report["same_boxes"]["boxes"] == sum(
+        item["num_boxes"] for item in lxmert_read_tsv(references["caffe"])
+    )
+    assert report["same_boxes"]["worst_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert capsys.readouterr().out.strip() == report["verdict"]
+    assert report["verdict"].startswith("verdict: the candidate matches the reference")
+    assert report["verdict"].endswith(
+        "exit code 0 covers the same-box feature check (passed), the box matching (passed), "
+        "byte-equal records (passed), the same images (passed)"
+    )
+
+
+def test_scaled_candidate_features_fail_and_exact_names_the_first_record(
+    references: dict[str, Path], tmp_path: Path
+) -> None:
+    candidate = tmp_path / "scaled.tsv"
+    changed = transformed(references["caffe"], candidate, "scaled")
+    code, report = compare_files(references["caffe"], candidate, "--exact")
+    assert report is not None and (code, report["exit_code"]) == (1, 1)
+    assert report["boxes"]["reproduces"] and not report["same_boxes"]["passed"]
+    assert report["same_boxes"]["median_scale_difference"] == pytest.approx(6.0, rel=1e-5)
+    first = sorted(item["img_id"] for item in changed)[0]
+    assert report["first_difference"] == {"image_id": first, "field": "features"}
+    assert f"first difference: image {first!r} field features" in report["verdict"]
+    assert "the same-box feature check (failed), the box matching (passed), byte-equal " \
+        "records (failed)" in report["verdict"]  # fmt: skip
+
+
+def test_other_boxes_fail_the_box_matching_with_the_full_checks_figures(
+    references: dict[str, Path], capsys
+) -> None:
+    code, report = compare_files(references["caffe"], references["detectron2"])
+    assert report is not None and code == 1 and not report["boxes"]["reproduces"]
+    ref, cand = lxmert_read_tsv(references["caffe"]), lxmert_read_tsv(references["detectron2"])
+    total = sum(item["num_boxes"] for item in ref)
+    pairs = [plain_greedy(r["boxes"], c["boxes"]) for r, c in zip(ref, cand, strict=True)]
+    for level in ("0.99", "0.9", "0.5"):
+        expected = sum(iou >= float(level) for image in pairs for _, _, iou in image) / total
+        assert report["boxes"]["matched"][level] == pytest.approx(expected, abs=1e-12)
+    same = sum(iou >= 0.99 for image in pairs for _, _, iou in image)
+    assert report["same_boxes"]["boxes"] == same
+    assert "the box matching (failed)" in report["verdict"]
+
+
+def test_images_in_one_file_only_are_listed_and_fail_only_with_same_images(
+    references: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    items = lxmert_read_tsv(references["caffe"])
+    candidate = tmp_path / "fewer.tsv"
+    extra = {**items[0], "img_id": "elsewhere/extra"}
+    write_lxmert_tsv(candidate, [*items[1:], extra])
+    code, report = compare_files(references["caffe"], candidate)
+    assert report is not None and code == 0
+    assert report["images"]["only_reference"] == [items[0]["img_id"]]
+    assert report["images"]["only_candidate"] == ["elsewhere/extra"]
+    assert report["images"]["compared"] == len(items) - 1
+    run("compare", references["caffe"], "--features", candidate)
+    out = capsys.readouterr().out
+    assert f"only in the reference (1): {items[0]['img_id']!r}" in out
+    assert "only in the candidate (1): 'elsewhere/extra'" in out
+    code, report = compare_files(references["caffe"], candidate, "--same-images")
+    assert report is not None and code == 1
+    assert report["verdict"].endswith("the same images (failed)")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("photo.jpg", "--features", "CANDIDATE"), "give no IMAGES with it"),
+        (("--exact",), "--exact applies to --features CANDIDATE only"),
+        (("--features", "CANDIDATE", "--require", "full"), "--require full needs IMAGES"),
+        ((), "give IMAGES to check our detector, or --features CANDIDATE"),
+        (("--features", "missing.tsv"), "cannot read the candidate (--features)"),
+        (("--features", "notes.json"), "--features notes.json: give an obj36 .tsv"),
+    ],
+)
+def test_file_comparison_usage_errors_name_the_flag(
+    references: dict[str, Path], tmp_path: Path, capsys, flags: tuple[str, ...], message: str
+) -> None:
+    candidate = str(references["detectron2"])
+    args = [candidate if f == "CANDIDATE" else f for f in flags]
+    code = run("compare", references["caffe"], *args)
+    assert code == 2 and message in capsys.readouterr().err
