@@ -21,7 +21,11 @@ from weights.command import Command, add_verbose_flag, run_command
 from weights.defaults import DEFAULT_ENCODER, SHAPES_DETECTOR, SHAPES_ENCODER
 
 if TYPE_CHECKING:
+    from encoder.explain import Explanation
     from pipeline.api import Answer
+
+#: Regions listed per question by ``--explain`` without ``--json`` (JSON lists all).
+EXPLAIN_TOP_REGIONS = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per question instead of text"
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also say why: each region's and each question word's relevance to the top answer "
+        "(Chefer et al. 2021); with --json in an 'explanation' object, else the top "
+        f"{EXPLAIN_TOP_REGIONS} regions and every word as indented lines",
+    )
     add_verbose_flag(parser)
     return parser
 
@@ -74,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"--precision {precision}: {error}") from None
     try:
+        if args.explain:
+            _answer_and_explain(args, device=str(device), precision=precision)
+            return EXIT_OK
         results = answer(
             args.image,
             list(args.questions),
@@ -90,8 +104,42 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_answers(args: argparse.Namespace, results: list[Answer]) -> None:
-    for question, result in zip(args.questions, results, strict=True):
+def _answer_and_explain(args: argparse.Namespace, *, device: str, precision: str) -> None:
+    """``--explain``: detect once, then per question its answers and why the top one."""
+    from pipeline.api import default_pipeline
+
+    pipeline = default_pipeline(args.detector, args.encoder, device, precision)  # type: ignore[arg-type]
+    [region] = pipeline.regions([args.image])
+    for question in args.questions:
+        [found] = pipeline.answer_regions([region], [question], top_k=args.top_k)
+        result = cast("Answer", found)
+        explained = pipeline.explain_regions(region, question)
+        if args.json:  # one object per question, as without --explain, plus "explanation"
+            ranked: list[tuple[str, float | None]] = (
+                [(result, None)] if isinstance(result, str) else list(result)
+            )
+            answers = [{"answer": a, "probability": p} for a, p in ranked]
+            record = {"question": question, "answers": answers}
+            print(json.dumps({**record, "explanation": explained.to_json()}))
+        else:
+            _print_answers(args, [result], questions=[question])
+            _print_explanation(explained)
+
+
+def _print_explanation(explained: Explanation) -> None:
+    """The top regions (score, index, label, box in raw pixels) and every word, indented."""
+    print(f"  why {explained.answer!r} ({explained.method}): regions")
+    for region in explained.image.top(EXPLAIN_TOP_REGIONS):
+        box = ", ".join(f"{v:.0f}" for v in region.box)
+        print(f"    {region.score:.3f}  region {region.index}  {region.label}  [{box}]")
+    words = "  ".join(f"{w.word} {w.score:.3f}" for w in explained.words)
+    print(f"  words: {words}")
+
+
+def _print_answers(
+    args: argparse.Namespace, results: list[Answer], *, questions: list[str] | None = None
+) -> None:
+    for question, result in zip(questions or args.questions, results, strict=True):
         ranked: list[tuple[str, float | None]] = (
             [(result, None)] if isinstance(result, str) else list(result)
         )

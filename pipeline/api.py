@@ -34,6 +34,7 @@ from detector.precision import Precision
 from detector.preprocess import PreparedImage, preprocess_for
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
+from encoder.explain import Explanation, Method, explain_answer
 from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
@@ -356,6 +357,54 @@ class Pipeline:
             images, channel_order=channel_order, max_bytes=max_bytes, boxes=boxes
         )
         return self.answer_regions(regions, questions, top_k=top_k)
+
+    def explain(
+        self,
+        image: ImageSource,
+        question: str,
+        answer: str | None = None,
+        *,
+        method: Method = "chefer",
+        channel_order: ChannelOrder = "rgb",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> Explanation:
+        """Why this answer: the relevance of each region and question word for ``answer``
+        (default: the top answer) to ``question`` about one ``image``
+        (:mod:`encoder.explain`; ``method="attention"`` is the raw-attention baseline).
+
+        Returns:
+            An :class:`~encoder.explain.Explanation`: per region a score (summing to 1), its
+            box in raw pixels and its label; per question word a score (summing to 1).
+
+        Raises:
+            ValueError: a blank question, an answer outside the encoder's answer set, or an
+                encoder without a QA head; detector.image.ImageError as :meth:`regions`.
+        """
+        _check_question(question, "question")
+        region = self.regions([image], channel_order=channel_order, max_bytes=max_bytes)[0]
+        return self.explain_regions(region, question, answer, method=method)
+
+    def explain_regions(
+        self,
+        region: RegionFeatures,
+        question: str,
+        answer: str | None = None,
+        *,
+        method: Method = "chefer",
+    ) -> Explanation:
+        """:meth:`explain` for a picture whose regions are already known; labelled with this
+        pipeline's detector vocabulary (``"attribute object"``)."""
+        from pipeline.visualize import region_labels  # OpenCV only when explaining
+
+        labels = region_labels(region, self.detector.object_names, self.detector.attribute_names)
+        return explain_answer(
+            self.encoder,
+            region,
+            _check_question(question, "question"),
+            answer=answer,
+            method=method,
+            labels=labels,
+        )
 
     def judge_regions(
         self,
