@@ -130,7 +130,9 @@ def output_lock(output: str | os.PathLike[str]) -> Iterator[LockInfo]:
 
     Creates ``lock_path(output)`` if needed (the output itself is not touched), takes
     ``flock(LOCK_EX | LOCK_NB)`` on it and writes this process's holder JSON into it
-    (``{"pid", "host", "started", "output"}``, fsynced). Not re-entrant: a second
+    (``{"pid", "host", "started", "output"}``, fsynced). The lock file is removed when the
+    block ends, after a clean run or a failed one, so none stays beside an output (a killed
+    run leaves it; the next run takes it over). Not re-entrant: a second
     ``output_lock`` on the same output, even in the same process, raises
     :class:`OutputLockedError`. Locks on different outputs are independent.
 
@@ -146,26 +148,61 @@ def output_lock(output: str | os.PathLike[str]) -> Iterator[LockInfo]:
     """
     output = Path(output)
     lock = lock_path(output)
-    fd = _open_lock_file(output=output, lock=lock)
+    fd = _locked_fd(output=output, lock=lock)
     owner_pid = os.getpid()
     try:
-        _acquire(fd=fd, output=output, lock=lock)
         info = _write_holder(fd=fd, output=output, lock=lock)
     except BaseException:
-        os.close(fd)  # closing the only descriptor also drops a lock taken above
+        os.close(fd)  # closing the only descriptor also drops the lock
         raise
     try:
         yield info
     finally:
-        # The lock file is deliberately NOT deleted. Deleting it races: a second process may
-        # have opened the old file just before the unlink and gets its flock right after our
-        # unlock, while a third process creates a new file at the same name and locks that one,
-        # so both "hold the lock" of one output. A lock file that stays costs nothing.
         if os.getpid() == owner_pid:
-            # A forked child leaving the block must not unlock the parent's lock (flock locks
-            # belong to the open file, shared across fork); it only closes its descriptor.
+            # A forked child leaving the block must not unlock (or remove) the parent's lock:
+            # flock locks belong to the open file, shared across fork. It only closes its
+            # descriptor. The owner removes the file while it still holds the lock, so no
+            # lock file stays beside an output; a process that opened it before the unlink
+            # finds, once it has the lock, that the path no longer names its file, and opens
+            # the path again (_locked_fd).
+            _remove_if_same(fd=fd, lock=lock)
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _locked_fd(*, output: Path, lock: Path) -> int:
+    """A descriptor of ``lock`` holding its exclusive ``flock``, where ``lock`` still names
+    the file that was locked: a holder removes its lock file before it unlocks, so a file
+    locked after that removal is no longer the output's lock, and the path is opened again."""
+    while True:
+        fd = _open_lock_file(output=output, lock=lock)
+        try:
+            _acquire(fd=fd, output=output, lock=lock)
+            if _same_file(fd=fd, lock=lock):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder we waited for removed it: lock what the path names now
+
+
+def _same_file(*, fd: int, lock: Path) -> bool:
+    """Whether the path ``lock`` names the open file ``fd`` (same device and inode)."""
+    try:
+        named = os.stat(lock, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _remove_if_same(*, fd: int, lock: Path) -> None:
+    """Unlink ``lock`` if it still names ``fd``'s file (the lock is held: nobody else can
+    be between taking it and checking the path). A failure to unlink leaves the file, which
+    the next run takes over as before."""
+    if _same_file(fd=fd, lock=lock):
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
 
 
 def read_holder(lock: str | os.PathLike[str]) -> LockInfo | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import pipeline.lock
 from pipeline.lock import (
     LockFileError,
     LockInfo,
@@ -178,13 +179,41 @@ def test_lock_file_holds_the_current_holder_json(tmp_path: Path) -> None:
         )
 
 
-def test_released_on_error_and_the_lock_file_is_kept(tmp_path: Path) -> None:
+def test_released_on_error_and_the_lock_file_is_removed(tmp_path: Path) -> None:
     out = tmp_path / "out.tsv"
     with pytest.raises(RuntimeError, match="boom"), output_lock(out):
+        assert lock_path(out).is_file()
         raise RuntimeError("boom")
-    assert lock_path(out).is_file()  # never deleted (see output_lock)
+    assert list(tmp_path.iterdir()) == []  # nothing left beside a run that made nothing
     with output_lock(out) as info:
         assert info.pid == os.getpid()
+    assert not lock_path(out).exists()
+
+
+def test_a_locker_whose_file_was_removed_meanwhile_locks_the_path_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race that removing lock files opens: B opens the lock file while A holds it, A
+    removes it and unlocks, C creates a new one and locks it. B's flock then succeeds on the
+    removed file; B must see that the path names another file and lock that one, so that B
+    and C never both hold the output."""
+    out = tmp_path / "out.tsv"
+    lock = lock_path(out)
+    with output_lock(out):  # A
+        stale = os.open(lock, os.O_RDWR)  # B opens it before A's release
+    opened = [stale]
+    real_open = pipeline.lock._open_lock_file
+
+    def open_as_b(*, output: Path, lock: Path) -> int:
+        return opened.pop() if opened else real_open(output=output, lock=lock)
+
+    with output_lock(out) as c_info:  # C: a new file at the path
+        monkeypatch.setattr(pipeline.lock, "_open_lock_file", open_as_b)
+        with pytest.raises(OutputLockedError) as caught, output_lock(out):  # B
+            pass
+        assert caught.value.holder == c_info
+        assert not opened  # B did lock its stale file first, then looked again
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize("content", [b"", b'{"pid": 12', b"not json", b'["pid", 1]'])

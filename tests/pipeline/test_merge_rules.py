@@ -412,8 +412,8 @@ def test_unexpected_error_advises_v_and_v_prints_the_traceback(
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "disk_fails" in err
     assert "(run with -v" not in err
-    # Nothing half-written: no output, no temporary file, no manifest (the lock file stays).
-    assert listing(out.parent) == ["all.tsv.lock"]
+    # Nothing half-written: no output, no temporary file, no manifest, no lock file.
+    assert listing(out.parent) == []
 
 
 def test_python_m_pipeline_merge_runs_the_same_command(runs: Runs, tmp_path: Path) -> None:
