@@ -41,6 +41,7 @@ from detector.boxes import (
     apply_deltas,
     clip_boxes,
     pairwise_iou_caffe,
+    rescale_to_float32,
     scale_boxes,
     unscale_boxes,
 )
@@ -99,6 +100,26 @@ def _check_counts(min_boxes: int, max_boxes: int) -> None:
         raise ValueError(f"need 1 <= min_boxes <= max_boxes, got {min_boxes}..{max_boxes}")
 
 
+def _visiting_orders(scores: np.ndarray) -> np.ndarray:
+    """int64 ``[C, R]``: each class's ``cpu_nms`` visiting order, ``scores.argsort()[::-1]``
+    by numpy 1.x's argsort (:func:`detector.reference_sort.argsort`) wherever the order can
+    change a ``max_conf``.
+
+    A box scoring <= 0 can neither raise a ``max_conf`` (which starts at 0) nor suppress a box
+    that could (it is visited after every positive score), so ties among such boxes may fall in
+    any order; a class whose scores have no tie above 0 has one order that matters, which any
+    correct sort gives. Only classes with a positive tie (or a NaN) pay for the reference sort:
+    a confident model's probabilities underflow to exactly 0 in many places.
+    """
+    order = np.argsort(scores, axis=1)
+    ordered = np.take_along_axis(scores, order, axis=1)
+    tied = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] > 0)).any(axis=1)
+    tied |= np.isnan(ordered[:, -1:]).any(axis=1)  # NaNs sort last; no boxes, no NaN
+    if tied.any():
+        order[tied] = reference_sort.argsort(scores[tied], axis=1)
+    return order[:, ::-1]
+
+
 def _greedy_nms_all_classes(
     overlap: np.ndarray, scores: np.ndarray, depth: int | None = None
 ) -> np.ndarray:
@@ -106,16 +127,15 @@ def _greedy_nms_all_classes(
 
     ``overlap[i, j]`` says whether box ``i`` suppresses box ``j``; ``scores`` is float32
     ``[C, R]``. For each class this is py-faster-rcnn's ``cpu_nms``: visit boxes in the order
-    ``scores.argsort()[::-1]`` (numpy 1.x's argsort, :func:`detector.reference_sort.argsort`,
-    row by row, so exact ties fall where the reference put them), keep a box unless an
+    ``scores.argsort()[::-1]`` (numpy 1.x's argsort row by row, :func:`_visiting_orders`, so
+    exact ties fall where the reference put them), keep a box unless an
     earlier kept box suppressed it, and let it suppress all boxes it overlaps. The loop runs
     over rank positions (R steps), each step advancing all C classes together. ``depth``:
     visit only each class's first ``depth`` boxes in that order (a box's fate depends only on
     the boxes before it); the others stay False.
     """
     num_classes, num_boxes = scores.shape
-    # Each row sorted on its own, as a 1-D argsort of that class's scores.
-    order = reference_sort.argsort(scores, axis=1)[:, ::-1]
+    order = _visiting_orders(scores)
     suppressed = np.zeros((num_classes, num_boxes), dtype=bool)
     kept = np.zeros((num_classes, num_boxes), dtype=bool)
     classes = np.arange(num_classes)
@@ -584,16 +604,19 @@ def given_box_rois(boxes: Tensor, image: PreparedImage) -> Tensor:
 
     Each box is scaled by the image's ``scale`` (Caffe's ``im_rois * im_scale``), the inverse
     of how bottom-up selection maps its proposals back (``proposals / scale``). The product is
-    taken in float64, so a box that came from a proposal lands on that proposal's RoIPool
-    cells. A coordinate on the raw image's far edge goes to the resized image's far edge: the
-    RPN clips proposals there, and ``raw_w * scale`` can miss it by up to half a pixel.
+    taken in float64 and a product within one float32 ulp of an integer is that integer
+    (:func:`detector.boxes.rescale_to_float32`), so a box that came from a proposal lands on
+    that proposal's float32 coordinates and RoIPool cells exactly, Caffe's far edge ``W - 1``
+    included. A coordinate on the raw image's far edge goes to the resized image's far edge:
+    the detectron2 RPN clips proposals there, and ``raw_w * scale`` can miss it by up to half
+    a pixel.
 
     Args:
         boxes: float32 ``Tensor[K, 4]`` xyxy, raw-image pixels, clipped to the raw image
             (:func:`check_given_boxes`).
         image: the prepared image (its ``scale``, raw and resized sizes).
     """
-    rois = (boxes.double() * image.scale).float()
+    rois = rescale_to_float32(boxes, image.scale)
     resized_h, resized_w = image.resized_size
     far_x = torch.tensor(float(resized_w), dtype=rois.dtype)
     far_y = torch.tensor(float(resized_h), dtype=rois.dtype)
