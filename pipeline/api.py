@@ -34,7 +34,13 @@ from detector.precision import Precision
 from detector.preprocess import PreparedImage, preprocess_for
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
-from encoder.explain import Explanation, Method, explain_answer
+from encoder.explain import (
+    Explanation,
+    Method,
+    PairExplanation,
+    explain_answer,
+    explain_judgement,
+)
 from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
@@ -402,6 +408,37 @@ class Pipeline:
             region,
             _check_question(question, "question"),
             answer=answer,
+            method=method,
+            labels=labels,
+        )
+
+    def explain_judgement(
+        self,
+        left: ImageSource,
+        right: ImageSource,
+        statement: str,
+        verdict: bool | None = None,
+        *,
+        method: Method = "chefer",
+        channel_order: ChannelOrder = "rgb",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> PairExplanation:
+        """NLVR2: why ``verdict`` (default: the model's own) for ``statement`` about the pair:
+        relevance per region of each picture (each summing to 1, with the picture's share)
+        and per word (:func:`encoder.explain.explain_judgement`). Needs an NLVR2 encoder."""
+        from pipeline.visualize import region_labels  # OpenCV only when explaining
+
+        self._check_nlvr2(1)
+        _check_question(statement, "statement")
+        found = self.regions([left, right], channel_order=channel_order, max_bytes=max_bytes)
+        names = (self.detector.object_names, self.detector.attribute_names)
+        labels = (region_labels(found[0], *names), region_labels(found[1], *names))
+        return explain_judgement(
+            self.encoder,
+            found[0],
+            found[1],
+            statement,
+            verdict=verdict,
             method=method,
             labels=labels,
         )

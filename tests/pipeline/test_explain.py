@@ -99,3 +99,20 @@ def test_answer_explain_lines(shapes: Pipeline, scene: Scene, tmp_path: Path, ca
     scores = [float(line.split()[0]) for line in listed]
     assert scores == sorted(scores, reverse=True)
     assert out[-1].startswith("  words: what ")
+
+
+def test_explain_judgement_gives_each_picture_its_regions(shapes: Pipeline, scene: Scene) -> None:
+    pipeline = Pipeline(detector="shapes-detector", encoder="shapes-nlvr2", device="cpu")
+    left, right = scene.image_rgb, make_split("heldout", 4)[3].image_rgb
+    statement = "the left image has more circles than the right image"
+    [verdict] = pipeline.judge([left], [right], [statement])
+    explained = pipeline.explain_judgement(left, right, statement)
+    assert explained.verdict is verdict
+    counts = [r.num_boxes for r in pipeline.regions([left, right])]
+    assert [len(explained.left.regions), len(explained.right.regions)] == counts
+    for image in (explained.left, explained.right):
+        assert sum(r.score for r in image.regions) == pytest.approx(1.0)
+    assert explained.left.share + explained.right.share == pytest.approx(1.0)
+    assert json.loads(json.dumps(explained.to_json()))["verdict"] is verdict
+    with pytest.raises(ValueError, match="not an NLVR2 model"):
+        shapes.explain_judgement(left, right, statement)
