@@ -29,12 +29,12 @@ import numpy as np
 import torch.utils.data
 
 from detector.structures import RegionFeatures
+from pipeline.formats.registry import open_part, store_format
 from pipeline.tsv_index import TsvIndex, load_tsv_index, rebuild_tsv_index
 from pipeline.writers import (
     decode_tsv_line,
     journal_path,
     open_h5,
-    output_format,
     read_h5_record,
     tsv_line_id,
 )
@@ -185,9 +185,14 @@ class _H5Part:
 
 
 def _open_part(path: Path, *, cache_dir: Path | None) -> _Part:
-    if output_format(path) == "tsv":
+    # Every other format (ban-h5, npz-dir, UNITER lmdb, parquet) has its reader in
+    # pipeline.formats; TSV and our HDF5 keep the store's own indexed readers.
+    fmt = store_format(path)
+    if fmt == "tsv":
         return _TsvPart(path, load_tsv_index(path, cache_dir=cache_dir), cache_dir=cache_dir)
-    return _H5Part(path)
+    if fmt == "h5":
+        return _H5Part(path)
+    return open_part(path, fmt)
 
 
 class FeatureStore(torch.utils.data.Dataset[RegionFeatures]):
@@ -222,7 +227,8 @@ class FeatureStore(torch.utils.data.Dataset[RegionFeatures]):
 
     @classmethod
     def open(cls, *paths: str | os.PathLike[str], cache_dir: Path | None = None) -> FeatureStore:
-        """Open and join feature files: obj36 TSVs (ours or LXMERT's) and our HDF5 files.
+        """Open and join feature files: obj36 TSVs (ours or LXMERT's), our HDF5 files, and
+        every format of :mod:`pipeline.formats` (ban-h5, npz-dir, UNITER lmdb, parquet).
 
         Args:
             paths: one or more ``.tsv``/``.h5``/``.hdf5`` files, e.g. the shards of one run or

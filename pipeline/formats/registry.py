@@ -210,7 +210,13 @@ def detect_format(path: str | Path) -> str:
         ValueError: a file or folder of no known layout, naming what was looked for.
     """
     path = Path(path)
+    suffix = path.suffix.lower()
     if not path.exists():
+        if suffix and suffix not in (".tsv", ".h5", ".hdf5", ".parquet"):
+            raise ValueError(
+                f"{path}: unknown format (and no such file); feature files are *.tsv, "
+                "*.h5/*.hdf5, *.parquet, or folders (npz-dir, UNITER lmdb)"
+            )
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir():
         if lmdb_uniter.is_lmdb_dir(path):
@@ -229,7 +235,7 @@ def detect_format(path: str | Path) -> str:
         first = stream.readline(1 << 26)
     if head == b"PAR1":
         return "parquet"
-    if path.suffix.lower() == ".tsv" or tsv_line_id(first) is not None:
+    if suffix == ".tsv" or tsv_line_id(first) is not None:
         return "tsv"
     raise ValueError(
         f"{path}: unknown format; feature files are obj36 TSV, HDF5 (ours or ban-vqa's), "
@@ -249,3 +255,33 @@ def iter_records(path: str | Path) -> Iterator[RegionFeatures]:
     """Records of a feature file or folder of any format, in its order."""
     path = Path(path)
     return get_format(detect_format(path)).iterate(path)
+
+
+def store_format(path: str | Path) -> str:
+    """Which reader :class:`pipeline.store.FeatureStore` opens ``path`` with: ``tsv`` for a
+    ``*.tsv`` name (its own indexed reader, whatever the content), ``h5`` for our HDF5 and any
+    ``*.h5``/``*.hdf5`` name that is not ban-vqa's (the store's reader names the problem), else
+    the format :func:`detect_format` finds.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`detect_format`, for other names.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".tsv" and not path.is_dir():
+        return "tsv"
+    if suffix in (".h5", ".hdf5") and not path.is_dir():
+        if path.is_file() and h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != H5_FORMAT_NAME and "image_features" in f:
+                    return "ban-h5-36" if f["image_bb"].ndim == 3 else "ban-h5"
+        return "h5"
+    return detect_format(path)
+
+
+def open_part(path: str | Path, fmt: str) -> RecordPart:
+    """Random access to ``path`` in format ``fmt`` (not ``tsv``/``h5``: the store's own)."""
+    spec = get_format(fmt)
+    if spec.open_part is None:
+        raise ValueError(f"{path}: {fmt} is read by the feature store itself")
+    return spec.open_part(Path(path))
