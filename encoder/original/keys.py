@@ -219,11 +219,8 @@ def from_original(state: Mapping[str, torch.Tensor], *, head: Head) -> MappedSta
         )
     if head == "pretraining":
         _tie_decoder(mapped)
-    fresh = (
-        tuple(f"logit_fc.{key.split('.', 1)[1]}" for key in TASK_HEAD_KEYS)
-        if head == "nlvr2" and layout != "nlvr2"
-        else ()
-    )
+    # Our NLVR2 head has the original task head's names; from another layout it starts new.
+    fresh = TASK_HEAD_KEYS if head == "nlvr2" and layout != "nlvr2" else ()
     return MappedState(
         layout=layout,
         data_parallel=data_parallel,
