@@ -59,6 +59,18 @@ class QuestionEntry:
     origin: str
 
 
+def check_text(text: str, *, where: str, name: str) -> None:
+    """``DataError`` when ``text`` is not valid UTF-8: a lone surrogate (JSON's ``"\\udcff"``
+    escape) reads as a str, and no tokenizer takes it (a ``TypeError`` deep inside)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise DataError(
+            f"{where}: {name!r} is not valid UTF-8 text ({shown}): it holds a lone surrogate"
+        ) from None
+
+
 def _entry(raw: object, origin: str) -> QuestionEntry:
     """One validated entry; ``DataError`` naming ``origin`` and the field otherwise."""
     if not isinstance(raw, dict):
@@ -70,6 +82,7 @@ def _entry(raw: object, origin: str) -> QuestionEntry:
     for name in ("img_id", "sent"):
         if not isinstance(raw.get(name), str) or not raw[name]:
             raise DataError(f"{where}: {name!r} must be a non-empty string, got {raw.get(name)!r}")
+    check_text(raw["sent"], where=where, name="sent")
     label = raw.get("label", {})
     if not isinstance(label, dict):
         raise DataError(f"{where}: 'label' must map answers to scores, got {label!r}")

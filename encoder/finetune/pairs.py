@@ -21,6 +21,7 @@ from encoder.finetune.data import (
     DataError,
     RegionSource,
     SizedDataset,
+    check_text,
     first_boxes,
     read_json_list,
     unique,
@@ -66,6 +67,7 @@ def _entry(raw: object, origin: str) -> PairEntry:
     for name in ("img0", "img1", "sent"):
         if not isinstance(raw.get(name), str) or not raw[name]:
             raise DataError(f"{where}: {name!r} must be a non-empty string, got {raw.get(name)!r}")
+    check_text(raw["sent"], where=where, name="sent")
     label = raw.get("label")
     if label is not None and (isinstance(label, float) or label not in _LABELS):
         raise DataError(f"{where}: 'label' must be 0, 1, true, false, 'True' or 'False'")
