@@ -5,6 +5,7 @@
     python3 tasks.py test    # ruff, mypy and the test suite (what CI runs)
     python3 tasks.py bench   # quick detector benchmark (prints JSON)
     python3 tasks.py screenshot  # docs/demo.png: the web page in headless Chromium
+    python3 tasks.py wheel   # build the wheel, install it into another environment, run it
     python3 tasks.py setup   # only create/refresh .venv
 
 The venv is reinstalled when requirements*.txt or setup.py change (a stamp file records a hash).
@@ -143,12 +144,106 @@ def bench() -> None:
     run(BIN / "python", "benchmarks/bench_detector.py", "--quick")
 
 
+def wheel() -> None:
+    """The README's second way to install: a built wheel into an environment that already
+    has torch. The wheel goes with --no-deps into a new venv that sees .venv's packages (the
+    tested lock, pip and setuptools included: the venv has none of its own) and nothing of
+    this checkout; answer and extract_features then run on the shipped shapes models from
+    another folder, and pip check must be clean there."""
+    import tempfile
+
+    setup()
+    work = Path(tempfile.mkdtemp(prefix="lxmert-wheel-"))
+    try:
+        _install_wheel_and_run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _install_wheel_and_run(work: Path) -> None:
+    python = BIN / "python"
+    run(
+        python,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        work / "dist",
+        ".",
+    )
+    built = sorted((work / "dist").glob("lxmert_pipeline-*.whl"))
+    env = work / "env"
+    venv.EnvBuilder(with_pip=False).create(env)
+    env_bin = env / BIN.name
+    lock_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env_site = subprocess.run(
+        [env_bin / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # The existing environment: .venv's packages (torch & co) behind the new venv's own.
+    Path(env_site, "lock-environment.pth").write_text(lock_site + "\n")
+    run(
+        python,
+        "-m",
+        "pip",
+        "--python",
+        env_bin / "python",
+        "install",
+        "--quiet",
+        "--no-deps",
+        *built,
+    )
+    elsewhere = work / "elsewhere"
+    elsewhere.mkdir()
+    image = elsewhere / "scene.png"
+    shutil.copyfile(ROOT / "examples" / "scene_000.png", image)
+    shapes = ("--detector", "shapes-detector", "--device", "cpu")
+    for command in (
+        [
+            env_bin / "answer",
+            image,
+            "what color is the circle?",
+            *shapes,
+            "--encoder",
+            "shapes-lxmert",
+        ],
+        [env_bin / "extract_features", image, "--out", elsewhere / "x.tsv", "-q", *shapes],
+        [env_bin / "python", "-m", "pip", "check"],
+    ):
+        printable = " ".join(str(part) for part in command)
+        print(f"+ (in {elsewhere}) {printable}", flush=True)
+        done = subprocess.run([str(part) for part in command], cwd=elsewhere)
+        if done.returncode != 0:
+            sys.exit(done.returncode)
+    where = subprocess.run(
+        [env_bin / "python", "-c", "import pipeline; print(pipeline.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        check=True,
+    ).stdout.strip()
+    if not where.startswith(env_site):
+        sys.exit(f"the wheel's pipeline was not the one imported: {where}")
+    print(f"+ the installed wheel ran from {where}", flush=True)
+
+
 JOBS = {
     "setup": setup,
     "demo": demo,
     "test": test,
     "bench": bench,
     "screenshot": screenshot,
+    "wheel": wheel,
 }
 
 if __name__ == "__main__":

@@ -61,3 +61,33 @@ def test_the_page_examples_are_package_data() -> None:
     for image in shipped:
         relative = image.relative_to(folder).as_posix()
         assert any(fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+def test_install_requires_are_ranges_that_hold_the_pinned_lock() -> None:
+    """Installing the package into an existing environment asks for ranges, never the exact
+    pins; and every pin of the requirement files (the tested lock) lies in its range."""
+    from packaging.requirements import Requirement
+
+    ranges = {
+        Requirement(line).name: Requirement(line)
+        for line in [
+            *setup_keyword("install_requires"),  # type: ignore[misc]
+            *(line for extra in setup_keyword("extras_require").values() for line in extra),  # type: ignore[attr-defined]
+        ]
+    }
+    for file in sorted(ROOT.glob("requirements*.txt")):
+        for raw in file.read_text().splitlines():
+            line = raw.split("#")[0].strip()
+            if not line:
+                continue
+            pin = Requirement(line)
+            wanted = ranges[pin.name]
+            assert "==" not in str(wanted.specifier), wanted
+            exact = [spec.version for spec in pin.specifier if spec.operator == "=="]
+            for version in exact:
+                assert wanted.specifier.contains(version, prereleases=True), (
+                    file.name,
+                    pin,
+                    wanted,
+                )
+    assert str(ranges["numpy"].specifier) in (">=2.4,<3", "<3,>=2.4")
