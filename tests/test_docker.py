@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_packaging import setup_keyword
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -157,20 +158,6 @@ def dockerignore_excludes(patterns: list[str], path: str) -> bool:
 def dockerignore_patterns() -> list[str]:
     lines = DOCKERIGNORE.read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-
-
-def setup_py() -> ast.Module:
-    return ast.parse((ROOT / "setup.py").read_text())
-
-
-def setup_keyword(name: str) -> object:
-    """The literal value of keyword `name` of the setup(...) call in setup.py."""
-    for node in ast.walk(setup_py()):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup":
-            for keyword in node.keywords:
-                if keyword.arg == name:
-                    return ast.literal_eval(keyword.value)
-    raise AssertionError(f"setup.py: setup() has no literal {name}= keyword")
 
 
 def files_read_by_setup_py() -> set[str]:
