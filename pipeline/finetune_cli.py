@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safetensors import SafetensorError
+
 from pipeline.command import Command, non_negative_int, positive_int, run_command
 from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
@@ -44,7 +46,7 @@ from pipeline.finetune_export import EXPORT_COMMAND
 from pipeline.finetune_labels import check_labels
 from pipeline.finetune_outputs import REPORT_KIND, check_outputs
 from pipeline.finetune_resume import check_resume, run_inputs
-from weights.defaults import DEFAULT_DEVICE
+from weights.defaults import DEFAULT_DEVICE, DeviceError
 from weights.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -103,6 +105,19 @@ class TrainSettings:
         words += ["--precision", r.precision, "--device", self.device]
         words += ["--skip-missing"] if self.skip_missing else []
         return shlex.join(words)
+
+
+#: What loading a model raises when the device cannot be used or the folder's files are wrong (a
+#: missing or corrupt file, a damaged safetensors header): a usage error naming --from/--model
+#: (exit 2).
+MODEL_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    DeviceError,
+    FileNotFoundError,
+    KeyError,
+    ValueError,
+    TypeError,
+    SafetensorError,
+)
 
 
 def _say(message: str) -> None:
@@ -343,7 +358,7 @@ def plan_train(
 def run_train(args: argparse.Namespace) -> int:
     """``train``: validate -> plan (data, answers) -> run (model, fit) -> finish."""
     from encoder.finetune import QADataset, prepare_encoder
-    from weights.defaults import DeviceError, resolve_device
+    from weights.defaults import resolve_device
 
     settings = validate_train(args)
     inputs = run_inputs(settings)
@@ -360,7 +375,7 @@ def run_train(args: argparse.Namespace) -> int:
         encoder, kept = prepare_encoder(
             settings.source, answers=table, config=settings.recipe, device=device
         )
-    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except MODEL_LOAD_ERRORS as err:
         raise UsageError(f"cannot load --from {settings.source}: {err}") from None
     boxes = settings.recipe.num_boxes
     train = QADataset(train_entries, store, table, num_boxes=boxes)
@@ -412,7 +427,7 @@ def run_train_nlvr2(
     """``train --task nlvr2``: plan (statements) -> run (NLVR2 model, fit) -> finish."""
     from encoder.finetune import PairDataset, prepare_nlvr2_encoder
     from pipeline.finetune_nlvr2 import read_pairs
-    from weights.defaults import DeviceError, resolve_device
+    from weights.defaults import resolve_device
 
     skip = settings.skip_missing
     train_entries, skipped = read_pairs(
@@ -426,7 +441,7 @@ def run_train_nlvr2(
     try:
         device = resolve_device(settings.device, on_fallback=_say)
         encoder = prepare_nlvr2_encoder(settings.source, config=settings.recipe, device=device)
-    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except MODEL_LOAD_ERRORS as err:
         raise UsageError(f"cannot load --from {settings.source}: {err}") from None
     boxes = settings.recipe.num_boxes
     train = PairDataset(train_entries, store, num_boxes=boxes)
@@ -589,7 +604,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         predict,
         read_vqa_annotations,
     )
-    from weights.defaults import DeviceError, resolve_device
+    from weights.defaults import resolve_device
 
     check_evaluate_outputs(args)
     record = _model_record(args.model)
@@ -620,7 +635,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         settings = replace_length(config_for(args.model), recipe.max_question_length)
         encoder = load_encoder(settings, device=resolve_device(args.device, on_fallback=_say))
-    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except MODEL_LOAD_ERRORS as err:
         raise UsageError(f"cannot load --model {args.model}: {err}") from None
     if encoder.answers is None:
         raise UsageError(f"--model {args.model} has no QA head")
@@ -644,7 +659,7 @@ def run_evaluate_nlvr2(args: argparse.Namespace, recipe: FinetuneConfig) -> int:
     from encoder.config import config_for
     from encoder.finetune import PairDataset, predict_pairs
     from pipeline.finetune_nlvr2 import finish_evaluate, read_pairs
-    from weights.defaults import DeviceError, resolve_device
+    from weights.defaults import resolve_device
 
     if args.annotations is not None:
         raise UsageError("--annotations are VQA's human answers; NLVR2 files carry their labels")
@@ -666,7 +681,7 @@ def run_evaluate_nlvr2(args: argparse.Namespace, recipe: FinetuneConfig) -> int:
             config_for(args.model), head="nlvr2", max_question_length=recipe.max_question_length
         )
         encoder = load_encoder(settings, device=resolve_device(args.device, on_fallback=_say))
-    except (DeviceError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except MODEL_LOAD_ERRORS as err:
         raise UsageError(f"cannot load --model {args.model}: {err}") from None
     try:
         with data_errors_are_usage(remedy=_EVALUATE_REMEDY):

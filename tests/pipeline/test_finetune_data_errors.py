@@ -102,3 +102,18 @@ def test_a_record_damaged_mid_run_is_exit_2_and_the_run_resumes(
     assert main([*argv, "--resume"]) == 0
     record = json.loads((out / "finetune.json").read_text())
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+
+
+def test_a_damaged_model_file_is_exit_2_naming_the_model(
+    tmp_path: Path, data: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(data["start"], model)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    questions = ["--questions", str(data["train"]), "--features", str(data["features"]), "-q"]
+    assert main(["evaluate", "--model", str(model), *questions]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load --model {model}" in err and "unexpected" not in err
+    argv = train_argv(data, tmp_path / "run", "--epochs", "1")
+    assert main([*argv, "--from", str(model)]) == 2
+    assert f"cannot load --from {model}" in capsys.readouterr().err
