@@ -248,6 +248,30 @@ def scale_boxes(boxes: Tensor, scale_x: float, scale_y: float) -> Tensor:
     return boxes * factors
 
 
+def rescale_to_float32(boxes: Tensor, scale: float) -> Tensor:
+    """``boxes * scale`` as float32, recovering the integer that :func:`unscale_boxes` mapped
+    to each coordinate; a new float32 ``Tensor[N, 4]``.
+
+    The rule: let ``n`` be the integer nearest to ``boxes * scale`` (taken in float64). If
+    ``unscale_boxes(n, scale)`` gives exactly the float32 coordinate we were given, the
+    coordinate is ``n``; otherwise the float64 product rounded to float32.
+
+    Why: a bottom-up run writes each proposal coordinate ``p`` (resized frame) as
+    ``b = unscale_boxes(p, scale)``, torch's float32 ``p / float32(scale)``, about two ulps
+    from ``p / scale``. Multiplying back lands within two ulps of ``p``, and rounding can stop
+    one ulp short: at a Caffe proposal's far edge ``W - 1`` with ``(W - 1) / 16 = k + 1/2``,
+    RoIPool's ``round`` then takes cell ``k`` instead of ``k + 1`` and the features change.
+    Every clipped edge (0, ``W - 1``, ``H - 1``, detectron2's ``W``) is an integer, so a run's
+    own boxes fed back pool exactly its RoIs. A coordinate that is not such an image of an
+    integer is unchanged from the plain product; one that is, is indistinguishable from it.
+    """
+    _check_boxes(boxes, "boxes")
+    product = boxes.double() * scale
+    nearest = torch.round(product).float()
+    recovered = unscale_boxes(nearest, scale) == boxes.float()
+    return torch.where(recovered, nearest, product.float())
+
+
 def unscale_boxes(boxes: Tensor, scale: float) -> Tensor:
     """Divide every coordinate by ``scale``; a new ``Tensor[N, 4]``.
 

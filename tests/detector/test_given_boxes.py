@@ -223,3 +223,63 @@ def test_out_of_memory_splits_images_with_their_boxes(tiny, monkeypatch) -> None
     for region, one in zip(got, expected, strict=True):
         np.testing.assert_array_equal(region.boxes, one.boxes)
         np.testing.assert_array_equal(region.features, one.features)
+
+
+def edge_cases(min_size: int, max_size: int, heights: range, widths: range):
+    """(raw h, raw w, scale, resized side n) where a Caffe far edge ``n - 1`` with
+    ``(n - 1) / 16 = k + 1/2``, written out as a bottom-up run writes it (float32 ``(n - 1) /
+    scale``), comes back one float32 step off ``n - 1`` by the plain product."""
+    from detector.boxes import unscale_boxes
+    from detector.preprocess import compute_scale, resized_size
+
+    for raw_h in heights:
+        for raw_w in widths:
+            scale = compute_scale(raw_h, raw_w, min_size=min_size, max_size=max_size)
+            for n in resized_size(raw_h, raw_w, scale):
+                edge = torch.tensor([[float(n - 1)] * 4])
+                plain = (unscale_boxes(edge, scale).double() * scale).float()
+                if (n - 1) % 16 == 8 and not torch.equal(plain, edge):
+                    yield raw_h, raw_w, scale, n
+
+
+def test_a_runs_own_integer_coordinates_come_back_exactly_at_half_cell_edges() -> None:
+    from detector.boxes import unscale_boxes
+    from detector.preprocess import resized_size
+
+    cases = list(edge_cases(600, 1000, range(300, 700, 13), range(300, 1200, 7)))
+    assert len(cases) > 20  # the sizes hit the case often: the test means something
+    for raw_h, raw_w, scale, n in cases:
+        h, w = resized_size(raw_h, raw_w, scale)
+        image = PreparedImage(
+            image_id="x", tensor=torch.zeros(3, h, w), scale=scale, raw_h=raw_h, raw_w=raw_w
+        )
+        # Caffe-clipped proposals: 0 and the far edges W - 1, H - 1, and other integers.
+        assert n - 1 in (w - 1, h - 1)
+        proposals = torch.tensor([[0.0, 0.0, w - 1, h - 1], [1.0, 2.0, w - 9, h - 3]])
+        boxes = unscale_boxes(proposals, scale)  # as bottom-up selection writes them
+        boxes = torch.minimum(boxes, torch.tensor([raw_w, raw_h, raw_w, raw_h]))
+        assert torch.equal(given_box_rois(boxes, image), proposals), (raw_h, raw_w)
+
+
+@pytest.mark.parametrize(("name", "width"), [("coffee", 317), ("astronaut", 358)])
+def test_caffe_far_edges_at_half_cells_reproduce_features_bit_for_bit(
+    name: str, width: int
+) -> None:
+    # The tiny preset resizes these crops to 121 and 137 rows: (n - 1) / 16 = 7.5 and 8.5,
+    # and a box on the bottom edge, fed back, would pool one row less without the recovery.
+    from detector.preprocess import compute_scale
+
+    image = np.ascontiguousarray(getattr(data, name)()[:, :width])
+    scale = compute_scale(*image.shape[:2], min_size=TINY.min_size, max_size=TINY.max_size)
+    assert any(n for _, _, _, n in edge_cases(96, 160, [image.shape[0]], [width]))
+    config = dataclasses.replace(TINY, selection="bottom-up", proposals="caffe")
+    detector = build_detector(config, seed=0).optimize_for_inference()
+    reference = detector.regions([image], [name])[0]
+    h = round(image.shape[0] * scale)
+    edge = (torch.tensor([[float(h - 1)] * 4]) / scale)[0, 0].item()
+    assert (reference.boxes[:, 3] == np.float32(edge)).any()  # a box ends on that edge
+    again = detector.regions([image], [name], boxes=[reference.boxes])[0]
+    np.testing.assert_array_equal(again.boxes, reference.boxes)
+    np.testing.assert_array_equal(again.features, reference.features)
+    np.testing.assert_array_equal(again.objects_id, reference.objects_id)
+    np.testing.assert_array_equal(again.objects_conf, reference.objects_conf)
