@@ -206,7 +206,7 @@ def read_convert_input(path: Path) -> ConvertInput:
         except (OSError, ValueError) as error:
             raise UsageError(f"convert input {path}: unreadable manifest ({error})") from None
         status = manifest.get("status") if isinstance(manifest, dict) else None
-        if status not in (*MERGEABLE_STATUSES, "converted"):
+        if status not in MERGEABLE_STATUSES:
             raise UsageError(
                 f"convert input {path} is not finished: its manifest says {status!r}. Finish "
                 "it first with --resume (its extract_features command plus --resume)"

@@ -5,9 +5,9 @@ Also runnable as ``python -m pipeline.merge FILE... --out X``.
 The merge rules, all checked before anything is created (no output, temporary file, manifest
 or lock file is left by a refusal, which exits 2):
 
-- an input with a manifest must say ``finished`` or ``merged``; ``running``, ``interrupted``
-  and ``error`` are refused (finish the run first with ``--resume``), and so is an HDF5 input
-  with a journal (records not yet folded in);
+- an input with a manifest must say ``finished``, ``merged`` or ``converted``; ``running``,
+  ``interrupted`` and ``error`` are refused (finish the run first with ``--resume``), and so
+  is an HDF5 input with a journal (records not yet folded in);
 - inputs that carry a shard ``K/N`` cover 1..N exactly once, unless ``--allow-partial`` (the
   merged manifest then lists the ``missing_shards``);
 - every :data:`~pipeline.manifest.RECORD_SETTINGS` value is equal across the inputs that have
@@ -54,8 +54,9 @@ from pipeline.writers import (
     output_format,
 )
 
-#: Manifest statuses of an input that ``merge`` accepts: a run that ended, or a merge.
-MERGEABLE_STATUSES = ("finished", "merged")
+#: Manifest statuses of an input that ``merge`` accepts: a run that ended, a merge, or a
+#: conversion (``extract_features convert``: its inputs were finished when it read them).
+MERGEABLE_STATUSES = ("finished", "merged", "converted")
 
 #: Why each other status is refused, in words.
 _UNFINISHED = {

@@ -338,3 +338,42 @@ def test_input_named_like_the_command(
     assert convert(extractions["fixed"], "--to", "npz-dir", "convert") == EXIT_OK
     assert main(["convert", "-q", "./convert", "--to", "tsv", "back.tsv"]) == EXIT_OK
     assert (tmp_path / "back.tsv").read_bytes() == extractions["fixed"].read_bytes()
+
+
+def test_a_converted_file_merges_and_an_unfinished_input_is_refused(
+    extractions: dict[str, Path], tmp_path: Path
+) -> None:
+    lines = extractions["fixed"].read_bytes().splitlines(keepends=True)
+    first, second = tmp_path / "one.tsv", tmp_path / "two.tsv"
+    first.write_bytes(b"".join(lines[:3]))
+    second.write_bytes(b"".join(lines[3:]))
+    assert convert(first, "--to", "h5", tmp_path / "one.h5") == EXIT_OK
+    merged = tmp_path / "all.tsv"
+    assert main(["merge", "-q", str(tmp_path / "one.h5"), str(second), "--out", str(merged)]) == 0
+    assert merged.read_bytes() == b"".join(lines)
+    (tmp_path / "two.tsv.manifest.json").write_text(json.dumps({"status": "running"}))
+    assert convert(second, "--to", "parquet", tmp_path / "two.parquet") == EXIT_USAGE
+    assert not (tmp_path / "two.parquet").exists()
+
+
+def test_npz_info_with_code_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "npz"
+    folder.mkdir()
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (print, ("owned",))
+
+    info = np.empty((), dtype=object)
+    info[()] = {"objects_id": Evil()}
+    np.savez_compressed(
+        folder / "1.npz",
+        x=np.zeros((1, 4), np.float32),
+        bbox=np.zeros((1, 4), np.float32),
+        num_bbox=1,
+        image_h=2,
+        image_w=2,
+        info=info,
+    )
+    assert convert(folder, "--to", "tsv", tmp_path / "out.tsv") == EXIT_USAGE
+    assert not (tmp_path / "out.tsv").exists()
