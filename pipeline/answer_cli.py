@@ -1,4 +1,5 @@
-"""``answer IMAGE QUESTION...``: ask LXMERT about one image from the command line."""
+"""``answer IMAGE QUESTION...``: ask LXMERT about one image from the command line;
+``answer --questions FILE``: many questions about many images, one JSON line each."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from pipeline.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
@@ -16,13 +18,15 @@ from pipeline.model_flags import (
     device_from_args,
 )
 from pipeline.precision_flags import add_precision_flags, precision_from_args
+from pipeline.question_file import QuestionRow, read_question_file
 from pipeline.text_args import non_utf8_message
 from weights.command import Command, add_verbose_flag, run_command
 from weights.defaults import DEFAULT_ENCODER, SHAPES_DETECTOR, SHAPES_ENCODER
+from weights.files import atomic_write_text
 
 if TYPE_CHECKING:
     from encoder.explain import Explanation
-    from pipeline.api import Answer
+    from pipeline.api import Answer, Pipeline
 
 #: Regions listed per question by ``--explain`` without ``--json`` (JSON lists all).
 EXPLAIN_TOP_REGIONS = 5
@@ -40,8 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
         f"or models that cannot be loaded; {EXIT_ERROR} unexpected error; "
         f"{EXIT_INTERRUPTED} interrupted (Ctrl-C).",
     )
-    parser.add_argument("image", help="image file (any format Pillow/OpenCV read)")
-    parser.add_argument("questions", nargs="+", metavar="QUESTION", help="questions to ask")
+    parser.add_argument(
+        "image", nargs="?", help="image file (any format Pillow/OpenCV read); not with --questions"
+    )
+    parser.add_argument("questions", nargs="*", metavar="QUESTION", help="questions to ask")
+    parser.add_argument(
+        "--questions",
+        dest="question_file",
+        type=Path,
+        metavar="FILE",
+        help='many questions about many images: JSON Lines ({"image", "question", '
+        '"question_id"?} per line) or CSV with a header row image,question[,question_id]; '
+        "relative images are read from FILE's folder. Prints one JSON line per question, in "
+        "the file's order (question_id, image, question, answers with probabilities); the "
+        "models load once and the detector runs once per distinct image",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="with --questions: write the JSON Lines to FILE (atomically) instead of stdout",
+    )
     parser.add_argument(
         "-k", "--top-k", type=int, default=1, help="answers per question (default: %(default)s)"
     )
@@ -68,9 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Answer ``args.questions`` about ``args.image`` and print the answers."""
+    """Answer ``args.questions`` about ``args.image`` (or the questions of
+    ``--questions FILE``) and print the answers."""
     if args.top_k < 1:
         raise UsageError("--top-k must be >= 1")
+    if args.question_file is not None:
+        return _answer_file(args)
+    if args.out is not None:
+        raise UsageError("--out goes with --questions FILE (one answer list per question)")
+    if args.image is None or not args.questions:
+        raise UsageError("give IMAGE and at least one QUESTION, or --questions FILE")
     not_utf8 = non_utf8_message(args.questions, what="question")
     if not_utf8 is not None:
         raise UsageError(not_utf8)
@@ -102,6 +132,68 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(message)) from None
     _print_answers(args, cast("list[Answer]", results))
     return EXIT_OK
+
+
+def _answer_file(args: argparse.Namespace) -> int:
+    """``--questions FILE``: every question of the file, one JSON line each, in file order."""
+    if args.image is not None or args.questions:
+        raise UsageError("--questions FILE takes no IMAGE or QUESTION arguments")
+    if args.explain:
+        raise UsageError("--explain answers questions given on the command line, not --questions")
+    rows = read_question_file(args.question_file)
+    for row in rows:
+        if non_utf8_message([row.question], what="question") is not None:
+            raise UsageError(f"--questions {args.question_file}:{row.line}: not valid UTF-8")
+    device = device_from_args(args, prog="answer")
+    precision = precision_from_args(args, prog="answer")
+    from detector.image import ImageError
+    from detector.precision import check_precision
+    from pipeline.api import default_pipeline
+
+    try:
+        check_precision(precision, device)
+    except ValueError as error:
+        raise UsageError(f"--precision {precision}: {error}") from None
+    try:
+        pipeline = default_pipeline(args.detector, args.encoder, str(device), precision)
+        answers = answer_rows(pipeline, rows, top_k=args.top_k)
+    except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise UsageError(str(message)) from None
+    lines = "".join(json.dumps(record) + "\n" for record in answers)
+    if args.out is None:
+        sys.stdout.write(lines)
+    else:
+        atomic_write_text(args.out, lines)
+    return EXIT_OK
+
+
+def answer_rows(
+    pipeline: Pipeline, rows: list[QuestionRow], *, top_k: int
+) -> list[dict[str, object]]:
+    """One record per row, in row order: the detector once per distinct image (in order of
+    first appearance), LXMERT once per image on all of its questions."""
+    from tqdm import tqdm
+
+    by_image: dict[Path, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_image.setdefault(row.path, []).append(index)
+    records: list[dict[str, object] | None] = [None] * len(rows)
+    with tqdm(total=len(rows), unit="q", disable=None, file=sys.stderr) as progress:
+        for path, indices in by_image.items():
+            [region] = pipeline.regions([path])
+            asked = [rows[index].question for index in indices]
+            ranked = pipeline.encoder.answer([region] * len(asked), asked, k=top_k)
+            for index, best in zip(indices, ranked, strict=True):
+                row = rows[index]
+                records[index] = {
+                    "question_id": row.question_id,
+                    "image": row.image,
+                    "question": row.question,
+                    "answers": [{"answer": a.answer, "probability": a.probability} for a in best],
+                }
+            progress.update(len(indices))
+    return [record for record in records if record is not None]
 
 
 def _answer_and_explain(args: argparse.Namespace, *, device: str, precision: str) -> None:
