@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_flag(
         parser,
         default=DEFAULT_ENCODER,
-        help="LXMERT registry name, preset or save_pretrained directory (default: %(default)s)",
+        help="LXMERT registry name, preset, save_pretrained directory, or an original LXMERT "
+        ".pth (model_LXRT.pth, a task's BEST.pth) (default: %(default)s)",
     )
     add_device_flag(parser)
     add_precision_flags(parser, deprecated_autocast=False)
