@@ -38,6 +38,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
 MAX_QUESTIONS = 8
 #: Images whose regions are kept, so more questions about one image never rerun the detector.
 REGION_CACHE_SIZE = 16
+#: Bytes of decoded images the region cache holds at most (the newest is always kept): 16
+#: images at the pixel cap would be several GB.
+REGION_CACHE_BYTES = 1 << 30
 #: Brightness left outside a picked box.
 _DIM = 0.35
 
@@ -189,13 +192,20 @@ class DemoService:
     """The page's work over one :class:`ModelCache`.
 
     The detector runs once per (image bytes, detector settings): the regions are kept for
-    the last :data:`REGION_CACHE_SIZE` images, so any number of questions, asked at once or
-    one after another, reuse them.
+    the last :data:`REGION_CACHE_SIZE` images (and at most ``cache_bytes`` of their decoded
+    pixels), so any number of questions, asked at once or one after another, reuse them.
     """
 
-    def __init__(self, *, models: ModelCache, limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        *,
+        models: ModelCache,
+        limits: Limits = Limits(),
+        cache_bytes: int = REGION_CACHE_BYTES,
+    ) -> None:
         self.models = models
         self.limits = limits
+        self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
         self._regions: OrderedDict[tuple[str, tuple[object, ...]], Detection] = OrderedDict()
 
@@ -231,7 +241,10 @@ class DemoService:
         )
         with self._lock:
             self._regions[key] = found
-            while len(self._regions) > REGION_CACHE_SIZE:
+            while len(self._regions) > 1 and (
+                len(self._regions) > REGION_CACHE_SIZE
+                or sum(d.image_bgr.nbytes for d in self._regions.values()) > self._cache_bytes
+            ):
                 self._regions.popitem(last=False)
         return found
 

@@ -542,3 +542,19 @@ def test_packaged_examples_from_any_folder(
     assert example_images(Path("mine")) == ["mine/one.png"]
     assert main(["--examples", "none-here", "--detector", "shapes-detector"]) == 2
     assert "--examples none-here: not a folder" in capsys.readouterr().err
+
+
+def test_region_cache_is_bounded_in_bytes() -> None:
+    import torch
+
+    scene_bytes = 271 * 271 * 3
+    small = DemoService(models=ModelCache(device=torch.device("cpu")), cache_bytes=scene_bytes)
+    other = ROOT / "examples" / "scene_001.png"
+    first = small.detect(SCENE, SHAPES, name="a.png")
+    assert small.known(first.key) is first
+    second = small.detect(other, SHAPES, name="b.png")
+    assert small.known(second.key) is second
+    assert small.known(first.key) is None  # two images would pass the byte bound
+    roomy = DemoService(models=small.models, cache_bytes=2 * scene_bytes)
+    kept = [roomy.detect(path, SHAPES, name=path.name) for path in (SCENE, other)]
+    assert [roomy.known(d.key) for d in kept] == kept
