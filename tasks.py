@@ -162,6 +162,8 @@ def wheel() -> None:
 
 def _install_wheel_and_run(work: Path) -> None:
     python = BIN / "python"
+    # setuptools builds in ./build and would reuse what an older build left there.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     run(
         python,
         "-m",

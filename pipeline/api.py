@@ -623,8 +623,7 @@ def judge(
 ) -> Judgement | list[Judgement]:
     """NLVR2: is ``statement`` true of the pair (``left``, ``right``)?
 
-    >>> judge("examples/pair_0_left.png", "examples/pair_0_right.png",
-    ...       "the left image has more circles than the right image",
+    >>> judge("examples/scene_007.png", "examples/scene_002.png", "both images have a star",
     ...       detector="shapes-detector", encoder="shapes-nlvr2")         # doctest: +SKIP
     True
 
