@@ -419,7 +419,8 @@ def _not_found_message(
     else:
         lines.append(
             f"  - or point at a local directory holding {', '.join(record.files)}: "
-            "--encoder PATH (Python: encoder=PATH)."
+            "--encoder PATH (lxmert-finetune: --from PATH to train, --model PATH to evaluate; "
+            "Python: encoder=PATH)."
         )
     return "\n".join(lines + _shipped_hint(table))
 

@@ -155,6 +155,7 @@ def test_encoder_error_names_the_encoder_flag(tmp_path: Path, monkeypatch) -> No
     message = str(info.value)
     assert str(tmp_path / "w" / "lxmert-base") in message
     assert "encoder=PATH" in message
+    assert "lxmert-finetune: --from PATH to train, --model PATH to evaluate" in message
     assert "download=False" in message
 
 
