@@ -110,38 +110,55 @@ def _create(f: h5py.File, *, dim: int, fixed: bool, dtype: str) -> None:
         )
 
 
-def _append(f: h5py.File, record: RegionFeatures, *, fixed: bool, options: WriteOptions) -> None:
+#: Records written to the HDF5 file at once: h5py's cost is per call, not per byte.
+BATCH = 64
+
+
+def _check(record: RegionFeatures, *, fixed: bool, dim: int | None) -> None:
     n = record.num_boxes
     if fixed and n != FIXED_BOXES:
         raise ValueError(
             f"image {record.image_id!r} has {n} boxes; ban-h5-36 holds exactly {FIXED_BOXES} "
             "per image (use --to ban-h5 for adaptive box counts)"
         )
-    if "image_features" not in f:
-        _create(f, dim=int(record.features.shape[1]), fixed=fixed, dtype=options.feature_dtype)
-    dim = int(f["image_features"].shape[-1])
-    if n and record.features.shape[1] != dim:
+    if n and dim is not None and record.features.shape[1] != dim:
         raise ValueError(f"image {record.image_id!r}: {record.features.shape[1]}-d, file {dim}-d")
+
+
+def _append(
+    f: h5py.File, records: list[RegionFeatures], *, fixed: bool, options: WriteOptions
+) -> None:
+    """Append ``records`` (checked by :func:`_check`) with one write per dataset."""
+    if not records:
+        return
+    if "image_features" not in f:
+        first = next((r for r in records if r.num_boxes), records[0])
+        _create(f, dim=int(first.features.shape[1]), fixed=fixed, dtype=options.feature_dtype)
+    dim = int(f["image_features"].shape[-1])
     values = {
-        "image_features": stored_features(record.features, options.feature_dtype),
-        "image_bb": record.boxes,
-        "spatial_features": spatial_features(
-            record.boxes, image_w=record.image_w, image_h=record.image_h
-        ),
+        "image_features": [stored_features(r.features, options.feature_dtype) for r in records],
+        "image_bb": [r.boxes for r in records],
+        "spatial_features": [
+            spatial_features(r.boxes, image_w=r.image_w, image_h=r.image_h) for r in records
+        ],
     }
+    widths = {"image_features": dim, "image_bb": 4, "spatial_features": 6}
     start = int(f["image_bb"].shape[0])
-    for name, array in values.items():
+    for name, arrays in values.items():
+        block = (
+            np.stack(arrays)
+            if fixed
+            else np.concatenate([a.reshape(-1, widths[name]) for a in arrays])
+        )
         dataset = f[name]
-        if fixed:
-            dataset.resize(start + 1, axis=0)
-            dataset[start] = array
-        else:
-            dataset.resize(start + n, axis=0)
-            dataset[start:] = array.reshape(n, -1)
+        dataset.resize(start + len(block), axis=0)
+        dataset[start:] = block
     if not fixed:
+        counts = np.array([r.num_boxes for r in records], np.int64)
+        ends = start + np.cumsum(counts)
         pos = f["pos_boxes"]
-        pos.resize(pos.shape[0] + 1, axis=0)
-        pos[-1] = (start, start + n)
+        pos.resize(pos.shape[0] + len(records), axis=0)
+        pos[-len(records) :] = np.stack([ends - counts, ends], axis=1).astype(np.int32)
 
 
 def write_ban_h5(
@@ -154,6 +171,8 @@ def write_ban_h5(
     """
     table: dict[int, int] = {}
     names: dict[str, str] = {}
+    dim: int | None = None
+    pending: list[RegionFeatures] = []
     with h5py.File(path, "w") as f:
         for index, record in enumerate(regions):
             key = numeric_id(record.image_id, options.ban_ids)
@@ -165,9 +184,16 @@ def write_ban_h5(
                 )
             table[key] = index
             names[str(key)] = record.image_id
-            if not record.num_boxes and "image_features" not in f:
-                raise ValueError(f"image {record.image_id!r} has no boxes; ban-h5 needs D first")
-            _append(f, record, fixed=fixed, options=options)
+            _check(record, fixed=fixed, dim=dim)
+            if dim is None and record.num_boxes:
+                dim = int(record.features.shape[1])
+            pending.append(record)
+            if len(pending) >= BATCH and dim is not None:
+                _append(f, pending, fixed=fixed, options=options)
+                pending = []
+        if pending and dim is None:
+            raise ValueError("no image has a box; ban-h5 needs the feature dimension")
+        _append(f, pending, fixed=fixed, options=options)
         if "image_features" not in f:
             _create(f, dim=0, fixed=fixed, dtype=options.feature_dtype)
     with open(index_path(path), "wb") as stream:
