@@ -46,6 +46,7 @@ from pipeline.finetune_export import EXPORT_COMMAND
 from pipeline.finetune_labels import check_labels
 from pipeline.finetune_outputs import REPORT_KIND, check_outputs
 from pipeline.finetune_resume import check_resume, run_inputs
+from pipeline.model_flags import DEVICE_HELP
 from weights.defaults import DEFAULT_DEVICE, DeviceError
 from weights.files import atomic_write_text
 
@@ -134,7 +135,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="STORE",
         help="feature files (TSV or HDF5 from extract_features, or obj36 TSVs), joined",
     )
-    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, metavar="DEV", help=DEVICE_HELP)
     parser.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
@@ -183,10 +184,27 @@ def build_train_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="JSON list of answers (default: every answer of the training labels)",
     )
-    parser.add_argument("--epochs", type=positive_int, default=d.epochs)
-    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=d.epochs,
+        help="passes over --train (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help="questions (NLVR2: statements) per step (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=d.lr, help="peak learning rate of AdamW (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=d.warmup_ratio,
+        help="share of the steps with a linear warm-up, then linear decay (default: %(default)s)",
+    )
     parser.add_argument(
         "--max-length",
         type=positive_int,
@@ -195,7 +213,13 @@ def build_train_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    parser.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS")
+    parser.add_argument(
+        "--log-every",
+        type=positive_int,
+        default=50,
+        metavar="STEPS",
+        help="a progress line every STEPS steps (default: %(default)s)",
+    )
     _add_common(parser)
     return parser
 
@@ -553,7 +577,12 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         "identifier,prediction (True/False)",
     )
     parser.add_argument("--report", type=Path, metavar="OUT.json", help="the scores as JSON")
-    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="questions (NLVR2: statements) per forward pass (default: %(default)s)",
+    )
     _add_common(parser)
     return parser
 

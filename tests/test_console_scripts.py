@@ -8,6 +8,7 @@ moment inside the command, so no timer decides the outcome.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -106,3 +107,50 @@ def test_ctrl_c_exits_130(program: str) -> None:
     assert interrupted.returncode == EXIT_INTERRUPTED, interrupted.stderr[-2000:]
     assert "interrupted" in interrupted.stderr
     assert "Traceback" not in interrupted.stderr
+
+
+def _parsers(words: list[str]) -> list[argparse.ArgumentParser]:
+    """The parser of ``words``' command (and its sub-commands' parsers)."""
+    module_name, _ = words[0].split(":")
+    module = importlib.import_module(module_name)
+    if len(words) > 1:  # a sub-command: its Command in the module's COMMANDS
+        return [module.COMMANDS[words[1]].build_parser()]
+    for name in (
+        "ANSWER_COMMAND",
+        "JUDGE_COMMAND",
+        "EXTRACT_COMMAND",
+        "COMMAND",
+        "WEIGHTS_COMMAND",
+    ):
+        if hasattr(module, name):
+            parser = getattr(module, name).build_parser()
+            subparsers = [
+                action
+                for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction)
+            ]
+            return [parser, *(p for action in subparsers for p in action.choices.values())]
+    return []
+
+
+@pytest.mark.parametrize("program", RUNS_A_COMMAND)
+def test_help_shows_every_default(program: str) -> None:
+    """A flag with a default says it in its help (``%(default)s``, or the value in words)."""
+    parsers = _parsers(PROGRAMS[program])
+    assert parsers, program
+    silent = []
+    for parser in parsers:
+        for action in parser._actions:
+            default = action.default
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if default in (None, False, argparse.SUPPRESS) or isinstance(
+                action, argparse._HelpAction
+            ):
+                continue
+            text = action.help or ""
+            if "%(default)" not in text and "default" not in text.lower():
+                silent.append(
+                    f"{parser.prog} {'/'.join(action.option_strings)} (default {default!r})"
+                )
+    assert not silent, "help without its default: " + "; ".join(silent)
