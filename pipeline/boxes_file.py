@@ -6,8 +6,11 @@ Every format maps image ids to ``[K, 4]`` xyxy boxes in raw-image pixels, in fil
 - a COCO-style annotation file (``.json`` with ``images`` and ``annotations`` lists): the id
   of ``images[i]`` is the stem of its ``file_name`` (``val2014/COCO_val2014_000000000042.jpg``
   -> ``COCO_val2014_000000000042``, as the id of a file given by itself); each
-  ``annotations[j].bbox`` ``[x, y, w, h]`` becomes ``[x, y, x + w, y + h]``, grouped per
-  ``image_id`` in file order; an image without annotations has no boxes;
+  ``annotations[j].bbox`` ``[x, y, w, h]`` becomes ``[x, y, x + w, y + h]`` (``--coco-boxes
+  exclusive``, the default: COCO's own reading, continuous pixel edges) or ``[x, y, x + w - 1,
+  y + h - 1]`` (``inclusive``: the original bottom-up code's ``lib/datasets/coco.py``, whose
+  boxes name the last pixel inside), grouped per ``image_id`` in file order; an image without
+  annotations has no boxes;
 - an LXMERT obj36 TSV (``.tsv``): its ``img_id`` and ``boxes`` fields;
 - an HDF5 output of this tool (``.h5``/``.hdf5``): its ``img_id`` and ``boxes``.
 
@@ -45,6 +48,8 @@ from weights import sha256_file
 
 #: What a boxes file is: plain JSON, COCO annotations, an obj36 TSV, our HDF5 output.
 BoxesKind = Literal["json", "coco", "obj36-tsv", "hdf5"]
+#: How a COCO ``[x, y, w, h]`` becomes ``x2``: ``x + w`` (exclusive) or ``x + w - 1``.
+CocoBoxes = Literal["inclusive", "exclusive"]
 
 #: How many example ids a message lists.
 _EXAMPLES = 3
@@ -62,6 +67,7 @@ class BoxesFile:
             not yet checked: see :meth:`boxes_for`).
         image_sizes: image id -> ``(h, w)`` the file records for the image (obj36 TSV, HDF5,
             COCO ``height``/``width``); absent for plain JSON.
+        coco_boxes: how COCO boxes were converted (:data:`CocoBoxes`); None for other kinds.
     """
 
     path: Path
@@ -69,6 +75,7 @@ class BoxesFile:
     kind: BoxesKind
     boxes: Mapping[str, np.ndarray]
     image_sizes: Mapping[str, tuple[int, int]]
+    coco_boxes: CocoBoxes | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -120,6 +127,7 @@ class BoxesFile:
             "kind": self.kind,
             "images": len(self.boxes),
             "boxes": sum(len(b) for b in self.boxes.values()),
+            "coco_boxes": self.coco_boxes,
         }
 
 
@@ -128,8 +136,11 @@ def _examples(ids: list[str]) -> str:
     return shown + (", ..." if len(ids) > _EXAMPLES else "") if ids else "none"
 
 
-def read_boxes_file(path: str | os.PathLike[str]) -> BoxesFile:
-    """Read a given-box file (format by suffix, and for ``.json`` by content).
+def read_boxes_file(
+    path: str | os.PathLike[str], *, coco_boxes: CocoBoxes = "exclusive"
+) -> BoxesFile:
+    """Read a given-box file (format by suffix, and for ``.json`` by content); ``coco_boxes``
+    says how COCO annotations' ``[x, y, w, h]`` become xyxy (see the module docstring).
 
     Raises:
         ValueError: the file cannot be read or is malformed; the message names the file and
@@ -145,7 +156,7 @@ def read_boxes_file(path: str | os.PathLike[str]) -> BoxesFile:
     try:
         if suffix == ".json":
             data = path.read_bytes()
-            return _from_json(path, data, hashlib.sha256(data).hexdigest())
+            return _from_json(path, data, hashlib.sha256(data).hexdigest(), coco_boxes)
         if suffix == ".tsv":
             return _from_tsv(path)
         return _from_h5(path)
@@ -159,6 +170,7 @@ def _frozen(
     kind: BoxesKind,
     boxes: dict[str, np.ndarray],
     sizes: dict[str, tuple[int, int]],
+    coco_boxes: CocoBoxes | None = None,
 ) -> BoxesFile:
     for array in boxes.values():
         array.setflags(write=False)
@@ -168,6 +180,7 @@ def _frozen(
         kind=kind,
         boxes=MappingProxyType(boxes),
         image_sizes=MappingProxyType(sizes),
+        coco_boxes=coco_boxes,
     )
 
 
@@ -188,7 +201,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return result
 
 
-def _from_json(path: Path, data: bytes, sha256: str) -> BoxesFile:
+def _from_json(path: Path, data: bytes, sha256: str, coco_boxes: CocoBoxes) -> BoxesFile:
     try:
         parsed = json.loads(data, object_pairs_hook=_unique_keys)
     except _DuplicateKeyError as error:
@@ -207,8 +220,8 @@ def _from_json(path: Path, data: bytes, sha256: str) -> BoxesFile:
         )
     coco = _coco_lists(parsed)
     if coco is not None:
-        boxes, sizes = _coco_boxes(path, *coco)
-        return _frozen(path, sha256, "coco", boxes, sizes)
+        boxes, sizes = _coco_boxes(path, *coco, inclusive=coco_boxes == "inclusive")
+        return _frozen(path, sha256, "coco", boxes, sizes, coco_boxes)
     boxes = {key: _box_list(path, f"entry {key!r}", value) for key, value in parsed.items()}
     return _frozen(path, sha256, "json", boxes, {})
 
@@ -301,9 +314,11 @@ def _coco_sizes(
 
 
 def _coco_boxes(
-    path: Path, images: list[dict[str, object]], annotations: list[object]
+    path: Path, images: list[dict[str, object]], annotations: list[object], *, inclusive: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
-    """Our image id -> float32 ``[K, 4]`` xyxy, and -> recorded ``(h, w)``."""
+    """Our image id -> float32 ``[K, 4]`` xyxy (``x2 = x + w``, or ``x + w - 1`` when
+    ``inclusive``), and -> recorded ``(h, w)``."""
+    last = 1.0 if inclusive else 0.0
     ids = _coco_images(path, images)
     rows: dict[str, list[list[float]]] = {image_id: [] for image_id in ids.values()}
     for index, annotation in enumerate(annotations):
@@ -326,7 +341,7 @@ def _coco_boxes(
                 f"{path}: {where}, bbox [{x:g}, {y:g}, {w:g}, {h:g}] has a negative size; "
                 "COCO boxes are [x, y, width, height]"
             )
-        rows[ids[image_key]].append([x, y, x + w, y + h])
+        rows[ids[image_key]].append([x, y, x + w - last, y + h - last])
     boxes = {
         image_id: np.asarray(r, dtype=np.float32).reshape(len(r), 4) for image_id, r in rows.items()
     }

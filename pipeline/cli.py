@@ -162,6 +162,14 @@ def _add_box_flags(model: argparse._ArgumentGroup) -> None:
         "an input are ignored and counted. Not with --boxes/--min-boxes/--max-boxes",
     )
     model.add_argument(
+        "--coco-boxes",
+        choices=("exclusive", "inclusive"),
+        default="exclusive",
+        help="how a COCO boxes file's bbox [x, y, w, h] becomes x2, y2: exclusive x + w, "
+        "y + h (COCO's own reading; default) or inclusive x + w - 1, y + h - 1 (the original "
+        "bottom-up code's lib/datasets/coco.py). Recorded in the manifest",
+    )
+    model.add_argument(
         "--conf-thresh",
         type=_fraction,
         metavar="P",

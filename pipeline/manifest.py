@@ -72,6 +72,7 @@ RECORD_SETTINGS: tuple[tuple[str, str], ...] = (
     ("precision", "numeric precision of the detector"),
     ("deterministic", "exact mode: batch-invariant, deterministic numerics (always on CPU)"),
     ("boxes_sha256", "sha256 of a given-boxes file"),
+    ("coco_boxes", "COCO bbox to xyxy of a given-boxes file: exclusive x + w, inclusive x + w - 1"),
 )
 
 
@@ -82,11 +83,12 @@ def record_settings(
     precision: str,
     deterministic: bool,
     boxes_sha256: str | None = None,
+    coco_boxes: str | None = None,
 ) -> dict[str, Any]:
     """The :data:`RECORD_SETTINGS` of a run, from its detector config (``DetectorConfig.
     to_dict()``), checkpoint digest, precision, resolved exact mode
     (``ResolvedOptions.deterministic``) and given-boxes file digest (None: boxes were
-    detected)."""
+    detected) and, for a COCO boxes file, its ``--coco-boxes`` (None otherwise)."""
     values: dict[str, Any] = {
         "detector_sha256": detector_sha256,
         "preset": config["name"],
@@ -99,6 +101,7 @@ def record_settings(
         "precision": precision,
         "deterministic": deterministic,
         "boxes_sha256": boxes_sha256,
+        "coco_boxes": coco_boxes,
     }
     for name, _ in RECORD_SETTINGS:
         if name not in values:
@@ -207,6 +210,7 @@ def recorded_settings(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(manifest.get("settings"), dict):
         settings = dict(manifest["settings"])
         settings.setdefault("deterministic", _deterministic_before_it_was_recorded(manifest))
+        settings.setdefault("coco_boxes", _coco_boxes_before_it_was_recorded(manifest))
         return settings
     detector = manifest.get("detector")
     if not isinstance(detector, dict) or not isinstance(detector.get("config"), dict):
@@ -217,6 +221,12 @@ def recorded_settings(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         precision=_precision_before_it_was_recorded(manifest),
         deterministic=_deterministic_before_it_was_recorded(manifest),
     )
+
+
+def _coco_boxes_before_it_was_recorded(manifest: Mapping[str, Any]) -> str | None:
+    """A run from before ``--coco-boxes`` existed converted COCO boxes as ``x + w``."""
+    given = manifest.get("given_boxes")
+    return "exclusive" if isinstance(given, dict) and given.get("kind") == "coco" else None
 
 
 def _deterministic_before_it_was_recorded(manifest: Mapping[str, Any]) -> bool:

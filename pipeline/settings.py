@@ -319,6 +319,6 @@ def _boxes_from(args: argparse.Namespace) -> BoxesFile | None:
     if args.boxes_from is None:
         return None
     try:
-        return read_boxes_file(args.boxes_from)
+        return read_boxes_file(args.boxes_from, coco_boxes=args.coco_boxes)
     except ValueError as error:
         raise UsageError(f"--boxes-from: {error}") from error

@@ -91,6 +91,7 @@ def run_record_settings(
         detector.config.to_dict(),
         detector_sha256=detector.checkpoint.sha256,
         boxes_sha256=boxes_sha256,
+        coco_boxes=None if settings.boxes_from is None else settings.boxes_from.coco_boxes,
         precision=settings.precision,
         deterministic=settings.inference_options.resolve().deterministic,
     )

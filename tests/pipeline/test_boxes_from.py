@@ -378,3 +378,50 @@ def test_tsv_source_copies_keep_the_same_sha(runs, tmp_path: Path) -> None:
     for image_id, region in records(runs["tsv"]).items():
         np.testing.assert_array_equal(first.boxes[image_id], region.boxes)
         assert first.image_sizes[image_id] == (region.image_h, region.image_w)
+
+
+# --- COCO box conventions (--coco-boxes) ----------------------------------------------------
+
+
+def test_coco_boxes_inclusive_subtracts_one_and_other_kinds_record_none(
+    photos: Path, tmp_path: Path
+) -> None:
+    coco_file(tmp_path / "instances.json", photos)
+    exclusive = read_boxes_file(tmp_path / "instances.json")
+    inclusive = read_boxes_file(tmp_path / "instances.json", coco_boxes="inclusive")
+    # annotation 1: bbox [10.5, 20, 100, 50]
+    assert exclusive.boxes["coffee"][0].tolist() == [10.5, 20, 110.5, 70]
+    assert inclusive.boxes["coffee"][0].tolist() == [10.5, 20, 109.5, 69]
+    np.testing.assert_array_equal(
+        inclusive.boxes["coffee"][:, 2:], exclusive.boxes["coffee"][:, 2:] - 1
+    )
+    assert (exclusive.coco_boxes, inclusive.coco_boxes) == ("exclusive", "inclusive")
+    assert inclusive.to_manifest()["coco_boxes"] == "inclusive"
+    (tmp_path / "b.json").write_text('{"coffee": [[1, 2, 3, 4]]}')
+    plain = read_boxes_file(tmp_path / "b.json", coco_boxes="inclusive")
+    assert plain.coco_boxes is None and plain.boxes["coffee"].tolist() == [[1, 2, 3, 4]]
+
+
+def test_coco_boxes_is_recorded_and_resume_refuses_the_other_convention(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coco_file(tmp_path / "instances.json", photos)
+    out = tmp_path / "inclusive.tsv"
+    args = ("--out", out, "--detector", tiny_checkpoint, "--boxes-from",
+            tmp_path / "instances.json", "-q")  # fmt: skip
+    assert extract(photos / "coffee.jpg", *args, "--coco-boxes", "inclusive") == 0
+    manifest = read_manifest(manifest_path(out))
+    assert manifest["settings"]["coco_boxes"] == "inclusive"
+    assert manifest["given_boxes"]["coco_boxes"] == "inclusive"
+    assert records(out)["coffee"].boxes[0].tolist() == [10.5, 20, 109.5, 69]
+    capsys.readouterr()
+    assert extract(photos / "coffee.jpg", *args, "--resume") == 2  # default: exclusive
+    assert "coco_boxes" in capsys.readouterr().err
+
+
+def test_a_manifest_from_before_coco_boxes_reads_as_exclusive() -> None:
+    from pipeline.manifest import recorded_settings
+
+    old = {"settings": {"boxes_sha256": "ab"}, "given_boxes": {"kind": "coco"}}
+    assert recorded_settings(old)["coco_boxes"] == "exclusive"
+    assert recorded_settings({"settings": {}, "given_boxes": None})["coco_boxes"] is None
