@@ -112,7 +112,9 @@ def _visiting_orders(scores: np.ndarray) -> np.ndarray:
     a confident model's probabilities underflow to exactly 0 in many places.
     """
     order = np.argsort(scores, axis=1)
-    ordered = np.take_along_axis(scores, order, axis=1)
+    # Gathered through flat indices: cheaper than take_along_axis, and this runs per image.
+    starts = np.arange(scores.shape[0])[:, None] * scores.shape[1]
+    ordered = np.take(scores.reshape(-1), order + starts)
     tied = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] > 0)).any(axis=1)
     tied |= np.isnan(ordered[:, -1:]).any(axis=1)  # NaNs sort last; no boxes, no NaN
     if tied.any():
