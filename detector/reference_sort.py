@@ -12,10 +12,13 @@ machines (AVX2, AVX-512, ARM).
 numpy 2.4 still sorts ``longdouble`` with the generic introsort (no SIMD kernel exists for
 it), and casting float32 or float64 to ``longdouble`` is exact and keeps every ``<`` and
 ``==`` between values, so ``np.argsort(values.astype(np.longdouble))`` is the introsort's
-order of ``values``. The requirements pin numpy (``numpy>=2.4``) for this.
-tests/detector/test_reference_sort.py checks it against an introsort written from the
-algorithm's description, and tests/detector/test_simd_independence.py with numpy's SIMD
-dispatch switched off.
+order of ``values``. This needs numpy >= 2.4 (requirements.txt pins 2.4.6), where that
+holds and is tested; a numpy that adds a SIMD kernel for ``longdouble`` would break it, which
+these tests would catch: tests/detector/test_reference_sort.py checks it against an introsort
+written from the algorithm's description, and tests/detector/test_simd_independence.py with
+numpy's SIMD dispatch switched off. Slices without a tie (or NaN) have one ascending order
+only, so numpy's own fast sort gives them first; only slices with ties pay for the long
+double sort.
 """
 
 from __future__ import annotations
