@@ -282,3 +282,20 @@ def test_build_visual_inputs_padding_is_what_masking_means() -> None:
     # makes them: zero features, mask 0.
     inputs = build_visual_inputs([make_regions("a", 2, seed=1), make_regions("b", 4, seed=2)])
     assert inputs.visual_attention_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_inputs_made_in_inference_mode_are_explained(small_tokenizer: LxmertTokenizer) -> None:
+    # The detector runs in inference mode; its tensors cannot enter autograd unless cloned.
+    encoder = _qa_encoder(small_tokenizer)
+    region = make_regions("a", 5, seed=2)
+    expected = explain_answer(encoder, region, QUESTION)
+    with torch.inference_mode():
+        inputs = encoder.model_inputs([region], [QUESTION])
+        assert inputs["visual_feats"].is_inference()
+        raw = explain_inputs(
+            encoder.model, inputs, target=lambda logits: logits[0, expected.label], rows=[0]
+        )
+        inside = explain_answer(encoder, region, QUESTION)
+    assert inside == expected
+    got = (raw.rows[0].regions / raw.rows[0].regions.sum()).numpy()
+    np.testing.assert_allclose(got, [r.score for r in expected.image.regions], rtol=1e-6)
