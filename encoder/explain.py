@@ -290,7 +290,7 @@ def explain_inputs(
     rows: Sequence[int],
     method: Method = "chefer",
 ) -> RawExplanation:
-    """Run ``model`` on ``inputs`` with gradients on and explain ``target(logits)``.
+    """Run ``model`` on ``inputs`` (gradients on for Chefer) and explain ``target(logits)``.
 
     Args:
         model: an LXMERT QA or NLVR2 model in eval mode.
@@ -306,7 +306,8 @@ def explain_inputs(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if model.training:
         raise ValueError("explain needs the model in eval mode (dropout would change the maps)")
-    with torch.inference_mode(False), torch.enable_grad():
+    # Only Chefer needs gradients; the baseline reads the maps from a plain forward pass.
+    with torch.inference_mode(False), torch.set_grad_enabled(method == "chefer"):
         cloned = {name: tensor.clone() for name, tensor in inputs.items()}
         with capture_attention(model) as maps:
             output = model(**cloned)
