@@ -146,7 +146,7 @@ def test_ban_h5_is_ban_vqa_layout(extractions: dict[str, Path], tmp_path: Path) 
         assert (b["objects_id"] == -1).all() and (b["attrs_conf"] == 0).all()
 
 
-def synthetic_tsv(path: Path, *, boxes: int, ids: list[str]) -> None:
+def synthetic_tsv(path: Path, *, boxes: int, ids: list[str], dim: int = 16) -> None:
     """obj36 lines written here as LXMERT's generate_tsv.py does (csv.DictWriter, base64)."""
     import base64
     import csv
@@ -175,7 +175,7 @@ def synthetic_tsv(path: Path, *, boxes: int, ids: list[str]) -> None:
                 "objects_conf": rng.random(boxes, np.float32),
                 "attrs_conf": rng.random(boxes, np.float32),
                 "boxes": box,
-                "features": rng.random((boxes, 16), np.float32),
+                "features": rng.random((boxes, dim), np.float32),
             }
             row = {
                 k: base64.b64encode(np.ascontiguousarray(v).tobytes()).decode()
