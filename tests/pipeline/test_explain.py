@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from detector.boxes import pairwise_iou
 from pipeline import Pipeline
 from pipeline.answer_cli import main as answer_main
 from pipeline.api import default_pipeline
@@ -116,3 +117,16 @@ def test_explain_judgement_gives_each_picture_its_regions(shapes: Pipeline, scen
     assert json.loads(json.dumps(explained.to_json()))["verdict"] is verdict
     with pytest.raises(ValueError, match="not an NLVR2 model"):
         shapes.explain_judgement(left, right, statement)
+
+
+def test_the_top_region_is_the_named_object(shapes: Pipeline, scene: Scene) -> None:
+    # One of the measured questions (benchmarks/bench_explain.py evidence): held-out scene 2,
+    # "what shape is the red object?" names its one red object, a circle.
+    [named] = [o for o in scene.objects if o.color == "red"]
+    explained = shapes.explain(scene.image_rgb, QUESTION)
+    assert explained.answer == named.shape
+    top = explained.image.top(1)[0]
+    truth = torch.tensor([named.box])
+    iou = float(pairwise_iou(torch.tensor([top.box]), truth)[0, 0])
+    assert iou >= 0.5 and top.label == "red circle"
+    assert top.score > 2 * explained.image.top(2)[1].score
