@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import LxmertPreTrainedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -78,7 +79,9 @@ def point(pipeline: Pipeline, scene: Scene, region: RegionFeatures, question: Qu
     """Explain the top answer to ``question`` by each method and score the top regions."""
     truth = torch.tensor([named_object(scene, question).box], dtype=torch.float32)
     ious = pairwise_iou(torch.from_numpy(region.boxes), truth)[:, 0]
-    hits, tops, answer = {}, {}, ""
+    hits: dict[str, bool] = {}
+    tops: dict[str, str] = {}
+    answer = ""
     for method in METHODS:
         explained = pipeline.explain_regions(region, question.text, method=method)
         top = explained.image.top(1)[0]
@@ -155,7 +158,7 @@ def _median_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 def _cost_of(
-    model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats: int
+    model: LxmertPreTrainedModel, inputs: dict[str, torch.Tensor], repeats: int
 ) -> dict[str, float]:
     def plain() -> object:
         with torch.inference_mode():
