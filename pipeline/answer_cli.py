@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, cast
 
 from pipeline.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from pipeline.model_flags import (
+    MODEL_LOAD_ERRORS,
     add_detector_flag,
     add_device_flag,
     add_encoder_flag,
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             device=str(device),
             precision=precision,
         )
-    except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
+    except (ImageError, *MODEL_LOAD_ERRORS) as error:  # type: ignore[misc]
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise UsageError(str(message)) from None
     _print_answers(args, cast("list[Answer]", results))
@@ -158,7 +159,7 @@ def _answer_file(args: argparse.Namespace) -> int:
     try:
         pipeline = default_pipeline(args.detector, args.encoder, str(device), precision)
         answers = answer_rows(pipeline, rows, top_k=args.top_k)
-    except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
+    except (ImageError, *MODEL_LOAD_ERRORS) as error:  # type: ignore[misc]
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise UsageError(str(message)) from None
     lines = "".join(json.dumps(record) + "\n" for record in answers)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 from pipeline.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from pipeline.model_flags import (
+    MODEL_LOAD_ERRORS,
     add_detector_flag,
     add_device_flag,
     add_encoder_flag,
@@ -81,7 +82,7 @@ def _judge(args: argparse.Namespace, device: str) -> list[Judgement]:
                 device=device,
             ),
         )
-    except (ImageError, FileNotFoundError, KeyError, ValueError) as error:
+    except (ImageError, *MODEL_LOAD_ERRORS) as error:  # type: ignore[misc]
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         raise UsageError(str(message)) from None
 

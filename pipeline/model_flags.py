@@ -1,7 +1,8 @@
 """The flags every model-running command shares, defined once: ``--detector``,
 ``--encoder`` and ``--device``, and the one usage error for a device that cannot be used.
 
-Imports nothing heavy: a command's parser is built before torch is imported.
+Imports nothing heavy (safetensors' reader is small): a command's parser is built before torch
+is imported.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from safetensors import SafetensorError
+
 from weights.command import UsageError
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DeviceError, resolve_device
 
@@ -17,6 +20,18 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (cuda when available) (default: %(default)s)"
+
+#: What loading a model raises when the device cannot be used or the model's files are wrong
+#: (missing, unknown, corrupt, a damaged safetensors header): a usage error, exit 2 ("models
+#: not loadable"), never an unexpected error.
+MODEL_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    DeviceError,
+    FileNotFoundError,
+    KeyError,
+    ValueError,
+    TypeError,
+    SafetensorError,
+)
 
 
 def add_detector_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

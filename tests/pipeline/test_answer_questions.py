@@ -124,3 +124,17 @@ def test_a_bad_file_is_exit_2_naming_file_and_line(
 def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, *SHAPES]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_damaged_model_file_is_exit_2_not_an_unexpected_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Models not loadable are a usage error (exit 2), whatever is wrong with their files."""
+    model = tmp_path / "shapes-lxmert"
+    shutil.copytree(ROOT / "weights" / "shipped" / "shapes-lxmert", model)
+    (model / "model.safetensors").write_bytes(b"\xff" * 64)  # a header length past the file
+    image = str(ROOT / "examples" / "scene_000.png")
+    flags = ["--detector", "shapes-detector", "--encoder", str(model), "--device", "cpu"]
+    assert main([image, "what color is the circle?", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("answer: error: ") and "unexpected" not in err
