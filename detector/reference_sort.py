@@ -16,9 +16,9 @@ order of ``values``. This needs numpy >= 2.4 (requirements.txt pins 2.4.6), wher
 holds and is tested; a numpy that adds a SIMD kernel for ``longdouble`` would break it, which
 these tests would catch: tests/detector/test_reference_sort.py checks it against an introsort
 written from the algorithm's description, and tests/detector/test_simd_independence.py with
-numpy's SIMD dispatch switched off. Slices without a tie (or NaN) have one ascending order
-only, so numpy's own fast sort gives them first; only slices with ties pay for the long
-double sort.
+numpy's SIMD dispatch switched off. Along an axis of a 2-D or larger array, slices without a
+tie (or NaN) have one ascending order only, so numpy's own fast sort gives them first; only
+slices with ties pay for the long double sort.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def argsort(values: np.ndarray, *, axis: int = -1) -> np.ndarray:
         raise TypeError(f"the reference sort takes float32 or float64 values, got {array.dtype}")
     if array.ndim == 0:
         raise ValueError("the reference sort needs an array of at least one dimension")
+    if array.ndim == 1:  # one slice, with ties where the reference sorted (scores, max_conf)
+        return np.argsort(array.astype(np.longdouble), kind="quicksort").astype(np.int64)
     slices = np.moveaxis(array, axis, -1)
     # Any correct sort first (numpy's SIMD one: fast). A slice whose sorted values strictly
     # increase has no ties and no NaN, so it has one ascending order only, which is also the
