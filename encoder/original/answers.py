@@ -17,9 +17,15 @@ from transformers import LxmertForQuestionAnswering
 
 from encoder.answers import AnswerTable
 
-#: Whole answers that LXMERT rewrites after lower-casing and removing articles.
+#: Whole answers that LXMERT rewrites after lower-casing and removing articles (its
+#: ``AnswerTable.ANS_CONVERT``). The four man/woman entries still apply after the articles:
+#: "the a man" loses only "the " (articles are looked at once each, "a " first).
 ANSWER_REWRITES = MappingProxyType(
     {
+        "a man": "man",
+        "the man": "man",
+        "a woman": "woman",
+        "the woman": "woman",
         "one": "1",
         "two": "2",
         "three": "3",

@@ -131,6 +131,9 @@ def test_a_vocabulary_other_than_bert_s_is_refused(tmp_path: Path) -> None:
         ("the Dog.", "dog"),
         ("a the cat", "cat"),  # "a ", then "the ", in LXMERT's order
         ("the a cat", "a cat"),  # "a " is looked at before "the " only
+        ("the a man", "man"),  # ...but "a man" is one of ANS_CONVERT's whole answers
+        ("The A Woman.", "woman"),
+        ("an the man", "man"),
         ("eleven", "eleven"),
         ("twenty two", "twenty two"),
         ("", ""),
