@@ -3,7 +3,7 @@
     lxmert-finetune train --task vqa|gqa|nlvr2 --train FILE [FILE...] [--valid FILE] \\
         --features STORE [STORE...] --from NAME|DIR --out DIR [--answers FILE] [--epochs N] \\
         [--batch-size N] [--lr X] [--max-length N] [--num-boxes N] [--precision fp32|bf16] \\
-        [--device auto|cpu|cuda[:N]] [--resume] [--skip-missing]
+        [--device auto|cpu|cuda[:N]] [--resume] [--skip-missing] [--tiny] [--limit-questions N]
     lxmert-finetune evaluate --model DIR --questions FILE [FILE...] --features STORE [...] \\
         [--annotations VQA.json] [--predictions OUT.json|OUT.csv] [--report OUT.json]
     lxmert-finetune export RUN --format lxmert-original OUT.pth [--data-parallel]
@@ -15,8 +15,10 @@ question files read, stores opened) before any model loads; the library
 
 Output of ``train`` (``--out DIR``): the best model so far as a ``save_pretrained``
 directory (``config.json``, ``model.safetensors``), ``label2ans.json``, ``finetune.json``
-(recipe, equivalent command, data, history) and ``training/last.pt`` (the resume
-checkpoint). ``answer(..., encoder=DIR)`` and ``Pipeline(encoder=DIR)`` load it.
+(recipe, equivalent command, data, history), ``last/`` (the last epoch's model, the same
+files), ``log.log`` (LXMERT's per-epoch Train/Valid/Best lines) and ``training/last.pt``
+(the resume checkpoint). ``answer(..., encoder=DIR)`` and ``Pipeline(encoder=DIR)`` load it,
+or ``DIR/last``.
 
 ``--task nlvr2`` reads NLVR2 statement files in LXMERT's JSON (``{identifier, img0, img1,
 sent, label}``) and trains an NLVR2 model (``encoder.nlvr2``; no answer table, so no
@@ -42,8 +44,10 @@ from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from pipeline.finetune_export import EXPORT_COMMAND
 from pipeline.finetune_labels import check_labels
+from pipeline.finetune_log import epoch_reporter, write_log
 from pipeline.finetune_outputs import REPORT_KIND, check_outputs
 from pipeline.finetune_resume import check_resume, run_inputs
+from pipeline.finetune_subset import Subset, add_subset_flags, first, tiny_images
 from pipeline.model_flags import DEVICE_HELP, MODEL_LOAD_ERRORS
 from weights.defaults import DEFAULT_DEVICE
 from weights.files import atomic_write_text
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
         PairEntry,
         Progress,
         QuestionEntry,
+        RegionSource,
         Task,
     )
     from encoder.finetune.fit import FitData
@@ -70,6 +75,8 @@ if TYPE_CHECKING:
 PROG = "lxmert-finetune"
 #: Resume checkpoint inside ``--out``.
 CHECKPOINT = Path("training") / "last.pt"
+#: The last epoch's model inside ``--out`` (``--out`` itself holds the best one).
+LAST_DIR = "last"
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class TrainSettings:
     skip_missing: bool
     log_every: int
     quiet: bool
+    subset: Subset
 
     def command(self) -> str:
         """The equivalent command line, every setting explicit."""
@@ -103,7 +111,7 @@ class TrainSettings:
         words += ["--num-boxes", str(r.num_boxes), "--seed", str(r.seed)]
         words += ["--precision", r.precision, "--device", self.device]
         words += ["--skip-missing"] if self.skip_missing else []
-        return shlex.join(words)
+        return shlex.join(words + self.subset.words())
 
 
 def _say(message: str) -> None:
@@ -149,6 +157,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def build_train_parser() -> argparse.ArgumentParser:
     """Flags of ``lxmert-finetune train``."""
     from encoder.finetune import FinetuneConfig
+    from encoder.finetune.config import LXMERT_TASK_LR
 
     d = FinetuneConfig()
     parser = argparse.ArgumentParser(prog=f"{PROG} train", description=__doc__.split("\n")[0])
@@ -182,7 +191,11 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="questions (NLVR2: statements) per step (default: %(default)s)",
     )
     parser.add_argument(
-        "--lr", type=float, default=d.lr, help="peak learning rate of AdamW (default: %(default)s)"
+        "--lr",
+        type=float,
+        help="peak learning rate of AdamW (default: LXMERT's for the task: "
+        + ", ".join(f"{task} {lr:g}" for task, lr in LXMERT_TASK_LR.items())
+        + ")",
     )
     parser.add_argument(
         "--warmup-ratio",
@@ -198,6 +211,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    add_subset_flags(parser)
     parser.add_argument(
         "--log-every",
         type=positive_int,
@@ -236,12 +250,13 @@ def _check_out_is_ours(out: Path, *, source: str) -> None:
 def validate_train(args: argparse.Namespace) -> TrainSettings:
     """Flags -> :class:`TrainSettings`; :class:`UsageError` for anything wrong, before work."""
     from encoder.finetune import FinetuneConfig
+    from encoder.finetune.config import lxmert_recipe_lr
 
     try:
         recipe = FinetuneConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
-            lr=args.lr,
+            lr=lxmert_recipe_lr(args.task) if args.lr is None else args.lr,
             warmup_ratio=args.warmup_ratio,
             max_question_length=args.max_length,
             num_boxes=args.num_boxes,
@@ -275,6 +290,7 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
         skip_missing=args.skip_missing,
         log_every=args.log_every,
         quiet=args.quiet,
+        subset=Subset(tiny=args.tiny, limit_questions=args.limit_questions),
     )
 
 
@@ -289,7 +305,7 @@ def open_stores(paths: Sequence[Path]) -> FeatureStore:
 
 
 def read_entries(
-    paths: Sequence[Path], store: FeatureStore, *, skip_missing: bool, flag: str
+    paths: Sequence[Path], store: RegionSource, *, skip_missing: bool, flag: str
 ) -> tuple[tuple[QuestionEntry, ...], int]:
     """Questions of ``paths`` whose image is in ``store`` and the count skipped (bad data and
     missing images without ``--skip-missing`` are :class:`UsageError`\\s naming the entry)."""
@@ -339,29 +355,20 @@ def _progress_printer(settings: TrainSettings) -> Callable[[Progress], None] | N
     return None if settings.quiet else show
 
 
-def _epoch_line(record: EpochRecord) -> None:
-    valid = "" if record.valid_accuracy is None else f", valid accuracy {record.valid_accuracy:.4f}"
-    print(
-        f"epoch {record.epoch} done: loss {record.loss:.4f}, {record.seconds:.0f}s{valid}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
 def plan_train(
     settings: TrainSettings, store: FeatureStore
 ) -> tuple[tuple[QuestionEntry, ...], tuple[QuestionEntry, ...], int]:
-    """Training and validation questions whose images are in ``store``, and how many
-    training questions were skipped (:func:`read_entries`)."""
-    train, skipped = read_entries(
-        settings.train, store, skip_missing=settings.skip_missing, flag="--train"
-    )
+    """Training and validation questions whose images are in ``store`` (``--tiny``: in its
+    first images), at most ``--limit-questions`` of each, and how many training questions
+    were skipped (:func:`read_entries`)."""
+    tiny, limit = settings.subset.tiny, settings.subset.limit_questions
+    source = tiny_images(store, settings.features) if tiny else store
+    skip = settings.skip_missing or tiny  # LXMERT's --tiny drops the others silently
+    train, skipped = read_entries(settings.train, source, skip_missing=skip, flag="--train")
     valid: tuple[QuestionEntry, ...] = ()
     if settings.valid is not None:
-        valid, _ = read_entries(
-            [settings.valid], store, skip_missing=settings.skip_missing, flag="--valid"
-        )
-    return train, valid, skipped
+        valid, _ = read_entries([settings.valid], source, skip_missing=skip, flag="--valid")
+    return first(train, limit), first(valid, limit), skipped
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -438,15 +445,18 @@ def run_train_nlvr2(
     from pipeline.finetune_nlvr2 import read_pairs
     from weights.defaults import resolve_device
 
-    skip = settings.skip_missing
+    tiny, limit = settings.subset.tiny, settings.subset.limit_questions
+    source = tiny_images(store, settings.features) if tiny else store
+    skip = settings.skip_missing or tiny
     train_entries, skipped = read_pairs(
-        settings.train, store, skip_missing=skip, flag="--train", need_labels=True
+        settings.train, source, skip_missing=skip, flag="--train", need_labels=True
     )
     valid_entries: tuple[PairEntry, ...] = ()
     if settings.valid is not None:
         valid_entries, _ = read_pairs(
-            [settings.valid], store, skip_missing=skip, flag="--valid", need_labels=True
+            [settings.valid], source, skip_missing=skip, flag="--valid", need_labels=True
         )
+    train_entries, valid_entries = first(train_entries, limit), first(valid_entries, limit)
     try:
         device = resolve_device(settings.device, on_fallback=_say)
         encoder = prepare_nlvr2_encoder(settings.source, config=settings.recipe, device=device)
@@ -494,7 +504,7 @@ def fit_and_write(
                 on_best=keep_best,
                 resume=settings.resume,
                 on_progress=_progress_printer(settings),
-                on_epoch=None if settings.quiet else _epoch_line,
+                on_epoch=epoch_reporter(settings.out, quiet=settings.quiet),
                 inputs=inputs,
             )
     except KeyboardInterrupt:
@@ -502,6 +512,10 @@ def fit_and_write(
         return EXIT_INTERRUPTED
     history = [asdict(r) for r in result.history]
     final = {**record, "history": history, "best_epoch": result.best_epoch}
+    # The model after the last epoch (vqa.py's LAST.pth); a resume that finds every epoch
+    # done has restored it from the checkpoint, so this is always the last epoch's weights.
+    write_model_dir(encoder, settings.out / LAST_DIR, record={**final, "last": history[-1]})
+    write_log(settings.out, result.history)
     atomic_write_text(settings.out / FINETUNE_FILE, json.dumps(final, indent=1) + "\n")
     if not settings.quiet:
         print(f"wrote {settings.out} (epoch {result.best_epoch})", file=sys.stderr)

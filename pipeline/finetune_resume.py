@@ -1,7 +1,8 @@
 """``lxmert-finetune train --resume`` continues only the run it was given: the checkpoint
-records the run's inputs (train and valid files, feature stores, ``--answers``, ``--from``),
-each as a :class:`~pipeline.fingerprint.Fingerprint`, and its recipe; a resume with any
-difference is refused (exit 2) naming the field and both values, before any model loads."""
+records the run's inputs (train and valid files, feature stores, ``--answers``, ``--from``,
+``--tiny``/``--limit-questions``), each file as a :class:`~pipeline.fingerprint.Fingerprint`,
+and its recipe; a resume with any difference is refused (exit 2) naming the field and both
+values, before any model loads."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ INPUT_FLAGS: dict[str, str] = {
     "features": "--features",
     "answers": "--answers",
     "from": "--from",
+    "subset": "--tiny/--limit-questions",
 }
 
 
@@ -52,6 +54,8 @@ def run_inputs(settings: TrainSettings) -> dict[str, object]:
         "features": _files(settings.features),
         "answers": _files([settings.answers] if settings.answers else []),
         "from": _source(settings.source),
+        # [] for all the data, which is what a checkpoint from before these flags holds.
+        "subset": settings.subset.recorded(),
     }
 
 

@@ -65,3 +65,16 @@ class FinetuneConfig:
             )
         if self.workers < 0:
             raise ValueError(f"FinetuneConfig.workers must be >= 0, got {self.workers}")
+
+
+#: Peak learning rate of LXMERT's own fine-tuning scripts, by task (``run/vqa_finetune.bash``
+#: and ``run/nlvr2_finetune.bash``: 5e-5; ``run/gqa_finetune.bash``: 1e-5). All three use
+#: batch size 32 and 4 epochs, :class:`FinetuneConfig`'s defaults.
+LXMERT_TASK_LR: dict[str, float] = {"vqa": 5e-5, "gqa": 1e-5, "nlvr2": 5e-5}
+
+
+def lxmert_recipe_lr(task: str) -> float:
+    """The learning rate LXMERT's script for ``task`` (vqa, gqa, nlvr2) trains with."""
+    if task not in LXMERT_TASK_LR:
+        raise ValueError(f"no LXMERT recipe for task {task!r}; one of {sorted(LXMERT_TASK_LR)}")
+    return LXMERT_TASK_LR[task]

@@ -3,7 +3,7 @@ best model handed to the caller, and a resumable checkpoint after every epoch.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -105,6 +105,7 @@ class _Run:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             config=self.config,
+            task=self.task,
             epoch=epoch,
             on_progress=on_progress,
         )
@@ -142,6 +143,7 @@ def _train_one(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: FinetuneConfig,
+    task: Task,
     epoch: int,
     on_progress: Callable[[Progress], None] | None,
 ) -> EpochRecord:
@@ -162,6 +164,7 @@ def _train_one(
         optimizer=optimizer,
         scheduler=scheduler,
         config=config,
+        task=task,
         epoch=epoch,
         on_progress=on_progress,
     )
@@ -185,7 +188,7 @@ def fit(
     on_best: Callable[[Encoder, EpochRecord], None],
     resume: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_epoch: Callable[[Sequence[EpochRecord]], None] | None = None,
     inputs: Mapping[str, object] | None = None,
 ) -> FitResult:
     """Fine-tune ``encoder.model`` in place for ``config.epochs`` epochs: a QA model on
@@ -194,8 +197,10 @@ def fit(
 
     After each epoch: validation on ``valid`` (if given); ``on_best`` gets the model when
     that accuracy improves (every epoch without ``valid``); ``checkpoint`` is replaced
-    atomically. With ``resume``, training goes on after the checkpoint's last epoch (set up
-    ``encoder`` exactly as for the first run: same source, answer table and seed).
+    atomically; ``on_epoch`` gets the history so far, the new epoch last (a log can be
+    rendered whole from it, so a resumed run never repeats an epoch's lines). With
+    ``resume``, training goes on after the checkpoint's last epoch (set up ``encoder``
+    exactly as for the first run: same source, answer table and seed).
     ``inputs`` (JSON-ready, e.g. the data files' fingerprints) is stored in the checkpoint
     for the caller to compare before a resume.
 
@@ -227,7 +232,7 @@ def fit(
             best, best_epoch = score, record.epoch
             on_best(encoder, record)
         if on_epoch is not None:
-            on_epoch(record)
+            on_epoch(tuple(history))
         run.save(checkpoint, history=history, best=best, best_epoch=best_epoch)
     return FitResult(
         history=tuple(history), best=best, best_epoch=best_epoch, resumed_from=resumed_from

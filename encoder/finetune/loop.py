@@ -62,6 +62,9 @@ class EpochRecord:
         examples: training questions seen.
         seconds: wall time of the training part.
         valid_accuracy: overall accuracy on the validation questions, or None without them.
+        train_accuracy: running accuracy of the epoch's own training batches, each scored as
+            the model predicted it during its step (dropout on, weights still moving), as
+            LXMERT's ``vqa.py`` reports "Train"; None in records written before it was kept.
     """
 
     epoch: int
@@ -69,6 +72,7 @@ class EpochRecord:
     examples: int
     seconds: float
     valid_accuracy: float | None
+    train_accuracy: float | None = None
 
 
 def make_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.AdamW:
@@ -156,18 +160,25 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: FinetuneConfig,
+    task: Task,
     epoch: int,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> EpochRecord:
-    """One pass over ``dataset`` (0-based ``epoch``): soft-score BCE, clipped AdamW steps."""
+    """One pass over ``dataset`` (0-based ``epoch``): soft-score BCE, clipped AdamW steps;
+    each batch's predictions are scored as validation scores them (``task``'s rule)."""
     model = encoder.model
+    answers = encoder.answers
+    if answers is None:
+        raise ValueError("the encoder has no answer table")
 
-    def batch_loss(batch: list[QAExample]) -> torch.Tensor:
+    def batch_loss(batch: list[QAExample]) -> BatchLoss:
         inputs = encoder.model_inputs([e.regions for e in batch], [e.entry.sentence for e in batch])
         targets = torch.stack([e.target for e in batch]).to(model.device)
         with autocast(model.device, config):
             logits = model(**inputs).question_answering_score
-        return soft_score_loss(logits.float(), targets)
+        guesses = [answers.answers[i] for i in logits.detach().argmax(dim=1).tolist()]
+        report = question_scores([e.entry for e in batch], guesses, task=task)
+        return BatchLoss(soft_score_loss(logits.float(), targets), report.overall * len(batch))
 
     return run_epoch(
         model,
@@ -181,10 +192,24 @@ def train_epoch(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class BatchLoss:
+    """What one training batch's forward gives :func:`run_epoch`.
+
+    Attributes:
+        loss: the scalar to minimise.
+        score: the sum of the batch's per-example accuracy scores (in [0, len(batch)]) of
+            the predictions of this same forward.
+    """
+
+    loss: torch.Tensor
+    score: float
+
+
 def run_epoch(
     model: torch.nn.Module,
     dataset: SizedDataset[Example],
-    batch_loss: Callable[[list[Example]], torch.Tensor],
+    batch_loss: Callable[[list[Example]], BatchLoss],
     *,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -194,14 +219,16 @@ def run_epoch(
 ) -> EpochRecord:
     """The training steps every task shares: ``batch_loss`` of each batch of the epoch's
     shuffle of ``dataset`` (:func:`epoch_batches`), backward, clipped AdamW step, schedule
-    step, progress."""
+    step, progress; the epoch's running training accuracy from each batch's ``score``."""
     model.train()
     batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
     steps = len(batches)
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    total_loss, total_score, seen, start = 0.0, 0.0, 0, time.perf_counter()
     parameters = list(model.parameters())
     for step, batch in enumerate(load_batches(dataset, batches, config.workers), start=1):
-        loss = batch_loss(batch)
+        result = batch_loss(batch)
+        loss = result.loss
+        total_score += result.score
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.clip_norm)
@@ -219,6 +246,7 @@ def run_epoch(
         examples=seen,
         seconds=time.perf_counter() - start,
         valid_accuracy=None,
+        train_accuracy=total_score / max(seen, 1),
     )
 
 

@@ -10,6 +10,7 @@ import torch
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
 from encoder.finetune.loop import (
+    BatchLoss,
     EpochRecord,
     Progress,
     autocast,
@@ -44,14 +45,15 @@ def train_pair_epoch(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> EpochRecord:
     """One pass over ``dataset`` (0-based ``epoch``): cross-entropy over (False, True),
-    clipped AdamW steps."""
+    clipped AdamW steps; a statement counts as right when its argmax is its label."""
     model = _model(encoder)
 
-    def batch_loss(batch: list[PairExample]) -> torch.Tensor:
+    def batch_loss(batch: list[PairExample]) -> BatchLoss:
         labels = torch.tensor([e.target for e in batch], device=model.device)
         with autocast(model.device, config):
             logits = model(**_inputs(encoder, batch)).logits
-        return torch.nn.functional.cross_entropy(logits.float(), labels)
+        correct = float((logits.detach().argmax(dim=1) == labels).sum())
+        return BatchLoss(torch.nn.functional.cross_entropy(logits.float(), labels), correct)
 
     return run_epoch(
         model,
