@@ -262,7 +262,7 @@ def _add_engine_flags(engine: argparse._ArgumentGroup) -> None:
         choices=("local", "ray"),
         default="local",
         help="local: decode and detect on this machine; ray: decode as Ray Data CPU tasks and "
-        "detect in actors across a Ray cluster (pip install lxmert-pipeline[ray]); this "
+        "detect in actors across a Ray cluster (the [ray] extra); this "
         "process alone writes the output, byte-identical to a local run at the same "
         "--threads. Inputs must be readable at the same paths on every node; with --device "
         "cuda each actor holds one GPU (this process needs none) (default: %(default)s)",

@@ -48,6 +48,7 @@ from pipeline.manifest import (
 )
 from pipeline.merge import MERGEABLE_STATUSES, file_sha256
 from pipeline.writers import journal_path
+from weights.defaults import extra_install_hint
 from weights.files import fsync_directory, fsync_file
 
 
@@ -251,7 +252,7 @@ def plan_convert(settings: ConvertSettings) -> ConvertPlan:
     missing = spec.missing_modules()
     if missing:
         raise UsageError(
-            f"--to {spec.name} needs {', '.join(missing)}: pip install 'lxmert-pipeline[formats]'"
+            f"--to {spec.name} needs {', '.join(missing)}: {extra_install_hint('formats')}"
         )
     check_convert_output(settings, spec)
     seen: set[Path] = set()

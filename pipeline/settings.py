@@ -27,16 +27,13 @@ from pipeline.inputs import parse_shard, shard_output_path
 from pipeline.manifest import check_name_length
 from pipeline.precision_flags import precision_from_args
 from pipeline.writers import WriteMode, output_format
-from weights.defaults import DeviceError, resolve_device
+from weights.defaults import DeviceError, extra_install_hint, resolve_device
 
 #: Where the detector runs: this machine, or actors on a Ray cluster.
 Engine = Literal["local", "ray"]
 
 #: What ``--engine ray`` without the extra installed says (exit 2).
-RAY_MISSING = (
-    "--engine ray needs Ray Data, which is not installed: pip install lxmert-pipeline[ray] "
-    "(or use the Docker image, which has it)"
-)
+RAY_MISSING = f"--engine ray needs Ray Data, which is not installed: {extra_install_hint('ray')}"
 
 
 @dataclass(frozen=True)

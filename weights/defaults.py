@@ -41,6 +41,17 @@ NO_NLVR2_CHECKPOINT = (
     f"Try the shipped shapes-world one: encoder {SHAPES_NLVR2!r} with detector "
     f"{SHAPES_DETECTOR!r} (or train one with lxmert-finetune train --task nlvr2)"
 )
+
+
+def extra_install_hint(extra: str) -> str:
+    """How to install the optional extra ``extra`` (``ray``, ``web``, ``formats``). The one
+    wording: the package is on no index yet, so it is installed from its folder."""
+    return (
+        f"install the [{extra}] extra: pip install -e '.[{extra}]' in the lxmert-pipeline "
+        "folder (the Docker image has [ray] and [web])"
+    )
+
+
 #: The device every entry point uses unless told otherwise.
 DEFAULT_DEVICE = "auto"
 

@@ -43,6 +43,7 @@ from pipeline.formats.common import (
     WriteOptions,
     region,
 )
+from weights.defaults import extra_install_hint
 
 SUFFIX = "th0.2_max100_min10"
 NUM_CLASSES = 1601
@@ -67,7 +68,7 @@ def _modules() -> tuple[Any, Any, Any]:
         import msgpack_numpy
     except ImportError:
         raise FormatDataError(
-            "lmdb needs lmdb, msgpack and msgpack-numpy: pip install 'lxmert-pipeline[formats]'"
+            f"lmdb needs lmdb, msgpack and msgpack-numpy: {extra_install_hint('formats')}"
         ) from None
     return lmdb, msgpack, msgpack_numpy
 

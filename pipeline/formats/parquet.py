@@ -22,6 +22,7 @@ import numpy as np
 
 from detector.structures import RegionFeatures
 from pipeline.formats.common import FormatDataError, PerProcessHandle, WriteOptions, region
+from weights.defaults import extra_install_hint
 
 #: Images per row group: about 2.4 MB of 36 x 2048 float32 features. A random read decodes
 #: its whole group, so groups stay small (a sequential scan decodes each group once).
@@ -34,9 +35,7 @@ def _pyarrow() -> Any:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise FormatDataError(
-            "parquet needs pyarrow: pip install 'lxmert-pipeline[formats]'"
-        ) from None
+        raise FormatDataError(f"parquet needs pyarrow: {extra_install_hint('formats')}") from None
     return pa, pq
 
 

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING
 
 from pipeline.command import Command, positive_int, run_command
 from pipeline.exits import EXIT_OK, EXIT_USAGE, UsageError
-from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DEFAULT_ENCODER, DeviceError
+from weights.defaults import (
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    DEFAULT_ENCODER,
+    DeviceError,
+    extra_install_hint,
+)
 
 if TYPE_CHECKING:
     from pipeline.web.models import ModelChoice
@@ -40,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lxmert-demo",
         description="A web page to look at a detector's boxes and ask LXMERT questions "
-        "(Gradio; pip install lxmert-pipeline[web]). Without --detector/--encoder the real "
+        "(Gradio: the [web] extra). Without --detector/--encoder the real "
         "models are used when they are on this machine; otherwise the page says why and offers "
         "the shipped shapes-world pair.",
         epilog=f"exit codes: {EXIT_OK} stopped; {EXIT_USAGE} bad flags, models named by a flag "
@@ -151,7 +157,7 @@ def _serve(args: argparse.Namespace, examples: list[str]) -> int:
         import gradio  # noqa: F401  # the [web] extra: say so before any model loads
     except ImportError as error:
         raise UsageError(
-            f"gradio is not installed ({error}); pip install 'lxmert-pipeline[web]'"
+            f"gradio is not installed ({error}); {extra_install_hint('web')}"
         ) from error
     from pipeline.web.app import SESSIONS, build_app
     from pipeline.web.models import ModelCache, start_models

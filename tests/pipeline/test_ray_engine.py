@@ -554,7 +554,7 @@ def test_missing_ray_is_a_usage_error_naming_the_extra(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "pip install lxmert-pipeline[ray]" in done.stderr
+    assert "pip install -e '.[ray]'" in done.stderr
     assert not out.exists() and not manifest_path(out).exists()
 
 
