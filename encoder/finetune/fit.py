@@ -12,6 +12,13 @@ import torch
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
 from encoder.finetune.data import QADataset
+from encoder.finetune.distributed import (
+    SINGLE,
+    Ranks,
+    current_ranks,
+    data_parallel,
+    seed_epoch,
+)
 from encoder.finetune.evaluation import Task
 from encoder.finetune.loop import (
     EpochRecord,
@@ -77,6 +84,8 @@ class _Run:
     config: FinetuneConfig
     task: Task
     inputs: Mapping[str, object]
+    ranks: Ranks = SINGLE
+    network: torch.nn.Module | None = None
 
     def restore(self, state: TrainingState | None) -> tuple[list[EpochRecord], float | None, int]:
         """Load a checkpoint's model, optimiser, scheduler and RNG states (nothing without
@@ -108,7 +117,10 @@ class _Run:
             task=self.task,
             epoch=epoch,
             on_progress=on_progress,
+            network=self.network,
+            ranks=self.ranks,
         )
+        # Every rank scores the whole validation set: all then agree on the best epoch.
         if valid is None or len(valid) == 0:
             return record
         accuracy = _valid_score(self.encoder, valid, config=self.config, task=self.task)
@@ -146,6 +158,8 @@ def _train_one(
     task: Task,
     epoch: int,
     on_progress: Callable[[Progress], None] | None,
+    network: torch.nn.Module | None,
+    ranks: Ranks,
 ) -> EpochRecord:
     """One training epoch of the loop that fits the data: pairs (NLVR2) or questions."""
     if isinstance(train, PairDataset):
@@ -157,6 +171,8 @@ def _train_one(
             config=config,
             epoch=epoch,
             on_progress=on_progress,
+            network=network,
+            ranks=ranks,
         )
     return train_epoch(
         encoder,
@@ -167,6 +183,8 @@ def _train_one(
         task=task,
         epoch=epoch,
         on_progress=on_progress,
+        network=network,
+        ranks=ranks,
     )
 
 
@@ -204,6 +222,12 @@ def fit(
     ``inputs`` (JSON-ready, e.g. the data files' fingerprints) is stored in the checkpoint
     for the caller to compare before a resume.
 
+    In an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) every rank
+    calls ``fit`` alike: the model is wrapped in DistributedDataParallel, each rank trains on
+    its slice of every global batch of ``config.batch_size``
+    (:mod:`encoder.finetune.distributed`), the records' figures are summed over the ranks, and
+    rank 0 alone calls ``on_best``/``on_epoch`` and writes ``checkpoint``.
+
     Raises:
         ValueError: ``train`` is empty.
         ResumeError: the checkpoint was written with other settings or answers.
@@ -223,13 +247,20 @@ def fit(
     )
     state = _checked(checkpoint, encoder, config) if resume and checkpoint.is_file() else None
     history, best, best_epoch = run.restore(state)
+    ranks = current_ranks()
+    run = replace(run, ranks=ranks, network=data_parallel(encoder.model, ranks))
     resumed_from = len(history)
     for epoch in range(resumed_from, config.epochs):
+        seed_epoch(config.seed, epoch=epoch, ranks=ranks)
         record = run.epoch(train, valid, epoch=epoch, on_progress=on_progress)
         history.append(record)
         score = record.valid_accuracy
-        if score is None or best is None or score > best:
+        improved = score is None or best is None or score > best
+        if improved:
             best, best_epoch = score, record.epoch
+        if not ranks.writes:  # rank 0 alone writes models, logs and the checkpoint
+            continue
+        if improved:
             on_best(encoder, record)
         if on_epoch is not None:
             on_epoch(tuple(history))

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
 from encoder.finetune.data import QADataset, QAExample, SizedDataset
+from encoder.finetune.distributed import SINGLE, Ranks, shards, summed
 from encoder.finetune.evaluation import Task, question_scores
 from encoder.finetune.metrics import AccuracyReport
 from encoder.losses import soft_score_loss
@@ -163,10 +164,15 @@ def train_epoch(
     task: Task,
     epoch: int,
     on_progress: Callable[[Progress], None] | None = None,
+    network: torch.nn.Module | None = None,
+    ranks: Ranks = SINGLE,
 ) -> EpochRecord:
     """One pass over ``dataset`` (0-based ``epoch``): soft-score BCE, clipped AdamW steps;
-    each batch's predictions are scored as validation scores them (``task``'s rule)."""
+    each batch's predictions are scored as validation scores them (``task``'s rule).
+    ``network``: the module to run forward (``encoder.model`` wrapped for data parallelism,
+    :mod:`encoder.finetune.distributed`); ``ranks``: this process's share of each batch."""
     model = encoder.model
+    forward = network if network is not None else model
     answers = encoder.answers
     if answers is None:
         raise ValueError("the encoder has no answer table")
@@ -175,7 +181,7 @@ def train_epoch(
         inputs = encoder.model_inputs([e.regions for e in batch], [e.entry.sentence for e in batch])
         targets = torch.stack([e.target for e in batch]).to(model.device)
         with autocast(model.device, config):
-            logits = model(**inputs).question_answering_score
+            logits = forward(**inputs).question_answering_score
         guesses = [answers.answers[i] for i in logits.detach().argmax(dim=1).tolist()]
         report = question_scores([e.entry for e in batch], guesses, task=task)
         return BatchLoss(soft_score_loss(logits.float(), targets), report.overall * len(batch))
@@ -189,6 +195,7 @@ def train_epoch(
         config=config,
         epoch=epoch,
         on_progress=on_progress,
+        ranks=ranks,
     )
 
 
@@ -216,12 +223,16 @@ def run_epoch(
     config: FinetuneConfig,
     epoch: int,
     on_progress: Callable[[Progress], None] | None,
+    ranks: Ranks = SINGLE,
 ) -> EpochRecord:
     """The training steps every task shares: ``batch_loss`` of each batch of the epoch's
-    shuffle of ``dataset`` (:func:`epoch_batches`), backward, clipped AdamW step, schedule
-    step, progress; the epoch's running training accuracy from each batch's ``score``."""
+    shuffle of ``dataset`` (:func:`epoch_batches`; with several ``ranks``, this rank's slice
+    of it), backward, clipped AdamW step, schedule step, progress; the epoch's running
+    training accuracy from each batch's ``score``. The record's figures are over all ranks;
+    progress is this rank's."""
     model.train()
-    batches = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
+    every = epoch_batches(len(dataset), config.batch_size, seed=config.seed, epoch=epoch)
+    batches = shards(every, ranks)
     steps = len(batches)
     total_loss, total_score, seen, start = 0.0, 0.0, 0, time.perf_counter()
     parameters = list(model.parameters())
@@ -240,6 +251,8 @@ def run_epoch(
             elapsed = max(time.perf_counter() - start, 1e-9)
             on_progress(Progress(epoch, step, steps, total_loss / seen, seen / elapsed))
     model.eval()
+    total_loss, total_score, count = summed([total_loss, total_score, float(seen)], ranks)
+    seen = int(count)
     return EpochRecord(
         epoch=epoch + 1,
         loss=total_loss / max(seen, 1),

@@ -9,6 +9,7 @@ import torch
 
 from encoder.build import Encoder
 from encoder.finetune.config import FinetuneConfig
+from encoder.finetune.distributed import SINGLE, Ranks
 from encoder.finetune.loop import (
     BatchLoss,
     EpochRecord,
@@ -43,15 +44,19 @@ def train_pair_epoch(
     config: FinetuneConfig,
     epoch: int,
     on_progress: Callable[[Progress], None] | None = None,
+    network: torch.nn.Module | None = None,
+    ranks: Ranks = SINGLE,
 ) -> EpochRecord:
     """One pass over ``dataset`` (0-based ``epoch``): cross-entropy over (False, True),
-    clipped AdamW steps; a statement counts as right when its argmax is its label."""
+    clipped AdamW steps; a statement counts as right when its argmax is its label.
+    ``network`` and ``ranks``: as :func:`~encoder.finetune.loop.train_epoch`'s."""
     model = _model(encoder)
+    forward = network if network is not None else model
 
     def batch_loss(batch: list[PairExample]) -> BatchLoss:
         labels = torch.tensor([e.target for e in batch], device=model.device)
         with autocast(model.device, config):
-            logits = model(**_inputs(encoder, batch)).logits
+            logits = forward(**_inputs(encoder, batch)).logits
         correct = float((logits.detach().argmax(dim=1) == labels).sum())
         return BatchLoss(torch.nn.functional.cross_entropy(logits.float(), labels), correct)
 
@@ -64,6 +69,7 @@ def train_pair_epoch(
         config=config,
         epoch=epoch,
         on_progress=on_progress,
+        ranks=ranks,
     )
 
 
