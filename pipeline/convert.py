@@ -171,6 +171,13 @@ def check_convert_output(settings: ConvertSettings, spec: FormatSpec) -> None:
         check_name_length(out)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    known = {suffix for other in FORMATS.values() for suffix in other.suffixes}
+    if out.suffix.lower() in known and out.suffix.lower() not in spec.suffixes:
+        raise UsageError(
+            f"convert output {out}: a *{out.suffix} name would be read as another format; "
+            f"name a {spec.name} output "
+            + (" or ".join(f"*{x}" for x in spec.suffixes) if spec.suffixes else "without it")
+        )
     if not spec.folder and out.is_dir():
         raise UsageError(f"convert output {out} is a folder; --to {spec.name} writes a file")
     if spec.folder and out.exists() and not out.is_dir():

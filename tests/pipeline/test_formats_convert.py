@@ -209,6 +209,8 @@ def test_refusals_leave_nothing(extractions: dict[str, Path], tmp_path: Path) ->
         ("--to", "ban-h5", tmp_path / "a.hdf5"),  # ids scene_000 are not ints
         ("--to", "ban-h5-36", "--ban-ids", "trailing-digits", tmp_path / "b.hdf5"),  # not 36
         ("--to", "lmdb", "--feature-dtype", "float32", tmp_path / "c"),
+        ("--to", "h5", tmp_path / "f.tsv"),  # would be read back as a TSV
+        ("--to", "npz-dir", tmp_path / "g.parquet"),
     ]
     for flags in cases:
         assert convert(source, *flags) == EXIT_USAGE
