@@ -14,6 +14,7 @@ Safety rules of ``--visualize DIR`` (a picture is ``DIR/<image id>.png``):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import struct
@@ -33,6 +34,9 @@ PICTURE_MARK: tuple[str, str] = ("Software", "lxmert-pipeline visualize")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Chunks read, at most, when looking for the mark (it is written right after IHDR).
 _MAX_HEAD_CHUNKS = 64
+#: Pictures are drawn on a copy enlarged to at least this short side (pixels): on a small
+#: image (shapes scenes are 96 to 320 px) a label would otherwise not fit beside its box.
+MIN_PICTURE_SIDE = 512
 
 
 class ForeignFileError(ValueError):
@@ -60,6 +64,41 @@ def region_labels(
         f"{_name(attribute_names, int(a))} {_name(object_names, int(o))}"
         for o, a in zip(region.objects_id, region.attrs_id, strict=True)
     ]
+
+
+def enlarge_image(
+    image_bgr: np.ndarray, *, min_side: int = MIN_PICTURE_SIDE
+) -> tuple[np.ndarray, float, float]:
+    """``image_bgr`` scaled up (bilinear) so that its short side is at least ``min_side``
+    pixels, and the x and y factors from its pixels to the new ones; unchanged (factors 1)
+    when it already is."""
+    height, width = image_bgr.shape[:2]
+    short = min(height, width)
+    if short >= min_side or short <= 0:
+        return image_bgr, 1.0, 1.0
+    factor = min_side / short
+    size = (max(min_side, round(width * factor)), max(min_side, round(height * factor)))
+    bigger = cv2.resize(image_bgr, size, interpolation=cv2.INTER_LINEAR)
+    return bigger, size[0] / width, size[1] / height
+
+
+def enlarged(
+    image_bgr: np.ndarray, region: RegionFeatures, *, min_side: int = MIN_PICTURE_SIDE
+) -> tuple[np.ndarray, RegionFeatures]:
+    """``image_bgr`` and ``region`` scaled up together (:func:`enlarge_image`; the boxes by
+    the same factors, so they still frame their objects); both unchanged when the short
+    side is already ``min_side`` or more."""
+    bigger, sx, sy = enlarge_image(image_bgr, min_side=min_side)
+    if bigger is image_bgr:
+        return image_bgr, region
+    scale = np.array([sx, sy, sx, sy], dtype=np.float32)
+    scaled = dataclasses.replace(
+        region,
+        boxes=(region.boxes * scale).astype(np.float32),
+        image_w=bigger.shape[1],
+        image_h=bigger.shape[0],
+    )
+    return bigger, scaled
 
 
 def draw_regions(
@@ -92,11 +131,13 @@ def draw_regions(
             text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness
         )
         top = max(0, y1 - height - baseline)
-        cv2.rectangle(canvas, (x1, top), (x1 + width, top + height + baseline), colour, -1)
+        # Shifted left when it would run past the right edge (a box near it), never past x=0.
+        left = max(0, min(x1, canvas.shape[1] - width))
+        cv2.rectangle(canvas, (left, top), (left + width, top + height + baseline), colour, -1)
         cv2.putText(
             canvas,
             text,
-            (x1, top + height),
+            (left, top + height),
             cv2.FONT_HERSHEY_SIMPLEX,
             font_scale,
             (0, 0, 0),
@@ -253,7 +294,8 @@ def save_visualization(
     attribute_names: Sequence[str],
 ) -> Path:
     """Write ``directory/<image_id>.png`` (sub-folders follow the id) atomically; returns the
-    path.
+    path. An image whose short side is under :data:`MIN_PICTURE_SIDE` is drawn enlarged
+    (:func:`enlarged`), so its labels fit.
 
     Raises:
         ForeignFileError: the path holds a file this tool did not write, or a symbolic link is
@@ -263,8 +305,9 @@ def save_visualization(
     """
     path = picture_path(directory, region.image_id)
     check_picture_target(directory, path)
+    bigger, scaled = enlarged(image_bgr, region)
     canvas = draw_regions(
-        image_bgr, region, object_names=object_names, attribute_names=attribute_names
+        bigger, scaled, object_names=object_names, attribute_names=attribute_names
     )
     data = encode_picture(canvas)
     path.parent.mkdir(parents=True, exist_ok=True)

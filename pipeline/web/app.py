@@ -7,6 +7,10 @@ Endpoints (``gradio_client`` and plain HTTP, ``/gradio_api/call/<name>``):
   region table, status.
 - ``ask``: the same plus questions (one per line) -> picture, region table, answers (JSON:
   per question the top 5 ``{"answer", "probability"}``), status.
+- ``explain``: image, one question, an answer (one of the encoder's answers; empty: the
+  top one), then the controls -> relevance picture, the why view (HTML), the explanation
+  (JSON: ``regions`` with ``index``, ``box``, ``label``, ``score``; ``words`` with
+  ``word``, ``score``; ``timing``), status. The page calls it when an answer is clicked.
 
 Uploads reach the service as files (``preprocess=False``), so the service's own decoder,
 with its byte and pixel caps, is the only one that reads them, and a bad upload is the
@@ -43,6 +47,7 @@ from pipeline.web.service import (
     boxes_picture,
     region_choices,
 )
+from pipeline.web.why_view import Why, clicked_answer, explained, top_answer, why_layout
 
 if TYPE_CHECKING:
     from detector.config import Selection
@@ -128,6 +133,17 @@ def settings_of(
     )
 
 
+def _once(choices: Sequence[ModelChoice]) -> list[ModelChoice]:
+    """``choices`` without repeats (an NLVR2 preset is both an encoder and an NLVR2 model)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for choice in choices:
+        if (choice.name, choice.kind) not in seen:
+            seen.add((choice.name, choice.kind))
+            kept.append(choice)
+    return kept
+
+
 def models_html(choices: Sequence[ModelChoice]) -> str:
     """The model list: usable ones plain, the others greyed out with the reason."""
     items = []
@@ -200,7 +216,7 @@ def build_app(
             boxes = gr.Slider(
                 0, MAX_BOX_COUNT, value=0, step=1, label="Box count (0: the checkpoint's own)"
             )
-            gr.HTML(models_html([*detectors, *encoders, *nlvr2_encoders]))
+            gr.HTML(models_html(_once([*detectors, *encoders, *nlvr2_encoders])))
         controls = (detector, encoder, selection, boxes, page.shown)
         _wire(service, offer, page, controls=controls, status=status, detection=gr.State(None))
         _wire_nlvr2(service, nlvr2, pair, (detector, pair.encoder, selection, boxes), status)
@@ -240,11 +256,13 @@ def _ask_layout(examples: Sequence[str]) -> _Page:
                 gr.Label(num_top_classes=TOP_K, visible=False, elem_classes="answer-chart")
                 for _ in range(MAX_QUESTIONS)
             ]
+    why = why_layout()
     table = gr.Dataframe(
         headers=list(REGION_COLUMNS), interactive=False, label="Regions (click to highlight)"
     )
     answers = gr.JSON(label="Answers (JSON)")
     return _Page(
+        why=why,
         image=image,
         questions=questions,
         detect=detect_button,
@@ -261,6 +279,8 @@ def _ask_layout(examples: Sequence[str]) -> _Page:
 @dataclass(frozen=True)
 class _Page:
     """The components of the "Ask" tab."""
+
+    why: Why
 
     image: gr.Image
     questions: gr.Textbox
@@ -328,6 +348,48 @@ def _wire(
         row = picked if isinstance(picked, int) and not isinstance(picked, bool) else None
         return boxes_picture(known, shown=count, picked=row)
 
+    @_shown_errors
+    def explain(
+        image: Any,
+        question: str,
+        answer: str,
+        detector: str,
+        encoder: str,
+        selection: str,
+        box_count: float,
+        boxes_shown: float,
+    ) -> tuple[Any, ...]:
+        settings = settings_of(offer, detector, encoder, selection, box_count)
+        bounded(boxes_shown, low=1, high=MAX_SHOWN, what="Boxes shown")
+        path, name = upload_of(image, offer.uploads)
+        return explained(service, path, name, _text(question), _text(answer), settings)
+
+    why = page.why
+    why_asked = [why.question, why.answer]
+    why_inputs = [page.image, *why_asked, *controls]
+    why_outputs = [why.picture, why.text, why.explanation, status]
+    why.button.click(
+        explain,
+        why_inputs,
+        why_outputs,
+        api_name="explain",
+        preprocess=False,
+        concurrency_id="models",
+    )
+    for number, chart in enumerate(page.charts):
+        chart.select(
+            clicked_answer(number),
+            page.answers,
+            why_asked,
+            api_visibility="private",
+        ).success(
+            explain,
+            why_inputs,
+            why_outputs,
+            api_visibility="private",
+            preprocess=False,
+            concurrency_id="models",
+        )
     outputs = [page.picture, page.table, status, detection]
     for event, fn, inputs, results in (
         (page.detect, detect, [page.image, *controls], outputs),
@@ -343,6 +405,14 @@ def _wire(
         ).success(choices, detection, page.picked, api_visibility="private")
         if fn is ask:
             done.success(_charts, page.answers, list(page.charts), api_visibility="private")
+            done.success(top_answer, page.answers, why_asked, api_visibility="private").success(
+                explain,
+                why_inputs,
+                why_outputs,
+                api_visibility="private",
+                preprocess=False,
+                concurrency_id="models",
+            )
     redraw_inputs = [detection, page.shown, page.picked]
     page.shown.release(redraw, redraw_inputs, page.picture, api_visibility="private")
     page.picked.change(redraw, redraw_inputs, page.picture, api_visibility="private")
@@ -410,7 +480,7 @@ def _wire_nlvr2(
         box_count: float,
     ) -> tuple[Any, ...]:
         settings = settings_of(offer, detector, encoder, selection, box_count)
-        first, second, verdicts = service.judge(
+        first, second, verdicts, timing = service.judge(
             upload_of(left, offer.uploads),
             upload_of(right, offer.uploads),
             _text(statements),
@@ -420,7 +490,8 @@ def _wire_nlvr2(
             boxes_picture(first, shown=DEFAULT_SHOWN),
             boxes_picture(second, shown=DEFAULT_SHOWN),
             [verdict.as_json() for verdict in verdicts],
-            service.describe_models(),
+            f"{len(verdicts)} statement(s) judged by {settings.encoder}; {timing.describe()}; "
+            f"{service.describe_models()}",
         )
 
     pair.judge.click(

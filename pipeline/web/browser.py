@@ -156,7 +156,8 @@ def ask_on_page(page: Page, image: Path, questions: str) -> None:
 
 def screenshot(out: Path, *, image: Path, questions: str, timeout_ms: int = 120_000) -> None:
     """Serve the page with the shapes models, ask ``questions`` about ``image``, and save a
-    full-page screenshot to ``out`` once every answer chart is shown."""
+    full-page screenshot to ``out`` once every answer chart and the why view (the first
+    question's top answer) are shown."""
     from playwright.sync_api import expect, sync_playwright
 
     executable = chromium_executable()
@@ -176,6 +177,9 @@ def screenshot(out: Path, *, image: Path, questions: str, timeout_ms: int = 120_
             charts = page.locator(".answer-chart")
             expect(charts.nth(len(asked) - 1)).to_contain_text(asked[-1], timeout=timeout_ms)
             expect(page.locator("#boxes img").first).to_be_visible(timeout=timeout_ms)
+            # The why view of the first question's top answer, filled in after the answers.
+            expect(page.locator("#why .top-region")).to_be_visible(timeout=timeout_ms)
+            expect(page.locator("#why-picture img").first).to_be_visible(timeout=timeout_ms)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), full_page=True)
         finally:

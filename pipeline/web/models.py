@@ -63,8 +63,12 @@ class ModelChoice:
 
     @property
     def summary(self) -> str:
-        """The first line of :attr:`reason`."""
-        return self.reason.splitlines()[0] if self.reason else ""
+        """The first line of :attr:`reason`, without a closing sentence that only introduces
+        the lines after it (the resolver's "... was not found. Looked in:")."""
+        first = self.reason.splitlines()[0].strip() if self.reason else ""
+        if first.endswith(":"):
+            first = first.rsplit(". ", 1)[0] if ". " in first else first.rstrip(":")
+        return first
 
 
 def _checkpoint_of(name: str, kind: CheckpointKind) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ import numpy as np
 
 from detector.image import DEFAULT_MAX_PIXELS, ImageError, load_image
 from detector.structures import RegionFeatures
-from pipeline.visualize import draw_regions, region_labels
+from pipeline.visualize import draw_regions, enlarged, region_labels
 from pipeline.web.models import ModelCache, ModelSettings, StartModels
 
 if TYPE_CHECKING:
+    from encoder.explain import Explanation, PairExplanation
     from pipeline.api import Pipeline
 
 #: Answers shown per question.
@@ -101,6 +103,46 @@ class QuestionAnswers:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Seconds one request spent in each model (wall clock, models already loaded).
+
+    Attributes:
+        detector_s: the detector, over all images of the request; None when every image's
+            regions came from the region cache.
+        encoder_s: LXMERT answering (or judging); None when it did not run.
+        explain_s: the explanation (a forward and a backward pass); None when none was asked.
+    """
+
+    detector_s: float | None
+    encoder_s: float | None = None
+    explain_s: float | None = None
+
+    def describe(self) -> str:
+        """``"time: detector 0.41 s, encoder 0.03 s"`` (``detector cached``)."""
+        parts = [
+            "detector " + ("cached" if self.detector_s is None else f"{self.detector_s:.2f} s")
+        ]
+        if self.encoder_s is not None:
+            parts.append(f"encoder {self.encoder_s:.2f} s")
+        if self.explain_s is not None:
+            parts.append(f"explanation {self.explain_s:.2f} s")
+        return "time: " + ", ".join(parts)
+
+    def as_json(self) -> dict[str, float | None]:
+        """Seconds per stage, null for a stage that did not run (the detector: cached)."""
+        return {
+            "detector_s": self.detector_s,
+            "encoder_s": self.encoder_s,
+            "explain_s": self.explain_s,
+        }
+
+
+def _added(first: float | None, second: float | None) -> float | None:
+    """Two detector times summed, None (cached) only when both are."""
+    return None if first is None and second is None else (first or 0.0) + (second or 0.0)
+
+
+@dataclass(frozen=True)
 class PageView:
     """What the page shows after a request.
 
@@ -109,7 +151,8 @@ class PageView:
         picture: RGB uint8 ``[H, W, 3]``, the image with its strongest boxes labelled.
         rows: the region table (:data:`REGION_COLUMNS`).
         answers: per question, the best :data:`TOP_K` answers (empty for boxes only).
-        status: one line: the image, the regions, the models and the device.
+        status: one line: the image, the regions, the time taken, the models and the device.
+        timing: seconds in the detector (None: cached) and the encoder.
     """
 
     detection: Detection
@@ -117,6 +160,7 @@ class PageView:
     rows: list[list[object]]
     answers: list[QuestionAnswers]
     status: str
+    timing: Timing
 
 
 @dataclass(frozen=True)
@@ -217,6 +261,12 @@ class DemoService:
         Raises:
             DemoError: the image cannot be used, or the models cannot be loaded.
         """
+        return self.detect_timed(path, settings, name=name)[0]
+
+    def detect_timed(
+        self, path: str | os.PathLike[str] | None, settings: ModelSettings, *, name: str
+    ) -> tuple[Detection, float | None]:
+        """:meth:`detect`, and the seconds the detector ran (None: the regions were cached)."""
         if path is None or not os.fspath(path):
             raise DemoError("No image: upload one, paste one, or pick an example first.")
         bgr = read_image(path, limits=self.limits, name=name)
@@ -225,13 +275,15 @@ class DemoService:
             known = self._regions.get(key)
             if known is not None:
                 self._regions.move_to_end(key)
-                return known
+                return known, None
         pipeline = self._pipeline(settings)
         with self.models.using(settings):
+            started = time.perf_counter()
             try:
                 regions = pipeline.regions([bgr], [Path(name).stem], channel_order="bgr")[0]
             except ImageError as error:  # e.g. too thin to resize (20000x20)
                 raise DemoError(f"Cannot use this image: {name}: {error.reason}") from error
+            seconds = time.perf_counter() - started
         found = Detection(
             key=key,
             image_bgr=bgr,
@@ -246,7 +298,7 @@ class DemoService:
                 or sum(d.image_bgr.nbytes for d in self._regions.values()) > self._cache_bytes
             ):
                 self._regions.popitem(last=False)
-        return found
+        return found, seconds
 
     def known(self, key: object) -> Detection | None:
         """The cached detection whose :attr:`Detection.key` is ``key`` (None once it has
@@ -294,8 +346,10 @@ class DemoService:
         asked = (
             [] if questions is None else parse_questions(questions, limit=self.limits.max_questions)
         )
-        detection = self.detect(path, settings, name=name)
+        detection, detector_s = self.detect_timed(path, settings, name=name)
+        started = time.perf_counter()
         answers = self.ask(detection, asked, settings) if asked else []
+        timing = Timing(detector_s, time.perf_counter() - started if asked else None)
         regions = detection.regions
         said = f"{len(asked)} question(s) answered by {settings.encoder}; " if asked else ""
         return PageView(
@@ -305,9 +359,40 @@ class DemoService:
             answers=answers,
             status=(
                 f"{name}: {regions.image_w}x{regions.image_h} pixels, {regions.num_boxes} "
-                f"regions from {settings.detector}; {said}{self.describe_models()}"
+                f"regions from {settings.detector}; {said}{timing.describe()}; "
+                f"{self.describe_models()}"
             ),
+            timing=timing,
         )
+
+    def explain(
+        self, detection: Detection, question: str, answer: str | None, settings: ModelSettings
+    ) -> tuple[Explanation, float]:
+        """Why ``settings``' encoder would give ``answer`` (None or ``""``: its top answer) to
+        ``question`` about ``detection``'s image (:meth:`pipeline.api.Pipeline.
+        explain_regions`, Chefer et al.'s relevance), and the seconds it took.
+
+        Raises:
+            DemoError: not one question, an encoder without a QA head, or an answer that is
+                not one of the encoder's answers.
+        """
+        (asked,) = parse_questions(question, limit=1)
+        pipeline = self._pipeline(settings)
+        table = pipeline.encoder.answers
+        if table is None or pipeline.encoder.config.head == "nlvr2":
+            raise DemoError(
+                f"The encoder {settings.encoder} has no question-answering head "
+                f"({pipeline.encoder.config.head}); choose one that answers questions."
+            )
+        if answer and table.label(answer) is None:
+            raise DemoError(
+                f"Answer must be one of {settings.encoder}'s {len(table)} answers; "
+                "pick one of its answers (the chart's), or leave it empty for the top one."
+            )
+        with self.models.using(settings):
+            started = time.perf_counter()
+            found = pipeline.explain_regions(detection.regions, asked, answer or None)
+            return found, time.perf_counter() - started
 
     def judge(
         self,
@@ -315,24 +400,26 @@ class DemoService:
         right: tuple[str | os.PathLike[str] | None, str],
         statements: str | None,
         settings: ModelSettings,
-    ) -> tuple[Detection, Detection, list[Verdict]]:
+    ) -> tuple[Detection, Detection, list[Verdict], Timing]:
         """NLVR2: is each statement (one per line) true of the pair of images? ``left`` and
         ``right`` are (path, display name). Each image's regions come from :meth:`detect`
         (once per image and settings); the NLVR2 model runs once on all statements
-        (:meth:`pipeline.api.Pipeline.judge_regions`).
+        (:meth:`pipeline.api.Pipeline.judge_regions`). Also the seconds each model took.
 
         Raises:
             DemoError: no statement, a bad image, or an encoder that is not an NLVR2 model.
         """
         said = parse_questions(statements, limit=self.limits.max_questions, what="statement")
-        first = self.detect(left[0], settings, name=left[1])
-        second = self.detect(right[0], settings, name=right[1])
+        first, first_s = self.detect_timed(left[0], settings, name=left[1])
+        second, second_s = self.detect_timed(right[0], settings, name=right[1])
         pipeline = self._pipeline(settings)
         with self.models.using(settings):
+            started = time.perf_counter()
             try:
                 results = pipeline.judge_regions([first.regions], [second.regions], [said], top_k=2)
             except ValueError as error:  # not an NLVR2 model: the message says which to use
                 raise DemoError(str(error)) from error
+            timing = Timing(_added(first_s, second_s), time.perf_counter() - started)
         verdicts = cast("list[list[tuple[bool, float]]]", results[0])
         return (
             first,
@@ -341,7 +428,45 @@ class DemoService:
                 Verdict(statement, dict(pairs)[True])
                 for statement, pairs in zip(said, verdicts, strict=True)
             ],
+            timing,
         )
+
+    def explain_pair(
+        self,
+        pair: tuple[Detection, Detection],
+        statement: str,
+        verdict: bool | None,
+        settings: ModelSettings,
+    ) -> tuple[PairExplanation, float]:
+        """Why the NLVR2 model would judge ``statement`` ``verdict`` (None: its own verdict)
+        about ``pair`` (:func:`encoder.explain.explain_judgement`, regions labelled as on
+        the page), and the seconds it took.
+
+        Raises:
+            DemoError: not one statement, or an encoder that is not an NLVR2 model.
+        """
+        from encoder.explain import explain_judgement
+
+        (said,) = parse_questions(statement, limit=1, what="statement")
+        pipeline = self._pipeline(settings)
+        left, right = pair
+        labels = tuple(
+            region_labels(d.regions, d.object_names, d.attribute_names) for d in (left, right)
+        )
+        with self.models.using(settings):
+            started = time.perf_counter()
+            try:
+                found = explain_judgement(
+                    pipeline.encoder,
+                    left.regions,
+                    right.regions,
+                    said,
+                    verdict=verdict,
+                    labels=(labels[0], labels[1]),
+                )
+            except ValueError as error:  # not an NLVR2 model: the message says which to use
+                raise DemoError(str(error)) from error
+            return found, time.perf_counter() - started
 
     def preload(self, start: StartModels) -> str:
         """Load ``start``'s models now, so the first request does not wait; returns why they
@@ -394,7 +519,8 @@ def strongest(regions: RegionFeatures, count: int) -> list[int]:
 
 def boxes_picture(detection: Detection, *, shown: int, picked: int | None = None) -> np.ndarray:
     """The image with its ``shown`` most confident boxes labelled "attribute object
-    confidence" (:func:`pipeline.visualize.draw_regions`), RGB uint8 ``[H, W, 3]``.
+    confidence" (:func:`pipeline.visualize.draw_regions`), RGB uint8 ``[H, W, 3]``; a small
+    image is drawn enlarged (:func:`pipeline.visualize.enlarged`) so its labels fit.
 
     ``picked`` (a region id, shown or not) is highlighted: everything outside its box is
     dimmed and its label is drawn last, on top.
@@ -403,10 +529,8 @@ def boxes_picture(detection: Detection, *, shown: int, picked: int | None = None
         "object_names": detection.object_names,
         "attribute_names": detection.attribute_names,
     }
-    regions = detection.regions
-    canvas = draw_regions(
-        detection.image_bgr, take_regions(regions, strongest(regions, shown)), **names
-    )
+    image, regions = enlarged(detection.image_bgr, detection.regions)
+    canvas = draw_regions(image, take_regions(regions, strongest(regions, shown)), **names)
     if picked is not None and 0 <= picked < regions.num_boxes:
         x1, y1, x2, y2 = (round(float(v)) for v in regions.boxes[picked])
         dimmed = (canvas.astype(np.float32) * _DIM).astype(np.uint8)

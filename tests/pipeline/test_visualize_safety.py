@@ -23,11 +23,13 @@ from pipeline.cli import main
 from pipeline.inputs import input_roots
 from pipeline.manifest import manifest_path
 from pipeline.visualize import (
+    MIN_PICTURE_SIDE,
     PICTURE_MARK,
     ForeignFileError,
     check_visualize_dir,
     draw_regions,
     encode_picture,
+    enlarged,
     is_marked_png,
     mark_png,
     save_visualization,
@@ -295,7 +297,11 @@ def test_our_own_picture_is_replaced_on_a_rerun(
     fresh = vis / "coffee.png"
     assert fresh.read_bytes() != stale and is_marked_png(fresh)
     drawn, photo = cv2.imread(str(fresh)), cv2.imread(str(own_photos / "coffee.jpg"))
-    assert drawn is not None and photo is not None and drawn.shape == photo.shape
+    assert drawn is not None and photo is not None
+    # A small photo is drawn enlarged to a short side of MIN_PICTURE_SIDE, aspect kept.
+    assert photo.shape[0] < MIN_PICTURE_SIDE
+    assert drawn.shape[0] == MIN_PICTURE_SIDE
+    assert drawn.shape[1] == round(photo.shape[1] * MIN_PICTURE_SIDE / photo.shape[0])
     assert extract(own_photos, "--out", out, "--overwrite", *flags) == 0
     assert snapshot(vis) == first  # the same pictures again, written over our own
     assert "not a picture this tool wrote" not in run_log.text
@@ -312,8 +318,10 @@ def test_marked_png_has_opencvs_pixels_and_a_readable_mark(tmp_path: Path) -> No
     path = save_visualization(tmp_path, image, region, **NAMES)
     assert path == tmp_path / "a" / "b.png"
     data = path.read_bytes()
-    canvas = draw_regions(image, region, **NAMES)
-    assert not np.array_equal(canvas, image)  # the boxes are drawn
+    bigger, scaled = enlarged(image, region)
+    canvas = draw_regions(bigger, scaled, **NAMES)
+    assert min(canvas.shape[:2]) == MIN_PICTURE_SIDE  # 60x80: drawn enlarged
+    assert not np.array_equal(canvas, bigger)  # the boxes are drawn
     np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), canvas)
     ok, plain = cv2.imencode(".png", canvas)
     assert ok

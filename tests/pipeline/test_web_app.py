@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from detector.structures import RegionFeatures
-from pipeline.visualize import draw_regions
+from pipeline.visualize import draw_regions, enlarged
 from pipeline.web.models import (
     ModelCache,
     ModelSettings,
@@ -192,18 +194,44 @@ def test_picture_draws_the_most_confident_boxes(service: DemoService, shown: int
     regions = detection.regions
     confidences = [float(c) for c in regions.objects_conf]
     strongest = sorted(range(len(confidences)), key=lambda i: -confidences[i])[:shown]
-    expected_bgr = draw_regions(
-        detection.image_bgr,
+    # 271x271: drawn on a copy enlarged to 512x512 (bilinear), boxes scaled alike.
+    bigger = cv2.resize(detection.image_bgr, (512, 512), interpolation=cv2.INTER_LINEAR)
+    scaled = dataclasses.replace(
         _subset(regions, strongest),
+        boxes=(regions.boxes[strongest] * np.float32(512 / 271)).astype(np.float32),
+        image_h=512,
+        image_w=512,
+    )
+    expected_bgr = draw_regions(
+        bigger,
+        scaled,
         object_names=detection.object_names,
         attribute_names=detection.attribute_names,
     )
     picture = boxes_picture(detection, shown=shown)
-    assert picture.shape == (regions.image_h, regions.image_w, 3)
+    assert picture.shape == (512, 512, 3)
     np.testing.assert_array_equal(picture, expected_bgr[:, :, ::-1])
-    if shown == 0:  # no box: the image itself, in RGB
-        rgb = np.asarray(Image.open(SCENE).convert("RGB"))
-        np.testing.assert_array_equal(picture, rgb)
+    if shown == 0:  # no box: the image itself enlarged, in RGB
+        np.testing.assert_array_equal(picture, bigger[:, :, ::-1])
+
+
+def test_a_large_image_is_drawn_at_its_own_size() -> None:
+    image = np.zeros((600, 800, 3), np.uint8)
+    region = _subset(
+        RegionFeatures(
+            image_id="big",
+            image_h=600,
+            image_w=800,
+            boxes=np.array([[10, 20, 300, 400]], np.float32),
+            features=np.zeros((1, 4), np.float32),
+            objects_id=np.zeros(1, np.int64),
+            objects_conf=np.ones(1, np.float32),
+            attrs_id=np.zeros(1, np.int64),
+            attrs_conf=np.ones(1, np.float32),
+        ),
+        [0],
+    )
+    assert enlarged(image, region) == (image, region)
 
 
 def test_picked_box_is_highlighted(service: DemoService) -> None:
@@ -212,7 +240,7 @@ def test_picked_box_is_highlighted(service: DemoService) -> None:
     picked = int(np.argmax(regions.objects_conf))
     plain = boxes_picture(detection, shown=0)
     lit = boxes_picture(detection, shown=0, picked=picked)
-    x1, y1, x2, y2 = (round(float(v)) for v in regions.boxes[picked])
+    x1, y1, x2, y2 = (round(float(v) * 512 / 271) for v in regions.boxes[picked])  # enlarged
     outside = np.ones(plain.shape[:2], dtype=bool)
     outside[max(0, y1 - 40) : y2 + 6, max(0, x1 - 6) : x2 + 6] = False  # box, line, label
     dimmed = plain[outside].astype(np.float64) * 0.35  # float rounding: within 1 level
@@ -357,7 +385,37 @@ def test_page_lists_unusable_models_greyed(no_downloaded_weights: None) -> None:
         encoders=encoders,
     )
     public = {fn.api_name for fn in app.fns.values() if fn.api_visibility == "public"}
-    assert public == {"detect", "ask", "judge"}
+    assert public == {"detect", "ask", "explain", "judge"}
+
+
+@pytest.mark.usefixtures("no_downloaded_weights")
+def test_notice_names_what_is_missing_and_settings_list_each_model_once() -> None:
+    """Issue 32: the note read "was not found. Looked in:;" and shapes-nlvr2 was listed
+    twice (an encoder, and an NLVR2 model)."""
+    pytest.importorskip("gradio")
+    import torch
+
+    from pipeline.web.app import build_app
+    from pipeline.web.models import nlvr2_choices
+
+    detectors, encoders = model_choices("detector"), model_choices("encoder")
+    start = start_models("vg-r101-c4-attr", "lxmert-vqa", detectors, encoders)
+    assert "Looked in" not in start.notice
+    assert "checkpoint 'vg-r101-c4-attr' (detector) was not found;" in start.notice
+    app = build_app(
+        DemoService(models=ModelCache(device=torch.device("cpu"))),
+        start=start,
+        detectors=detectors,
+        encoders=encoders,
+        nlvr2_encoders=nlvr2_choices(),
+    )
+    (listing,) = [
+        c["props"]["value"]
+        for c in app.config["components"]
+        if c["type"] == "html" and "<ul>" in str(c["props"].get("value"))
+    ]
+    assert listing.count("<b>shapes-nlvr2</b>") == 1
+    assert listing.count("<b>shapes-lxmert</b>") == 1
 
 
 # -- NLVR2 ----------------------------------------------------------------------------------
@@ -387,7 +445,7 @@ def test_judge_matches_the_library_and_detects_each_image_once(
     reference = Pipeline(detector="shapes-detector", encoder=nlvr2_folder, device="cpu")
     expected = reference.judge([str(SCENE)], [str(other)], [statements], top_k=2)[0]
     settings = ModelSettings(detector="shapes-detector", encoder=str(nlvr2_folder))
-    left, right, verdicts = service.judge(
+    left, right, verdicts, timing = service.judge(
         (SCENE, "scene_000.png"), (other, "scene_001.png"), "\n".join(statements), settings
     )
     assert [v.statement for v in verdicts] == statements
@@ -397,6 +455,20 @@ def test_judge_matches_the_library_and_detects_each_image_once(
         assert verdict.as_json()["true"] == (verdict.true_probability > 0.5)
     assert left is service.detect(SCENE, settings, name="again.png")
     assert right.regions.image_w == Image.open(other).size[0]
+    assert timing.encoder_s is not None and timing.encoder_s > 0
+    # The why view of a verdict: the library's explanation of the same pair.
+    found, seconds = service.explain_pair((left, right), statements[0], None, settings)
+    library = reference.explain_judgement(str(SCENE), str(other), statements[0])
+    assert found.verdict == library.verdict == (verdicts[0].true_probability > 0.5)
+    for side, same in ((found.left, library.left), (found.right, library.right)):
+        assert sum(r.score for r in side.regions) == pytest.approx(1.0)
+        assert [r.score for r in side.regions] == pytest.approx(
+            [r.score for r in same.regions], abs=1e-6
+        )
+        assert [r.label for r in side.regions] == [r.label for r in same.regions]
+    assert seconds > 0
+    flipped, _ = service.explain_pair((left, right), statements[0], not found.verdict, settings)
+    assert flipped.verdict is not found.verdict
 
 
 def test_judge_refuses_a_qa_model_and_an_empty_statement(service: DemoService) -> None:
@@ -507,7 +579,7 @@ def test_page_session_keeps_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyP
         payload, "shapes-detector", "shapes-lxmert", "checkpoint's own", 0, 36
     )
     assert status.startswith("scene.png: 271x271")
-    assert picture.shape == (271, 271, 3)
+    assert picture.shape == (512, 512, 3)  # drawn enlarged
 
     def arrays(value: object) -> list[np.ndarray]:
         if isinstance(value, np.ndarray):
@@ -558,3 +630,63 @@ def test_region_cache_is_bounded_in_bytes() -> None:
     roomy = DemoService(models=small.models, cache_bytes=2 * scene_bytes)
     kept = [roomy.detect(path, SHAPES, name=path.name) for path in (SCENE, other)]
     assert [roomy.known(d.key) for d in kept] == kept
+
+
+# -- issue 32: why this answer, and the time it took ----------------------------------------
+
+
+def test_explain_is_the_librarys_and_refuses_answers_the_model_lacks(
+    service: DemoService,
+) -> None:
+    from pipeline.api import Pipeline
+
+    detection = service.detect(SCENE, SHAPES, name="scene_000.png")
+    found, seconds = service.explain(detection, "what color is the circle?", None, SHAPES)
+    library = Pipeline(
+        detector="shapes-detector", encoder="shapes-lxmert", device="cpu"
+    ).explain_regions(detection.regions, "what color is the circle?")
+    assert found.answer == library.answer == "yellow" and seconds > 0
+    assert [r.score for r in found.image.regions] == pytest.approx(
+        [r.score for r in library.image.regions], abs=1e-6
+    )
+    red, _ = service.explain(detection, "what color is the circle?", "red", SHAPES)
+    assert red.answer == "red"
+    with pytest.raises(DemoError, match="Answer must be one of shapes-lxmert's 22 answers"):
+        service.explain(detection, "what color is the circle?", "pizza", SHAPES)
+    with pytest.raises(DemoError, match="ask at most 1"):
+        service.explain(detection, "a?\nb?", None, SHAPES)
+
+
+def test_timing_says_cached_when_the_detector_did_not_run(service: DemoService) -> None:
+    from pipeline.web.service import Timing
+
+    first = service.respond(SCENE, "how many squares?", SHAPES, name="s.png", shown=36)
+    again = service.respond(SCENE, "how many squares?", SHAPES, name="s.png", shown=36)
+    assert again.timing.detector_s is None and again.timing.encoder_s is not None
+    assert "time: detector cached, encoder " in again.status
+    assert first.timing.encoder_s is not None
+    assert Timing(0.5, 0.25, 0.125).describe() == (
+        "time: detector 0.50 s, encoder 0.25 s, explanation 0.12 s"
+    )
+
+
+def test_relevance_picture_lights_the_top_region_and_dims_the_rest(
+    service: DemoService,
+) -> None:
+    from pipeline.web.why import regions_html, relevance_picture, words_html
+
+    detection = service.detect(SCENE, SHAPES, name="scene_000.png")
+    found, _ = service.explain(detection, "what color is the circle?", None, SHAPES)
+    picture = relevance_picture(detection.image_bgr, found.image)
+    scale = 512 / 271
+    assert picture.shape[1] == 512 and picture.shape[0] > 512  # enlarged, legend below
+    original = cv2.resize(detection.image_bgr, (512, 512))[:, :, ::-1].astype(np.float64)
+    best = found.image.top(1)[0]
+    x1, y1, x2, y2 = (round(v * scale) for v in best.box)
+    inside = (slice(y1 + 12, y2 - 12), slice(x1 + 12, x2 - 12))
+    np.testing.assert_allclose(picture[inside], original[inside], atol=1.0)  # full brightness
+    assert picture[:8, :8].mean() <= 0.2 * original[:8, :8].mean() + 1  # no region: dim
+    listed = regions_html(found.image)
+    assert listed.index(best.label) < listed.index(found.image.top(2)[1].label)
+    assert 'class="top-region"' in listed and f'data-index="{best.index}"' in listed
+    assert "rgba(255,140,0,1.00)" in words_html(found.words)  # the top word fully shaded
