@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from detector.config import PROPOSALS_BEFORE_THE_FIELD, resolve_proposals
-from weights.files import atomic_write_text
+from weights.files import atomic_write_text, longest_temporary_name
 
 #: Version of the manifest's own layout.
 MANIFEST_VERSION = 1
@@ -136,8 +136,7 @@ def check_name_length(output: str | os.PathLike[str]) -> None:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    # weights.files.atomic_path: ".<name>.<pid>.<8 hex>.tmp", pid up to 7 digits.
-    longest = f".{manifest_path(output).name}.{'9' * 7}.{'f' * 8}.tmp"
+    longest = longest_temporary_name(manifest_path(output).name)
     if len(os.fsencode(longest)) > limit:
         raise ValueError(
             f"--out {output}: the name is too long for the files written beside it (the "

@@ -24,7 +24,6 @@ import glob
 import heapq
 import io
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import h5py
 import numpy as np
 
 from detector.structures import ARRAY_DTYPES, TSV_FIELDNAMES, RegionFeatures
-from weights.files import atomic_path, fsync_directory
+from weights.files import atomic_path, fsync_directory, is_temporary_name
 
 Format = Literal["tsv", "hdf5"]
 WriteMode = Literal["create", "overwrite", "resume"]
@@ -479,10 +478,9 @@ class H5Writer:
         self._feature_dim = feature_dim
         self._fold_min = max(1, fold_min)
         # Left by a run killed while folding; the real file is intact. Only names exactly of
-        # weights.files.atomic_path's making (".NAME.PID.8HEX.tmp") are ours to remove.
-        ours = re.compile(rf"\.{re.escape(self.path.name)}\.\d+\.[0-9a-f]{{8}}\.tmp")
+        # weights.files.atomic_path's making are ours to remove.
         for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
-            if ours.fullmatch(leftover.name):
+            if is_temporary_name(leftover.name, self.path.name):
                 leftover.unlink(missing_ok=True)
         self._file_ids: set[str] = set()
         if resume and self.path.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,28 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(stream.fileno())
 
 
+#: The pid in a temporary name has at most this many digits (Linux' pid_max is 4194304).
+_PID_DIGITS = 7
+
+
+def temporary_name(name: str) -> str:
+    """The temporary file name :func:`atomic_path` writes ``name`` under, beside it:
+    ``.NAME.PID.8HEX.tmp`` (hidden; this process's id; 8 random hex digits)."""
+    return f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def is_temporary_name(candidate: str, name: str) -> bool:
+    """Whether ``candidate`` is a :func:`temporary_name` of ``name`` (of any process): only
+    such files, left by a killed writer, are ours to remove."""
+    pattern = rf"\.{re.escape(name)}\.\d{{1,{_PID_DIGITS}}}\.[0-9a-f]{{8}}\.tmp"
+    return re.fullmatch(pattern, candidate) is not None
+
+
+def longest_temporary_name(name: str) -> str:
+    """The longest :func:`temporary_name` of ``name`` (for checking a folder's name limit)."""
+    return f".{name}.{'9' * _PID_DIGITS}.{'f' * 8}.tmp"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
@@ -45,7 +68,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary file behind.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(temporary_name(path.name))
     # os.open with 0o666 honours the umask, so the file gets the permissions a plain open()
     # would give it (mkstemp would make it private to the user).
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

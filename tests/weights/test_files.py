@@ -132,3 +132,17 @@ def test_a_writer_that_recreates_the_file_privately_still_gets_the_umask_mode(tm
     finally:
         os.umask(old)
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_temporary_name_is_made_and_recognised_in_one_place() -> None:
+    from weights.files import is_temporary_name, longest_temporary_name, temporary_name
+
+    made = temporary_name("out.h5")
+    assert made.startswith(".out.h5.") and made.endswith(".tmp")
+    assert is_temporary_name(made, "out.h5")
+    assert len(longest_temporary_name("out.h5")) >= len(made)
+    assert is_temporary_name(longest_temporary_name("out.h5"), "out.h5")
+    # Only exactly that shape, of exactly that file, is a writer's leftover.
+    for other in (".out.h5.12.zzzzzzzz.tmp", ".out.h5.x.0123abcd.tmp", ".other.h5.12.0123abcd.tmp"):
+        assert not is_temporary_name(other, "out.h5")
+    assert not is_temporary_name(made, "out.h")
