@@ -47,7 +47,19 @@ from pipeline.web.service import (
     boxes_picture,
     region_choices,
 )
-from pipeline.web.why_view import Why, clicked_answer, explained, top_answer, why_layout
+from pipeline.web.why_view import (
+    PairWhy,
+    Why,
+    clicked_answer,
+    clicked_verdict,
+    explained,
+    explained_pair,
+    pair_why_layout,
+    top_answer,
+    top_verdict,
+    verdict_charts,
+    why_layout,
+)
 
 if TYPE_CHECKING:
     from detector.config import Selection
@@ -431,6 +443,8 @@ class _Pair:
     left_picture: gr.Image
     right_picture: gr.Image
     verdicts: gr.JSON
+    charts: tuple[gr.Label, ...]
+    why: PairWhy
 
 
 def _nlvr2_layout(encoders: Sequence[ModelChoice]) -> _Pair:
@@ -455,8 +469,15 @@ def _nlvr2_layout(encoders: Sequence[ModelChoice]) -> _Pair:
     with gr.Row():
         left_picture = gr.Image(label="Left boxes", type="numpy", format="png", interactive=False)
         right_picture = gr.Image(label="Right boxes", type="numpy", format="png", interactive=False)
+    charts = tuple(
+        gr.Label(num_top_classes=2, visible=False, elem_classes="verdict-chart")
+        for _ in range(MAX_QUESTIONS)
+    )
     verdicts = gr.JSON(label="Verdicts (probability that each statement is true)")
-    return _Pair(left, right, statements, encoder, judge, left_picture, right_picture, verdicts)
+    why = pair_why_layout()
+    return _Pair(
+        left, right, statements, encoder, judge, left_picture, right_picture, verdicts, charts, why
+    )
 
 
 def _wire_nlvr2(
@@ -494,7 +515,26 @@ def _wire_nlvr2(
             f"{service.describe_models()}",
         )
 
-    pair.judge.click(
+    @_shown_errors
+    def explain_verdict(
+        left: Any, right: Any, statement: Any, verdict: Any, *chosen: Any
+    ) -> tuple[Any, ...]:
+        settings = settings_of(offer, *chosen)
+        first, second = upload_of(left, offer.uploads), upload_of(right, offer.uploads)
+        return explained_pair(service, first, second, _text(statement), _text(verdict), settings)
+
+    why = pair.why
+    asked = [why.statement, why.verdict]
+    private: dict[str, Any] = {"api_visibility": "private"}
+    explaining = {
+        "fn": explain_verdict,
+        "inputs": [pair.left, pair.right, *asked, *controls],
+        "outputs": [why.left, why.right, why.text, status],
+        "preprocess": False,
+        "concurrency_id": "models",
+        **private,
+    }
+    done = pair.judge.click(
         judge,
         [pair.left, pair.right, pair.statements, *controls],
         [pair.left_picture, pair.right_picture, pair.verdicts, status],
@@ -502,6 +542,11 @@ def _wire_nlvr2(
         preprocess=False,
         concurrency_id="models",
     )
+    count = len(pair.charts)
+    done.success(lambda v: verdict_charts(v, count), pair.verdicts, list(pair.charts), **private)
+    done.success(top_verdict, pair.verdicts, asked, **private).success(**explaining)
+    for number, chart in enumerate(pair.charts):
+        chart.select(clicked_verdict(number), pair.verdicts, asked, **private).success(**explaining)
 
 
 def _text(value: object) -> str:

@@ -690,3 +690,49 @@ def test_relevance_picture_lights_the_top_region_and_dims_the_rest(
     assert listed.index(best.label) < listed.index(found.image.top(2)[1].label)
     assert 'class="top-region"' in listed and f'data-index="{best.index}"' in listed
     assert "rgba(255,140,0,1.00)" in words_html(found.words)  # the top word fully shaded
+
+
+def test_nlvr2_verdicts_are_charts_and_explained_on_both_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("gradio")
+    import gradio as gr
+    import torch
+
+    from pipeline.web.app import build_app
+    from pipeline.web.models import nlvr2_choices
+    from pipeline.web.why_view import verdict_charts
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    (tmp_path / "h").mkdir()
+    payloads = []
+    for name in ("scene_000.png", "scene_001.png"):
+        (tmp_path / "h" / name).write_bytes((ROOT / "examples" / name).read_bytes())
+        payloads.append({"path": str(tmp_path / "h" / name), "meta": {"_type": "gradio.FileData"}})
+    service = DemoService(models=ModelCache(device=torch.device("cpu")))
+    detectors, encoders = model_choices("detector"), model_choices("encoder")
+    start = start_models("shapes-detector", "shapes-lxmert", detectors, encoders)
+    app = build_app(
+        service,
+        start=start,
+        detectors=detectors,
+        encoders=encoders,
+        nlvr2_encoders=nlvr2_choices(),
+    )
+    explain = next(
+        fn.fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") == "explain_verdict"
+    )
+    controls = ("shapes-detector", "shapes-nlvr2", "checkpoint's own", 0)
+    left, right, text, status = explain(*payloads, "there is a yellow circle", "", *controls)
+    assert left.shape[1] == 512 and right.shape[1] == 512  # both enlarged (271, 168 wide)
+    assert "left image" in text and "right image" in text and text.count("top-region") == 2
+    assert "time: detector " in status and "explanation " in status
+    _, _, flipped, _ = explain(*payloads, "there is a yellow circle", "false", *controls)
+    assert "\u201cfalse\u201d" in flipped
+    with pytest.raises(gr.Error):
+        explain(*payloads, "there is a yellow circle", "maybe", *controls)
+    with pytest.raises(gr.Error):  # an encoder the NLVR2 tab does not offer
+        explain(*payloads, "there is a yellow circle", "", "shapes-detector", "/etc", *controls[2:])
+    charts = verdict_charts([{"statement": "s", "true": True, "probability_true": 0.75}], 3)
+    assert charts[0]["value"] == {"true": 0.75, "false": 0.25} and charts[0]["label"] == "s"
+    assert [c["visible"] for c in charts] == [True, False, False]

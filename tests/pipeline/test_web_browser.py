@@ -24,6 +24,7 @@ from pipeline.web.browser import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENE = ROOT / "examples" / "scene_000.png"
+OTHER = ROOT / "examples" / "scene_001.png"
 #: The why view's question, chosen beforehand: scene_000 has one circle, and with the
 #: shapes models its top-relevance region was measured to be the detector's "yellow circle"
 #: (relevance 0.58, IoU 0.66 with the circle's true box; the next region 0.15).
@@ -116,6 +117,18 @@ def test_page_answers_shows_boxes_and_survives_a_bad_upload(server: str, tmp_pat
             ask(SCENE, "how many squares?")
             expect(chart).to_contain_text("how many squares?", timeout=WAIT_MS)
             expect(chart.locator("h2").first).to_have_text(squares, timeout=WAIT_MS)
+
+            # NLVR2: the verdict as a chart, and the why view on both images.
+            page.get_by_role("tab", name="NLVR2: two images, one statement").click()
+            page.locator("#left input[type=file]").set_input_files(str(SCENE))
+            page.locator("#right input[type=file]").set_input_files(str(OTHER))
+            page.locator("#statements textarea").fill("there is a yellow circle")
+            page.locator("#judge").click()
+            verdict = page.locator(".verdict-chart").first
+            expect(verdict).to_contain_text("there is a yellow circle", timeout=WAIT_MS)
+            expect(page.locator("#pair-why .top-region")).to_have_count(2, timeout=WAIT_MS)
+            expect(page.locator("#pair-why-left img").first).to_be_visible(timeout=WAIT_MS)
+            expect(page.locator("#pair-why-right img").first).to_be_visible(timeout=WAIT_MS)
         finally:
             browser.close()
 
