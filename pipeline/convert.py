@@ -46,10 +46,11 @@ from pipeline.manifest import (
     settings_differences,
     write_manifest,
 )
-from pipeline.merge import MERGEABLE_STATUSES, file_sha256
+from pipeline.merge import MERGEABLE_STATUSES
 from pipeline.writers import journal_path
 from weights.defaults import extra_install_hint
 from weights.files import fsync_directory, fsync_file
+from weights.resolve import sha256_file
 
 
 @dataclass(frozen=True)
@@ -280,11 +281,11 @@ def plan_convert(settings: ConvertSettings) -> ConvertPlan:
 def path_sha256(path: Path) -> str:
     """sha256 of a file; of a folder, over each file's relative path and sha256, sorted."""
     if path.is_file():
-        return file_sha256(path)
+        return sha256_file(path)
     digest = hashlib.sha256()
     for item in sorted(p for p in path.rglob("*") if p.is_file()):
         relative = item.relative_to(path).as_posix()
-        digest.update(f"{relative}\t{file_sha256(item)}\n".encode())
+        digest.update(f"{relative}\t{sha256_file(item)}\n".encode())
     return digest.hexdigest()
 
 

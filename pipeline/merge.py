@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from pipeline.writers import (
     merge_outputs,
     output_format,
 )
+from weights.resolve import sha256_file
 
 #: Manifest statuses of an input that ``merge`` accepts: a run that ended, a merge, or a
 #: conversion (``extract_features convert``: its inputs were finished when it read them).
@@ -246,15 +246,6 @@ def check_input_path(path: Path) -> None:
         ) from None
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of the file at ``path``, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _input_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest beside ``path``, None when there is none.
 
@@ -309,7 +300,7 @@ def read_input(path: Path) -> MergeInput:
     _check_finished(path, manifest)
     try:
         facts = feature_file_facts(path)
-        digest = file_sha256(path)
+        digest = sha256_file(path)
     except (OSError, ValueError) as error:
         raise UsageError(f"merge input {path}: {error}") from error
     if len(facts.feature_dims) > 1:
