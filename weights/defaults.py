@@ -68,12 +68,18 @@ class DeviceError(ValueError):
     """An explicitly requested device that cannot be used here (a usage error)."""
 
 
-def cache_dir() -> Path:
-    """The project's own cache folder, from the environment as it is now (not at import):
-    ``$XDG_CACHE_HOME/lxmert-pipeline``, else ``~/.cache/lxmert-pipeline``. Model weights are
-    cached by the registry in the Hugging Face cache instead (:mod:`weights.resolve`)."""
+def user_cache_root() -> Path:
+    """The user's cache root, from the environment as it is now (not at import):
+    ``$XDG_CACHE_HOME``, else ``~/.cache``. The one reading of ``XDG_CACHE_HOME``."""
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(xdg).expanduser() / "lxmert-pipeline"
+    return Path(xdg).expanduser()
+
+
+def cache_dir() -> Path:
+    """The project's own cache folder: ``$XDG_CACHE_HOME/lxmert-pipeline``, else
+    ``~/.cache/lxmert-pipeline``. Model weights are cached by the registry in the Hugging Face
+    cache instead (:mod:`weights.resolve`)."""
+    return user_cache_root() / "lxmert-pipeline"
 
 
 def _warn_fallback(message: str) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from weights.defaults import user_cache_root
 from weights.files import atomic_write_text
 from weights.registry import REGISTRY, CheckpointRecord, get_record
 
@@ -114,8 +115,7 @@ def hub_cache_dir() -> Path:
             return _expand(os.environ[var])
     if os.environ.get("HF_HOME"):
         return _expand(os.environ["HF_HOME"]) / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return _expand(xdg) / "huggingface" / "hub"
+    return user_cache_root() / "huggingface" / "hub"
 
 
 def hub_offline() -> bool:
