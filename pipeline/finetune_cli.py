@@ -42,6 +42,13 @@ from typing import TYPE_CHECKING
 from pipeline.command import Command, non_negative_int, positive_int, run_command
 from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.finetune_distributed import (
+    join_group,
+    launched_rank,
+    leave_group,
+    peers_lost_named,
+    rank_device,
+)
 from pipeline.finetune_export import EXPORT_COMMAND
 from pipeline.finetune_labels import check_labels
 from pipeline.finetune_log import epoch_reporter, write_log
@@ -62,6 +69,7 @@ if TYPE_CHECKING:
         AccuracyReport,
         EpochRecord,
         FinetuneConfig,
+        FitResult,
         HumanAnswers,
         PairEntry,
         Progress,
@@ -289,7 +297,7 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
         resume=args.resume,
         skip_missing=args.skip_missing,
         log_every=args.log_every,
-        quiet=args.quiet,
+        quiet=args.quiet or launched_rank() != 0,  # under torchrun rank 0 alone speaks
         subset=Subset(tiny=args.tiny, limit_questions=args.limit_questions),
     )
 
@@ -387,7 +395,7 @@ def run_train(args: argparse.Namespace) -> int:
     source = f"--answers {settings.answers}" if settings.answers else "the training labels"
     check_labels(train_entries, table, table_name=source)
     try:
-        device = resolve_device(settings.device, on_fallback=_say)
+        device = rank_device(resolve_device(settings.device, on_fallback=_say))
         encoder, kept = prepare_encoder(
             settings.source, answers=table, config=settings.recipe, device=device
         )
@@ -458,7 +466,7 @@ def run_train_nlvr2(
         )
     train_entries, valid_entries = first(train_entries, limit), first(valid_entries, limit)
     try:
-        device = resolve_device(settings.device, on_fallback=_say)
+        device = rank_device(resolve_device(settings.device, on_fallback=_say))
         encoder = prepare_nlvr2_encoder(settings.source, config=settings.recipe, device=device)
     except MODEL_LOAD_ERRORS as err:
         raise UsageError(f"cannot load --from {settings.source}: {err}") from None
@@ -486,14 +494,22 @@ def fit_and_write(
     inputs: Mapping[str, object],
 ) -> int:
     """Fit, writing the best model into ``--out`` as it improves, then the full record; the
-    checkpoint records ``inputs`` (what a ``--resume`` must be given again)."""
-    from encoder.finetune import FINETUNE_FILE, fit, write_model_dir
+    checkpoint records ``inputs`` (what a ``--resume`` must be given again). Under torchrun
+    every rank fits, rank 0 alone prints and writes (:mod:`pipeline.finetune_distributed`)."""
+    from encoder.finetune import fit, write_model_dir
 
     def keep_best(best: Encoder, epoch: EpochRecord) -> None:
         write_model_dir(best, settings.out, record={**record, "best": asdict(epoch)})
 
+    ranks = join_group(encoder.model.device)
+    settings = replace(settings, quiet=settings.quiet or not ranks.writes)
+    remedy = f"the last finished epoch is in {settings.out / CHECKPOINT}: run the same command "
+    remedy += "with --resume"
     try:
-        with data_errors_are_usage(remedy=lambda: _data_error_remedy(settings.out / CHECKPOINT)):
+        with (
+            peers_lost_named(ranks, remedy=remedy),
+            data_errors_are_usage(remedy=lambda: _data_error_remedy(settings.out / CHECKPOINT)),
+        ):
             result = fit(
                 encoder=encoder,
                 train=train,
@@ -510,6 +526,18 @@ def fit_and_write(
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with the same command and --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if ranks.writes:
+        write_outputs(settings, encoder, record, result)
+    leave_group(ranks)
+    return EXIT_OK
+
+
+def write_outputs(
+    settings: TrainSettings, encoder: Encoder, record: Mapping[str, object], result: FitResult
+) -> None:
+    """After the last epoch: ``last/``, ``log.log`` and the full ``finetune.json``."""
+    from encoder.finetune import FINETUNE_FILE, write_model_dir
+
     history = [asdict(r) for r in result.history]
     final = {**record, "history": history, "best_epoch": result.best_epoch}
     # The model after the last epoch (vqa.py's LAST.pth); a resume that finds every epoch
@@ -519,7 +547,6 @@ def fit_and_write(
     atomic_write_text(settings.out / FINETUNE_FILE, json.dumps(final, indent=1) + "\n")
     if not settings.quiet:
         print(f"wrote {settings.out} (epoch {result.best_epoch})", file=sys.stderr)
-    return EXIT_OK
 
 
 #: What to do after a feature record failed to read during ``evaluate``.
