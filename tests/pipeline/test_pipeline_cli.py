@@ -18,6 +18,7 @@ from pipeline_helpers import assert_same_region, lxmert_read_tsv, photo_bgr
 from detector import load_detector
 from pipeline.cli import build_parser, main
 from pipeline.manifest import manifest_path, read_manifest
+from pipeline.visualize import MIN_PICTURE_SIDE
 from pipeline.writers import journal_path, read_features
 
 REPO = Path(__file__).resolve().parents[2]
@@ -262,7 +263,10 @@ def test_bad_inputs_are_reported_and_skipped(
     assert (records["one_pixel"].image_h, records["one_pixel"].image_w) == (1, 1)
     for image_id, region in records.items():
         drawn = cv2.imread(str(vis / f"{image_id}.png"))
-        assert drawn.shape[:2] == (region.image_h, region.image_w)
+        # A small image is drawn enlarged to a short side of 512, its aspect kept.
+        factor = max(1.0, MIN_PICTURE_SIDE / min(region.image_h, region.image_w))
+        expected = (round(region.image_h * factor), round(region.image_w * factor))
+        assert drawn.shape[:2] == expected
     # Every input failing is its own exit code.
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
