@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -320,7 +319,7 @@ def _check_mode(args: argparse.Namespace) -> None:
 
 def validate_compare(args: argparse.Namespace) -> CompareSettings | FileCompareSettings:
     """Check every flag (no weights read, no image opened); :class:`UsageError` otherwise."""
-    from weights.defaults import DeviceError, resolve_device
+    from pipeline.model_flags import device_from_args
 
     _check_feature_file(args.reference, "reference")
     _check_mode(args)
@@ -338,13 +337,7 @@ def validate_compare(args: argparse.Namespace) -> CompareSettings | FileCompareS
             verbose=args.verbose,
         )
     configs, unavailable = _configs(args)
-    try:
-        device = resolve_device(
-            args.device,
-            on_fallback=lambda m: print(f"extract_features compare: {m}", file=sys.stderr),
-        )
-    except DeviceError as error:
-        raise UsageError(f"--device {args.device}: {error}") from error
+    device = device_from_args(args, prog="extract_features compare")
     return CompareSettings(
         reference=args.reference,
         inputs=tuple(args.inputs),

@@ -25,7 +25,6 @@ from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
     DEFAULT_ENCODER,
-    DeviceError,
     extra_install_hint,
 )
 
@@ -159,17 +158,12 @@ def _serve(args: argparse.Namespace, examples: list[str]) -> int:
         raise UsageError(
             f"gradio is not installed ({error}); {extra_install_hint('web')}"
         ) from error
+    from pipeline.model_flags import device_from_args
     from pipeline.web.app import SESSIONS, build_app
     from pipeline.web.models import ModelCache, start_models
     from pipeline.web.service import DemoService, Limits
-    from weights.defaults import resolve_device
 
-    try:
-        device = resolve_device(
-            args.device, on_fallback=lambda text: print(f"lxmert-demo: {text}", file=sys.stderr)
-        )
-    except DeviceError as error:
-        raise UsageError(f"--device {args.device}: {error}") from error
+    device = device_from_args(args, prog="lxmert-demo")
     detectors, encoders, nlvr2 = _choices(args)
     start = start_models(
         args.detector or DEFAULT_DETECTOR, args.encoder or DEFAULT_ENCODER, detectors, encoders
