@@ -26,6 +26,7 @@ from weights.defaults import DEFAULT_ENCODER, SHAPES_DETECTOR, SHAPES_ENCODER
 from weights.files import atomic_write_text
 
 if TYPE_CHECKING:
+    from detector.precision import Precision
     from encoder.explain import Explanation
     from pipeline.api import Answer, Pipeline
 
@@ -106,19 +107,13 @@ def run(args: argparse.Namespace) -> int:
     not_utf8 = non_utf8_message(args.questions, what="question")
     if not_utf8 is not None:
         raise UsageError(not_utf8)
-    device = device_from_args(args, prog="answer")
-    precision = precision_from_args(args, prog="answer")
+    device, precision = _device_and_precision(args)
     from detector.image import ImageError
-    from detector.precision import check_precision
     from pipeline.api import answer
 
     try:
-        check_precision(precision, device)
-    except ValueError as error:
-        raise UsageError(f"--precision {precision}: {error}") from None
-    try:
         if args.explain:
-            _answer_and_explain(args, device=str(device), precision=precision)
+            _answer_and_explain(args, device=device, precision=precision)
             return EXIT_OK
         results = answer(
             args.image,
@@ -126,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             detector=args.detector,
             encoder=args.encoder,
-            device=str(device),
+            device=device,
             precision=precision,
         )
     except (ImageError, *MODEL_LOAD_ERRORS) as error:  # type: ignore[misc]
@@ -134,6 +129,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(message)) from None
     _print_answers(args, cast("list[Answer]", results))
     return EXIT_OK
+
+
+def _device_and_precision(args: argparse.Namespace) -> tuple[str, Precision]:
+    """``--device`` and ``--precision``, checked together (a precision the device cannot run
+    is a usage error), before any model loads."""
+    device = device_from_args(args, prog="answer")
+    precision = precision_from_args(args, prog="answer")
+    from detector.precision import check_precision
+
+    try:
+        check_precision(precision, device)
+    except ValueError as error:
+        raise UsageError(f"--precision {precision}: {error}") from None
+    return str(device), precision
 
 
 def _answer_file(args: argparse.Namespace) -> int:
@@ -146,18 +155,12 @@ def _answer_file(args: argparse.Namespace) -> int:
     for row in rows:
         if non_utf8_message([row.question], what="question") is not None:
             raise UsageError(f"--questions {args.question_file}:{row.line}: not valid UTF-8")
-    device = device_from_args(args, prog="answer")
-    precision = precision_from_args(args, prog="answer")
+    device, precision = _device_and_precision(args)
     from detector.image import ImageError
-    from detector.precision import check_precision
     from pipeline.api import default_pipeline
 
     try:
-        check_precision(precision, device)
-    except ValueError as error:
-        raise UsageError(f"--precision {precision}: {error}") from None
-    try:
-        pipeline = default_pipeline(args.detector, args.encoder, str(device), precision)
+        pipeline = default_pipeline(args.detector, args.encoder, device, precision)
         answers = answer_rows(pipeline, rows, top_k=args.top_k)
     except (ImageError, *MODEL_LOAD_ERRORS) as error:  # type: ignore[misc]
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
