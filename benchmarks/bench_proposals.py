@@ -19,10 +19,10 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from bench_startup import cpu_model
 
 from detector.proposals import caffe_cell_anchors, caffe_proposals
 from detector.rpn import AnchorGenerator
@@ -79,10 +79,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="passes over the images")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     result = {
-        "cpu": next((ln.split(":", 1)[1].strip() for ln in lines if "model name" in ln), "?"),
+        "cpu": cpu_model(),
         "load_average": os.getloadavg(),
         "per_image": measure(args.images, args.repeats),
     }
