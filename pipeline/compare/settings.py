@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from pipeline.command import positive_int
 from pipeline.compare.metrics import IOU_LEVELS, GivenBoxTolerances, ReproduceRule
 from pipeline.exits import UsageError
-from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE
+from pipeline.model_flags import add_detector_flag, add_device_flag
 
 if TYPE_CHECKING:  # torch and the detector load only when the command runs
     import torch
@@ -160,35 +160,8 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs", nargs="*", metavar="IMAGES", help="image files, folders, globs or @list.txt"
     )
-    files = parser.add_argument_group(
-        "two feature files (no images, no model)",
-        "compare REFERENCE with another feature file instead of with our detector: box "
-        "matching and same-box features per image and overall; images in only one file are "
-        "listed",
-    )
-    files.add_argument(
-        "--features",
-        type=Path,
-        metavar="CANDIDATE",
-        help="the other feature file (.tsv or .h5, ours or LXMERT's); replaces IMAGES",
-    )
-    files.add_argument(
-        "--same-images",
-        action="store_true",
-        help="with --features: an image in only one of the files fails the comparison",
-    )
-    files.add_argument(
-        "--exact",
-        action="store_true",
-        help="with --features: every record in both files must be byte-equal (the first that "
-        "differs is named)",
-    )
-    parser.add_argument(
-        "--detector",
-        default=DEFAULT_DETECTOR,
-        metavar="NAME|PATH",
-        help="registry name or checkpoint file (default: %(default)s)",
-    )
+    _add_file_flags(parser)
+    add_detector_flag(parser)
     parser.add_argument(
         "--preset", default=None, help="detector config preset (default: the checkpoint's)"
     )
@@ -205,12 +178,7 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
         help="boxes per image in the full check: as many as the reference record holds "
         "(min = max), or the preset's min/max (default: %(default)s)",
     )
-    parser.add_argument(
-        "--device",
-        default=DEFAULT_DEVICE,
-        metavar="DEV",
-        help="cpu, cuda, cuda:N or auto (default: %(default)s)",
-    )
+    add_device_flag(parser)
     parser.add_argument(
         "--require",
         choices=("given", "full"),
@@ -244,6 +212,33 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
         "--verbose",
         action="store_true",
         help="also print each image's figures and the detector's log",
+    )
+
+
+def _add_file_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the two-file comparison (``--features CANDIDATE``)."""
+    files = parser.add_argument_group(
+        "two feature files (no images, no model)",
+        "compare REFERENCE with another feature file instead of with our detector: box "
+        "matching and same-box features per image and overall; images in only one file are "
+        "listed",
+    )
+    files.add_argument(
+        "--features",
+        type=Path,
+        metavar="CANDIDATE",
+        help="the other feature file (.tsv or .h5, ours or LXMERT's); replaces IMAGES",
+    )
+    files.add_argument(
+        "--same-images",
+        action="store_true",
+        help="with --features: an image in only one of the files fails the comparison",
+    )
+    files.add_argument(
+        "--exact",
+        action="store_true",
+        help="with --features: every record in both files must be byte-equal (the first that "
+        "differs is named)",
     )
 
 
