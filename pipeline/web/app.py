@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -36,7 +35,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import gradio as gr
 
 from pipeline.web.gate import NOT_UPLOADED, Uploads, bounded, offered, upload_of
-from pipeline.web.models import ModelChoice, ModelSettings, StartModels
+from pipeline.web.models import (
+    ModelChoice,
+    ModelSettings,
+    StartModels,
+    models_html,
+    unique_choices,
+)
 from pipeline.web.service import (
     MAX_QUESTIONS,
     REGION_COLUMNS,
@@ -145,35 +150,6 @@ def settings_of(
     )
 
 
-def _once(choices: Sequence[ModelChoice]) -> list[ModelChoice]:
-    """``choices`` without repeats (an NLVR2 preset is both an encoder and an NLVR2 model)."""
-    seen: set[tuple[str, str]] = set()
-    kept = []
-    for choice in choices:
-        if (choice.name, choice.kind) not in seen:
-            seen.add((choice.name, choice.kind))
-            kept.append(choice)
-    return kept
-
-
-def models_html(choices: Sequence[ModelChoice]) -> str:
-    """The model list: usable ones plain, the others greyed out with the reason."""
-    items = []
-    for choice in choices:
-        name = html.escape(choice.name)
-        if choice.available:
-            description = html.escape(choice.description)
-            items.append(f"<li><b>{name}</b> ({choice.kind}): {description}</li>")
-        else:
-            items.append(
-                f'<li style="color:#999"><b>{name}</b> ({choice.kind}): not usable here: '
-                f"<details><summary>{html.escape(choice.summary)}</summary>"
-                f'<pre style="white-space:pre-wrap">{html.escape(choice.reason)}</pre>'
-                "</details></li>"
-            )
-    return "<ul>" + "".join(items) + "</ul>"
-
-
 def build_app(
     service: DemoService,
     *,
@@ -228,7 +204,7 @@ def build_app(
             boxes = gr.Slider(
                 0, MAX_BOX_COUNT, value=0, step=1, label="Box count (0: the checkpoint's own)"
             )
-            gr.HTML(models_html(_once([*detectors, *encoders, *nlvr2_encoders])))
+            gr.HTML(models_html(unique_choices([*detectors, *encoders, *nlvr2_encoders])))
         controls = (detector, encoder, selection, boxes, page.shown)
         _wire(service, offer, page, controls=controls, status=status, detection=gr.State(None))
         _wire_nlvr2(service, nlvr2, pair, (detector, pair.encoder, selection, boxes), status)
@@ -306,6 +282,64 @@ class _Page:
     answers: gr.JSON
 
 
+def _wire_why(
+    service: DemoService,
+    offer: Offer,
+    page: _Page,
+    *,
+    controls: tuple[gr.components.Component, ...],
+    status: gr.Textbox,
+) -> tuple[list[gr.components.Component], Callable[[Any], Any]]:
+    """Connect the "why" view: ``explain`` is a public endpoint (served like ``ask``); a click
+    on a chart's answer explains that answer. Returns the (question, answer) components and
+    ``explain_after(event)``, which explains privately once ``event`` succeeds."""
+
+    @_shown_errors
+    def explain(
+        image: Any,
+        question: str,
+        answer: str,
+        detector: str,
+        encoder: str,
+        selection: str,
+        box_count: float,
+        boxes_shown: float,
+    ) -> tuple[Any, ...]:
+        settings = settings_of(offer, detector, encoder, selection, box_count)
+        bounded(boxes_shown, low=1, high=MAX_SHOWN, what="Boxes shown")
+        path, name = upload_of(image, offer.uploads)
+        return explained(service, path, name, _text(question), _text(answer), settings)
+
+    why = page.why
+    why_asked: list[gr.components.Component] = [why.question, why.answer]
+    why_inputs = [page.image, *why_asked, *controls]
+    why_outputs = [why.picture, why.text, why.explanation, status]
+
+    def explain_after(event: Any) -> Any:
+        return event.success(
+            explain,
+            why_inputs,
+            why_outputs,
+            api_visibility="private",
+            preprocess=False,
+            concurrency_id="models",
+        )
+
+    why.button.click(
+        explain,
+        why_inputs,
+        why_outputs,
+        api_name="explain",
+        preprocess=False,
+        concurrency_id="models",
+    )
+    for number, chart in enumerate(page.charts):
+        explain_after(
+            chart.select(clicked_answer(number), page.answers, why_asked, api_visibility="private")
+        )
+    return why_asked, explain_after
+
+
 def _wire(
     service: DemoService,
     offer: Offer,
@@ -360,48 +394,7 @@ def _wire(
         row = picked if isinstance(picked, int) and not isinstance(picked, bool) else None
         return boxes_picture(known, shown=count, picked=row)
 
-    @_shown_errors
-    def explain(
-        image: Any,
-        question: str,
-        answer: str,
-        detector: str,
-        encoder: str,
-        selection: str,
-        box_count: float,
-        boxes_shown: float,
-    ) -> tuple[Any, ...]:
-        settings = settings_of(offer, detector, encoder, selection, box_count)
-        bounded(boxes_shown, low=1, high=MAX_SHOWN, what="Boxes shown")
-        path, name = upload_of(image, offer.uploads)
-        return explained(service, path, name, _text(question), _text(answer), settings)
-
-    why = page.why
-    why_asked = [why.question, why.answer]
-    why_inputs = [page.image, *why_asked, *controls]
-    why_outputs = [why.picture, why.text, why.explanation, status]
-    why.button.click(
-        explain,
-        why_inputs,
-        why_outputs,
-        api_name="explain",
-        preprocess=False,
-        concurrency_id="models",
-    )
-    for number, chart in enumerate(page.charts):
-        chart.select(
-            clicked_answer(number),
-            page.answers,
-            why_asked,
-            api_visibility="private",
-        ).success(
-            explain,
-            why_inputs,
-            why_outputs,
-            api_visibility="private",
-            preprocess=False,
-            concurrency_id="models",
-        )
+    why_asked, explain_after = _wire_why(service, offer, page, controls=controls, status=status)
     outputs = [page.picture, page.table, status, detection]
     for event, fn, inputs, results in (
         (page.detect, detect, [page.image, *controls], outputs),
@@ -417,13 +410,8 @@ def _wire(
         ).success(choices, detection, page.picked, api_visibility="private")
         if fn is ask:
             done.success(_charts, page.answers, list(page.charts), api_visibility="private")
-            done.success(top_answer, page.answers, why_asked, api_visibility="private").success(
-                explain,
-                why_inputs,
-                why_outputs,
-                api_visibility="private",
-                preprocess=False,
-                concurrency_id="models",
+            explain_after(
+                done.success(top_answer, page.answers, why_asked, api_visibility="private")
             )
     redraw_inputs = [detection, page.shown, page.picked]
     page.shown.release(redraw, redraw_inputs, page.picture, api_visibility="private")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import html
 import os
 import threading
 from collections import OrderedDict
@@ -351,3 +352,32 @@ class ModelCache:
             ]
             lines += [f"encoder {name}" for name, _ in self._encoders.values()]
         return lines
+
+
+def unique_choices(choices: Sequence[ModelChoice]) -> list[ModelChoice]:
+    """``choices`` without repeats (an NLVR2 preset is both an encoder and an NLVR2 model)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for choice in choices:
+        if (choice.name, choice.kind) not in seen:
+            seen.add((choice.name, choice.kind))
+            kept.append(choice)
+    return kept
+
+
+def models_html(choices: Sequence[ModelChoice]) -> str:
+    """The model list: usable ones plain, the others greyed out with the reason."""
+    items = []
+    for choice in choices:
+        name = html.escape(choice.name)
+        if choice.available:
+            description = html.escape(choice.description)
+            items.append(f"<li><b>{name}</b> ({choice.kind}): {description}</li>")
+        else:
+            items.append(
+                f'<li style="color:#999"><b>{name}</b> ({choice.kind}): not usable here: '
+                f"<details><summary>{html.escape(choice.summary)}</summary>"
+                f'<pre style="white-space:pre-wrap">{html.escape(choice.reason)}</pre>'
+                "</details></li>"
+            )
+    return "<ul>" + "".join(items) + "</ul>"
