@@ -19,14 +19,8 @@ import h5py
 from detector.structures import RegionFeatures
 from pipeline.formats import ban_h5, lmdb_uniter, npz_dir, parquet
 from pipeline.formats.common import RecordPart, WriteOptions
-from pipeline.writers import (
-    H5_FORMAT_NAME,
-    encode_tsv_line,
-    iter_h5,
-    iter_tsv,
-    tsv_line_id,
-    write_h5,
-)
+from pipeline.formats.h5 import H5_FORMAT_NAME, iter_h5, write_h5
+from pipeline.formats.tsv import encode_tsv_line, iter_tsv, tsv_line_id
 
 Writer = Callable[[Path, Iterable[RegionFeatures], WriteOptions], int]
 
