@@ -52,6 +52,11 @@ def checkpoint_directory(source: str | Path) -> Path:
     else:
         # Names, known or not, go to the registry: it knows every name and says which exist.
         directory = resolve_checkpoint(str(source))
+        if directory.is_file():  # a name registered for an original LXMERT .pth
+            raise ValueError(
+                f"{source!r} names an original LXMERT checkpoint file ({directory}); load it "
+                "with encoder.build.load_encoder or encoder.original.load_original"
+            )
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(
             f"{directory} has no config.json; point at a directory written by save_pretrained"

@@ -1,4 +1,5 @@
-"""Command line for the checkpoint registry: ``python -m weights list | fetch | verify | path``.
+"""Command line for the checkpoint registry: ``python -m weights list | fetch | verify | path |
+convert | register | unregister``.
 
 Exit codes, as every command of the project uses them (:mod:`weights.command`): 0 success;
 2 bad command line, or models not loadable: checkpoint not found, checksum mismatch, unknown
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weights.command import Command, UsageError, add_verbose_flag, run_command
-from weights.registry import REGISTRY, CheckpointRecord, UnknownCheckpointError
+from weights.registered import all_records, register, registry_file, unregister
+from weights.registry import ORIGINAL_KINDS, CheckpointRecord, OriginalKind, UnknownCheckpointError
 from weights.resolve import (
     ENV_VAR,
     CheckpointNotFoundError,
@@ -33,6 +35,9 @@ where checkpoints are looked for, in order:
   the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub);
   a download from the Hugging Face hub (not with HF_HUB_OFFLINE=1), at the record's revision;
   "unknown" means the default branch, trusted by sha256.
+names registered with `register` (an original LXMERT .pth: a local file, or a URL with its
+sha256, downloaded into <hub cache>/lxmert-pipeline-downloads/ on first use) are kept in
+$XDG_CONFIG_HOME/lxmert-pipeline/registry.json (default ~/.config/...).
 checksums not known to the registry are pinned on first use in <hub cache>/lxmert-pipeline-
 checksums.json and checked on every later use.
 
@@ -89,8 +94,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", help="registry name of a detector, or a file")
     p.add_argument("dest", metavar="DEST", type=Path, help="output .safetensors file")
     p.set_defaults(run=_cmd_convert)
+    _add_register_parsers(sub)
     add_verbose_flag(parser)
     return parser
+
+
+def _add_register_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "register",
+        help="name an original LXMERT checkpoint (.pth): a local file, or a URL with its sha256",
+    )
+    p.add_argument("name", metavar="NAME", help="the name to use with --encoder, --from, encoder=")
+    p.add_argument("source", metavar="PATH|URL", help="a local .pth file, or an http(s):// URL")
+    p.add_argument("--sha256", metavar="HEX", help="the file's sha256 (required with a URL)")
+    p.add_argument(
+        "--kind",
+        choices=ORIGINAL_KINDS,
+        help="what the file holds (required with a URL; default: read from a local file)",
+    )
+    p.set_defaults(run=_cmd_register)
+    p = sub.add_parser("unregister", help="forget a name added by register")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(run=_cmd_unregister)
 
 
 WEIGHTS_COMMAND = Command(
@@ -99,7 +124,7 @@ WEIGHTS_COMMAND = Command(
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    records = sorted(REGISTRY.values(), key=lambda r: (r.kind, r.name))
+    records = sorted(all_records().values(), key=lambda r: (r.kind, r.name))
     if args.json:
         print(json.dumps([_as_json(r) for r in records], indent=2))
         return 0
@@ -125,7 +150,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     digests = verify(args.name)
-    record = REGISTRY[args.name]
+    record = all_records()[args.name]
     for file, digest in digests.items():
         origin = "registry" if file in record.sha256 else f"pinned in {lock_file_path()}"
         print(f"{digest}  {file}  (matches {origin})")
@@ -149,11 +174,28 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register(args: argparse.Namespace) -> int:
+    kind: OriginalKind | None = args.kind
+    entry = register(args.name, args.source, sha256=args.sha256, kind=kind)
+    where = entry.path or entry.url
+    print(f"{entry.name}: {entry.kind} checkpoint {where} (sha256 {entry.sha256})")
+    print(f"(recorded in {registry_file()})", file=sys.stderr)
+    return 0
+
+
+def _cmd_unregister(args: argparse.Namespace) -> int:
+    unregister(args.name)
+    print(f"{args.name}: no longer registered (in {registry_file()})", file=sys.stderr)
+    return 0
+
+
 def _source(record: CheckpointRecord) -> str:
     if record.shipped_dir is not None:
         return f"shipped:{record.shipped_dir} [{', '.join(record.files)}]"
     if record.hf_repo is not None:
         return f"hf:{record.hf_repo} [{', '.join(record.files)}]"
+    if record.local_path is not None:
+        return f"file:{record.local_path}"
     return "url only"
 
 
@@ -180,6 +222,8 @@ def _as_json(record: CheckpointRecord) -> dict[str, object]:
         "sha256": dict(record.sha256),
         "urls": dict(record.urls),
         "shipped_dir": record.shipped_dir,
+        "original": record.original,
+        "local_path": record.local_path,
     }
 
 

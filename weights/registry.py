@@ -14,6 +14,10 @@ from types import MappingProxyType
 from typing import Literal
 
 CheckpointKind = Literal["detector", "encoder"]
+#: What an original LXMERT checkpoint file (airsplay/lxmert, ``torch.save(state_dict)``) holds:
+#: ``LXRTPretraining`` (``model_LXRT.pth``) or a ``VQAModel``/``GQAModel``/``NLVR2Model`` task.
+OriginalKind = Literal["pretraining", "vqa", "gqa", "nlvr2"]
+ORIGINAL_KINDS: tuple[OriginalKind, ...] = ("pretraining", "vqa", "gqa", "nlvr2")
 
 #: The ``revision`` of a hub record whose commit hash has not been looked up: the download
 #: takes the repository's default branch, and the sha256 (known or pinned) is what vouches
@@ -48,6 +52,11 @@ class CheckpointRecord:
             weights file accepted in place of ``files[0]``, e.g. the Detectron2 pickle).
         shipped_dir: for small models that ship inside the package, the directory holding
             ``files``, relative to ``weights/shipped/``; None otherwise.
+        original: for an encoder that is one original LXMERT ``.pth`` file, what it holds
+            (:data:`ORIGINAL_KINDS`); such a checkpoint resolves to the file itself, which
+            ``encoder.original`` loads. None: a ``save_pretrained`` folder or a detector.
+        local_path: an absolute path of the one file of the checkpoint on this machine (a
+            name registered for a local file, ``python -m weights register``); None otherwise.
     """
 
     name: str
@@ -61,16 +70,29 @@ class CheckpointRecord:
     sha256: Mapping[str, str] = field(default_factory=dict)
     urls: Mapping[str, str] = field(default_factory=dict)
     shipped_dir: str | None = None
+    original: OriginalKind | None = None
+    local_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("detector", "encoder"):
             raise ValueError(f"checkpoint {self.name!r}: kind must be 'detector' or 'encoder'")
         if not self.files:
             raise ValueError(f"checkpoint {self.name!r}: files must name at least one file")
-        if self.hf_repo is None and self.shipped_dir is None and not self.urls:
+        sources = (self.hf_repo, self.shipped_dir, self.local_path)
+        if all(source is None for source in sources) and not self.urls:
             raise ValueError(
-                f"checkpoint {self.name!r}: needs a source (hf_repo, urls or shipped_dir)"
+                f"checkpoint {self.name!r}: needs a source (hf_repo, urls, shipped_dir or "
+                "local_path)"
             )
+        if self.original is not None and (
+            self.original not in ORIGINAL_KINDS or self.kind != "encoder" or len(self.files) != 1
+        ):
+            raise ValueError(
+                f"checkpoint {self.name!r}: an original LXMERT checkpoint is an encoder of one "
+                f"file, of kind {', '.join(ORIGINAL_KINDS)}"
+            )
+        if self.local_path is not None and len(self.files) != 1:
+            raise ValueError(f"checkpoint {self.name!r}: local_path names one file")
         if not self.revision or self.revision != self.revision.strip():
             raise ValueError(
                 f"checkpoint {self.name!r}: revision must be a commit hash, a tag or "
@@ -85,6 +107,12 @@ class CheckpointRecord:
         """``revision=`` for huggingface_hub: None (its default branch) while the revision is
         :data:`REVISION_UNKNOWN`, else :attr:`revision`."""
         return None if self.revision == REVISION_UNKNOWN else self.revision
+
+    @property
+    def resolves_to_file(self) -> bool:
+        """Whether the checkpoint resolves to its (first) file rather than to the folder
+        holding its files: detectors and original LXMERT ``.pth`` files."""
+        return self.kind == "detector" or self.original is not None
 
     @property
     def weights_files(self) -> tuple[str, ...]:

@@ -16,11 +16,16 @@ Resolution order for ``resolve_checkpoint(x)``:
       default branch while the revision is ``"unknown"``). One HEAD request first, with a
       :data:`PROBE_TIMEOUT_S` timeout and no retries, so that a machine without network is
       told at once rather than after huggingface_hub's back-off.
+   e. names registered for a local file (``python -m weights register``): that file;
+   f. names registered for a URL with its sha256: ``<hub cache>/lxmert-pipeline-downloads/
+      <sha256>/<file>``, downloaded there when missing (not with ``download=False`` or
+      ``HF_HUB_OFFLINE``) and kept only when the digest matches (:mod:`weights.download`).
    Nothing found: :class:`CheckpointNotFoundError` naming every place looked, what to do, and
    how to try the shapes-world models shipped with the package.
 
-Detectors resolve to their weights *file*, encoders to the *directory* holding
-``config.json`` and the weights (a hub snapshot directory).
+Detectors and original LXMERT ``.pth`` files resolve to the *file*, other encoders to the
+*directory* holding ``config.json`` and the weights (a hub snapshot directory). Registry names
+are the built-in ones and those registered in :func:`weights.registered.registry_file`.
 
 Checksums: every file of a registry checkpoint is hashed. Files whose sha256 the registry
 knows must match it. The others are pinned the first time they are seen, in
@@ -35,17 +40,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from weights.defaults import user_cache_root
-from weights.files import atomic_write_text
-from weights.registry import REGISTRY, CheckpointRecord, get_record
+from weights.download import DownloadMismatchError, download_path, download_verified
+from weights.pins import ChecksumError, compare_and_pin
+from weights.registered import all_records
+from weights.registry import CheckpointRecord, get_record
 
 ENV_VAR = "LXMERT_PIPELINE_WEIGHTS"
 LOCK_FILE_NAME = "lxmert-pipeline-checksums.json"
@@ -54,10 +59,8 @@ _TRUE = frozenset({"1", "ON", "YES", "TRUE"})
 #: without network then hears "not found" at once instead of after huggingface_hub's retries
 #: (~31 s); a slow but working connection still answers a HEAD well within it.
 PROBE_TIMEOUT_S = 5.0
-#: Seconds to wait for another process that is updating the checksum lock file.
-_LOCK_WAIT_S = 60.0
 
-Source = Literal["path", "shipped", "env", "hf-cache", "download"]
+Source = Literal["path", "shipped", "env", "hf-cache", "download", "registered", "cache"]
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -71,10 +74,6 @@ class CheckpointNotFoundError(FileNotFoundError):
         return str(self.args[0]) if self.args else ""
 
 
-class ChecksumError(ValueError):
-    """A checkpoint file's sha256 differs from the registry's or from the pinned one."""
-
-
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     """Where a checkpoint was found.
@@ -83,7 +82,8 @@ class ResolvedCheckpoint:
         path: what :func:`resolve_checkpoint` returns (weights file for detectors, directory
             for encoders, the given path for explicit paths).
         files: file name -> local path of every file of the checkpoint (empty for paths).
-        source: which step found it: ``path``, ``shipped``, ``env``, ``hf-cache``, ``download``.
+        source: which step found it: ``path``, ``shipped``, ``env``, ``hf-cache``, ``download``,
+            ``registered`` (a registered local file), ``cache`` (a URL's earlier download).
         record: the registry record, None for explicit paths.
         digests: local path -> sha256 of every file hashed while resolving (so a caller never
             reads a multi-GB checkpoint twice; see :meth:`sha256`).
@@ -187,7 +187,7 @@ def locate_checkpoint(
     shipped_root: str | os.PathLike[str] | None = None,
 ) -> ResolvedCheckpoint:
     """Like :func:`resolve_checkpoint`, but also says which files were found and where."""
-    table = REGISTRY if registry is None else registry
+    table = all_records() if registry is None else registry
     path = explicit_path(name_or_path, registry=table)
     if path is not None:
         if path.exists():
@@ -204,6 +204,8 @@ def locate_checkpoint(
         or _from_env_dir(record, looked)
         or _from_hub_cache(record, looked)
         or _from_download(record, download, looked)
+        or _from_local_file(record, looked)
+        or _from_url(record, download, looked)
     )
     if found is None:
         raise CheckpointNotFoundError(_not_found_message(record, looked, table))
@@ -243,7 +245,7 @@ def verify(
         CheckpointNotFoundError: the checkpoint is not on this machine.
         ChecksumError: a file differs from the registry's or the pinned sha256.
     """
-    table = REGISTRY if registry is None else registry
+    table = all_records() if registry is None else registry
     record = get_record(name, registry=table)
     found = locate_checkpoint(
         name, download=False, verify_checksums=False, registry=table, shipped_root=shipped_root
@@ -277,7 +279,7 @@ def _from_env_dir(record: CheckpointRecord, looked: list[str]) -> ResolvedCheckp
 def _from_directory(
     record: CheckpointRecord, directory: Path, source: Source, where: str, looked: list[str]
 ) -> ResolvedCheckpoint | None:
-    if record.kind == "detector":
+    if record.resolves_to_file:
         weights = next((n for n in record.weights_files if (directory / n).is_file()), None)
         needed = record.files[1:]
         missing = [n for n in needed if not (directory / n).is_file()]
@@ -300,9 +302,18 @@ def _from_directory(
 def _from_hub_cache(record: CheckpointRecord, looked: list[str]) -> ResolvedCheckpoint | None:
     if record.hf_repo is None:
         return None
+    cache = hub_cache_dir()
+    if not (cache / f"models--{record.hf_repo.replace('/', '--')}").is_dir():
+        # huggingface_hub's cache layout: no folder, no file of the repository. Said without
+        # importing huggingface_hub (a second on a busy CPU), so a missing model is a quick
+        # usage error.
+        looked.append(
+            f"Hugging Face cache {cache} ({_cache_origin()}): {record.hf_repo} without "
+            f"{', '.join(record.files)}"
+        )
+        return None
     from huggingface_hub import try_to_load_from_cache
 
-    cache = hub_cache_dir()
     files: dict[str, Path] = {}
     missing: list[str] = []
     for name in record.files:
@@ -361,6 +372,43 @@ def _from_download(
     return _resolved_from_hub(record, files, "download")
 
 
+def _from_local_file(record: CheckpointRecord, looked: list[str]) -> ResolvedCheckpoint | None:
+    if record.local_path is None:
+        return None
+    path = Path(record.local_path)
+    if not path.is_file():
+        looked.append(f"the file registered for {record.name}: {path} (missing)")
+        return None
+    return ResolvedCheckpoint(path, {record.files[0]: path}, "registered", record)
+
+
+def _from_url(
+    record: CheckpointRecord, download: bool, looked: list[str]
+) -> ResolvedCheckpoint | None:
+    """A record's files that have a URL and a sha256 each, from (or downloaded into) the
+    hub cache's download folder (:mod:`weights.download`)."""
+    if any(name not in record.urls or name not in record.sha256 for name in record.files):
+        return None
+    files = {n: download_path(hub_cache_dir(), record.sha256[n], n) for n in record.files}
+    missing = [n for n, path in files.items() if not path.is_file()]
+    if missing and (not download or hub_offline()):
+        why = "download=False" if not download else "HF_HUB_OFFLINE is set"
+        looked.append(f"{files[missing[0]]} (missing; download not attempted: {why})")
+        return None
+    for name in missing:
+        try:
+            download_verified(record.urls[name], files[name], record.sha256[name])
+        except DownloadMismatchError as err:  # not found, as any failed download: exit 2
+            looked.append(f"{err}; nothing was kept (register {record.name} again if wrong)")
+            return None
+        except OSError as err:  # unreachable, refused, not found, disk full: said, then not found
+            looked.append(f"download of {record.urls[name]}: failed ({_describe(err)})")
+            return None
+    first = files[record.files[0]]
+    path = first if record.resolves_to_file else first.parent
+    return ResolvedCheckpoint(path, files, "download" if missing else "cache", record)
+
+
 def _probe_hub(repo: str, filename: str, revision: str | None, endpoint: str | None) -> str | None:
     """None when the hub answers one HEAD request for ``filename`` within
     :data:`PROBE_TIMEOUT_S`; else why not.
@@ -390,7 +438,7 @@ def _resolved_from_hub(
     record: CheckpointRecord, files: dict[str, Path], source: Source
 ) -> ResolvedCheckpoint:
     first = files[record.files[0]]
-    path = first if record.kind == "detector" else first.parent
+    path = first if record.resolves_to_file else first.parent
     return ResolvedCheckpoint(path, files, source, record)
 
 
@@ -415,6 +463,11 @@ def _not_found_message(
         lines.append(
             "  - or point at a local weights file (.bin/.pth/.pkl/.safetensors): "
             "--detector PATH (Python: detector=PATH)."
+        )
+    elif record.resolves_to_file:
+        lines.append(
+            f"  - or point at a copy of {record.files[0]} itself: --encoder PATH "
+            "(lxmert-finetune: --from PATH; Python: encoder=PATH)."
         )
     else:
         lines.append(
@@ -457,91 +510,20 @@ def _check_files(
         if expected is None:
             unknown[name] = digest
         elif digest != expected.lower():
+            remedy = (
+                f"it changed since it was registered: if you trust it, run `python -m weights "
+                f"register {record.name} {files[name]}` again"
+                if record.local_path is not None
+                else "the file is corrupt or not the published one: delete it and run "
+                f"`python -m weights fetch {record.name}`"
+            )
             raise ChecksumError(
                 f"{files[name]}: sha256 {digest} does not match the registry's "
-                f"{expected.lower()} for {record.name}/{name}. The file is corrupt or not the "
-                f"published one: delete it and run `python -m weights fetch {record.name}`."
+                f"{expected.lower()} for {record.name}/{name}; {remedy}."
             )
     if pin and unknown:
-        _compare_and_pin(record, files, unknown)
+        compare_and_pin(record, files, unknown, lock_file_path())
     return digests
-
-
-def _compare_and_pin(
-    record: CheckpointRecord, files: Mapping[str, Path], digests: Mapping[str, str]
-) -> None:
-    """Check ``digests`` (file name -> sha256) against the lock file and add the new ones.
-
-    Readers need no lock (the file is replaced atomically). Writers read, merge and replace it
-    while holding ``<lock file>.lock``, so two processes pinning at once both keep their pins.
-    """
-    path = lock_file_path()
-    keys = {f"{record.name}/{name}": name for name in digests}
-    pins = _read_lock(path)
-    _compare_pins(record, files, digests, pins, path)
-    if all(key in pins for key in keys):
-        return
-    from filelock import FileLock
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.lock", timeout=_LOCK_WAIT_S):
-            pins = _read_lock(path)  # again: another process may have pinned meanwhile
-            _compare_pins(record, files, digests, pins, path)
-            new = {key: digests[name] for key, name in keys.items() if key not in pins}
-            if new:
-                _write_lock(path, {**pins, **new})
-    except OSError as err:  # read-only cache, or the lock held too long (filelock.Timeout)
-        warnings.warn(
-            f"could not record checksums in {path} ({err}); files stay unpinned",
-            stacklevel=4,
-        )
-
-
-def _compare_pins(
-    record: CheckpointRecord,
-    files: Mapping[str, Path],
-    digests: Mapping[str, str],
-    pins: Mapping[str, str],
-    lock_path: Path,
-) -> None:
-    for name, digest in digests.items():
-        key = f"{record.name}/{name}"
-        pinned = pins.get(key)
-        if pinned is not None and pinned != digest:
-            raise ChecksumError(
-                f"{files[name]}: sha256 {digest} does not match {pinned}, pinned for {key} in "
-                f"{lock_path} when it was first used. If the file is corrupt, delete it and "
-                f"run `python -m weights fetch {record.name}`; if you trust the new file, "
-                f"remove the {key!r} entry from {lock_path}."
-            )
-
-
-def _read_lock(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        checksums = data["checksums"]
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
-            raise TypeError("checksums must map str to str")
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ChecksumError(
-            f"checksum lock file {path} is unreadable ({err}); delete it to pin the files again"
-        ) from err
-    return dict(checksums)
-
-
-def _write_lock(path: Path, checksums: Mapping[str, str]) -> None:
-    """Replace the lock file atomically (readers see the old or the new one, never half)."""
-    payload = {
-        "comment": (
-            "sha256 of checkpoint files first used on this machine (lxmert-pipeline, "
-            "weights.resolve); later loads must match"
-        ),
-        "checksums": dict(sorted(checksums.items())),
-    }
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -565,7 +547,7 @@ def explicit_path(
 
     A registry name wins over a same-named file in the working directory unless the caller
     passed a PathLike or wrote a separator (``./lxmert-vqa``)."""
-    table = REGISTRY if registry is None else registry
+    table = all_records() if registry is None else registry
     if isinstance(name_or_path, str):
         separators = [os.sep] + ([os.altsep] if os.altsep else [])
         if name_or_path in table and not any(s in name_or_path for s in separators):

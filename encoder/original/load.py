@@ -33,8 +33,10 @@ from encoder.original.keys import (
     strip_data_parallel,
     to_original,
 )
+from weights import explicit_path, resolve_checkpoint
 from weights.files import atomic_path, atomic_write_text
 from weights.io import load_state_dict
+from weights.registered import all_records
 
 #: Suffixes of ``torch.save`` files; a file (not a directory) with one of them is read as an
 #: original checkpoint wherever a model is named.
@@ -69,8 +71,22 @@ class OriginalModel:
 
 
 def original_checkpoint_file(source: str | os.PathLike[str]) -> Path | None:
-    """``source`` as a path when it is an existing ``torch.save`` file (``.pth``, ``.pt``,
-    ``.bin``, ``.ckpt``), else None (a directory, a registry name)."""
+    """The original LXMERT file ``source`` names, or None (a directory, another registry name).
+
+    A name registered for an original checkpoint (``python -m weights register``: a local
+    file, or a URL downloaded here on first use) resolves to its file, checked against its
+    sha256; other names are not original files. Else ``source`` is a path: an existing
+    ``torch.save`` file (``.pth``, ``.pt``, ``.bin``, ``.ckpt``) is one.
+
+    Raises:
+        CheckpointNotFoundError: a registered name whose file is missing and cannot be
+            downloaded (a ``FileNotFoundError``: the message says where it looked).
+        ChecksumError: its file is not the one registered (a ``ValueError``).
+    """
+    records = all_records()
+    if explicit_path(source, registry=records) is None:  # a registry name
+        record = records[str(source)]
+        return resolve_checkpoint(str(source), registry=records) if record.original else None
     path = Path(source)
     return path if path.suffix.lower() in TORCH_SUFFIXES and path.is_file() else None
 
