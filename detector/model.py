@@ -8,20 +8,33 @@ picks convolution algorithms by batch size, fp32 convolutions run in TF32, and r
 100 regions span images; top-k and thresholds can then pick other boxes. The exact mode
 (``InferenceOptions(deterministic=True)``, ``--deterministic``) runs each image alone with
 deterministic cuDNN and TF32 off, so batches and shards give the same bits as one run.
+
+Grouping by shape, batch sizes and the halving on CUDA out-of-memory are
+:mod:`detector.batching`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from detector.backbone import ConvNorm, ResNetC4, fold_frozen_batchnorm
+
+# Batching and out-of-memory splitting live in detector.batching; the names stay importable
+# from here, where callers (the engines, the tests) first found them.
+from detector.batching import BYTES_PER_MEGAPIXEL as BYTES_PER_MEGAPIXEL
+from detector.batching import BatchLimits as BatchLimits
+from detector.batching import DetectOutcome as DetectOutcome
+from detector.batching import ImageOutOfMemory as ImageOutOfMemory
+from detector.batching import ImagesOutOfMemoryError as ImagesOutOfMemoryError
+from detector.batching import auto_batch_size as auto_batch_size
+from detector.batching import batches_by_shape as batches_by_shape
+from detector.batching import run_splitting
 from detector.config import DetectorConfig
 from detector.image import ChannelOrder, ImageSource
 from detector.options import InferenceOptions, ResolvedOptions
@@ -29,7 +42,13 @@ from detector.precision import exact_numerics, low_precision
 from detector.preprocess import PreparedImage, prepare
 from detector.roi_heads import Res5RoIHeads, RoIHeadOutput
 from detector.rpn import RPN, RPNOutput
-from detector.select import check_given_boxes, given_box_rois, given_regions, select_regions
+from detector.select import (
+    CheckedBoxes,
+    check_given_boxes,
+    given_box_rois,
+    given_regions,
+    select_regions,
+)
 from detector.structures import CheckpointInfo, RegionFeatures
 
 FEATURE_STRIDE = 16
@@ -63,64 +82,6 @@ class RawOutput:
             *(torch.cat([getattr(p.roi, f) for p in parts]) for f in RoIHeadOutput.fields())
         )
         return RawOutput(torch.cat([p.features for p in parts]), rpn, roi)
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """The largest batch known to fit in device memory, per resized shape ``(h, w)``.
-
-    Learnt from CUDA out-of-memory: a batch of ``n`` images that fails sets its shape's limit
-    to ``n // 2`` (at least 1), the size the split tries next, so that the next batches of that
-    shape start at the last size that fit instead of failing again. Immutable:
-    :meth:`Detector.detect_each` takes one and returns the updated one, so a long run (the
-    local engine) keeps what it learnt and a plain :meth:`Detector.detect` call starts afresh.
-    """
-
-    fits: Mapping[tuple[int, int], int] = field(default_factory=dict)
-    """Resized ``(h, w)`` -> images per batch; a shape not listed has no known limit."""
-
-    def cap(self, shape: tuple[int, int], batch_size: int) -> int:
-        """``batch_size`` lowered to the limit learnt for ``shape``, if any."""
-        return min(batch_size, self.fits.get(shape, batch_size))
-
-    def after_out_of_memory(self, shape: tuple[int, int], size: int) -> BatchLimits:
-        """The limits after a batch of ``size`` images of ``shape`` ran out of memory."""
-        limit = max(1, min(size // 2, self.fits.get(shape, size)))
-        return BatchLimits(fits={**self.fits, shape: limit})
-
-
-@dataclass(frozen=True)
-class ImageOutOfMemory:
-    """An image that does not fit in device memory even alone: it has no regions."""
-
-    image_id: str
-    reason: str
-    """The out-of-memory message (its first line)."""
-
-
-@dataclass(frozen=True)
-class DetectOutcome:
-    """What :meth:`Detector.detect_each` returns."""
-
-    results: list[RegionFeatures | ImageOutOfMemory]
-    """One entry per image, in input order."""
-    limits: BatchLimits
-    """The batch limits given, with what this call learnt."""
-
-
-class ImagesOutOfMemoryError(torch.OutOfMemoryError):
-    """:meth:`Detector.detect`: some images do not fit in device memory even alone.
-
-    Attributes:
-        regions: the regions of every other image, in input order (nothing finished is lost).
-        failed: the images that did not fit.
-    """
-
-    def __init__(self, *, regions: list[RegionFeatures], failed: list[ImageOutOfMemory]) -> None:
-        names = ", ".join(repr(entry.image_id) for entry in failed)
-        super().__init__(f"out of device memory even one image at a time: {names}")
-        self.regions = regions
-        self.failed = failed
 
 
 class Detector(nn.Module):
@@ -304,6 +265,7 @@ class Detector(nn.Module):
         *,
         batch_size: int = 1,
         boxes: Sequence[GivenBoxes] | None = None,
+        clip: bool = True,
     ) -> list[RegionFeatures]:
         """Regions of each prepared image, in input order.
 
@@ -317,6 +279,9 @@ class Detector(nn.Module):
                 are returned instead: exactly these boxes in this order, clipped to the
                 image, each pooled as a RoI (:func:`detector.select.given_box_rois`), with
                 the heads' objects and attributes. No RPN, no selection.
+            clip: with ``boxes``, clip them to the image (default) or, False, pool them
+                unclipped as the original bottom-up code did; the regions' boxes are then
+                the given boxes (see :func:`detector.select.check_given_boxes`).
 
         Raises:
             ValueError: ``boxes`` does not have one set per image, or a set is unusable (no
@@ -325,7 +290,7 @@ class Detector(nn.Module):
             ImagesOutOfMemoryError: some image does not fit in device memory even alone; it
                 carries the regions of all the others (see :meth:`detect_each`).
         """
-        outcome = self.detect_each(images, batch_size=batch_size, boxes=boxes)
+        outcome = self.detect_each(images, batch_size=batch_size, boxes=boxes, clip=clip)
         failed = [entry for entry in outcome.results if isinstance(entry, ImageOutOfMemory)]
         regions = [entry for entry in outcome.results if isinstance(entry, RegionFeatures)]
         if failed:
@@ -340,6 +305,7 @@ class Detector(nn.Module):
         batch_size: int = 1,
         boxes: Sequence[GivenBoxes] | None = None,
         limits: BatchLimits | None = None,
+        clip: bool = True,
     ) -> DetectOutcome:
         """:meth:`detect`, with CUDA out-of-memory reported per image instead of raised.
 
@@ -348,7 +314,10 @@ class Detector(nn.Module):
         regions. Batches of a shape with a learnt limit (``limits``, see :class:`BatchLimits`)
         are cut to it first.
         """
-        given = None if boxes is None else checked_given_boxes(images, boxes)
+        given = None
+        if boxes is not None:
+            checked = checked_given_boxes(images, boxes, clip=clip)
+            given = [CheckedBoxes(boxes=image_boxes, clip=clip) for image_boxes in checked]
         learnt = limits if limits is not None else BatchLimits()
         results: list[RegionFeatures | ImageOutOfMemory | None] = [None] * len(images)
         for group in batches_by_shape(images, batch_size):
@@ -357,35 +326,12 @@ class Detector(nn.Module):
                 indices = group[start : start + size]
                 batch = [images[i] for i in indices]
                 batch_boxes = None if given is None else [given[i] for i in indices]
-                got, learnt = self._detect_splitting(batch, batch_boxes, learnt)
+                got, learnt = run_splitting(
+                    self._detect_same_size, batch, batch_boxes, learnt, device=self.device
+                )
                 for index, entry in zip(indices, got, strict=True):
                     results[index] = entry
         return DetectOutcome(results=[r for r in results if r is not None], limits=learnt)
-
-    def _detect_splitting(
-        self,
-        batch: Sequence[PreparedImage],
-        boxes: Sequence[torch.Tensor] | None,
-        limits: BatchLimits,
-    ) -> tuple[list[RegionFeatures | ImageOutOfMemory], BatchLimits]:
-        """:meth:`_detect_same_size`, halving the batch and retrying on CUDA out-of-memory;
-        returns the entries in batch order and ``limits`` with what was learnt."""
-        try:
-            return list(self._detect_same_size(batch, boxes)), limits
-        except torch.cuda.OutOfMemoryError as error:
-            # Only the message leaves this block: the exception (and with its traceback the
-            # failed forward's tensors) is released here, before the retry needs the memory.
-            reason = "out of device memory even alone: " + str(error).split("\n", 1)[0]
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        limits = limits.after_out_of_memory(batch[0].resized_size, len(batch))
-        if len(batch) == 1:
-            return [ImageOutOfMemory(image_id=batch[0].image_id, reason=reason)], limits
-        half = len(batch) // 2
-        first, second = (None, None) if boxes is None else (boxes[:half], boxes[half:])
-        done, limits = self._detect_splitting(batch[:half], first, limits)
-        rest, limits = self._detect_splitting(batch[half:], second, limits)
-        return done + rest, limits
 
     def regions(
         self,
@@ -395,11 +341,13 @@ class Detector(nn.Module):
         channel_order: ChannelOrder = "rgb",
         batch_size: int = 1,
         boxes: Sequence[GivenBoxes] | None = None,
+        clip: bool = True,
     ) -> list[RegionFeatures]:
         """Decode, preprocess and detect: paths, bytes, PIL images or arrays -> regions.
 
         ``boxes`` (one ``[K_i, 4]`` xyxy set per image, raw-image pixels) gives the regions of
-        exactly those boxes instead of detecting them; see :meth:`detect`.
+        exactly those boxes instead of detecting them, clipped to the image unless ``clip`` is
+        False; see :meth:`detect`.
         """
         ids = list(image_ids) if image_ids is not None else [str(i) for i in range(len(images))]
         if len(ids) != len(images):
@@ -408,10 +356,10 @@ class Detector(nn.Module):
             prepare(image, config=self.config, image_id=image_id, channel_order=channel_order)
             for image, image_id in zip(images, ids, strict=True)
         ]
-        return self.detect(prepared, batch_size=batch_size, boxes=boxes)
+        return self.detect(prepared, batch_size=batch_size, boxes=boxes, clip=clip)
 
     def _detect_same_size(
-        self, batch: Sequence[PreparedImage], boxes: Sequence[torch.Tensor] | None
+        self, batch: Sequence[PreparedImage], boxes: Sequence[CheckedBoxes] | None
     ) -> list[RegionFeatures]:
         device = self.device
         stacked = torch.stack([image.tensor for image in batch])
@@ -435,12 +383,12 @@ class Detector(nn.Module):
         return [self.select_regions(*args) for args in per_image]
 
     def _given_same_size(
-        self, batch: Sequence[PreparedImage], stacked: torch.Tensor, boxes: Sequence[torch.Tensor]
+        self, batch: Sequence[PreparedImage], stacked: torch.Tensor, boxes: Sequence[CheckedBoxes]
     ) -> list[RegionFeatures]:
-        """Regions of checked given ``boxes`` (per image ``[K_i, 4]`` raw pixels, clipped) of
-        the same-size images ``stacked`` (``[B, 3, h, w]`` on the device)."""
+        """Regions of checked given ``boxes`` (per image, see :class:`CheckedBoxes`) of the
+        same-size images ``stacked`` (``[B, 3, h, w]`` on the device)."""
         rois = [
-            given_box_rois(image_boxes, image).to(stacked.device)
+            given_box_rois(image_boxes.boxes, image, clip=image_boxes.clip).to(stacked.device)
             for image_boxes, image in zip(boxes, batch, strict=True)
         ]
         roi = self.forward_given(stacked, rois)
@@ -457,7 +405,7 @@ class Detector(nn.Module):
             given_regions(
                 self.config,
                 image=image,
-                boxes=image_boxes,
+                boxes=image_boxes.boxes,
                 features=features,
                 class_logits=class_logits,
                 attr_logits=attr_logits,
@@ -530,41 +478,12 @@ class Detector(nn.Module):
         return self.apply_options(self._requested.on(device))
 
 
-#: Rough device memory per image at fp32, per resized megapixel: res4 activations of the trunk
-#: plus one res5 chunk of regions and the 300 pooled regions (measured on CPU: ~1.8 GB peak RSS
-#: at 600x800 with the weights).
-BYTES_PER_MEGAPIXEL = 2.5 * 2**30
-
-
-def auto_batch_size(
-    device: torch.device, resized_size: tuple[int, int], *, fraction: float = 0.6, cap: int = 16
-) -> int:
-    """Images per batch that fit in ``fraction`` of the free CUDA memory (1 on CPU, where
-    batching buys no speed)."""
-    if device.type != "cuda":
-        return 1
-    free, _ = torch.cuda.mem_get_info(device)
-    per_image = BYTES_PER_MEGAPIXEL * resized_size[0] * resized_size[1] / 1e6
-    return max(1, min(cap, int(free * fraction / per_image)))
-
-
-def batches_by_shape(images: Sequence[PreparedImage], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped by resized shape (first-seen order), at most ``batch_size`` per group."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, image in enumerate(images):
-        groups[image.resized_size].append(index)
-    for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            yield indices[start : start + batch_size]
-
-
 def checked_given_boxes(
-    images: Sequence[PreparedImage], boxes: Sequence[GivenBoxes]
+    images: Sequence[PreparedImage], boxes: Sequence[GivenBoxes], *, clip: bool = True
 ) -> list[torch.Tensor]:
-    """Each image's given boxes checked and clipped (:func:`detector.select.check_given_boxes`):
-    float32 CPU ``Tensor[K_i, 4]`` xyxy, raw-image pixels.
+    """Each image's given boxes checked and, with ``clip`` (default), clipped to the image
+    (:func:`detector.select.check_given_boxes`; ``clip=False`` keeps them as given): float32
+    CPU ``Tensor[K_i, 4]`` xyxy, raw-image pixels.
 
     Raises:
         ValueError: not one set per image, or a set unusable; the message names the image id.
@@ -578,7 +497,9 @@ def checked_given_boxes(
     checked = []
     for image, image_boxes in zip(images, boxes, strict=True):
         try:
-            checked.append(check_given_boxes(image_boxes, image_h=image.raw_h, image_w=image.raw_w))
+            checked.append(
+                check_given_boxes(image_boxes, image_h=image.raw_h, image_w=image.raw_w, clip=clip)
+            )
         except ValueError as error:
             raise ValueError(f"image {image.image_id!r}: {error}") from None
     return checked

@@ -551,17 +551,42 @@ def select_regions(
 # --- given boxes: no selection ---------------------------------------------------------------
 
 
-def check_given_boxes(boxes: Tensor | np.ndarray, *, image_h: int, image_w: int) -> Tensor:
-    """One image's given boxes, checked and clipped to the image.
+@dataclass(frozen=True, eq=False)
+class CheckedBoxes:
+    """One image's given boxes as :func:`check_given_boxes` returned them, with the rule that
+    made them, which :func:`given_box_rois` follows too.
+
+    Attributes:
+        boxes: float32 CPU ``Tensor[K, 4]`` xyxy, raw-image pixels (the records' boxes).
+        clip: whether they were clipped to the image (False: kept as given).
+    """
+
+    boxes: Tensor
+    clip: bool = True
+
+
+def check_given_boxes(
+    boxes: Tensor | np.ndarray, *, image_h: int, image_w: int, clip: bool = True
+) -> Tensor:
+    """One image's given boxes, checked and (by default) clipped to the image.
+
+    The rule at the edges: with ``clip`` (the default) each box is clamped to ``[0, w] x
+    [0, h]``, since a box reaching outside the image is most likely a mistake in the box file.
+    With ``clip=False`` the boxes are returned as given, as the original bottom-up code
+    (``tools/generate_tsv.py`` -> ``im_detect``) pooled them: RoIPool then clamps each cell to
+    the feature map and gives 0 for a cell wholly outside it. Either way a box wholly outside
+    the image is refused: the original would have pooled it to zeros, but such a box is
+    surely a mistake (the one place ``clip=False`` differs from the original).
 
     Args:
         boxes: ``[K, 4]`` xyxy, raw-image pixels (a Tensor or an array; cast to float32).
         image_h: height of the raw image in pixels.
         image_w: width of the raw image in pixels.
+        clip: clamp the boxes to the image (True) or keep them as given (False).
 
     Returns:
-        float32 CPU ``Tensor[K, 4]`` xyxy, raw-image pixels, clipped to ``[0, w] x [0, h]``, in
-        the given order.
+        float32 CPU ``Tensor[K, 4]`` xyxy, raw-image pixels, in the given order: clipped to
+        ``[0, w] x [0, h]`` with ``clip``, else the given coordinates.
 
     Raises:
         ValueError: no boxes, not ``[K, 4]``, a NaN or infinite coordinate, a degenerate box
@@ -588,7 +613,7 @@ def check_given_boxes(boxes: Tensor | np.ndarray, *, image_h: int, image_w: int)
     clipped = clip_boxes(tensor, (image_h, image_w))
     empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
     _raise_for_box(empty, tensor, f"lies wholly outside the {image_w}x{image_h} image")
-    return clipped
+    return clipped if clip else tensor
 
 
 def _raise_for_box(bad: Tensor, boxes: Tensor, what: str) -> None:
@@ -601,7 +626,7 @@ def _raise_for_box(bad: Tensor, boxes: Tensor, what: str) -> None:
         raise ValueError(f"box {index} [{coords}] {what}{more}")
 
 
-def given_box_rois(boxes: Tensor, image: PreparedImage) -> Tensor:
+def given_box_rois(boxes: Tensor, image: PreparedImage, *, clip: bool = True) -> Tensor:
     """The RoIs of checked given boxes: float32 ``Tensor[K, 4]`` xyxy, resized-image pixels.
 
     Each box is scaled by the image's ``scale`` (Caffe's ``im_rois * im_scale``), the inverse
@@ -609,16 +634,24 @@ def given_box_rois(boxes: Tensor, image: PreparedImage) -> Tensor:
     taken in float64 and a product within one float32 ulp of an integer is that integer
     (:func:`detector.boxes.rescale_to_float32`), so a box that came from a proposal lands on
     that proposal's float32 coordinates and RoIPool cells exactly, Caffe's far edge ``W - 1``
-    included. A coordinate on the raw image's far edge goes to the resized image's far edge:
-    the detectron2 RPN clips proposals there, and ``raw_w * scale`` can miss it by up to half
-    a pixel.
+    included.
+
+    With ``clip`` (the default), a coordinate on the raw image's far edge goes to the resized
+    image's far edge (the detectron2 RPN clips proposals there, and ``raw_w * scale`` can miss
+    it by up to half a pixel) and the RoIs are clipped to the resized image. With
+    ``clip=False`` the RoIs are the scaled boxes and nothing else, as the original's
+    ``_project_im_rois`` made them: not clipped, no far-edge rule; RoIPool clamps each cell to
+    the feature map (a cell wholly outside pools to 0).
 
     Args:
-        boxes: float32 ``Tensor[K, 4]`` xyxy, raw-image pixels, clipped to the raw image
-            (:func:`check_given_boxes`).
+        boxes: float32 ``Tensor[K, 4]`` xyxy, raw-image pixels, checked
+            (:func:`check_given_boxes` with the same ``clip``).
         image: the prepared image (its ``scale``, raw and resized sizes).
+        clip: clip to the image (True) or pool the boxes as given (False).
     """
     rois = rescale_to_float32(boxes, image.scale)
+    if not clip:
+        return rois
     resized_h, resized_w = image.resized_size
     far_x = torch.tensor(float(resized_w), dtype=rois.dtype)
     far_y = torch.tensor(float(resized_h), dtype=rois.dtype)
@@ -645,7 +678,8 @@ def given_regions(
     Args:
         config: ``selection`` decides the attribute convention.
         image: the prepared image (its id and raw size).
-        boxes: ``Tensor[K, 4]`` xyxy, raw-image pixels, clipped (:func:`check_given_boxes`).
+        boxes: ``Tensor[K, 4]`` xyxy, raw-image pixels, as :func:`check_given_boxes` returned
+            them (clipped unless ``clip=False``); the records' boxes.
         features: ``Tensor[K, D]`` pooled res5 features of the boxes' RoIs.
         class_logits: ``Tensor[K, C + 1]``, background last.
         attr_logits: ``Tensor[K, A + 1]``, "no attribute" last.
