@@ -8,12 +8,16 @@ Also runnable as ``python -m pipeline.convert``. The steps, in order:
 2. plan: inputs with a manifest must be finished (as ``merge`` requires), and their settings
    equal; what the target or a source cannot hold is said before anything is written.
 3. run: the output's lock is held; records stream from the inputs in order (one record, or
-   one parquet row group, in memory) into a temporary folder beside the output; an id in two
-   inputs stops the conversion. Only a complete output is moved into place (its companion
-   files first), then its manifest is written with every input's sha256.
+   one parquet row group, in memory) into the work folder ``OUT.partial`` beside the output
+   (:mod:`pipeline.formats.partial`: its ``convert.json`` says ``running`` and holds every
+   input's sha256 and the settings); an id in two inputs stops the conversion. Only a
+   complete output is moved into place (its companion files first), then its manifest is
+   written with every input's sha256, and the work folder is removed.
 
-A refusal is exit 2 and leaves nothing behind; an interrupted conversion leaves the old
-output (if any) as it was.
+A refusal is exit 2 and leaves nothing behind. An interrupted conversion (Ctrl-C, a kill, a
+full disk) leaves the old output (if any) as it was and its work folder, which ``--resume``
+continues when the inputs and settings are the same: formats that can be appended to (tsv,
+npz-dir) keep their complete records and go on after them; the others are written again.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ from detector.structures import RegionFeatures
 from pipeline.command import Command, run_command
 from pipeline.exits import EXIT_OK, UsageError
 from pipeline.formats.common import FeatureDtype, WriteOptions
+from pipeline.formats.partial import (
+    PARTIAL_MARKER,
+    Fingerprint,
+    partial_differences,
+    partial_path,
+    partial_record,
+    read_partial,
+)
 from pipeline.formats.registry import FORMATS, LOSSLESS, FormatSpec, detect_format, get_format
 from pipeline.lock import hold_output_lock
 from pipeline.manifest import (
@@ -63,6 +75,7 @@ class ConvertSettings:
     feature_dtype: FeatureDtype
     ban_ids: Literal["strict", "trailing-digits"]
     overwrite: bool
+    resume: bool
     quiet: bool
 
 
@@ -131,7 +144,18 @@ def build_convert_parser() -> argparse.ArgumentParser:
         help="ban-h5 keys images by int: strict (every id an integer) or trailing-digits "
         "(the digits at the end of each id; NAME_ids.json keeps the way back)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output, and start again rather than continue an interrupted "
+        "conversion (OUT.partial)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted conversion in OUT.partial (same inputs and settings): "
+        "tsv and npz-dir keep what was written, other formats are written again",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="no progress, no notes")
     verbosity.add_argument(
@@ -159,6 +183,7 @@ def validate_convert(args: argparse.Namespace) -> ConvertSettings:
         feature_dtype=cast(FeatureDtype, dtype),
         ban_ids=args.ban_ids,
         overwrite=args.overwrite,
+        resume=args.resume,
         quiet=args.quiet,
     )
 
@@ -305,7 +330,7 @@ def stream_inputs(inputs: Sequence[ConvertInput]) -> Iterator[RegionFeatures]:
 
 def _move_into_place(tmp: Path, out: Path, spec: FormatSpec, stale: Path) -> None:
     """Move the written output (companions first) over ``out``; an old folder goes to
-    ``stale`` (inside the temporary folder, removed with it)."""
+    ``stale`` (inside the work folder, removed with it)."""
     for companion in spec.companions(tmp):
         target = out.with_name(companion.name)
         if companion.exists():
@@ -318,6 +343,7 @@ def _move_into_place(tmp: Path, out: Path, spec: FormatSpec, stale: Path) -> Non
             if item.is_file():
                 fsync_file(item)
         if out.exists():
+            shutil.rmtree(stale, ignore_errors=True)  # left by a kill during an earlier move
             os.replace(out, stale)
     else:
         fsync_file(tmp)
@@ -325,23 +351,87 @@ def _move_into_place(tmp: Path, out: Path, spec: FormatSpec, stale: Path) -> Non
     fsync_directory(out.parent)
 
 
-def _write(plan: ConvertPlan, work: Path) -> int:
-    """Stream the inputs into ``work / out.name``, with a progress bar unless quiet."""
+def partial_settings(settings: ConvertSettings) -> dict[str, Any]:
+    """The settings a resumed conversion must share with the interrupted one."""
+    return {"to": settings.to, "feature_dtype": settings.feature_dtype, "ban_ids": settings.ban_ids}
+
+
+def open_work_folder(settings: ConvertSettings, inputs: Sequence[Fingerprint]) -> tuple[Path, bool]:
+    """The work folder ``OUT.partial`` and whether it is resumed: a new one, or with
+    ``--resume`` the one an interrupted conversion of the same inputs and settings left;
+    ``UsageError`` otherwise (module docstring)."""
+    out, work = settings.out, partial_path(settings.out)
+    if work.exists() or work.is_symlink():
+        recorded = read_partial(work) if work.is_dir() and not work.is_symlink() else None
+        if recorded is None:
+            raise UsageError(
+                f"convert: {work} is in the way and is not the work folder of a conversion "
+                f"(no {PARTIAL_MARKER} of this tool in it); move it away"
+            )
+        if not settings.resume and not settings.overwrite:
+            raise UsageError(
+                f"convert: an interrupted conversion to {out} left {work}; pass --resume to "
+                "finish it or --overwrite to start again"
+            )
+        if not settings.resume:
+            shutil.rmtree(work)
+        else:
+            changes = partial_differences(recorded, partial_settings(settings), inputs)
+            if changes:
+                raise UsageError(
+                    f"convert --resume: {work} was started with other inputs or settings; "
+                    "give the same ones, or pass --overwrite instead of --resume to start "
+                    "again:\n  " + "\n  ".join(changes)
+                )
+            return work, True
+    work.mkdir()
+    record = partial_record(
+        output=out, settings=partial_settings(settings), inputs=inputs, started=now_utc()
+    )
+    write_manifest(work / PARTIAL_MARKER, record)
+    return work, False
+
+
+def kept_ids(spec: FormatSpec, target: Path) -> frozenset[str]:
+    """Ids a partial output at ``target`` keeps (formats with ``resume``); the partial output
+    of any other format is removed, to be written again from the start."""
+    if spec.resume is not None:
+        try:
+            return spec.resume(target)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise UsageError(
+                f"convert --resume: the partial output {target} is damaged ({error}); pass "
+                "--overwrite instead of --resume to start again"
+            ) from None
+    for path in (target, *spec.companions(target)):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return frozenset()
+
+
+def _write(plan: ConvertPlan, target: Path, kept: frozenset[str]) -> int:
+    """Stream the inputs into ``target``, past the ``kept`` ids, with a progress bar unless
+    quiet; returns the records written now."""
     from tqdm import tqdm
 
     settings = plan.settings
     options = WriteOptions(feature_dtype=settings.feature_dtype, ban_ids=settings.ban_ids)
-    records: Iterator[RegionFeatures] = stream_inputs(plan.inputs)
+    # The kept records are the stream's first ones (inputs checked equal by sha256): they
+    # are read again, not written.
+    records = (r for r in stream_inputs(plan.inputs) if r.image_id not in kept)
     with tqdm(
         records,
         disable=settings.quiet,
         unit="rec",
         desc="convert",
+        initial=len(kept),
         file=sys.stderr,
         dynamic_ncols=True,
     ) as bar:
         try:
-            return plan.spec.write(work / settings.out.name, bar, options)
+            return plan.spec.write(target, bar, options)
         except (ValueError, KeyError) as error:
             raise UsageError(f"convert: {error}; nothing was written") from None
 
@@ -372,29 +462,47 @@ def converted_manifest(plan: ConvertPlan, count: int, digests: Sequence[str]) ->
     }
 
 
+def _say(settings: ConvertSettings, line: str) -> None:
+    if not settings.quiet:
+        print(f"extract_features convert: {line}", file=sys.stderr)
+
+
 def run_convert(settings: ConvertSettings) -> int:
     """Check, then convert; returns the exit code (module docstring)."""
     plan = plan_convert(settings)
     out = settings.out
-    if not settings.quiet:
-        for line in plan.notices:
-            print(f"extract_features convert: note: {line}", file=sys.stderr)
+    for line in plan.notices:
+        _say(settings, f"note: {line}")
     with contextlib.ExitStack() as stack:
         hold_output_lock(stack, out)
-        digests = [path_sha256(item.path) for item in plan.inputs]
-        work = out.with_name(f".{out.name}.convert-{os.getpid()}.tmp")
-        work.mkdir()
-        stack.callback(shutil.rmtree, work, ignore_errors=True)
-        count = _write(plan, work)
+        fingerprints = [
+            Fingerprint(path=str(item.path), format=item.format, sha256=path_sha256(item.path))
+            for item in plan.inputs
+        ]
+        work, resumed = open_work_folder(settings, fingerprints)
+        target = work / out.name
+        kept = kept_ids(plan.spec, target)
+        if resumed:
+            how = "appends to them" if plan.spec.resume else "writes it again from the start"
+            _say(settings, f"resuming {work}: {len(kept)} records kept; {plan.spec.name} {how}")
+        elif settings.resume:
+            _say(settings, f"nothing to resume (no {work}): converting from the start")
+        try:
+            count = len(kept) + _write(plan, target, kept)
+        except UsageError:
+            shutil.rmtree(work, ignore_errors=True)  # a refusal leaves nothing behind
+            raise
         manifest_path(out).unlink(missing_ok=True)  # it described the old output
-        _move_into_place(work / out.name, out, plan.spec, work / "replaced")
+        _move_into_place(target, out, plan.spec, work / "replaced")
+        digests = [item.sha256 for item in fingerprints]
         write_manifest(manifest_path(out), converted_manifest(plan, count, digests))
-    if not settings.quiet:
-        print(
-            f"extract_features convert: {count} records from {len(plan.inputs)} input(s) -> "
-            f"{out} ({plan.spec.name}, features {settings.feature_dtype})",
-            file=sys.stderr,
-        )
+        shutil.rmtree(work)
+        fsync_directory(out.parent)
+    _say(
+        settings,
+        f"{count} records from {len(plan.inputs)} input(s) -> {out} ({plan.spec.name}, "
+        f"features {settings.feature_dtype})",
+    )
     return EXIT_OK
 
 
@@ -403,8 +511,8 @@ CONVERT_COMMAND = Command(
     summary="convert feature files between formats (tsv, h5, ban-h5, npz-dir, lmdb, parquet)",
     build_parser=build_convert_parser,
     run=lambda args: run_convert(validate_convert(args)),
-    disk_full_remedy="the output is written whole or not at all; free some space and run the "
-    "conversion again",
+    disk_full_remedy="the output is written whole or not at all; free some space and finish "
+    "the conversion with --resume (the same command plus --resume)",
 )
 
 

@@ -74,18 +74,36 @@ def encode_npz(record: RegionFeatures, options: WriteOptions) -> dict[str, objec
 
 
 def write_npz_dir(folder: Path, regions: Iterable[RegionFeatures], options: WriteOptions) -> int:
-    """Write every record into the new folder ``folder`` (created here); returns the count."""
-    folder.mkdir()
+    """Write every record into ``folder`` (created here, or what :func:`resume_npz_dir` kept
+    of it); returns the count written."""
+    folder.mkdir(exist_ok=True)
     count = 0
-    with open(folder / INDEX_NAME, "w", encoding="utf-8", newline="\n") as index:
+    with open(folder / INDEX_NAME, "a", encoding="utf-8", newline="\n") as index:
         for record in regions:
             target = folder / npz_relative(record.image_id)
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb") as stream:
                 np.savez_compressed(stream, **encode_npz(record, options))  # type: ignore[arg-type]
+            # Listed only once its file is closed: a listed id is complete (see resume).
             index.write(record.image_id + "\n")
+            index.flush()
             count += 1
     return count
+
+
+def resume_npz_dir(folder: Path) -> frozenset[str]:
+    """The ids a partial npz folder holds complete: the lines of its ``index.txt``, an
+    incomplete last line cut away. A file written but not yet listed (a kill between the two)
+    is written again, whole, by the resumed conversion."""
+    index = folder / INDEX_NAME
+    if not index.is_file():
+        return frozenset()
+    data = index.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with open(index, "r+b") as stream:
+            stream.truncate(keep)
+    return frozenset(data[:keep].decode("utf-8").split("\n")[:-1])
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, *, source: str) -> np.ndarray:
@@ -209,5 +227,6 @@ __all__ = [
     "iter_npz_dir",
     "npz_relative",
     "read_npz",
+    "resume_npz_dir",
     "write_npz_dir",
 ]

@@ -20,7 +20,7 @@ from detector.structures import RegionFeatures
 from pipeline.formats import ban_h5, lmdb_uniter, npz_dir, parquet
 from pipeline.formats.common import RecordPart, WriteOptions
 from pipeline.formats.h5 import H5_FORMAT_NAME, iter_h5, write_h5
-from pipeline.formats.tsv import encode_tsv_line, iter_tsv, tsv_line_id
+from pipeline.formats.tsv import encode_tsv_line, iter_tsv, repair_tsv, tsv_line_id
 
 Writer = Callable[[Path, Iterable[RegionFeatures], WriteOptions], int]
 
@@ -36,12 +36,16 @@ class FormatSpec:
         consumer: the project, file and function that read it.
         loses: the fields of a record it does not hold, and how reading fills them.
         feature_dtypes: stored precisions it allows (the first is the default).
-        write: writes records to a new path (a folder is created by the writer).
+        write: writes records to a new path (a folder is created by the writer); for a
+            format with ``resume``, appends to what ``resume`` kept of a partial output.
         iterate: records of an existing path in order.
         open_part: random access for :class:`pipeline.store.FeatureStore` (None: the store's
             own TSV/HDF5 parts).
         companions: files written beside the output (ban-h5's id table).
         requires: modules it needs (the ``[formats]`` extra).
+        resume: repairs the partial output an interrupted conversion left and returns the
+            ids it holds complete (``write`` then appends the rest); None for a format that
+            cannot be appended to, which a resumed conversion writes again from the start.
     """
 
     name: str
@@ -55,6 +59,7 @@ class FormatSpec:
     open_part: Callable[[Path], RecordPart] | None = None
     companions: Callable[[Path], tuple[Path, ...]] = lambda path: ()
     requires: tuple[str, ...] = ()
+    resume: Callable[[Path], frozenset[str]] | None = None
 
     def missing_modules(self) -> tuple[str, ...]:
         """The modules of :attr:`requires` that are not installed."""
@@ -64,11 +69,20 @@ class FormatSpec:
 def _write_tsv(path: Path, regions: Iterable[RegionFeatures], options: WriteOptions) -> int:
     del options  # LXMERT's load_obj_tsv reads float32 only
     count = 0
-    with open(path, "wb") as stream:
+    with open(path, "ab") as stream:  # a new file, or what _resume_tsv kept
         for record in regions:
             stream.write(encode_tsv_line(record))
+            # Each line reaches the OS whole before the next is read, so a kill cuts at most
+            # the last one (no fsync: a partial that an OS crash damaged in the middle is
+            # refused by the resume, and --overwrite starts again).
+            stream.flush()
             count += 1
     return count
+
+
+def _resume_tsv(path: Path) -> frozenset[str]:
+    """The complete records of a partial TSV, an incomplete last line cut away."""
+    return frozenset(repair_tsv(path)) if path.exists() else frozenset()
 
 
 def _write_h5(path: Path, regions: Iterable[RegionFeatures], options: WriteOptions) -> int:
@@ -88,6 +102,7 @@ FORMATS: dict[str, FormatSpec] = {
             feature_dtypes=("float32",),
             write=_write_tsv,
             iterate=iter_tsv,
+            resume=_resume_tsv,
         ),
         FormatSpec(
             name="h5",
@@ -137,6 +152,7 @@ FORMATS: dict[str, FormatSpec] = {
             write=npz_dir.write_npz_dir,
             iterate=npz_dir.iter_npz_dir,
             open_part=npz_dir.NpzDirPart,
+            resume=npz_dir.resume_npz_dir,
         ),
         FormatSpec(
             name="lmdb",

@@ -229,3 +229,19 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
         assert [r.image_id for r in got] == [r.image_id for r in expected]
         for a, b in zip(got, expected, strict=True):
             assert_same_region(a, b)
+
+
+def test_pipeline_writers_re_exports_the_format_modules_names() -> None:
+    # The TSV codec and the HDF5 layout moved to pipeline.formats.tsv / .h5 (issue 28); every
+    # name other modules import from pipeline.writers is still there, and is the same object.
+    import pipeline.formats.h5
+    import pipeline.formats.tsv
+    import pipeline.writers
+
+    for name in pipeline.writers.__all__:
+        value = getattr(pipeline.writers, name)
+        for module in (pipeline.formats.tsv, pipeline.formats.h5):
+            if hasattr(module, name):
+                assert getattr(module, name) is value, name
+    assert pipeline.writers.TsvWriter is pipeline.formats.tsv.TsvWriter
+    assert pipeline.writers.H5_LAYOUT is pipeline.formats.h5.H5_LAYOUT
