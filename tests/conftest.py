@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import struct
+import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -29,3 +31,24 @@ def png_header_only() -> Callable[[int, int], bytes]:
     """``(width, height) -> bytes``: a PNG whose IHDR claims width x height RGB8 but whose IDAT
     holds one tiny row (a decompression bomb's header, cheap to write)."""
     return _png_header_only
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored() -> Iterator[None]:
+    """What a command's ``main(argv)`` called in this process changes for the whole process,
+    put back after each test: the ``pipeline`` logger (``configure_logging`` gives it a handler
+    bound to the ``sys.stderr`` of that moment, which is a test's capture, closed after it) and
+    torch's thread count (``--threads``, which would slow every later test). Torch is only
+    looked at when a test has imported it, so that tests without it stay light."""
+    logger = logging.getLogger("pipeline")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+    for handler in [h for h in logger.handlers if h not in saved[2]]:
+        logger.removeHandler(handler)
+    torch = sys.modules.get("torch")
+    if torch is not None and threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -1,4 +1,5 @@
-"""``python -m weights``: run as a real subprocess, offline, against temporary caches."""
+"""``python -m weights``, offline, against temporary caches: its ``main(argv)`` in this process
+with the output captured, and one real ``python -m weights`` process for the entry point."""
 
 from __future__ import annotations
 
@@ -20,21 +21,24 @@ from weights.__main__ import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    # The autouse fixture has already set HF_HOME/HF_HUB_OFFLINE in os.environ.
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "weights", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``python -m weights ARGS`` in this process: exit code, stdout, stderr."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_list_prints_every_entry() -> None:
-    result = _run("list")
+    """A real ``python -m weights`` process: the module's entry point, not only its main."""
+    # The autouse fixture has already set HF_HOME/HF_HUB_OFFLINE in os.environ.
+    result = subprocess.run(
+        [sys.executable, "-m", "weights", "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     for record in REGISTRY.values():
         assert record.name in result.stdout
@@ -46,10 +50,10 @@ def test_list_prints_every_entry() -> None:
     assert "default branch" in result.stdout
 
 
-def test_list_json_matches_the_registry() -> None:
-    result = _run("list", "--json")
-    assert result.returncode == 0, result.stderr
-    entries = {entry["name"]: entry for entry in json.loads(result.stdout)}
+def test_list_json_matches_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _main(capsys, "list", "--json")
+    assert code == 0, err
+    entries = {entry["name"]: entry for entry in json.loads(out)}
     assert set(entries) == set(REGISTRY)
     for name, record in REGISTRY.items():
         assert entries[name]["files"] == list(record.files)
@@ -58,18 +62,13 @@ def test_list_json_matches_the_registry() -> None:
         assert entries[name]["revision"] == record.revision
 
 
-def test_help_documents_the_commands_and_the_env_var() -> None:
-    result = _run("--help")
-    assert result.returncode == 0
+def test_help_documents_the_commands_and_the_env_var(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse's --help exits by itself
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
     for word in ("list", "fetch", "verify", "path", ENV_VAR, "HF_HUB_OFFLINE"):
-        assert word in result.stdout
-
-
-def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``python -m weights ARGS`` in this process: exit code, stdout, stderr."""
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+        assert word in out
 
 
 def test_path_not_found_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,30 +88,33 @@ def test_unknown_name_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "vg-r101-c4-attr" in err
 
 
-def test_usage_error_exits_2() -> None:
-    assert _run("frobnicate").returncode == 2
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse's usage errors exit by themselves
+        main(["frobnicate"])
+    assert exited.value.code == 2
+    assert "frobnicate" in capsys.readouterr().err
 
 
 def test_path_and_verify_on_a_hub_cache(
-    isolated_env: Path, make_hub_cache: Callable[..., Path]
+    isolated_env: Path, make_hub_cache: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = b"weights" * 100
     snapshot = make_hub_cache(
         isolated_env, "unc-nlp/frcnn-vg-finetuned", {"pytorch_model.bin": data}
     )
-    result = _run("path", "vg-r101-c4-attr")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(snapshot / "pytorch_model.bin")
+    code, out, err = _main(capsys, "path", "vg-r101-c4-attr")
+    assert code == 0, err
+    assert out.strip() == str(snapshot / "pytorch_model.bin")
 
-    result = _run("verify", "vg-r101-c4-attr")
-    assert result.returncode == 0, result.stderr
-    assert hashlib.sha256(data).hexdigest() in result.stdout
+    code, out, err = _main(capsys, "verify", "vg-r101-c4-attr")
+    assert code == 0, err
+    assert hashlib.sha256(data).hexdigest() in out
 
     (snapshot / "pytorch_model.bin").resolve().write_bytes(b"changed")
-    result = _run("verify", "vg-r101-c4-attr")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert str(isolated_env / LOCK_FILE_NAME) in result.stderr
+    code, out, err = _main(capsys, "verify", "vg-r101-c4-attr")
+    assert code == 2
+    assert "Traceback" not in err
+    assert str(isolated_env / LOCK_FILE_NAME) in err
 
 
 def test_convert_pickle_to_safetensors(tmp_path: Path) -> None:
@@ -120,7 +122,6 @@ def test_convert_pickle_to_safetensors(tmp_path: Path) -> None:
     src = tmp_path / "model.pkl"
     src.write_bytes(pickle.dumps({"model": arrays}, protocol=2))
     dest = tmp_path / "model.safetensors"
-    # In-process (the subprocess tests above cover the entry point; this one needs torch).
     assert main(["convert", str(src), str(dest)]) == 0
     np.testing.assert_array_equal(load_state_dict(dest)["a.weight"].numpy(), arrays["a.weight"])
 
