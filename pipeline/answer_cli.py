@@ -16,6 +16,8 @@ from pipeline.model_flags import (
     add_detector_flag,
     add_device_flag,
     add_encoder_flag,
+    check_image_file,
+    check_models,
     device_from_args,
 )
 from pipeline.precision_flags import add_precision_flags, precision_from_args
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     not_utf8 = non_utf8_message(args.questions, what="question")
     if not_utf8 is not None:
         raise UsageError(not_utf8)
+    check_image_file(args.image)
     device, precision = _device_and_precision(args)
     from detector.image import ImageError
     from pipeline.api import answer
@@ -132,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _device_and_precision(args: argparse.Namespace) -> tuple[str, Precision]:
-    """``--device`` and ``--precision``, checked together (a precision the device cannot run
-    is a usage error), before any model loads."""
+    """The models named (every one that does not resolve in one message, before torch is
+    imported), then ``--device`` and ``--precision``, checked together (a precision the device
+    cannot run is a usage error), before any model loads."""
+    check_models([("--detector", args.detector), ("--encoder", args.encoder)], download=True)
     device = device_from_args(args, prog="answer")
     precision = precision_from_args(args, prog="answer")
     from detector.precision import check_precision

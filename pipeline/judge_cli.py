@@ -15,6 +15,8 @@ from pipeline.model_flags import (
     add_detector_flag,
     add_device_flag,
     add_encoder_flag,
+    check_image_file,
+    check_models,
     device_from_args,
 )
 from pipeline.text_args import non_utf8_message
@@ -96,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(not_utf8)
     if args.encoder is None:
         raise UsageError(f"--encoder is required. {NO_NLVR2_CHECKPOINT}")
+    check_image_file(args.left, role="left image")
+    check_image_file(args.right, role="right image")
+    check_models([("--detector", args.detector), ("--encoder", args.encoder)], download=True)
     results = _judge(args, str(device_from_args(args, prog=PROG)))
     for statement, result in zip(args.statements, results, strict=True):
         ranked: list[tuple[bool, float | None]] = (

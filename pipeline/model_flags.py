@@ -1,20 +1,25 @@
 """The flags every model-running command shares, defined once: ``--detector``,
-``--encoder`` and ``--device``, and the one usage error for a device that cannot be used.
+``--encoder`` and ``--device``, the one usage error for a device that cannot be used, and the
+checks a command makes before it imports torch (:func:`check_models`, :func:`check_image_file`).
 
-Imports nothing heavy (safetensors' reader is small): a command's parser is built before torch
-is imported.
+Imports nothing heavy (safetensors' reader is small): a command's parser is built, and its
+files and model names are checked, before torch is imported, so a usage error is said at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
 from weights.command import UsageError
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE, DeviceError, resolve_device
+from weights.registry import UnknownCheckpointError
+from weights.resolve import CheckpointNotFoundError, locate_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -72,3 +77,52 @@ def device_from_args(args: argparse.Namespace, *, prog: str) -> torch.device:
     except DeviceError as error:
         raise UsageError(f"--device {args.device}: {error}") from None
     return device
+
+
+def check_image_file(path: str, *, role: str = "") -> None:
+    """``path`` names an existing file; else a :class:`UsageError` in the decoder's words
+    (``PATH: no such file``, with `` (ROLE)`` when given), said before any model loads. What
+    the file holds is the decoder's to judge."""
+    if os.path.isfile(path):
+        return
+    what = "is a directory" if os.path.isdir(path) else "no such file"
+    if os.path.islink(path) and not os.path.exists(path):
+        what = "broken symbolic link"
+    raise UsageError(f"{path}: {what}{f' ({role})' if role else ''}")
+
+
+def check_models(models: Sequence[tuple[str, str]], *, download: bool) -> None:
+    """Every ``(flag, name or path)`` of ``models`` resolves (:func:`weights.
+    locate_checkpoint`: no weights read or hashed, no torch); a download happens here when
+    ``download`` allows one, as the loader would make it.
+
+    Raises:
+        UsageError: one message naming every model that does not resolve, each with where it
+            looked and how to get it. The lines every such message ends with (how to run the
+            shipped models instead) are said once, at the end.
+    """
+    missing: list[tuple[str, list[str]]] = []
+    for flag, name in models:
+        try:
+            locate_checkpoint(name, download=download, verify_checksums=False)
+        except (CheckpointNotFoundError, UnknownCheckpointError) as error:
+            missing.append((f"{flag} {name}", str(error).splitlines()))
+    if not missing:
+        return
+    if len(missing) == 1:
+        named, lines = missing[0]
+        raise UsageError(f"{named}: " + "\n".join(lines))
+    common = _common_tail([lines for _, lines in missing])
+    parts = [f"{len(missing)} models are not on this machine:"]
+    parts += [f"{named}: " + "\n".join(lines[: len(lines) - common]) for named, lines in missing]
+    tail = missing[0][1][len(missing[0][1]) - common :]
+    raise UsageError("\n".join(parts + tail))
+
+
+def _common_tail(messages: Sequence[list[str]]) -> int:
+    """How many last lines all ``messages`` share."""
+    shortest = min(len(lines) for lines in messages)
+    count = 0
+    while count < shortest and len({lines[-1 - count] for lines in messages}) == 1:
+        count += 1
+    return count

@@ -125,7 +125,11 @@ def test_answer_with_an_unusable_device_exits_2_before_loading(monkeypatch, caps
         raise AssertionError("answer() ran")
 
     monkeypatch.setattr("pipeline.api.answer", refuse)
-    code = answer_cli.main(["img.png", "what?", "--device", "cuda"])
+    # An image and models that are here (they are checked first, before torch): the device
+    # is what is wrong.
+    image = str(Path(__file__).resolve().parents[2] / "examples" / "scene_000.png")
+    shapes = ["--detector", "shapes-detector", "--encoder", "shapes-lxmert"]
+    code = answer_cli.main([image, "what?", *shapes, "--device", "cuda"])
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--device cuda" in err and "no CUDA device is usable here" in err

@@ -56,7 +56,10 @@ def test_a_precision_this_cpu_cannot_run_is_exit_2_before_any_model_loads(
     assert extract(photos, "--out", out, *flags, "--precision", precision) == EXIT_USAGE
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-    assert answer_cli.main(["img.png", "what?", "--precision", precision]) == EXIT_USAGE
+    # An image and models that are here (checked first, before torch): the precision is wrong.
+    image = str(Path(__file__).resolve().parents[2] / "examples" / "scene_000.png")
+    shapes = ["--detector", "shapes-detector", "--encoder", "shapes-lxmert"]
+    assert answer_cli.main([image, "what?", *shapes, "--precision", precision]) == EXIT_USAGE
     assert message in capsys.readouterr().err
 
 
