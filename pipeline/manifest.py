@@ -151,6 +151,13 @@ def manifest_path(output: str | os.PathLike[str]) -> Path:
     return output.with_name(output.name + ".manifest.json")
 
 
+def ray_log_path(output: str | os.PathLike[str]) -> Path:
+    """``out.tsv`` -> ``out.tsv.ray.log``: Ray's own output during an ``--engine ray`` run
+    (appended run after run; not an input of merge or convert, which read the manifest)."""
+    output = Path(output)
+    return output.with_name(output.name + ".ray.log")
+
+
 def _version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)

@@ -34,6 +34,7 @@ from detector import RegionFeatures
 from detector.structures import CheckpointInfo
 from pipeline.boxes_file import BoxesFile
 from pipeline.engines.local import RecordSink
+from pipeline.engines.ray_logs import RayLog, progress_logging, ray_output_to
 from pipeline.engines.ray_stages import ActorSpec, DecodeImages, DetectRegions, NoWeights
 from pipeline.engines.ray_weights import (
     ActorWeights,
@@ -42,7 +43,7 @@ from pipeline.engines.ray_weights import (
     nodes_without,
 )
 from pipeline.exits import UsageError
-from pipeline.manifest import Failure
+from pipeline.manifest import Failure, ray_log_path
 from pipeline.plan import ExtractPlan, RunStats
 from pipeline.settings import ExtractSettings, RaySettings
 
@@ -116,6 +117,8 @@ class RayEngine:
     pool: ActorPlan
     weights: ActorWeights | None = None
     """What the actors load; set by :meth:`prepare`."""
+    log: RayLog | None = None
+    """Where Ray's own output goes (``OUT.ray.log``), and this command's meanwhile."""
 
     def describe(self) -> dict[str, Any]:
         """The manifest's ``engine`` section."""
@@ -129,6 +132,7 @@ class RayEngine:
             "decode_cpus": DECODE_CPUS,
             "ship_weights": self.weights is not None and self.weights.shipped is not None,
             "cluster": {"nodes": self.nodes, "resources": self.resources},
+            "log": None if self.log is None else str(self.log.path),
         }
 
     def prepare(self, checkpoint: CheckpointInfo) -> RayEngine:
@@ -181,13 +185,23 @@ class RayEngine:
         del batch_size
         if self.weights is None and plan.todo:
             raise ValueError("RayEngine.run before prepare(): the actors' weights are not set")
+        terminal = None if self.log is None else self.log.terminal
         progress = tqdm(
-            total=len(plan.todo), unit="img", disable=not show_progress, dynamic_ncols=True
+            total=len(plan.todo),
+            unit="img",
+            disable=not show_progress,
+            dynamic_ncols=True,
+            file=terminal,
         )
         start = time.monotonic()
         try:
             if plan.todo:
-                with logging_redirect_tqdm(loggers=[logging.getLogger("pipeline")]):
+                redirect = (
+                    logging_redirect_tqdm(loggers=[logging.getLogger("pipeline")])
+                    if terminal is None
+                    else progress_logging(terminal)
+                )
+                with redirect:
                     self._stream(plan, sink=sink, stats=stats, progress=progress, boxes=boxes)
         finally:
             progress.close()
@@ -332,46 +346,62 @@ class InOrder(Generic[T]):
 @contextlib.contextmanager
 def ray_engine(settings: ExtractSettings) -> Iterator[RayEngine]:
     """Join the cluster at ``--ray-address`` (or start Ray on this machine) for one run, and
-    leave it (shut it down if started here) on exit."""
+    leave it (shut it down if started here) on exit. Meanwhile Ray's own output goes to
+    ``OUT.ray.log`` beside the manifest, not to the terminal (:mod:`pipeline.engines.ray_logs`).
+    """
     import ray
-    import ray.data
 
     if settings.ray is None:
         raise ValueError("ray_engine needs settings.engine == 'ray' (settings.ray is None)")
     _quiet_ray()
-    start = time.monotonic()
-    _connect(settings.ray.address)
-    try:
-        resources = {key: float(value) for key, value in ray.cluster_resources().items()}
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        pool = plan_actors(
-            resources,
-            ray=settings.ray,
-            threads=settings.threads,
-            on_gpu=settings.device.type == "cuda",
-        )
-        address = str(ray.get_runtime_context().gcs_address)
-        LOG.info(
-            "Ray cluster %s: %d node(s), %g CPU, %g GPU; %d actor(s) at %g CPU, %d GPU (%.1f s)",
-            address,
-            nodes,
-            resources.get("CPU", 0.0),
-            resources.get("GPU", 0.0),
-            pool.actors,
-            pool.cpus,
-            pool.gpus,
-            time.monotonic() - start,
-        )
-        _configure_data()
-        yield RayEngine(
-            settings=settings,
-            address=address,
-            resources=resources,
-            nodes=nodes,
-            pool=pool,
-        )
-    finally:
-        ray.shutdown()
+    address = settings.ray.address
+    if address is not None:
+        _check_reachable(address)
+    with ray_output_to(ray_log_path(settings.output), joined=address is not None) as log:
+        start = time.monotonic()
+        _connect(address)
+        try:
+            yield _joined(settings, log, start=start)
+        finally:
+            ray.shutdown()
+
+
+def _joined(settings: ExtractSettings, log: RayLog, *, start: float) -> RayEngine:
+    """The engine on the cluster this process has just joined (``ray.init`` done)."""
+    import ray
+
+    assert settings.ray is not None  # ray_engine() refuses settings without them
+    resources = {key: float(value) for key, value in ray.cluster_resources().items()}
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    pool = plan_actors(
+        resources,
+        ray=settings.ray,
+        threads=settings.threads,
+        on_gpu=settings.device.type == "cuda",
+    )
+    address = str(ray.get_runtime_context().gcs_address)
+    LOG.info(
+        "Ray cluster %s: %d node(s), %g CPU, %g GPU; %d actor(s) at %g CPU, %d GPU (%.1f s); "
+        "Ray's own log: %s",
+        address,
+        nodes,
+        resources.get("CPU", 0.0),
+        resources.get("GPU", 0.0),
+        pool.actors,
+        pool.cpus,
+        pool.gpus,
+        time.monotonic() - start,
+        log.path,
+    )
+    _configure_data()
+    return RayEngine(
+        settings=settings,
+        address=address,
+        resources=resources,
+        nodes=nodes,
+        pool=pool,
+        log=log,
+    )
 
 
 #: Why joining a cluster fails most often, and the remedy.
@@ -394,13 +424,13 @@ def _connect(address: str | None) -> None:
     """
     import ray
 
-    if address is not None:
-        _check_reachable(address)
     try:
         ray.init(
             address=address or "local",
-            log_to_driver=False,  # worker output would break our progress bar; failures are data
-            logging_level=logging.WARNING,
+            # The workers' output comes to this process, and with the rest of Ray's to the
+            # log file (ray_output_to), never through the progress bar; failures are data.
+            log_to_driver=True,
+            logging_level=logging.INFO,
             include_dashboard=False if address is None else None,
         )
     except (ConnectionError, ray.exceptions.AuthenticationError) as error:
@@ -447,6 +477,6 @@ def _configure_data() -> None:
 
 def _quiet_ray() -> None:
     """Ray's own logs (cluster start, dataset plans, the note that its progress bars are off)
-    stay out of the command's output; its errors still show."""
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    go, from INFO up, to the run's Ray log file (:func:`ray_engine`), not to the terminal."""
+    logging.getLogger("ray").setLevel(logging.INFO)
+    logging.getLogger("ray.data").setLevel(logging.INFO)
