@@ -16,3 +16,8 @@ extra).
 
 Importing this package imports neither gradio nor torch.
 """
+
+#: Uploads larger than this are refused (bytes); the page's own limit, below the library's.
+#: Here, not in :mod:`pipeline.web.service`, so that ``lxmert-demo``'s parser (its default)
+#: is built without torch.
+DEFAULT_MAX_UPLOAD_BYTES = 20_000_000

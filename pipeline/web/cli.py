@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from pipeline.command import Command, positive_int, run_command
 from pipeline.exits import EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.model_flags import check_models, device_from_args
+from pipeline.web import DEFAULT_MAX_UPLOAD_BYTES
 from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
@@ -40,8 +43,6 @@ PACKAGED_EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lxmert-demo`` argument parser."""
-    from pipeline.web.service import DEFAULT_MAX_UPLOAD_BYTES
-
     parser = argparse.ArgumentParser(
         prog="lxmert-demo",
         description="A web page to look at a detector's boxes and ask LXMERT questions "
@@ -134,8 +135,23 @@ def example_images(folder: Path | None) -> list[str]:
     return sorted(str(path) for path in found if not path.name.startswith("."))
 
 
+def _check_before_imports(args: argparse.Namespace) -> None:
+    """The usage errors found without gradio or torch: the models named by a flag (all that
+    do not resolve without a download, in one message) and gradio's presence (the [web]
+    extra; a broken install is still found by the import in :func:`_serve`)."""
+    named = (
+        ("--detector", args.detector),
+        ("--encoder", args.encoder),
+        ("--nlvr2-encoder", args.nlvr2_encoder),
+    )
+    check_models([(flag, value) for flag, value in named if value], download=False)
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError(f"gradio is not installed; {extra_install_hint('web')}")
+
+
 def _run(args: argparse.Namespace) -> int:
     examples = example_images(args.examples)
+    _check_before_imports(args)
     # Uploads go to a folder of this server only, removed when it stops: the files it may
     # read are those it stored, and none are left behind.
     uploads = tempfile.mkdtemp(prefix="lxmert-demo-", dir=os.environ.get("GRADIO_TEMP_DIR"))
@@ -152,18 +168,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, examples: list[str]) -> int:
+    # --device needs torch, not gradio (seconds more): checked first.
+    device = device_from_args(args, prog="lxmert-demo")
     try:
         import gradio  # noqa: F401  # the [web] extra: say so before any model loads
     except ImportError as error:
         raise UsageError(
             f"gradio is not installed ({error}); {extra_install_hint('web')}"
         ) from error
-    from pipeline.model_flags import device_from_args
     from pipeline.web.app import SESSIONS, build_app
     from pipeline.web.models import ModelCache, start_models
     from pipeline.web.service import DemoService, Limits
 
-    device = device_from_args(args, prog="lxmert-demo")
     detectors, encoders, nlvr2 = _choices(args)
     start = start_models(
         args.detector or DEFAULT_DETECTOR, args.encoder or DEFAULT_ENCODER, detectors, encoders

@@ -26,6 +26,7 @@ import numpy as np
 from detector.image import DEFAULT_MAX_PIXELS, ImageError, load_image
 from detector.structures import RegionFeatures
 from pipeline.visualize import draw_regions, enlarged, region_labels
+from pipeline.web import DEFAULT_MAX_UPLOAD_BYTES
 from pipeline.web.models import ModelCache, ModelSettings, StartModels
 
 if TYPE_CHECKING:
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 
 #: Answers shown per question.
 TOP_K = 5
-#: Uploads larger than this are refused (bytes); the page's own limit, below the library's.
-DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
 #: Questions per request (one per line).
 MAX_QUESTIONS = 8
 #: Images whose regions are kept, so more questions about one image never rerun the detector.
