@@ -7,6 +7,7 @@ joining shard outputs. Exit codes are in :data:`EXIT_CODES`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import textwrap
@@ -14,10 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.command import Command, configure_logging, non_negative_int, positive_int, run_command
-from pipeline.compare import COMPARE_COMMAND
-from pipeline.convert import CONVERT_COMMAND
 from pipeline.exits import EXIT_CODES
-from pipeline.merge import MERGE_COMMAND
 from pipeline.precision_flags import add_precision_flags
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE
 
@@ -51,7 +49,7 @@ def _default_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``extract_features`` argument parser (each sub-command of :data:`COMMANDS` has its
+    """The ``extract_features`` argument parser (each sub-command of :data:`SUBCOMMANDS` has its
     own)."""
     exit_lines = "\n".join(
         textwrap.fill(text, width=88, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
@@ -65,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "region features: --out X.tsv (LXMERT obj36 TSV, readable by load_obj_tsv) or\n"
             "--out X.h5 (HDF5). A manifest X.<ext>.manifest.json is written beside it.\n\n"
             "sub-commands (extract_features COMMAND --help):\n"
-            + "".join(f"  {c.name:<8} {c.summary}\n" for c in COMMANDS.values())
+            + "".join(f"  {name:<8} {summary}\n" for name, (_, summary) in SUBCOMMANDS.items())
             + "An input folder named like a sub-command is given as ./merge."
         ),
         epilog=(
@@ -372,20 +370,46 @@ EXTRACT_COMMAND = Command(
     "command with --resume to continue",
 )
 
-#: Sub-commands by the word that selects them; anything else is the default command's input.
-#: An input folder named like a sub-command is given as ``./merge``.
-COMMANDS: dict[str, Command] = {
-    MERGE_COMMAND.name: MERGE_COMMAND,
-    COMPARE_COMMAND.name: COMPARE_COMMAND,
-    CONVERT_COMMAND.name: CONVERT_COMMAND,
+#: Sub-commands by the word that selects them: ``module:Command`` and the command's summary,
+#: so that the default command and its usage errors never import them (each imports torch
+#: through the feature files' modules); a test keeps the summaries equal to the commands'.
+#: Anything else is the default command's input; a folder named ``merge`` is given as
+#: ``./merge``.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "merge": (
+        "pipeline.merge:MERGE_COMMAND",
+        "join feature files (the shards of one run) into one",
+    ),
+    "compare": (
+        "pipeline.compare:COMPARE_COMMAND",
+        "compare with a reference feature file (e.g. LXMERT's val2014_obj36.tsv)",
+    ),
+    "convert": (
+        "pipeline.convert:CONVERT_COMMAND",
+        "convert feature files between formats (tsv, h5, ban-h5, npz-dir, lmdb, parquet)",
+    ),
 }
 
 
+def subcommand(name: str) -> Command:
+    """The sub-command ``name`` of :data:`SUBCOMMANDS`, imported now."""
+    module, attribute = SUBCOMMANDS[name][0].split(":")
+    command: Command = getattr(importlib.import_module(module), attribute)
+    return command
+
+
+def __getattr__(name: str) -> object:
+    """``COMMANDS``: the sub-commands themselves by word, imported when asked for."""
+    if name == "COMMANDS":
+        return {word: subcommand(word) for word in SUBCOMMANDS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``extract_features`` and its sub-commands (:data:`COMMANDS`)."""
+    """Entry point of ``extract_features`` and its sub-commands (:data:`SUBCOMMANDS`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        return run_command(COMMANDS[argv[0]], argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return run_command(subcommand(argv[0]), argv[1:])
     return run_command(EXTRACT_COMMAND, argv)
 
 
