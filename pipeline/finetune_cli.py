@@ -2,7 +2,7 @@
 
     lxmert-finetune train --task vqa|gqa|nlvr2 --train FILE [FILE...] [--valid FILE] \\
         --features STORE [STORE...] --from NAME|DIR --out DIR [--answers FILE] [--epochs N] \\
-        [--batch-size N] [--lr X] [--max-length N] [--num-boxes N] [--precision fp32|bf16] \\
+        [--batch-size N] [--lr X] [--max-length N] [--boxes N] [--precision fp32|bf16] \\
         [--device auto|cpu|cuda[:N]] [--resume] [--skip-missing] [--tiny] [--limit-questions N]
     lxmert-finetune evaluate --model DIR --questions FILE [FILE...] --features STORE [...] \\
         [--annotations VQA.json] [--predictions OUT.json|OUT.csv] [--report OUT.json]
@@ -10,15 +10,19 @@
 
 Each sub-command runs validate -> plan -> run -> finish: flags and data are checked (and
 question files read, stores opened) before any model loads; the library
-(``encoder.finetune``) does the work; the exit code is chosen in one place
-(``pipeline.command.run_command``; 130 here on Ctrl-C).
+(``encoder.finetune``; a whole run into a folder is :func:`encoder.finetune.run.fit_and_write`)
+does the work; the exit code is chosen in one place (``pipeline.command.run_command``; 130
+here on Ctrl-C). This module holds ``train``'s flags and wiring and :func:`main`; ``evaluate``
+is :mod:`pipeline.finetune_evaluate`, ``export`` :mod:`pipeline.finetune_export`, the flags
+both share :mod:`pipeline.finetune_common`.
 
 Output of ``train`` (``--out DIR``): the best model so far as a ``save_pretrained``
 directory (``config.json``, ``model.safetensors``), ``label2ans.json``, ``finetune.json``
 (recipe, equivalent command, data, history), ``last/`` (the last epoch's model, the same
 files), ``log.log`` (LXMERT's per-epoch Train/Valid/Best lines) and ``training/last.pt``
-(the resume checkpoint). ``answer(..., encoder=DIR)`` and ``Pipeline(encoder=DIR)`` load it,
-or ``DIR/last``.
+(the resume checkpoint; the layout is :mod:`encoder.finetune.run`'s, and a folder is
+written over only when it is ours: :mod:`weights.ownership`). ``answer(..., encoder=DIR)``
+and ``Pipeline(encoder=DIR)`` load it, or ``DIR/last``.
 
 ``--task nlvr2`` reads NLVR2 statement files in LXMERT's JSON (``{identifier, img0, img1,
 sent, label}``) and trains an NLVR2 model (``encoder.nlvr2``; no answer table, so no
@@ -29,19 +33,24 @@ consistency over statement groups, and writes NLVR2's ``identifier,prediction`` 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pipeline.command import Command, non_negative_int, positive_int, run_command
+from pipeline.command import Command, positive_int, run_command
 from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.finetune_common import (
+    PROG,
+    add_common_flags,
+    existing,
+    open_stores,
+    read_entries,
+    say,
+)
 from pipeline.finetune_distributed import (
     join_group,
     launched_rank,
@@ -49,42 +58,69 @@ from pipeline.finetune_distributed import (
     peers_lost_named,
     rank_device,
 )
+from pipeline.finetune_evaluate import (  # re-exported: evaluate was in this module
+    EVALUATE_COMMAND,
+    build_evaluate_parser,
+    check_evaluate_outputs,
+    replace_length,
+    run_evaluate,
+    run_evaluate_nlvr2,
+)
 from pipeline.finetune_export import EXPORT_COMMAND
 from pipeline.finetune_labels import check_labels
-from pipeline.finetune_log import epoch_reporter, write_log
-from pipeline.finetune_outputs import REPORT_KIND, check_outputs
 from pipeline.finetune_resume import check_resume, run_inputs
 from pipeline.finetune_subset import Subset, add_subset_flags, first, tiny_images
-from pipeline.model_flags import DEVICE_HELP, MODEL_LOAD_ERRORS
-from weights.defaults import DEFAULT_DEVICE
-from weights.files import atomic_write_text
+from pipeline.model_flags import MODEL_LOAD_ERRORS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from encoder.answers import AnswerTable
     from encoder.build import Encoder
-    from encoder.config import EncoderConfig
     from encoder.finetune import (
-        AccuracyReport,
-        EpochRecord,
         FinetuneConfig,
         FitResult,
-        HumanAnswers,
         PairEntry,
         Progress,
         QuestionEntry,
-        RegionSource,
         Task,
     )
     from encoder.finetune.fit import FitData
     from pipeline.store import FeatureStore
 
-PROG = "lxmert-finetune"
-#: Resume checkpoint inside ``--out``.
-CHECKPOINT = Path("training") / "last.pt"
-#: The last epoch's model inside ``--out`` (``--out`` itself holds the best one).
-LAST_DIR = "last"
+__all__ = [
+    "COMMANDS",
+    "EVALUATE_COMMAND",
+    "TRAIN_COMMAND",
+    "TrainSettings",
+    "answer_table",
+    "build_evaluate_parser",
+    "build_train_parser",
+    "check_evaluate_outputs",
+    "fit_and_write",
+    "main",
+    "open_stores",
+    "plan_train",
+    "read_entries",
+    "replace_length",
+    "run_evaluate",
+    "run_evaluate_nlvr2",
+    "run_record",
+    "run_train",
+    "run_train_nlvr2",
+    "validate_train",
+    "write_outputs",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # CHECKPOINT and LAST_DIR are encoder.finetune.run's (the run folder's layout), kept here
+    # for the old import path; looked up on first use so that --help loads no torch.
+    if name in ("CHECKPOINT", "LAST_DIR"):
+        from encoder.finetune import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -116,76 +152,18 @@ class TrainSettings:
         words += ["--answers", str(self.answers)] if self.answers else []
         words += ["--epochs", str(r.epochs), "--batch-size", str(r.batch_size), "--lr", str(r.lr)]
         words += ["--warmup-ratio", str(r.warmup_ratio), "--max-length", str(r.max_question_length)]
-        words += ["--num-boxes", str(r.num_boxes), "--seed", str(r.seed)]
+        words += ["--boxes", str(r.num_boxes), "--seed", str(r.seed)]
         words += ["--precision", r.precision, "--device", self.device]
         words += ["--skip-missing"] if self.skip_missing else []
         return shlex.join(words + self.subset.words())
 
 
-def _say(message: str) -> None:
-    """How every command tells that ``auto`` fell back to the CPU: one line on stderr."""
-    print(f"{PROG}: {message}", file=sys.stderr)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--features",
-        nargs="+",
-        type=Path,
-        required=True,
-        metavar="STORE",
-        help="feature files (TSV or HDF5 from extract_features, or obj36 TSVs), joined",
-    )
-    parser.add_argument("--device", default=DEFAULT_DEVICE, metavar="DEV", help=DEVICE_HELP)
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: autocast of the forward (default fp32)",
-    )
-    parser.add_argument(
-        "--num-boxes",
-        type=positive_int,
-        default=36,
-        metavar="N",
-        help="regions per image, at most (default 36)",
-    )
-    parser.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="skip (and count) questions whose image is not in the stores",
-    )
-    parser.add_argument(
-        "--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
-
-
-def build_train_parser() -> argparse.ArgumentParser:
-    """Flags of ``lxmert-finetune train``."""
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """The recipe's flags, defaults :class:`~encoder.finetune.FinetuneConfig`'s."""
     from encoder.finetune import FinetuneConfig
     from encoder.finetune.config import LXMERT_TASK_LR
 
     d = FinetuneConfig()
-    parser = argparse.ArgumentParser(prog=f"{PROG} train", description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=("vqa", "gqa", "nlvr2"), required=True)
-    parser.add_argument("--train", nargs="+", type=Path, required=True, metavar="FILE")
-    parser.add_argument("--valid", type=Path, metavar="FILE", help="evaluated after each epoch")
-    parser.add_argument(
-        "--from",
-        dest="source",
-        required=True,
-        metavar="NAME|DIR",
-        help="registry name (lxmert-base, shapes-lxmert-pretrained) or a directory",
-    )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
-    parser.add_argument(
-        "--answers",
-        type=Path,
-        metavar="FILE",
-        help="JSON list of answers (default: every answer of the training labels)",
-    )
     parser.add_argument(
         "--epochs",
         type=positive_int,
@@ -218,6 +196,29 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="question tokens with [CLS]/[SEP] (default 20)",
     )
     parser.add_argument("--seed", type=int, default=d.seed)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """Flags of ``lxmert-finetune train``."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} train", description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=("vqa", "gqa", "nlvr2"), required=True)
+    parser.add_argument("--train", nargs="+", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--valid", type=Path, metavar="FILE", help="evaluated after each epoch")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="NAME|DIR",
+        help="registry name (lxmert-base, shapes-lxmert-pretrained) or a directory",
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        metavar="FILE",
+        help="JSON list of answers (default: every answer of the training labels)",
+    )
+    _add_recipe_flags(parser)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     add_subset_flags(parser)
     parser.add_argument(
@@ -227,38 +228,15 @@ def build_train_parser() -> argparse.ArgumentParser:
         metavar="STEPS",
         help="a progress line every STEPS steps (default: %(default)s)",
     )
-    _add_common(parser)
+    add_common_flags(parser)
     return parser
-
-
-def _existing(paths: Sequence[Path], flag: str) -> tuple[Path, ...]:
-    for path in paths:
-        if not path.is_file():
-            raise UsageError(f"{flag} {path}: no such file")
-    return tuple(paths)
-
-
-def _check_out_is_ours(out: Path, *, source: str) -> None:
-    """``--out`` must be new, empty, or a folder an earlier ``train`` wrote (it holds our
-    ``finetune.json`` or resume checkpoint): a model folder of someone else's, the starting
-    model included, is never overwritten."""
-    if Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
-        raise UsageError(f"--out {out} is the starting model (--from); choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    from encoder.finetune import FINETUNE_FILE
-
-    if not (out / FINETUNE_FILE).exists() and not (out / CHECKPOINT).exists():
-        raise UsageError(
-            f"--out {out} is a folder this command did not write (no {FINETUNE_FILE}); "
-            "choose a new or empty folder"
-        )
 
 
 def validate_train(args: argparse.Namespace) -> TrainSettings:
     """Flags -> :class:`TrainSettings`; :class:`UsageError` for anything wrong, before work."""
     from encoder.finetune import FinetuneConfig
     from encoder.finetune.config import lxmert_recipe_lr
+    from encoder.finetune.run import CHECKPOINT, check_out_is_ours
 
     try:
         recipe = FinetuneConfig(
@@ -281,17 +259,17 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
             f"--out {args.out} holds a training run; pass --resume to continue it, or "
             "choose another --out"
         )
-    _check_out_is_ours(args.out, source=args.source)
+    check_out_is_ours(args.out, source=args.source)
     if args.task == "nlvr2" and args.answers is not None:
         raise UsageError("--answers is for vqa/gqa; an NLVR2 model answers True or False")
     return TrainSettings(
         task=args.task,
-        train=_existing(args.train, "--train"),
-        valid=_existing([args.valid], "--valid")[0] if args.valid else None,
-        features=_existing(args.features, "--features"),
+        train=existing(args.train, "--train"),
+        valid=existing([args.valid], "--valid")[0] if args.valid else None,
+        features=existing(args.features, "--features"),
         source=args.source,
         out=args.out,
-        answers=_existing([args.answers], "--answers")[0] if args.answers else None,
+        answers=existing([args.answers], "--answers")[0] if args.answers else None,
         recipe=recipe,
         device=args.device,
         resume=args.resume,
@@ -302,51 +280,16 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
     )
 
 
-def open_stores(paths: Sequence[Path]) -> FeatureStore:
-    """The joined feature stores; :class:`UsageError` naming the file when one cannot open."""
-    from pipeline.store import FeatureStore
-
-    try:
-        return FeatureStore.open(*paths)
-    except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"--features: cannot open {', '.join(map(str, paths))}: {err}") from None
-
-
-def read_entries(
-    paths: Sequence[Path], store: RegionSource, *, skip_missing: bool, flag: str
-) -> tuple[tuple[QuestionEntry, ...], int]:
-    """Questions of ``paths`` whose image is in ``store`` and the count skipped (bad data and
-    missing images without ``--skip-missing`` are :class:`UsageError`\\s naming the entry)."""
-    from encoder.finetune import DataError, read_question_files, with_regions
-
-    try:
-        entries = read_question_files(paths)
-        kept, skipped = with_regions(entries, store, skip_missing=skip_missing)
-    except DataError as err:
-        raise UsageError(str(err)) from None
-    if not kept:
-        raise UsageError(f"{flag}: no question left to use in {', '.join(map(str, paths))}")
-    if skipped:
-        print(
-            f"{flag}: skipped {skipped} question(s) whose image is not in --features",
-            file=sys.stderr,
-        )
-    return kept, skipped
-
-
 def answer_table(settings: TrainSettings, entries: Sequence[QuestionEntry]) -> AnswerTable:
-    """``--answers`` or the training labels' answers; :class:`UsageError` when empty."""
-    from encoder.answers import load_answer_table
-    from encoder.finetune import DataError, answer_table_from_labels
+    """``--answers`` or the training labels' answers
+    (:func:`encoder.finetune.run.answer_table`); :class:`UsageError` when empty."""
+    from encoder.finetune import DataError
+    from encoder.finetune.run import answer_table as table_of
 
+    name = ", ".join(map(str, settings.train))
     try:
-        if settings.answers is not None:
-            table = load_answer_table(settings.answers)
-            if len(table) == 0:
-                raise DataError(f"--answers {settings.answers}: the answer list is empty")
-            return table
-        return answer_table_from_labels(entries, name=", ".join(map(str, settings.train)))
-    except (DataError, ValueError, FileNotFoundError) as err:
+        return table_of(entries, answers=settings.answers, name=name)
+    except DataError as err:
         raise UsageError(str(err)) from None
 
 
@@ -382,6 +325,7 @@ def plan_train(
 def run_train(args: argparse.Namespace) -> int:
     """``train``: validate -> plan (data, answers) -> run (model, fit) -> finish."""
     from encoder.finetune import QADataset, prepare_encoder
+    from encoder.finetune.run import CHECKPOINT
     from weights.defaults import resolve_device
 
     settings = validate_train(args)
@@ -395,7 +339,7 @@ def run_train(args: argparse.Namespace) -> int:
     source = f"--answers {settings.answers}" if settings.answers else "the training labels"
     check_labels(train_entries, table, table_name=source)
     try:
-        device = rank_device(resolve_device(settings.device, on_fallback=_say))
+        device = rank_device(resolve_device(settings.device, on_fallback=say))
         encoder, kept = prepare_encoder(
             settings.source, answers=table, config=settings.recipe, device=device
         )
@@ -466,7 +410,7 @@ def run_train_nlvr2(
         )
     train_entries, valid_entries = first(train_entries, limit), first(valid_entries, limit)
     try:
-        device = rank_device(resolve_device(settings.device, on_fallback=_say))
+        device = rank_device(resolve_device(settings.device, on_fallback=say))
         encoder = prepare_nlvr2_encoder(settings.source, config=settings.recipe, device=device)
     except MODEL_LOAD_ERRORS as err:
         raise UsageError(f"cannot load --from {settings.source}: {err}") from None
@@ -493,41 +437,37 @@ def fit_and_write(
     *,
     inputs: Mapping[str, object],
 ) -> int:
-    """Fit, writing the best model into ``--out`` as it improves, then the full record; the
-    checkpoint records ``inputs`` (what a ``--resume`` must be given again). Under torchrun
-    every rank fits, rank 0 alone prints and writes (:mod:`pipeline.finetune_distributed`)."""
-    from encoder.finetune import fit, write_model_dir
+    """:func:`encoder.finetune.run.fit_and_write` with ``train``'s flags, under torchrun
+    (:mod:`pipeline.finetune_distributed`: every rank fits, rank 0 alone prints and writes);
+    the exit code, 130 on Ctrl-C."""
+    from encoder.finetune.run import CHECKPOINT
+    from encoder.finetune.run import fit_and_write as fit_into_folder
 
-    def keep_best(best: Encoder, epoch: EpochRecord) -> None:
-        write_model_dir(best, settings.out, record={**record, "best": asdict(epoch)})
-
+    checkpoint = settings.out / CHECKPOINT
     ranks = join_group(encoder.model.device)
     settings = replace(settings, quiet=settings.quiet or not ranks.writes)
-    remedy = f"the last finished epoch is in {settings.out / CHECKPOINT}: run the same command "
-    remedy += "with --resume"
+    remedy = f"the last finished epoch is in {checkpoint}: run the same command with --resume"
     try:
         with (
             peers_lost_named(ranks, remedy=remedy),
-            data_errors_are_usage(remedy=lambda: _data_error_remedy(settings.out / CHECKPOINT)),
+            data_errors_are_usage(remedy=lambda: _data_error_remedy(checkpoint)),
         ):
-            result = fit(
-                encoder=encoder,
-                train=train,
-                valid=valid,
+            fit_into_folder(
+                encoder,
+                train,
+                valid,
+                out=settings.out,
                 config=settings.recipe,
                 task=settings.task,
-                checkpoint=settings.out / CHECKPOINT,
-                on_best=keep_best,
-                resume=settings.resume,
-                on_progress=_progress_printer(settings),
-                on_epoch=epoch_reporter(settings.out, quiet=settings.quiet),
+                record=record,
                 inputs=inputs,
+                resume=settings.resume,
+                quiet=settings.quiet,
+                on_progress=_progress_printer(settings),
             )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with the same command and --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if ranks.writes:
-        write_outputs(settings, encoder, record, result)
     leave_group(ranks)
     return EXIT_OK
 
@@ -535,22 +475,11 @@ def fit_and_write(
 def write_outputs(
     settings: TrainSettings, encoder: Encoder, record: Mapping[str, object], result: FitResult
 ) -> None:
-    """After the last epoch: ``last/``, ``log.log`` and the full ``finetune.json``."""
-    from encoder.finetune import FINETUNE_FILE, write_model_dir
+    """:func:`encoder.finetune.run.write_outputs` into ``--out``: ``last/``, ``log.log`` and
+    the full ``finetune.json`` (kept for callers of this module's old name)."""
+    from encoder.finetune.run import write_outputs as write_into_folder
 
-    history = [asdict(r) for r in result.history]
-    final = {**record, "history": history, "best_epoch": result.best_epoch}
-    # The model after the last epoch (vqa.py's LAST.pth); a resume that finds every epoch
-    # done has restored it from the checkpoint, so this is always the last epoch's weights.
-    write_model_dir(encoder, settings.out / LAST_DIR, record={**final, "last": history[-1]})
-    write_log(settings.out, result.history)
-    atomic_write_text(settings.out / FINETUNE_FILE, json.dumps(final, indent=1) + "\n")
-    if not settings.quiet:
-        print(f"wrote {settings.out} (epoch {result.best_epoch})", file=sys.stderr)
-
-
-#: What to do after a feature record failed to read during ``evaluate``.
-_EVALUATE_REMEDY = "nothing was written: repair or re-extract the file and run the command again"
+    write_into_folder(settings.out, encoder, record, result, quiet=settings.quiet)
 
 
 def _data_error_remedy(checkpoint: Path) -> str:
@@ -564,244 +493,6 @@ def _data_error_remedy(checkpoint: Path) -> str:
     return "no epoch was finished: repair or re-extract the file and run the command again"
 
 
-def build_evaluate_parser() -> argparse.ArgumentParser:
-    """Flags of ``lxmert-finetune evaluate``."""
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} evaluate",
-        description="accuracy and prediction files of a QA or NLVR2 model",
-    )
-    parser.add_argument(
-        "--model",
-        required=True,
-        metavar="DIR|NAME",
-        help="a train --out directory, another save_pretrained one, or a name",
-    )
-    parser.add_argument(
-        "--questions",
-        nargs="+",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="LXMERT JSON question files (NLVR2 statement files with --task nlvr2)",
-    )
-    parser.add_argument(
-        "--task",
-        choices=("vqa", "gqa", "nlvr2"),
-        help="metric and submission format (default: the model's finetune.json, else vqa)",
-    )
-    parser.add_argument(
-        "--annotations",
-        type=Path,
-        metavar="FILE",
-        help="official VQA annotation file: score by the ten human answers",
-    )
-    parser.add_argument(
-        "--predictions",
-        type=Path,
-        metavar="OUT.json|OUT.csv",
-        help="VQA [{question_id, answer}] / GQA [{questionId, prediction}] / NLVR2 CSV "
-        "identifier,prediction (True/False)",
-    )
-    parser.add_argument("--report", type=Path, metavar="OUT.json", help="the scores as JSON")
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=256,
-        help="questions (NLVR2: statements) per forward pass (default: %(default)s)",
-    )
-    _add_common(parser)
-    return parser
-
-
-def check_evaluate_outputs(args: argparse.Namespace) -> None:
-    """``--predictions`` and ``--report`` are neither inputs nor one file, and replace only
-    evaluate's own outputs (:func:`pipeline.finetune_outputs.check_outputs`)."""
-    inputs = [("--questions", path) for path in args.questions]
-    inputs += [("--features", path) for path in args.features]
-    inputs += [("--annotations", args.annotations)] if args.annotations else []
-    inputs += [("--model", Path(args.model))] if Path(args.model).exists() else []
-    check_outputs({"--predictions": args.predictions, "--report": args.report}, inputs)
-
-
-def _model_record(model: str) -> dict[str, object]:
-    """The ``finetune.json`` of a model directory, or {} when there is none."""
-    from encoder.finetune import FINETUNE_FILE
-
-    path = Path(model) / FINETUNE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path}: unreadable ({err})") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _prediction_text(records: list[dict[str, int | str]], path: Path) -> str:
-    if path.suffix.lower() == ".csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        keys = list(records[0]) if records else ["question_id", "answer"]
-        writer.writerow(keys)
-        writer.writerows([[r[k] for k in keys] for r in records])
-        return buffer.getvalue()
-    return json.dumps(records) + "\n"
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``evaluate``: validate -> plan -> predict -> score and write."""
-    from encoder.build import load_encoder
-    from encoder.config import config_for
-    from encoder.finetune import (
-        DataError,
-        FinetuneConfig,
-        QADataset,
-        predict,
-        read_vqa_annotations,
-    )
-    from weights.defaults import resolve_device
-
-    check_evaluate_outputs(args)
-    record = _model_record(args.model)
-    saved_task = record.get("task")
-    task: Task = args.task or (saved_task if saved_task in ("gqa", "nlvr2") else "vqa")
-    saved = record.get("config")
-    length = saved.get("max_question_length", 20) if isinstance(saved, dict) else 20
-    try:
-        recipe = FinetuneConfig(
-            num_boxes=args.num_boxes,
-            precision=args.precision,
-            eval_batch_size=args.batch_size,
-            workers=args.workers,
-            max_question_length=int(length),
-        )
-        annotations = read_vqa_annotations(args.annotations) if args.annotations else None
-    except (DataError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    if task == "nlvr2":
-        return run_evaluate_nlvr2(args, recipe)
-    store = open_stores(_existing(args.features, "--features"))
-    entries, skipped = read_entries(
-        _existing(args.questions, "--questions"),
-        store,
-        skip_missing=args.skip_missing,
-        flag="--questions",
-    )
-    try:
-        settings = replace_length(config_for(args.model), recipe.max_question_length)
-        encoder = load_encoder(settings, device=resolve_device(args.device, on_fallback=_say))
-    except MODEL_LOAD_ERRORS as err:
-        raise UsageError(f"cannot load --model {args.model}: {err}") from None
-    if encoder.answers is None:
-        raise UsageError(f"--model {args.model} has no QA head")
-    try:
-        with data_errors_are_usage(remedy=_EVALUATE_REMEDY):
-            predictions = predict(
-                encoder,
-                QADataset(entries, store, encoder.answers, num_boxes=recipe.num_boxes),
-                config=recipe,
-            )
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    _finish_evaluate(args, task, entries, predictions, annotations, skipped)
-    return EXIT_OK
-
-
-def run_evaluate_nlvr2(args: argparse.Namespace, recipe: FinetuneConfig) -> int:
-    """``evaluate --task nlvr2``: statements -> NLVR2 model -> accuracy, consistency, CSV."""
-    from encoder.build import load_encoder
-    from encoder.config import config_for
-    from encoder.finetune import PairDataset, predict_pairs
-    from pipeline.finetune_nlvr2 import finish_evaluate, read_pairs
-    from weights.defaults import resolve_device
-
-    if args.annotations is not None:
-        raise UsageError("--annotations are VQA's human answers; NLVR2 files carry their labels")
-    if args.predictions is not None and args.predictions.suffix.lower() != ".csv":
-        raise UsageError(
-            f"--predictions {args.predictions}: NLVR2 predictions are a CSV "
-            "(identifier,prediction); give a .csv file"
-        )
-    store = open_stores(_existing(args.features, "--features"))
-    entries, skipped = read_pairs(
-        _existing(args.questions, "--questions"),
-        store,
-        skip_missing=args.skip_missing,
-        flag="--questions",
-        need_labels=False,
-    )
-    try:
-        settings = replace(
-            config_for(args.model), head="nlvr2", max_question_length=recipe.max_question_length
-        )
-        encoder = load_encoder(settings, device=resolve_device(args.device, on_fallback=_say))
-    except MODEL_LOAD_ERRORS as err:
-        raise UsageError(f"cannot load --model {args.model}: {err}") from None
-    try:
-        with data_errors_are_usage(remedy=_EVALUATE_REMEDY):
-            dataset = PairDataset(entries, store, num_boxes=recipe.num_boxes)
-            probabilities = predict_pairs(encoder, dataset, config=recipe)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finish_evaluate(
-        entries,
-        probabilities,
-        predictions=args.predictions,
-        report=args.report,
-        skipped=skipped,
-    )
-    return EXIT_OK
-
-
-def _finish_evaluate(
-    args: argparse.Namespace,
-    task: Task,
-    entries: Sequence[QuestionEntry],
-    predictions: Sequence[str],
-    annotations: Mapping[int | str, HumanAnswers] | None,
-    skipped: int,
-) -> None:
-    """Score (when there are labels or annotations), print, and write the files asked for."""
-    from encoder.finetune import DataError, prediction_records, question_scores
-
-    labelled = annotations is not None or any(e.label for e in entries)
-    report: dict[str, object] = {
-        "kind": REPORT_KIND,
-        "task": task,
-        "questions": len(entries),
-        "skipped": skipped,
-    }
-    if labelled:
-        try:
-            scores = question_scores(entries, predictions, task=task, annotations=annotations)
-        except DataError as err:
-            raise UsageError(str(err)) from None
-        report.update(asdict(scores))
-        print(_score_lines(scores))
-    else:
-        print(f"{len(entries)} questions without labels: predictions only")
-    if args.predictions is not None:
-        records = prediction_records(entries, predictions, task=task)
-        atomic_write_text(args.predictions, _prediction_text(records, args.predictions))
-    if args.report is not None:
-        atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
-
-
-def replace_length(settings: EncoderConfig, length: int) -> EncoderConfig:
-    """``settings`` with head ``qa`` and questions cut at ``length`` tokens."""
-    return replace(settings, head="qa", max_question_length=length)
-
-
-def _score_lines(scores: AccuracyReport) -> str:
-    lines = [f"accuracy {scores.overall:.4f} over {scores.count} questions"]
-    for kind, values in scores.per_type.items():
-        for name, value in values.items():
-            lines.append(f"  {kind} {name}: {value:.4f} ({scores.type_counts[kind][name]})")
-    return "\n".join(lines)
-
-
 TRAIN_COMMAND = Command(
     name="train",
     summary="fine-tune a QA (or NLVR2) model on question (statement) files over feature stores",
@@ -809,12 +500,6 @@ TRAIN_COMMAND = Command(
     run=run_train,
     disk_full_remedy="the last finished epoch is kept; free some space and run the same "
     "command with --resume",
-)
-EVALUATE_COMMAND = Command(
-    name="evaluate",
-    summary="accuracy and prediction files of a QA or NLVR2 model",
-    build_parser=build_evaluate_parser,
-    run=run_evaluate,
 )
 COMMANDS: dict[str, Command] = {
     c.name: c for c in (TRAIN_COMMAND, EVALUATE_COMMAND, EXPORT_COMMAND)

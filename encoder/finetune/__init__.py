@@ -1,11 +1,13 @@
 """Fine-tuning LXMERT on question files (VQA/GQA-style LXMERT JSON) and NLVR2 statement files
-over any source of regions, answer-table surgery, and the VQA/GQA/NLVR2 metrics.
+over any source of regions, answer-table surgery, and the VQA/GQA/NLVR2 metrics. A whole run
+into a folder, as ``lxmert-finetune train`` does it: :func:`fit_and_write`
+(:mod:`encoder.finetune.run`).
 
 Nothing here imports ``pipeline``: regions come through :class:`RegionSource`, which a
 ``pipeline.store.FeatureStore`` satisfies.
 """
 
-from encoder.finetune.config import FinetuneConfig, Precision
+from encoder.finetune.config import TRAIN_PRECISIONS, FinetuneConfig, TrainPrecision
 from encoder.finetune.data import (
     DataError,
     QADataset,
@@ -61,11 +63,13 @@ from encoder.finetune.pairs import (
     read_pair_files,
     statement_group,
 )
+from encoder.finetune.run import answer_table, check_out_is_ours, fit_and_write
 from encoder.finetune.surgery import transfer_answer_head
 
 __all__ = [
     "FINETUNE_FILE",
     "TASKS",
+    "TRAIN_PRECISIONS",
     "AccuracyReport",
     "DataError",
     "EpochRecord",
@@ -76,7 +80,6 @@ __all__ = [
     "PairEntry",
     "PairExample",
     "PairReport",
-    "Precision",
     "Progress",
     "QADataset",
     "QAExample",
@@ -84,12 +87,16 @@ __all__ = [
     "RegionSource",
     "ResumeError",
     "Task",
+    "TrainPrecision",
     "TrainingState",
+    "answer_table",
     "answer_table_from_labels",
+    "check_out_is_ours",
     "evaluate",
     "evaluate_pairs",
     "exact_match",
     "fit",
+    "fit_and_write",
     "load_checkpoint",
     "normalize_vqa_answer",
     "pair_scores",

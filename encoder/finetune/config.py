@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Precision = Literal["fp32", "bf16"]
+#: Mixed-precision training mode: ``bf16`` runs the encoder's forward (training and
+#: prediction) under ``torch.autocast`` in bfloat16, the weights, gradients and optimiser state
+#: staying fp32; ``fp32`` runs all in fp32. Not :data:`detector.precision.Precision`, which
+#: says which detector layers run in low precision at inference (fine-tuning reads regions
+#: from feature files and runs no detector). No fp16: it would need loss scaling.
+TrainPrecision = Literal["fp32", "bf16"]
+#: The members of :data:`TrainPrecision`, for flags and checks.
+TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,8 @@ class FinetuneConfig:
         max_question_length: tokens per question with ``[CLS]``/``[SEP]`` (20).
         num_boxes: regions per image, at most (36; the first, best-scored boxes are kept).
         seed: seeds the head's new rows, the shuffling and dropout.
-        precision: ``fp32``, or ``bf16`` autocast of the forward (CUDA or CPU).
+        precision: mixed-precision training mode (:data:`TrainPrecision`): ``fp32``, or
+            ``bf16`` autocast of the forward (CUDA or CPU).
         eval_batch_size: questions per forward when predicting.
         workers: DataLoader worker processes reading regions (0: in the main process).
     """
@@ -38,7 +46,7 @@ class FinetuneConfig:
     max_question_length: int = 20
     num_boxes: int = 36
     seed: int = 0
-    precision: Precision = "fp32"
+    precision: TrainPrecision = "fp32"
     eval_batch_size: int = 256
     workers: int = 0
 
@@ -59,7 +67,7 @@ class FinetuneConfig:
             raise ValueError(
                 f"FinetuneConfig.max_question_length must be >= 3, got {self.max_question_length}"
             )
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in TRAIN_PRECISIONS:
             raise ValueError(
                 f"FinetuneConfig.precision must be fp32 or bf16, got {self.precision!r}"
             )

@@ -1,4 +1,5 @@
-"""``lxmert-finetune train``'s per-epoch lines in LXMERT's ``vqa.py`` format, and ``log.log``.
+"""The per-epoch lines of a training run (:func:`encoder.finetune.run.fit_and_write`,
+``lxmert-finetune train``) in LXMERT's ``vqa.py`` format, and ``log.log``.
 
 ``vqa.py`` prints, and appends to ``<output>/log.log``, per epoch (0-based, percentages)::
 
@@ -24,7 +25,7 @@ from weights.files import atomic_write_text
 if TYPE_CHECKING:
     from encoder.finetune import EpochRecord
 
-#: The plain-text log inside ``--out`` (the name ``vqa.py`` gives it).
+#: The plain-text log inside the run's folder (the name ``vqa.py`` gives it).
 LOG_FILE = "log.log"
 
 
