@@ -136,7 +136,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if record.hf_repo is not None:
             print(wrap.fill(f"revision: {_revision_note(record)}"))
         for file, url in record.urls.items():
-            print(wrap.fill(f"alternative {file}: {url}"))
+            label = "from" if record.original is not None else "alternative"
+            print(wrap.fill(f"{label} {file}: {url}"))
     print(f"\n${ENV_VAR} directory: <dir>/<name>/<file>; Hugging Face cache: {hub_cache_dir()}")
     return 0
 

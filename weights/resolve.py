@@ -457,6 +457,16 @@ def _not_found_message(
             f"copy {', '.join(record.files)} into ${ENV_VAR}/{record.name}/ on this machine "
             "(or copy the whole Hugging Face cache directory);"
         )
+    if record.local_path is not None:
+        lines.append(
+            f"  - put {record.local_path} back, or register {record.name} again for the file "
+            f"where it is now: `python -m weights register {record.name} PATH`;"
+        )
+    elif record.original is not None:
+        lines.append(
+            f"  - run `python -m weights fetch {record.name}` where the URL can be reached (it "
+            "downloads the file into the cache and checks its sha256);"
+        )
     for file, url in record.urls.items():
         lines.append(f"  - or download {url} to ${ENV_VAR}/{record.name}/{file};")
     if record.kind == "detector":

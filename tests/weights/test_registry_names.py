@@ -122,6 +122,11 @@ def test_a_local_file_changed_after_registration_is_refused(tmp_path: Path) -> N
         resolve_checkpoint("my-gqa")
     register("my-gqa", str(pth))  # registered again: trusted again
     assert resolve_checkpoint("my-gqa") == pth
+    pth.unlink()
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"(?s)BEST\.pth \(missing\).*register my-gqa again"
+    ):
+        resolve_checkpoint("my-gqa")
 
 
 def test_a_url_is_downloaded_into_the_cache_checked_and_kept(
