@@ -31,7 +31,16 @@ def test_extract_features_command_imports_no_encoder_or_compiler_stack() -> None
 
 
 @pytest.mark.parametrize(
-    "module", ["pipeline", "pipeline.answer_cli", "pipeline.judge_cli", "weights"]
+    "module",
+    [
+        "pipeline",
+        "pipeline.cli",
+        "pipeline.answer_cli",
+        "pipeline.judge_cli",
+        "pipeline.web.cli",
+        "weights",
+        "weights.__main__",
+    ],
 )
 def test_light_modules_do_not_import_torch(module: str) -> None:
     assert modules_after(f"import {module}", ("torch",)) == set()
