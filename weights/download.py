@@ -10,7 +10,6 @@ run would take it. Standard library only (``urllib``: ``http``, ``https`` and ``
 from __future__ import annotations
 
 import hashlib
-import urllib.request
 from pathlib import Path
 
 from weights.files import atomic_path
@@ -44,6 +43,8 @@ def download_verified(
         OSError: the URL cannot be read (``urllib.error.URLError`` is one), or the disk is
             full; no partial file is left.
     """
+    import urllib.request  # here: resolving a name that needs no download never loads it (ssl)
+
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with atomic_path(target) as tmp:
