@@ -8,20 +8,33 @@ picks convolution algorithms by batch size, fp32 convolutions run in TF32, and r
 100 regions span images; top-k and thresholds can then pick other boxes. The exact mode
 (``InferenceOptions(deterministic=True)``, ``--deterministic``) runs each image alone with
 deterministic cuDNN and TF32 off, so batches and shards give the same bits as one run.
+
+Grouping by shape, batch sizes and the halving on CUDA out-of-memory are
+:mod:`detector.batching`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from detector.backbone import ConvNorm, ResNetC4, fold_frozen_batchnorm
+
+# Batching and out-of-memory splitting live in detector.batching; the names stay importable
+# from here, where callers (the engines, the tests) first found them.
+from detector.batching import BYTES_PER_MEGAPIXEL as BYTES_PER_MEGAPIXEL
+from detector.batching import BatchLimits as BatchLimits
+from detector.batching import DetectOutcome as DetectOutcome
+from detector.batching import ImageOutOfMemory as ImageOutOfMemory
+from detector.batching import ImagesOutOfMemoryError as ImagesOutOfMemoryError
+from detector.batching import auto_batch_size as auto_batch_size
+from detector.batching import batches_by_shape as batches_by_shape
+from detector.batching import run_splitting
 from detector.config import DetectorConfig
 from detector.image import ChannelOrder, ImageSource
 from detector.options import InferenceOptions, ResolvedOptions
@@ -69,64 +82,6 @@ class RawOutput:
             *(torch.cat([getattr(p.roi, f) for p in parts]) for f in RoIHeadOutput.fields())
         )
         return RawOutput(torch.cat([p.features for p in parts]), rpn, roi)
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """The largest batch known to fit in device memory, per resized shape ``(h, w)``.
-
-    Learnt from CUDA out-of-memory: a batch of ``n`` images that fails sets its shape's limit
-    to ``n // 2`` (at least 1), the size the split tries next, so that the next batches of that
-    shape start at the last size that fit instead of failing again. Immutable:
-    :meth:`Detector.detect_each` takes one and returns the updated one, so a long run (the
-    local engine) keeps what it learnt and a plain :meth:`Detector.detect` call starts afresh.
-    """
-
-    fits: Mapping[tuple[int, int], int] = field(default_factory=dict)
-    """Resized ``(h, w)`` -> images per batch; a shape not listed has no known limit."""
-
-    def cap(self, shape: tuple[int, int], batch_size: int) -> int:
-        """``batch_size`` lowered to the limit learnt for ``shape``, if any."""
-        return min(batch_size, self.fits.get(shape, batch_size))
-
-    def after_out_of_memory(self, shape: tuple[int, int], size: int) -> BatchLimits:
-        """The limits after a batch of ``size`` images of ``shape`` ran out of memory."""
-        limit = max(1, min(size // 2, self.fits.get(shape, size)))
-        return BatchLimits(fits={**self.fits, shape: limit})
-
-
-@dataclass(frozen=True)
-class ImageOutOfMemory:
-    """An image that does not fit in device memory even alone: it has no regions."""
-
-    image_id: str
-    reason: str
-    """The out-of-memory message (its first line)."""
-
-
-@dataclass(frozen=True)
-class DetectOutcome:
-    """What :meth:`Detector.detect_each` returns."""
-
-    results: list[RegionFeatures | ImageOutOfMemory]
-    """One entry per image, in input order."""
-    limits: BatchLimits
-    """The batch limits given, with what this call learnt."""
-
-
-class ImagesOutOfMemoryError(torch.OutOfMemoryError):
-    """:meth:`Detector.detect`: some images do not fit in device memory even alone.
-
-    Attributes:
-        regions: the regions of every other image, in input order (nothing finished is lost).
-        failed: the images that did not fit.
-    """
-
-    def __init__(self, *, regions: list[RegionFeatures], failed: list[ImageOutOfMemory]) -> None:
-        names = ", ".join(repr(entry.image_id) for entry in failed)
-        super().__init__(f"out of device memory even one image at a time: {names}")
-        self.regions = regions
-        self.failed = failed
 
 
 class Detector(nn.Module):
@@ -371,35 +326,12 @@ class Detector(nn.Module):
                 indices = group[start : start + size]
                 batch = [images[i] for i in indices]
                 batch_boxes = None if given is None else [given[i] for i in indices]
-                got, learnt = self._detect_splitting(batch, batch_boxes, learnt)
+                got, learnt = run_splitting(
+                    self._detect_same_size, batch, batch_boxes, learnt, device=self.device
+                )
                 for index, entry in zip(indices, got, strict=True):
                     results[index] = entry
         return DetectOutcome(results=[r for r in results if r is not None], limits=learnt)
-
-    def _detect_splitting(
-        self,
-        batch: Sequence[PreparedImage],
-        boxes: Sequence[CheckedBoxes] | None,
-        limits: BatchLimits,
-    ) -> tuple[list[RegionFeatures | ImageOutOfMemory], BatchLimits]:
-        """:meth:`_detect_same_size`, halving the batch and retrying on CUDA out-of-memory;
-        returns the entries in batch order and ``limits`` with what was learnt."""
-        try:
-            return list(self._detect_same_size(batch, boxes)), limits
-        except torch.cuda.OutOfMemoryError as error:
-            # Only the message leaves this block: the exception (and with its traceback the
-            # failed forward's tensors) is released here, before the retry needs the memory.
-            reason = "out of device memory even alone: " + str(error).split("\n", 1)[0]
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        limits = limits.after_out_of_memory(batch[0].resized_size, len(batch))
-        if len(batch) == 1:
-            return [ImageOutOfMemory(image_id=batch[0].image_id, reason=reason)], limits
-        half = len(batch) // 2
-        first, second = (None, None) if boxes is None else (boxes[:half], boxes[half:])
-        done, limits = self._detect_splitting(batch[:half], first, limits)
-        rest, limits = self._detect_splitting(batch[half:], second, limits)
-        return done + rest, limits
 
     def regions(
         self,
@@ -544,36 +476,6 @@ class Detector(nn.Module):
         """Move to ``device`` with the same requested options, per-device defaults (layout,
         res5 chunk, batch invariance) resolved anew for it and its precision checked there."""
         return self.apply_options(self._requested.on(device))
-
-
-#: Rough device memory per image at fp32, per resized megapixel: res4 activations of the trunk
-#: plus one res5 chunk of regions and the 300 pooled regions (measured on CPU: ~1.8 GB peak RSS
-#: at 600x800 with the weights).
-BYTES_PER_MEGAPIXEL = 2.5 * 2**30
-
-
-def auto_batch_size(
-    device: torch.device, resized_size: tuple[int, int], *, fraction: float = 0.6, cap: int = 16
-) -> int:
-    """Images per batch that fit in ``fraction`` of the free CUDA memory (1 on CPU, where
-    batching buys no speed)."""
-    if device.type != "cuda":
-        return 1
-    free, _ = torch.cuda.mem_get_info(device)
-    per_image = BYTES_PER_MEGAPIXEL * resized_size[0] * resized_size[1] / 1e6
-    return max(1, min(cap, int(free * fraction / per_image)))
-
-
-def batches_by_shape(images: Sequence[PreparedImage], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped by resized shape (first-seen order), at most ``batch_size`` per group."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, image in enumerate(images):
-        groups[image.resized_size].append(index)
-    for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            yield indices[start : start + batch_size]
 
 
 def checked_given_boxes(
