@@ -26,6 +26,10 @@ Two kinds of error, kept apart:
   wholly outside the image, a recorded image size that is not the image's, no entry at all):
   :meth:`BoxesFile.boxes_for` raises ``ValueError`` naming the file and the entry, and that
   image fails alone.
+
+Boxes reaching outside the image are clipped to it (``clip``, the default), or with
+``--no-clip`` kept as given and pooled unclipped, as the original bottom-up code did (see
+:func:`detector.select.check_given_boxes`). A box wholly outside the image is refused either way.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 from typing import Literal
@@ -68,6 +72,7 @@ class BoxesFile:
         image_sizes: image id -> ``(h, w)`` the file records for the image (obj36 TSV, HDF5,
             COCO ``height``/``width``); absent for plain JSON.
         coco_boxes: how COCO boxes were converted (:data:`CocoBoxes`); None for other kinds.
+        clip: clip the boxes to the image (default) or keep them as given (``--no-clip``).
     """
 
     path: Path
@@ -76,6 +81,7 @@ class BoxesFile:
     boxes: Mapping[str, np.ndarray]
     image_sizes: Mapping[str, tuple[int, int]]
     coco_boxes: CocoBoxes | None = None
+    clip: bool = True
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -89,7 +95,8 @@ class BoxesFile:
 
     def boxes_for(self, image_id: str, *, image_h: int, image_w: int) -> Tensor:
         """The checked boxes of one image of ``image_h x image_w`` raw pixels: float32
-        ``Tensor[K, 4]`` xyxy, raw-image pixels, clipped to the image, in file order.
+        ``Tensor[K, 4]`` xyxy, raw-image pixels, clipped to the image (unless ``clip`` is
+        False), in file order.
 
         Raises:
             ValueError: no entry for ``image_id``, a recorded image size that differs, or
@@ -107,9 +114,22 @@ class BoxesFile:
                 "belong to another picture or orientation"
             )
         try:
-            return check_given_boxes(self.boxes[image_id], image_h=image_h, image_w=image_w)
+            return check_given_boxes(
+                self.boxes[image_id], image_h=image_h, image_w=image_w, clip=self.clip
+            )
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
+
+    def clipped_count(self, image_id: str, *, image_h: int, image_w: int) -> int:
+        """How many of ``image_id``'s boxes clipping changed in its record, for an image of
+        ``image_h x image_w`` raw pixels: 0 with ``clip`` False (nothing is clipped) or
+        without an entry. Recounted from the file, so a record written by an earlier run (a
+        ``--resume``) counts the same as a new one."""
+        given = self.boxes.get(image_id)
+        if not self.clip or given is None or len(given) == 0:
+            return 0
+        inside = np.clip(given, 0, np.array([image_w, image_h, image_w, image_h], np.float32))
+        return int(np.count_nonzero((inside != given).any(axis=1)))
 
     def no_entry(self, image_id: str) -> str:
         """The reason of an image that has no entry in the file."""
@@ -128,6 +148,7 @@ class BoxesFile:
             "images": len(self.boxes),
             "boxes": sum(len(b) for b in self.boxes.values()),
             "coco_boxes": self.coco_boxes,
+            "clip": self.clip,
         }
 
 
@@ -137,10 +158,11 @@ def _examples(ids: list[str]) -> str:
 
 
 def read_boxes_file(
-    path: str | os.PathLike[str], *, coco_boxes: CocoBoxes = "exclusive"
+    path: str | os.PathLike[str], *, coco_boxes: CocoBoxes = "exclusive", clip: bool = True
 ) -> BoxesFile:
     """Read a given-box file (format by suffix, and for ``.json`` by content); ``coco_boxes``
-    says how COCO annotations' ``[x, y, w, h]`` become xyxy (see the module docstring).
+    says how COCO annotations' ``[x, y, w, h]`` become xyxy (see the module docstring), and
+    ``clip`` whether :meth:`BoxesFile.boxes_for` clips them to the image.
 
     Raises:
         ValueError: the file cannot be read or is malformed; the message names the file and
@@ -156,10 +178,10 @@ def read_boxes_file(
     try:
         if suffix == ".json":
             data = path.read_bytes()
-            return _from_json(path, data, hashlib.sha256(data).hexdigest(), coco_boxes)
-        if suffix == ".tsv":
-            return _from_tsv(path)
-        return _from_h5(path)
+            read = _from_json(path, data, hashlib.sha256(data).hexdigest(), coco_boxes)
+        else:
+            read = _from_tsv(path) if suffix == ".tsv" else _from_h5(path)
+        return replace(read, clip=clip)
     except OSError as error:
         raise ValueError(f"{path}: cannot read the boxes file: {error.strerror or error}") from None
 

@@ -168,6 +168,14 @@ def _add_box_flags(model: argparse._ArgumentGroup) -> None:
         "bottom-up code's lib/datasets/coco.py). Recorded in the manifest",
     )
     model.add_argument(
+        "--no-clip",
+        action="store_true",
+        help="with --boxes-from: pool the given boxes unclipped and write them as given, as the "
+        "original bottom-up code did (default: boxes are clipped to the image; the manifest "
+        "counts the clipped ones). A box wholly outside the image is still refused. Recorded "
+        "in the manifest",
+    )
+    model.add_argument(
         "--conf-thresh",
         type=_fraction,
         metavar="P",

@@ -73,6 +73,7 @@ RECORD_SETTINGS: tuple[tuple[str, str], ...] = (
     ("deterministic", "exact mode: batch-invariant, deterministic numerics (always on CPU)"),
     ("boxes_sha256", "sha256 of a given-boxes file"),
     ("coco_boxes", "COCO bbox to xyxy of a given-boxes file: exclusive x + w, inclusive x + w - 1"),
+    ("clip", "given boxes clipped to the image (false: --no-clip, pooled as given)"),
 )
 
 
@@ -84,11 +85,13 @@ def record_settings(
     deterministic: bool,
     boxes_sha256: str | None = None,
     coco_boxes: str | None = None,
+    clip: bool | None = None,
 ) -> dict[str, Any]:
     """The :data:`RECORD_SETTINGS` of a run, from its detector config (``DetectorConfig.
     to_dict()``), checkpoint digest, precision, resolved exact mode
     (``ResolvedOptions.deterministic``) and given-boxes file digest (None: boxes were
-    detected) and, for a COCO boxes file, its ``--coco-boxes`` (None otherwise)."""
+    detected) and, for a COCO boxes file, its ``--coco-boxes`` (None otherwise), and whether
+    given boxes were clipped to the image (None: boxes were detected)."""
     values: dict[str, Any] = {
         "detector_sha256": detector_sha256,
         "preset": config["name"],
@@ -102,6 +105,7 @@ def record_settings(
         "deterministic": deterministic,
         "boxes_sha256": boxes_sha256,
         "coco_boxes": coco_boxes,
+        "clip": clip,
     }
     for name, _ in RECORD_SETTINGS:
         if name not in values:
@@ -217,6 +221,7 @@ def recorded_settings(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         settings = dict(manifest["settings"])
         settings.setdefault("deterministic", _deterministic_before_it_was_recorded(manifest))
         settings.setdefault("coco_boxes", _coco_boxes_before_it_was_recorded(manifest))
+        settings.setdefault("clip", _clip_before_it_was_recorded(manifest))
         return settings
     detector = manifest.get("detector")
     if not isinstance(detector, dict) or not isinstance(detector.get("config"), dict):
@@ -233,6 +238,11 @@ def _coco_boxes_before_it_was_recorded(manifest: Mapping[str, Any]) -> str | Non
     """A run from before ``--coco-boxes`` existed converted COCO boxes as ``x + w``."""
     given = manifest.get("given_boxes")
     return "exclusive" if isinstance(given, dict) and given.get("kind") == "coco" else None
+
+
+def _clip_before_it_was_recorded(manifest: Mapping[str, Any]) -> bool | None:
+    """A run from before ``--no-clip`` existed clipped its given boxes (None: detected)."""
+    return True if isinstance(manifest.get("given_boxes"), dict) else None
 
 
 def _deterministic_before_it_was_recorded(manifest: Mapping[str, Any]) -> bool:

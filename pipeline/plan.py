@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.config import DetectorConfig
+from detector.structures import RegionFeatures
 from pipeline.boxes_file import BoxesFile
 from pipeline.exits import UsageError
 from pipeline.inputs import InputItem, input_roots, list_inputs, select_shard
@@ -73,11 +74,15 @@ class RunStats:
 
     ``seconds`` holds the wall seconds of the extraction loop (``loop``) and the parts of it
     spent in the detector, waiting for decoded images, and writing records (+ pictures).
+    ``clipped_boxes`` counts the given boxes (``--boxes-from``) that clipping to the image
+    changed, over the records the output holds for the selected images (those already done
+    included, see :func:`pipeline.steps.clipped_in_output`).
     """
 
     selected: int = 0
     already_done: int = 0
     written: int = 0
+    clipped_boxes: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("loop", "detector", "waiting", "writing"), 0.0)
@@ -87,6 +92,14 @@ class RunStats:
     def records(self) -> int:
         """Records the output holds for the selected images."""
         return self.already_done + self.written
+
+    def add_record(self, region: RegionFeatures, boxes: BoxesFile | None) -> None:
+        """Count a record just written, and its given boxes that clipping changed."""
+        self.written += 1
+        if boxes is not None:
+            self.clipped_boxes += boxes.clipped_count(
+                region.image_id, image_h=region.image_h, image_w=region.image_w
+            )
 
 
 def make_plan(settings: ExtractSettings) -> ExtractPlan:

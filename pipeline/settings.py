@@ -300,7 +300,13 @@ def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
 
 
 def _check_boxes_from_flags(args: argparse.Namespace) -> None:
-    """``--boxes-from`` gives the boxes: the detected box counts do not apply."""
+    """``--boxes-from`` gives the boxes: the detected box counts do not apply, and
+    ``--no-clip`` applies to nothing else."""
+    if args.no_clip and args.boxes_from is None:
+        raise UsageError(
+            "--no-clip pools given boxes unclipped; it applies only with --boxes-from FILE: "
+            "add --boxes-from, or drop --no-clip (detected boxes are always inside the image)"
+        )
     counts = [flag for flag in ("boxes", "min_boxes", "max_boxes") if getattr(args, flag)]
     if args.boxes_from is not None and counts:
         flags = "/".join("--" + flag.replace("_", "-") for flag in counts)
@@ -316,6 +322,6 @@ def _boxes_from(args: argparse.Namespace) -> BoxesFile | None:
     if args.boxes_from is None:
         return None
     try:
-        return read_boxes_file(args.boxes_from, coco_boxes=args.coco_boxes)
+        return read_boxes_file(args.boxes_from, coco_boxes=args.coco_boxes, clip=not args.no_clip)
     except ValueError as error:
         raise UsageError(f"--boxes-from: {error}") from error

@@ -42,7 +42,13 @@ from pipeline.manifest import (
 )
 from pipeline.plan import ExtractPlan, RunStats, check_resume_settings, make_plan
 from pipeline.settings import ExtractSettings
-from pipeline.writers import FeatureWriter, open_writer, output_format
+from pipeline.writers import (
+    FeatureWriter,
+    journal_path,
+    open_writer,
+    output_format,
+    read_features,
+)
 from weights import CheckpointNotFoundError
 
 LOG = logging.getLogger("pipeline.extract")
@@ -92,6 +98,7 @@ def run_record_settings(
         detector_sha256=detector.checkpoint.sha256,
         boxes_sha256=boxes_sha256,
         coco_boxes=None if settings.boxes_from is None else settings.boxes_from.coco_boxes,
+        clip=None if settings.boxes_from is None else settings.boxes_from.clip,
         precision=settings.precision,
         deterministic=settings.inference_options.resolve().deterministic,
     )
@@ -211,7 +218,7 @@ def manifest_data(
             "config": detector.config.to_dict(),
         },
         "settings": run_record_settings(detector, settings, boxes_sha256=_boxes_sha256(settings)),
-        "given_boxes": None if settings.boxes_from is None else settings.boxes_from.to_manifest(),
+        "given_boxes": _given_boxes(settings.boxes_from, stats),
         # The device that made the records: the actors' with --engine ray.
         "device": str(detector.device if settings.engine == "local" else settings.device),
         "engine": engine.describe(),
@@ -226,6 +233,41 @@ def manifest_data(
         "seconds": {name: round(value, 3) for name, value in stats.seconds.items()},
         "failures": [failure.to_dict() for failure in stats.failures],
     }
+
+
+def _given_boxes(boxes: BoxesFile | None, stats: RunStats) -> dict[str, Any] | None:
+    """The manifest's ``given_boxes``: the file, ``clip``, and ``clipped_boxes`` (see
+    :class:`~pipeline.plan.RunStats`; 0 with ``--no-clip``)."""
+    if boxes is None:
+        return None
+    return {**boxes.to_manifest(), "clipped_boxes": stats.clipped_boxes}
+
+
+def clipped_in_output(plan: ExtractPlan, boxes: BoxesFile | None) -> int:
+    """Given boxes that clipping changed in the records the output already holds for the
+    plan's images (``--resume``), recounted from the boxes file and each record's image size,
+    so the count is right whatever became of the runs that wrote them (a kill, a crash).
+
+    It reads those records once (a TSV, or an HDF5 file and its journal); only a resumed
+    run with ``--boxes-from`` that clips pays for it.
+    """
+    if boxes is None or not boxes.clip or plan.already_done == 0:
+        return 0
+    done = {item.image_id for item in plan.selected} - {item.image_id for item in plan.todo}
+    sources = [plan.output]
+    if output_format(plan.output) != "tsv":
+        sources.append(journal_path(plan.output))
+    total = 0
+    for source in sources:
+        if not source.exists():
+            continue
+        for region in read_features(source):
+            if region.image_id in done:
+                done.discard(region.image_id)  # an id in both the file and its journal
+                total += boxes.clipped_count(
+                    region.image_id, image_h=region.image_h, image_w=region.image_w
+                )
+    return total
 
 
 def _boxes_sha256(settings: ExtractSettings) -> str | None:
@@ -247,6 +289,7 @@ def extract(
         selected=len(plan.selected) + len(plan.input_failures),
         already_done=plan.already_done,
         failures=list(plan.input_failures),
+        clipped_boxes=clipped_in_output(plan, settings.boxes_from),
     )
     for failure in plan.input_failures:
         LOG.warning("failed: %s: %s", failure.path, failure.reason)
@@ -343,6 +386,14 @@ def exit_code(stats: RunStats, status: Status) -> int:
 
 def finish(settings: ExtractSettings, plan: ExtractPlan, stats: RunStats, status: Status) -> int:
     """Print the summary and the failures; returns the exit code."""
+    if stats.clipped_boxes and settings.boxes_from is not None:
+        LOG.warning(
+            "%d given box(es) reached outside their image and were clipped to it (--boxes-from "
+            "%s; counted in the manifest's given_boxes.clipped_boxes); --no-clip pools them as "
+            "given, as the original bottom-up code did",
+            stats.clipped_boxes,
+            settings.boxes_from.path,
+        )
     if not settings.quiet:
         elapsed = stats.seconds["loop"]
         rate = stats.written / elapsed if elapsed > 0 else 0.0

@@ -166,8 +166,11 @@ def detect_or_fail(
     """
     learnt = limits if limits is not None else BatchLimits()
     given = None if boxes is None else [boxes.boxes[image.image_id] for image in prepared]
+    clip = boxes is None or boxes.clip
     try:
-        outcome = detector.detect_each(prepared, batch_size=batch_size, boxes=given, limits=learnt)
+        outcome = detector.detect_each(
+            prepared, batch_size=batch_size, boxes=given, limits=learnt, clip=clip
+        )
     except Exception as error:  # `as`: the error and its frames' tensors go at the block's end
         if detector.options.compile and is_compile_failure(error):
             # The compiler's messages run over many lines; the first few hundred characters
@@ -267,7 +270,7 @@ def _handle_batch(
     )
     for region in regions:
         sink.put(region)
-        stats.written += 1
+        stats.add_record(region, boxes)
     seconds["writing"] += time.monotonic() - tick
     return detected.limits
 

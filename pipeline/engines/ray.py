@@ -235,7 +235,7 @@ class RayEngine:
                 LOG.debug("image %d of the plan came back", int(row["index"]))
                 tick = time.monotonic()
                 for outcome in order.add(int(row["index"]), row["outcome"]):
-                    _put(outcome, sink=sink, stats=stats)
+                    _put(outcome, sink=sink, stats=stats, boxes=boxes)
                     progress.update(1)
                 stats.seconds["writing"] += time.monotonic() - tick
         finally:
@@ -306,13 +306,19 @@ class RayEngine:
         )
 
 
-def _put(outcome: RegionFeatures | Failure, *, sink: RecordSink, stats: RunStats) -> None:
+def _put(
+    outcome: RegionFeatures | Failure,
+    *,
+    sink: RecordSink,
+    stats: RunStats,
+    boxes: BoxesFile | None,
+) -> None:
     if isinstance(outcome, Failure):
         LOG.warning("failed: %s: %s", outcome.path, outcome.reason)
         stats.failures.append(outcome)
         return
     sink.put(outcome)
-    stats.written += 1
+    stats.add_record(outcome, boxes)
 
 
 class InOrder(Generic[T]):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -425,3 +427,168 @@ def test_a_manifest_from_before_coco_boxes_reads_as_exclusive() -> None:
     old = {"settings": {"boxes_sha256": "ab"}, "given_boxes": {"kind": "coco"}}
     assert recorded_settings(old)["coco_boxes"] == "exclusive"
     assert recorded_settings({"settings": {}, "given_boxes": None})["coco_boxes"] is None
+
+
+# --- boxes reaching outside the image: clipped and counted (default), or --no-clip ----------
+
+
+@pytest.fixture
+def run_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """The run's log: the ``pipeline`` logger does not propagate, so listen to it directly."""
+    logger = logging.getLogger("pipeline")
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def outside_boxes(photos: Path, path: Path) -> dict[str, list[list[float]]]:
+    """Five boxes over the four photos, two of them reaching outside their image: one in
+    astronaut (the first image), one in coffee (the third), written to ``path`` as JSON."""
+    h, w = photo_size(photos, "astronaut")
+    given = {
+        "astronaut": [[10, 20, 120, 140], [w - 50, h - 40, w + 25, h + 10]],
+        "cats/chelsea": [[5, 5, 60, 70]],
+        "coffee": [[-12.5, 30, 80, 90]],
+        "gray/camera": [[0, 0, 40, 50]],
+    }
+    path.write_text(json.dumps(given))
+    return given
+
+
+@pytest.mark.parametrize("output", ["clip.tsv", "clip.h5"])
+def test_clipped_boxes_are_counted_in_the_manifest_also_after_a_resume(
+    photos: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    run_log: pytest.LogCaptureFixture,
+    output: str,
+) -> None:
+    outside_boxes(photos, tmp_path / "boxes.json")
+    out = tmp_path / output
+    args = ("--out", out, "--detector", tiny_checkpoint, "--boxes-from", tmp_path / "boxes.json")
+    assert extract(photos, *args, "--limit", "2", "-q") == 0
+    manifest = read_manifest(manifest_path(out))
+    assert manifest["given_boxes"]["clipped_boxes"] == 1  # astronaut's second box
+    assert manifest["given_boxes"]["clip"] is True and manifest["settings"]["clip"] is True
+    assert "1 given box(es) reached outside their image and were clipped" in run_log.text
+    run_log.clear()
+
+    # As a killed run leaves it: the manifest still says running, with no count yet. The
+    # resume recounts the records already there rather than trusting the manifest.
+    manifest.update(status="running", given_boxes={**manifest["given_boxes"], "clipped_boxes": 0})
+    manifest_path(out).write_text(json.dumps(manifest))
+    assert extract(photos, *args, "--resume", "-q") == 0
+    assert read_manifest(manifest_path(out))["given_boxes"]["clipped_boxes"] == 2
+    assert "2 given box(es) reached outside" in run_log.text
+    assert list(records(out)) == IDS
+    assert extract(photos, *args, "--resume", "-q") == 0  # nothing left to do
+    assert read_manifest(manifest_path(out))["given_boxes"]["clipped_boxes"] == 2
+
+
+def test_the_count_reads_the_journal_a_killed_hdf5_run_leaves(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    outside_boxes(photos, tmp_path / "boxes.json")
+    boxes = ("--detector", tiny_checkpoint, "--boxes-from", tmp_path / "boxes.json", "-q")
+    assert extract(photos, "--out", tmp_path / "first.tsv", *boxes, "--limit", "2") == 0
+    out = tmp_path / "out.h5"
+    # A run killed before its first fold leaves only the journal (an obj36 TSV) beside out.h5.
+    shutil.copyfile(tmp_path / "first.tsv", tmp_path / "out.h5.journal.tsv")
+    assert extract(photos, "--out", out, *boxes, "--resume") == 0
+    assert list(records(out)) == IDS
+    manifest = read_manifest(manifest_path(out))
+    assert manifest["counts"]["already_done"] == 2
+    assert manifest["given_boxes"]["clipped_boxes"] == 2
+
+
+def test_no_clip_pools_the_given_boxes_and_writes_them_unclipped(
+    photos: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    run_log: pytest.LogCaptureFixture,
+) -> None:
+    given = outside_boxes(photos, tmp_path / "boxes.json")
+    out = tmp_path / "no-clip.tsv"
+    args = ("--out", out, "--detector", tiny_checkpoint, "--boxes-from", tmp_path / "boxes.json")
+    inputs = (photos / "astronaut.jpg", photos / "coffee.jpg")
+    assert extract(*inputs, *args, "--no-clip", "-q") == 0
+    assert "clipped" not in run_log.text
+    got = records(out)
+    detector = load_detector(str(tiny_checkpoint))
+    for image_id in ("astronaut", "coffee"):
+        boxes = np.array(given[image_id], np.float32)
+        np.testing.assert_array_equal(got[image_id].boxes, boxes)  # not clipped
+        direct = detector.regions([str(next(photos.glob(f"{image_id}.*")))], boxes=[boxes])[0]
+        unclipped = detector.regions(
+            [str(next(photos.glob(f"{image_id}.*")))], boxes=[boxes], clip=False
+        )[0]
+        np.testing.assert_array_equal(got[image_id].features, unclipped.features)
+        assert not np.array_equal(got[image_id].features, direct.features)
+    manifest = read_manifest(manifest_path(out))
+    assert manifest["settings"]["clip"] is False
+    assert manifest["given_boxes"]["clip"] is False
+    assert manifest["given_boxes"]["clipped_boxes"] == 0
+
+    assert extract(*inputs, *args, "--resume", "-q") == 2  # clipped records would mix in
+    err = capsys.readouterr().err
+    assert "clip (given boxes clipped to the image" in err and "true vs false" in err
+
+
+def test_merge_refuses_clipped_and_unclipped_records(
+    photos: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outside_boxes(photos, tmp_path / "boxes.json")
+    args = ("--detector", tiny_checkpoint, "--boxes-from", tmp_path / "boxes.json", "-q")
+    first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    assert extract(photos / "astronaut.jpg", "--out", first, *args) == 0
+    assert extract(photos / "coffee.jpg", "--out", second, *args, "--no-clip") == 0
+    capsys.readouterr()
+    assert main(["merge", str(first), str(second), "--out", str(tmp_path / "all.tsv")]) == 2
+    assert "clip (given boxes clipped" in capsys.readouterr().err
+
+
+def test_no_clip_needs_boxes_from(photos: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.tsv"
+    assert extract(photos, "--out", out, "--no-clip") == 2
+    err = capsys.readouterr().err
+    assert "--no-clip" in err and "--boxes-from" in err
+    assert not out.exists() and not manifest_path(out).exists()
+
+
+def test_the_ray_engine_counts_the_records_it_writes(photos: Path, tmp_path: Path) -> None:
+    """The driver of ``--engine ray`` writes what the actors send back: it counts as the local
+    engine does (the end-to-end Ray runs are in test_ray_engine.py)."""
+    pytest.importorskip("ray.data")
+    from pipeline.engines.ray import _put
+    from pipeline.plan import RunStats
+
+    outside_boxes(photos, tmp_path / "boxes.json")
+    h, w = photo_size(photos, "astronaut")
+    written: list[str] = []
+
+    class Sink:
+        def put(self, region: RegionFeatures) -> None:
+            written.append(region.image_id)
+
+    region = RegionFeatures(
+        image_id="astronaut",
+        image_h=h,
+        image_w=w,
+        boxes=np.zeros((2, 4), np.float32),
+        features=np.zeros((2, 8), np.float32),
+        objects_id=np.zeros(2, np.int64),
+        objects_conf=np.zeros(2, np.float32),
+        attrs_id=np.zeros(2, np.int64),
+        attrs_conf=np.zeros(2, np.float32),
+    )
+    stats = RunStats()
+    clipping = read_boxes_file(tmp_path / "boxes.json")
+    _put(region, sink=Sink(), stats=stats, boxes=clipping)  # type: ignore[arg-type]
+    assert (stats.written, stats.clipped_boxes) == (1, 1)
+    unclipped = read_boxes_file(tmp_path / "boxes.json", clip=False)
+    _put(region, sink=Sink(), stats=stats, boxes=unclipped)  # type: ignore[arg-type]
+    assert (stats.written, stats.clipped_boxes) == (2, 1)
+    assert written == ["astronaut", "astronaut"]

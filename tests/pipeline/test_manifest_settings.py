@@ -36,3 +36,13 @@ def test_old_manifests_get_the_precision_their_autocast_ran(command, device, pre
     assert settings["precision"] == precision
     assert settings["proposals"] == "detectron2"  # every run before the field was
     assert settings["detector_sha256"] == "ab" * 32
+
+
+def test_a_manifest_from_before_no_clip_reads_as_clipped_for_given_boxes() -> None:
+    given = {"settings": {"boxes_sha256": "ab"}, "given_boxes": {"kind": "json"}}
+    assert recorded_settings(given)["clip"] is True  # given boxes were always clipped then
+    assert recorded_settings({"settings": {}, "given_boxes": None})["clip"] is None
+    older = recorded_settings(old_manifest(["extract_features", "imgs"], "cpu"))
+    assert older is not None and older["clip"] is None  # detected boxes: no such setting
+    recorded = {"settings": {"clip": False}, "given_boxes": {"kind": "json"}}
+    assert recorded_settings(recorded)["clip"] is False
