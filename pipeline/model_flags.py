@@ -120,9 +120,10 @@ def check_models(models: Sequence[tuple[str, str]], *, download: bool) -> None:
 
 
 def _common_tail(messages: Sequence[list[str]]) -> int:
-    """How many last lines all ``messages`` share."""
+    """How many last lines all ``messages`` share, leaving each its first line (two flags
+    naming one missing model still say which model each is)."""
     shortest = min(len(lines) for lines in messages)
     count = 0
-    while count < shortest and len({lines[-1 - count] for lines in messages}) == 1:
+    while count < shortest - 1 and len({lines[-1 - count] for lines in messages}) == 1:
         count += 1
     return count
