@@ -36,19 +36,14 @@ from detector.batching import auto_batch_size as auto_batch_size
 from detector.batching import batches_by_shape as batches_by_shape
 from detector.batching import run_splitting
 from detector.config import DetectorConfig
+from detector.given_boxes import CheckedBoxes, check_given_boxes, given_box_rois, given_regions
 from detector.image import ChannelOrder, ImageSource
 from detector.options import InferenceOptions, ResolvedOptions
 from detector.precision import exact_numerics, low_precision
 from detector.preprocess import PreparedImage, prepare
 from detector.roi_heads import Res5RoIHeads, RoIHeadOutput
 from detector.rpn import RPN, RPNOutput
-from detector.select import (
-    CheckedBoxes,
-    check_given_boxes,
-    given_box_rois,
-    given_regions,
-    select_regions,
-)
+from detector.select import select_regions
 from detector.structures import CheckpointInfo, RegionFeatures
 
 FEATURE_STRIDE = 16
@@ -277,11 +272,11 @@ class Detector(nn.Module):
             boxes: None to detect (RPN, then the config's selection); or one ``[K_i, 4]``
                 xyxy set per image, raw-image pixels (a Tensor or an array), whose regions
                 are returned instead: exactly these boxes in this order, clipped to the
-                image, each pooled as a RoI (:func:`detector.select.given_box_rois`), with
+                image, each pooled as a RoI (:func:`detector.given_boxes.given_box_rois`), with
                 the heads' objects and attributes. No RPN, no selection.
             clip: with ``boxes``, clip them to the image (default) or, False, pool them
                 unclipped as the original bottom-up code did; the regions' boxes are then
-                the given boxes (see :func:`detector.select.check_given_boxes`).
+                the given boxes (see :func:`detector.given_boxes.check_given_boxes`).
 
         Raises:
             ValueError: ``boxes`` does not have one set per image, or a set is unusable (no
@@ -482,7 +477,7 @@ def checked_given_boxes(
     images: Sequence[PreparedImage], boxes: Sequence[GivenBoxes], *, clip: bool = True
 ) -> list[torch.Tensor]:
     """Each image's given boxes checked and, with ``clip`` (default), clipped to the image
-    (:func:`detector.select.check_given_boxes`; ``clip=False`` keeps them as given): float32
+    (:func:`detector.given_boxes.check_given_boxes`; ``clip=False`` keeps them as given): float32
     CPU ``Tensor[K_i, 4]`` xyxy, raw-image pixels.
 
     Raises:

@@ -29,7 +29,8 @@ Two kinds of error, kept apart:
 
 Boxes reaching outside the image are clipped to it (``clip``, the default), or with
 ``--no-clip`` kept as given and pooled unclipped, as the original bottom-up code did (see
-:func:`detector.select.check_given_boxes`). A box wholly outside the image is refused either way.
+:func:`detector.given_boxes.check_given_boxes`). A box wholly outside the image is refused
+either way.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-from detector.select import check_given_boxes
+from detector.given_boxes import check_given_boxes
 from pipeline.writers import decode_tsv_line, iter_h5
 from weights import sha256_file
 
@@ -100,7 +101,7 @@ class BoxesFile:
 
         Raises:
             ValueError: no entry for ``image_id``, a recorded image size that differs, or
-                boxes :func:`detector.select.check_given_boxes` refuses; the message names the
+                boxes :func:`detector.given_boxes.check_given_boxes` refuses; the message names the
                 file and the entry.
         """
         where = f"boxes file {self.path}, entry {image_id!r}"

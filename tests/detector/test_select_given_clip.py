@@ -11,8 +11,8 @@ import torch
 from skimage import data
 
 from detector import Detector, build_detector, get_preset
+from detector.given_boxes import check_given_boxes, given_box_rois
 from detector.preprocess import PreparedImage, prepare
-from detector.select import check_given_boxes, given_box_rois
 
 TINY = get_preset("tiny")
 
