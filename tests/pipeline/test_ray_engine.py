@@ -1,7 +1,8 @@
 """``extract_features --engine ray`` on one local Ray cluster (2 CPUs, no dashboard), started
 once for this module and stopped at its end, with the shipped shapes-world detector on the
 images of ``examples/``. Every Ray run is a subprocess given the cluster's address; the
-reference of each is the local engine on the same inputs at the same ``--threads``."""
+reference of each is the local engine on the same inputs at the same ``--threads``. Usage
+errors found before Ray is joined run ``main(argv)`` in this process and start no cluster."""
 
 from __future__ import annotations
 
@@ -293,17 +294,16 @@ def driver_weights(tmp_path_factory: pytest.TempPathFactory) -> DriverWeights:
 
 
 def test_nodes_without_the_weights_load_the_drivers_shipped_copy(
-    cluster: Cluster, driver_weights: DriverWeights, tmp_path: Path
+    cluster: Cluster,
+    driver_weights: DriverWeights,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     inputs, local = [str(path) for path in EXAMPLES[:3]], tmp_path / "local.tsv"
-    command = [sys.executable, "-m", "pipeline.cli", *DETECTOR, *DRIVER_ONLY, *inputs, "-q"]
-    reference = subprocess.run(
-        [*command, "--out", str(local)],
-        env={**os.environ, "OMP_NUM_THREADS": "1", **driver_weights.env},
-        capture_output=True,
-        text=True,
-    )
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    with monkeypatch.context() as driver:  # the reference: this process as the driver
+        for name, value in driver_weights.env.items():
+            driver.setenv(name, value)
+        assert run_local(*DRIVER_ONLY, *inputs, "--out", local) == 0
     # A damaged copy in the node's cache is not trusted: fetched again and replaced.
     assert cluster.node_cache is not None
     kept = cluster.node_cache / "lxmert-pipeline" / "shipped" / driver_weights.sha256
@@ -379,7 +379,9 @@ def _records(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 600) -> None:
+    """Until ``condition`` holds. Each caller's condition is certain to come (a gated run, or
+    its end), so ``timeout`` only guards against a hang: generous, whatever the load."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -415,12 +417,17 @@ def _actor_titles(cluster: Cluster) -> dict[int, bytes]:
     return titles
 
 
+#: Copies of the example scenes in :func:`many`: enough for two actors to have work each, and
+#: for a run to be stopped midway (its gate holds it there; the number of images does not).
+COPIES = 2
+
+
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    """48 images (the example scenes, six times), enough for a run to be stopped midway, and
-    the local engine's TSV of them."""
+    """16 images (the example scenes, :data:`COPIES` times) and the local engine's TSV of
+    them."""
     folder = tmp_path_factory.mktemp("many")
-    for copy in range(6):
+    for copy in range(COPIES):
         for path in EXAMPLES:
             shutil.copyfile(path, folder / f"{path.stem}_{copy}.png")
     out = tmp_path_factory.mktemp("many_local") / "local.tsv"
@@ -496,7 +503,7 @@ def test_ctrl_c_exits_130_and_local_resume_finishes(
     assert expected.startswith(partial) and len(partial) < len(expected)
     assert json.loads(manifest_path(out).read_text())["status"] == "interrupted"
     # A clean shutdown: the job's actors end with it (the cluster's own actors stay).
-    _wait_for(lambda: not _actor_titles(cluster), "the actors to end", timeout=30)
+    _wait_for(lambda: not _actor_titles(cluster), "the actors to end")
     assert run_local(folder, "--out", out, "--resume") == 0
     assert out.read_bytes() == expected
 
@@ -512,7 +519,7 @@ def test_killed_driver_then_ray_resume_finishes(
     done = run_ray(cluster, folder, "--out", out, "--resume", "-q")
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads(manifest_path(out).read_text())
-    assert 0 < manifest["counts"]["already_done"] < 48
+    assert 0 < manifest["counts"]["already_done"] < COPIES * len(EXAMPLES)
     assert manifest["engine"]["name"] == "ray"
     assert out.read_bytes() == expected
 
@@ -529,32 +536,30 @@ def test_gpu_actors_on_a_cluster_without_gpus_is_a_usage_error(
     assert not out.exists() and not manifest_path(out).exists()
 
 
-def test_an_address_nobody_listens_at_is_a_usage_error(tmp_path: Path) -> None:
+def test_an_address_nobody_listens_at_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found before ``ray.init``: in this process, no Ray started."""
     out = tmp_path / "x.tsv"
-    nobody = Cluster(address=f"127.0.0.1:{_free_port()}", marker="", token="")
-    done = run_ray(nobody, EXAMPLES[0], "--out", out)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert f"--ray-address {nobody.address}: could not join the Ray cluster" in done.stderr
-    assert "RAY_AUTH_MODE=token" in done.stderr
+    address = f"127.0.0.1:{_free_port()}"
+    argv = [*DETECTOR, "--engine", "ray", "--ray-address", address, str(EXAMPLES[0])]
+    assert extract_features([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--ray-address {address}: could not join the Ray cluster" in err
+    assert "RAY_AUTH_MODE=token" in err
     assert not out.exists()
 
 
-def test_missing_ray_is_a_usage_error_naming_the_extra(tmp_path: Path) -> None:
-    code = (
-        "import sys; sys.modules['ray'] = None; sys.modules['ray.data'] = None\n"
-        "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
-    )
+def test_missing_ray_is_a_usage_error_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # None in sys.modules: the next `import ray` raises ImportError, as without the extra.
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
     out = tmp_path / "x.tsv"
-    args = [str(EXAMPLES[0]), "--out", str(out), "--engine", "ray", *DETECTOR]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "pip install -e '.[ray]'" in done.stderr
+    argv = [str(EXAMPLES[0]), "--out", str(out), "--engine", "ray", *DETECTOR]
+    assert extract_features(argv) == 2
+    assert "pip install -e '.[ray]'" in capsys.readouterr().err
     assert not out.exists() and not manifest_path(out).exists()
 
 
