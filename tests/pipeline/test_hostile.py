@@ -24,7 +24,10 @@ from pipeline.writers import TsvWriter, read_features, read_ids
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-BASE = ["--detector", "shapes-detector", "--device", "cpu", "--workers", "0", "-q"]
+#: One torch thread, as in the lock test's processes (OMP_NUM_THREADS=1): on a loaded machine
+#: more threads than free cores only wait for each other.
+BASE = ["--detector", "shapes-detector", "--device", "cpu", "--workers", "0", "--threads", "1"]
+BASE += ["-q"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
