@@ -75,8 +75,8 @@ EXAMPLE_MARK = "*Example output"
 MARKS = (SKIP_MARK, SLOW_MARK, SERVER_MARK)
 
 #: Seconds one shell block may run, and a whole page (a hang is a failure, not a stuck suite).
-BLOCK_TIMEOUT_S = {False: 300, True: 4 * 3600}
-PAGE_TIMEOUT_S = {False: 1200, True: 8 * 3600}
+BLOCK_TIMEOUT_S = MappingProxyType({False: 300, True: 4 * 3600})
+PAGE_TIMEOUT_S = MappingProxyType({False: 1200, True: 8 * 3600})
 #: Seconds a server block may take to answer, and to exit after SIGINT.
 SERVER_START_S = 180
 SERVER_STOP_S = 60
@@ -117,7 +117,7 @@ class Fence:
     code: str
 
 
-_FENCE = re.compile(r"^( {0,3}|\s*)(```+|~~~+)\s*([\w+-]*)\s*$")
+_FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)\s*$")
 
 
 def fences(lines: list[str]) -> list[Fence]:
@@ -171,8 +171,11 @@ def _mark_below(lines: list[str], fence: Fence, starts: set[int]) -> str:
     below = _neighbour(lines, fence.end + 1, 1)
     if below is None or not lines[below].strip().startswith(MARKS):
         return ""
-    after = _neighbour(lines, below + 1, 1)
-    return "" if after in starts else lines[below].strip()
+    last = below
+    while last + 1 < len(lines) and lines[last + 1].strip() and not _FENCE.match(lines[last + 1]):
+        last += 1
+    after = _neighbour(lines, last + 1, 1)
+    return "" if after in starts else " ".join(line.strip() for line in lines[below : last + 1])
 
 
 def parse_page(page: str, text: str) -> list[Block]:
@@ -543,7 +546,7 @@ def test_every_block_is_fenced_with_a_known_language(page: str) -> None:
 def test_the_parser_reads_markers_and_outputs() -> None:
     """A marker above, a marker below an opening block, an output and an example output."""
     page = (
-        "# t\n```bash\necho a\n```\n*Not run by the tests: it is an example.*\n\n"
+        "# t\n```bash\necho a\n```\n*Not run by the tests: it is\nan example.*\n\n"
         "Text.\n\n*Slow (trains for\nminutes): run by `pytest -m slow`.*\n```python\nx = 1\n```\n\n"
         "```bash\necho b\n```\n```text\nb\n```\n\n```bash\necho c\n```\n"
         "*Example output (varies by CPU).*\n```text\nc\n```\n"
@@ -551,10 +554,11 @@ def test_the_parser_reads_markers_and_outputs() -> None:
     blocks = parse_page("p.md", page)
     assert [(b.line, b.kind, b.expected, b.expected_is_example) for b in blocks] == [
         (2, "skip", None, False),
-        (11, "slow", None, False),
-        (15, "run", "b\n", False),
-        (22, "run", "c\n", True),
+        (12, "slow", None, False),
+        (16, "run", "b\n", False),
+        (23, "run", "c\n", True),
     ]
+    assert blocks[0].mark == "*Not run by the tests: it is an example.*"
 
 
 def test_outputs_match_within_the_last_written_digit() -> None:
