@@ -10,7 +10,8 @@
 The default models are the real ones (:data:`DEFAULT_DETECTOR` ``vg-r101-c4-attr``,
 :data:`DEFAULT_ENCODER` ``lxmert-vqa``, from :mod:`weights.defaults`); the shapes-world pair
 shipped in ``weights/`` runs offline when named: ``detector="shapes-detector",
-encoder="shapes-lxmert"``.
+encoder="shapes-lxmert"``. Records are named as ``extract_features`` names the same inputs,
+and arguments are checked before any model runs, by :mod:`pipeline.api_inputs`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,8 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
-import numpy as np
 import torch
-from PIL import Image
 
 from detector import Detector, RegionFeatures, load_detector
 from detector.image import DEFAULT_MAX_BYTES, ChannelOrder, ImageError, ImageSource, load_image
@@ -41,6 +39,21 @@ from encoder.explain import (
     explain_answer,
     explain_judgement,
 )
+from pipeline.api_inputs import (
+    check_distinct_ids,
+    check_image_list,
+    check_pair_count,
+    check_question,
+    check_question_count,
+    check_verdict_top_k,
+    checked_questions,
+    default_image_ids,
+    distinct_images,
+    image_label,
+    questions_of,
+    regroup,
+    statements_of,
+)
 from weights.defaults import (
     DEFAULT_DETECTOR,
     DEFAULT_DEVICE,
@@ -54,109 +67,6 @@ Answer = str | list[tuple[str, float]]
 #: One NLVR2 verdict: ``True``/``False`` (``top_k == 1``) or ``[(verdict, probability),
 #: (other, 1 - probability)]`` best first (``top_k == 2``).
 Judgement = bool | list[tuple[bool, float]]
-
-_SINGLE_IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image)
-
-T = TypeVar("T")
-
-
-def _check_image_list(images: object, what: str) -> None:
-    if isinstance(images, _SINGLE_IMAGE_TYPES):
-        raise TypeError(
-            f"{what} takes a list of images, got one {type(images).__name__}; wrap it: [image]"
-        )
-
-
-def _image_label(number: int, image: object, image_id: str | None) -> str:
-    """How errors name an image: a path by itself; anything else by its 1-based position and
-    kind, e.g. ``"image 2 (bytes)"`` (with the caller's id when one was given)."""
-    if isinstance(image, (str, os.PathLike)):
-        return os.fsdecode(image)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        kind = "bytes"
-    elif isinstance(image, np.ndarray):
-        kind = "numpy array"
-    elif isinstance(image, Image.Image):
-        filename = getattr(image, "filename", "")
-        kind = f"PIL image of {filename}" if filename else "PIL image"
-    else:
-        kind = type(image).__name__
-    named = "" if image_id is None else f", id {image_id!r}"
-    return f"image {number} ({kind}{named})"
-
-
-def _check_question(question: object, name: str) -> str:
-    """``question`` if it is a non-blank string; ``name`` says which one in the error."""
-    if question is None:
-        raise ValueError(f"{name} is None; pass the question as a string")
-    if isinstance(question, (bytes, bytearray, memoryview)):
-        raise ValueError(f"{name} is bytes; pass a string, e.g. question.decode('utf-8')")
-    if not isinstance(question, str):
-        raise TypeError(f"{name} must be a string, got {type(question).__name__}")
-    if not question.strip():
-        # Never sent to the model: LXMERT answers an empty question too ("no", typically).
-        raise ValueError(f"{name} is empty" + (" (only whitespace)" if question else ""))
-    return question
-
-
-def _questions_of(entry: object, *, image: int | None) -> list[str]:
-    """The checked questions of one entry: one question or a list of them. ``image`` (1-based)
-    names the entry's image in errors; ``None`` when there is only one image."""
-    return _texts_of(entry, noun="question", where="" if image is None else f" for image {image}")
-
-
-def _texts_of(entry: object, *, noun: str, where: str) -> list[str]:
-    """One text or a list of them, each checked (:func:`_check_question`); errors name the
-    ``noun`` (question, statement), its number in a list, and ``where`` it belongs."""
-    if entry is None or isinstance(entry, (str, bytes, bytearray, memoryview)):
-        return [_check_question(entry, f"{noun}{where}")]
-    if not isinstance(entry, Sequence):
-        raise TypeError(
-            f"{noun}{where} must be a string or a list of strings, got {type(entry).__name__}"
-        )
-    return [
-        _check_question(text, f"{noun} {number}{where}")
-        for number, text in enumerate(entry, start=1)
-    ]
-
-
-def _checked_questions(questions: Sequence[object]) -> list[list[str]]:
-    """:func:`_questions_of` for every image's entry."""
-    if len(questions) == 1:
-        return [_questions_of(questions[0], image=None)]
-    return [_questions_of(entry, image=i) for i, entry in enumerate(questions, start=1)]
-
-
-def _statements_of(entry: object, *, pair: int | None) -> list[str]:
-    """The checked statements of one pair's entry: one statement or a list of them. ``pair``
-    (1-based) names the pair in errors; ``None`` when there is only one pair."""
-    return _texts_of(entry, noun="statement", where="" if pair is None else f" for pair {pair}")
-
-
-def _image_key(image: object) -> object:
-    """What makes two image arguments the same image for :meth:`Pipeline.judge`: a path by
-    its absolute form, encoded bytes by their content, anything else (arrays, PIL images)
-    by identity."""
-    if isinstance(image, (str, os.PathLike)):
-        return ("path", os.path.abspath(os.fsdecode(image)))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return ("bytes", bytes(image))
-    return ("object", id(image))
-
-
-def _regroup(flat: Sequence[T], entries: Sequence[str | Sequence[str]]) -> list[T | list[T]]:
-    """``flat`` (one result per text, in order) nested as ``entries`` were: a string's one
-    result, or a list of results for a list of texts."""
-    results: list[T | list[T]] = []
-    position = 0
-    for entry in entries:
-        if isinstance(entry, str):
-            results.append(flat[position])
-            position += 1
-        else:
-            results.append(list(flat[position : position + len(entry)]))
-            position += len(entry)
-    return results
 
 
 def _judgement(probability: float, *, top_k: int) -> Judgement:
@@ -244,7 +154,10 @@ class Pipeline:
         Args:
             images: paths, encoded bytes, PIL images or numpy arrays (``[H, W, 3]`` uint8,
                 RGB unless ``channel_order="bgr"``).
-            image_ids: ids stored in the results (default ``"0"``, ``"1"``, ...).
+            image_ids: ids stored in the results. Default: as ``extract_features`` names
+                the same inputs, a path by its file name without the extension
+                (``"photos/cat.jpg"`` -> ``"cat"``); bytes, arrays and PIL images by their
+                0-based position in ``images`` (``"0"``, ``"1"``, ...).
             max_bytes: refuse an encoded image (file or bytes) larger than this, before
                 reading it (:func:`detector.image.load_image`).
             boxes: one ``[K_i, 4]`` xyxy set per image in raw-image pixels (Tensor or array)
@@ -259,17 +172,46 @@ class Pipeline:
                 by itself and anything else by position and kind: ``"image 2 (bytes)"``.
             ValueError: ``boxes`` is not one set per image, or a set is unusable (none, NaN,
                 degenerate, wholly outside its image); the message names the image and box.
+            pipeline.inputs.DuplicateIdError: (a ``ValueError``) without ``image_ids``, two
+                different files of one name (``a/x.png``, ``b/x.png``), which
+                ``extract_features`` refuses too; before any image is read. The same file
+                twice is one image: two records of one id.
         """
-        _check_image_list(images, "Pipeline.regions")
+        check_image_list(images, "Pipeline.regions")
         sources = list(images)
-        ids = [str(i) for i in range(len(sources))] if image_ids is None else list(image_ids)
+        if image_ids is None:
+            ids = default_image_ids(sources)
+            check_distinct_ids(sources, ids)
+        else:
+            ids = list(image_ids)
+        return self._regions(
+            sources,
+            ids,
+            named=image_ids is not None,
+            channel_order=channel_order,
+            max_bytes=max_bytes,
+            boxes=boxes,
+        )
+
+    def _regions(
+        self,
+        sources: Sequence[ImageSource],
+        ids: Sequence[str],
+        *,
+        named: bool = False,
+        channel_order: ChannelOrder,
+        max_bytes: int,
+        boxes: Sequence[GivenBoxes] | None = None,
+    ) -> list[RegionFeatures]:
+        """:meth:`regions` with the records' ``ids`` chosen; ``named``: the caller chose
+        them, and errors show them beside each image."""
         if len(ids) != len(sources):
             raise ValueError(f"got {len(sources)} images but {len(ids)} image_ids")
         prepared = [
             self._prepare(
                 image,
                 image_id=image_id,
-                label=_image_label(number, image, None if image_ids is None else image_id),
+                label=image_label(number, image, image_id if named else None),
                 channel_order=channel_order,
                 max_bytes=max_bytes,
             )
@@ -307,16 +249,12 @@ class Pipeline:
         Returns:
             Per image: an :data:`Answer` for a single question, a list of them for a list.
         """
-        if len(regions) != len(questions):
-            raise ValueError(
-                f"got {len(regions)} images but {len(questions)} question entries; pass one "
-                "question (or one list of questions) per image"
-            )
+        check_question_count(regions, questions)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         pair_regions: list[RegionFeatures] = []
         pair_questions: list[str] = []
-        for region, asked in zip(regions, _checked_questions(questions), strict=True):
+        for region, asked in zip(regions, checked_questions(questions), strict=True):
             pair_regions.extend([region] * len(asked))
             pair_questions.extend(asked)
         scored = (
@@ -326,7 +264,7 @@ class Pipeline:
             best[0].answer if top_k == 1 else [(a.answer, a.probability) for a in best]
             for best in scored
         ]
-        return _regroup(decoded, questions)
+        return regroup(decoded, questions)
 
     def answer(
         self,
@@ -352,15 +290,17 @@ class Pipeline:
                 says which: ``"question 2 is empty"``), before any image is decoded.
             detector.image.ImageError: as :meth:`regions`.
         """
-        _check_image_list(images, "Pipeline.answer")
-        if len(images) != len(questions):
-            raise ValueError(
-                f"got {len(images)} images but {len(questions)} question entries; pass one "
-                "question (or one list of questions) per image"
-            )
-        _checked_questions(questions)
-        regions = self.regions(
-            images, channel_order=channel_order, max_bytes=max_bytes, boxes=boxes
+        check_image_list(images, "Pipeline.answer")
+        check_question_count(images, questions)
+        checked_questions(questions)
+        # Records named as regions() names them; two files of one name are no error here,
+        # where the records stay inside this call and the answers come back by position.
+        regions = self._regions(
+            images,
+            default_image_ids(images),
+            channel_order=channel_order,
+            max_bytes=max_bytes,
+            boxes=boxes,
         )
         return self.answer_regions(regions, questions, top_k=top_k)
 
@@ -386,8 +326,10 @@ class Pipeline:
             ValueError: a blank question, an answer outside the encoder's answer set, or an
                 encoder without a QA head; detector.image.ImageError as :meth:`regions`.
         """
-        _check_question(question, "question")
-        region = self.regions([image], channel_order=channel_order, max_bytes=max_bytes)[0]
+        check_question(question, "question")
+        region = self._regions(
+            [image], default_image_ids([image]), channel_order=channel_order, max_bytes=max_bytes
+        )[0]
         return self.explain_regions(region, question, answer, method=method)
 
     def explain_regions(
@@ -406,7 +348,7 @@ class Pipeline:
         return explain_answer(
             self.encoder,
             region,
-            _check_question(question, "question"),
+            check_question(question, "question"),
             answer=answer,
             method=method,
             labels=labels,
@@ -429,8 +371,13 @@ class Pipeline:
         from pipeline.visualize import region_labels  # OpenCV only when explaining
 
         self._check_nlvr2(1)
-        _check_question(statement, "statement")
-        found = self.regions([left, right], channel_order=channel_order, max_bytes=max_bytes)
+        check_question(statement, "statement")
+        found = self._regions(
+            [left, right],
+            default_image_ids([left, right]),
+            channel_order=channel_order,
+            max_bytes=max_bytes,
+        )
         names = (self.detector.object_names, self.detector.attribute_names)
         labels = (region_labels(found[0], *names), region_labels(found[1], *names))
         return explain_judgement(
@@ -458,11 +405,7 @@ class Pipeline:
         Returns:
             Per pair: a :data:`Judgement` for a single statement, a list of them for a list.
         """
-        if not len(lefts) == len(rights) == len(statements):
-            raise ValueError(
-                f"got {len(lefts)} left images, {len(rights)} right images and "
-                f"{len(statements)} statement entries; pass one statement (or one list) per pair"
-            )
+        check_pair_count(lefts, rights, statements)
         self._check_nlvr2(top_k)
         flat_left: list[RegionFeatures] = []
         flat_right: list[RegionFeatures] = []
@@ -470,7 +413,7 @@ class Pipeline:
         for number, (left, right, entry) in enumerate(
             zip(lefts, rights, statements, strict=True), start=1
         ):
-            said = _statements_of(entry, pair=number if len(statements) > 1 else None)
+            said = statements_of(entry, pair=number if len(statements) > 1 else None)
             flat_left.extend([left] * len(said))
             flat_right.extend([right] * len(said))
             flat_statements.extend(said)
@@ -478,7 +421,7 @@ class Pipeline:
             self.encoder.judge(flat_left, flat_right, flat_statements) if flat_statements else []
         )
         decoded = [_judgement(p, top_k=top_k) for p in probabilities]
-        return _regroup(decoded, statements)
+        return regroup(decoded, statements)
 
     def judge(
         self,
@@ -505,34 +448,23 @@ class Pipeline:
                 statement is ``None``, bytes or blank (named), before any image is decoded.
             detector.image.ImageError: as :meth:`regions` (a missing file is named).
         """
-        _check_image_list(lefts, "Pipeline.judge")
-        _check_image_list(rights, "Pipeline.judge")
-        if not len(lefts) == len(rights) == len(statements):
-            raise ValueError(
-                f"got {len(lefts)} left images, {len(rights)} right images and "
-                f"{len(statements)} statement entries; pass one statement (or one list) per pair"
-            )
+        check_image_list(lefts, "Pipeline.judge")
+        check_image_list(rights, "Pipeline.judge")
+        check_pair_count(lefts, rights, statements)
         self._check_nlvr2(top_k)
         for number, entry in enumerate(statements, start=1):
-            _statements_of(entry, pair=number if len(statements) > 1 else None)
-        distinct: dict[object, int] = {}
-        images: list[ImageSource] = []
-        slots: list[int] = []
-        for image in [*lefts, *rights]:
-            key = _image_key(image)
-            if key not in distinct:
-                distinct[key] = len(images)
-                images.append(image)
-            slots.append(distinct[key])
-        regions = self.regions(images, channel_order=channel_order, max_bytes=max_bytes)
+            statements_of(entry, pair=number if len(statements) > 1 else None)
+        images, slots = distinct_images([*lefts, *rights])
+        regions = self._regions(
+            images, default_image_ids(images), channel_order=channel_order, max_bytes=max_bytes
+        )
         pairs = len(lefts)
         left_regions = [regions[slot] for slot in slots[:pairs]]
         right_regions = [regions[slot] for slot in slots[pairs:]]
         return self.judge_regions(left_regions, right_regions, statements, top_k=top_k)
 
     def _check_nlvr2(self, top_k: int) -> None:
-        if top_k not in (1, 2):
-            raise ValueError(f"top_k must be 1 (a bool) or 2 (both verdicts), got {top_k}")
+        check_verdict_top_k(top_k)
         if self.encoder.config.head != "nlvr2":
             raise ValueError(
                 f"this Pipeline's encoder {self.encoder.config.checkpoint!r} is not an NLVR2 "
@@ -600,7 +532,7 @@ def answer(
         detector.image.ImageError: the image cannot be used; a path is named by itself,
             bytes and arrays as ``"image 1 (bytes)"`` / ``"image 1 (numpy array)"``.
     """
-    _questions_of(question, image=None)
+    questions_of(question, image=None)
     if pipeline is None:
         pipeline = default_pipeline(str(detector), str(encoder), device, precision)
     return pipeline.answer(
@@ -647,9 +579,8 @@ def judge(
     """
     if pipeline is None and encoder is None:
         raise ValueError(NO_NLVR2_CHECKPOINT)
-    if top_k not in (1, 2):
-        raise ValueError(f"top_k must be 1 (a bool) or 2 (both verdicts), got {top_k}")
-    _statements_of(statement, pair=None)
+    check_verdict_top_k(top_k)
+    statements_of(statement, pair=None)
     for side, image in (("left", left), ("right", right)):
         if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
             what = "is a directory" if os.path.isdir(image) else "no such file"

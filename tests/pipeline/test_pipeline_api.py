@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -19,10 +20,12 @@ from encoder.answers import AnswerTable
 from encoder.build import Encoder, load_encoder
 from encoder.config import EncoderConfig
 from encoder.model import build_model
+from encoder.nlvr2 import LxmertForNLVR2
 from encoder.tokenizer import load_tokenizer
 from pipeline import Pipeline, answer
 from pipeline.answer_cli import main as answer_main
 from pipeline.api import default_pipeline
+from pipeline.inputs import DuplicateIdError, list_inputs
 
 ANSWERS = ("red", "blue", "green", "yes", "no", "2", "3")
 QUESTIONS = ["what color is the cat?", "is there a cup?", "how many objects are there?"]
@@ -276,3 +279,92 @@ def test_pipeline_moves_a_given_detector_with_its_settings(tiny_encoder: Encoder
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA device"):
             Pipeline(detector=detector, encoder=tiny_encoder, device="cuda")
+
+
+@pytest.fixture
+def named(tiny_detector: Detector, tiny_encoder: Encoder, monkeypatch: pytest.MonkeyPatch):
+    """A pipeline whose detector records the image ids of each detect() call."""
+    calls: list[list[str]] = []
+    original = tiny_detector.detect
+
+    def detect(images, **kwargs):
+        calls.append([image.image_id for image in images])
+        return original(images, **kwargs)
+
+    monkeypatch.setattr(tiny_detector, "detect", detect)
+    return Pipeline(detector=tiny_detector, encoder=tiny_encoder), calls
+
+
+def test_records_are_named_as_extract_features_names_the_same_files(named, photos: Path) -> None:
+    # Issue 29 item 6: records were "0", "1", whatever the files.
+    pipe, calls = named
+    paths = [photo_path(photos), photos / "astronaut.jpg"]
+    # extract_features names a file given by itself by its name without the extension.
+    listed = [item.image_id for path in paths for item in list_inputs([str(path)]).items]
+    assert listed == ["chelsea", "astronaut"]
+    regions = pipe.regions([str(paths[0]), paths[1]])
+    assert [region.image_id for region in regions] == listed
+    # Bytes, arrays and PIL images have no name: their 0-based position in the list.
+    rgb = np.asarray(Image.open(paths[0]).convert("RGB"))
+    mixed = pipe.regions([paths[1], paths[0].read_bytes(), rgb, Image.open(paths[0])])
+    assert [region.image_id for region in mixed] == ["astronaut", "1", "2", "3"]
+    # answer and judge name their records the same way (ids reach detect()).
+    calls.clear()
+    answer(paths[0], QUESTIONS[0], pipeline=pipe)
+    pipe.answer([paths[1], rgb], [QUESTIONS[0], QUESTIONS[1]])
+    assert calls == [["chelsea"], ["astronaut", "1"]]
+    # Ids the caller gives are kept as they are.
+    assert pipe.regions([paths[0]], ["mine"])[0].image_id == "mine"
+
+
+def test_two_files_of_one_name_are_refused_as_extract_features_refuses_them(
+    named, photos: Path, tmp_path: Path
+) -> None:
+    pipe, calls = named
+    first, second = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+    for path in (first, second):
+        path.parent.mkdir()
+        shutil.copyfile(photo_path(photos), path)
+    with pytest.raises(DuplicateIdError, match=r"'x'"):  # extract_features a/x.png b/x.png
+        list_inputs([str(first), str(second)])
+    with pytest.raises(DuplicateIdError, match=r"image_ids=") as caught:
+        pipe.regions([first, second])
+    assert isinstance(caught.value, ValueError)
+    assert f"'x': {first}, {second}" in str(caught.value)
+    assert calls == []  # refused before any image is read
+    # The same file twice is one image under one name, as extract_features lists it once.
+    assert [r.image_id for r in pipe.regions([first, str(first)])] == ["x", "x"]
+    # Named by the caller, the two files are fine.
+    assert [r.image_id for r in pipe.regions([first, second], ["a/x", "b/x"])] == ["a/x", "b/x"]
+    # answer() returns answers by position, never the records: no clash to refuse there.
+    calls.clear()
+    got = pipe.answer([first, second], [QUESTIONS[0], QUESTIONS[0]])
+    assert calls == [["x", "x"]] and got[0] == got[1]
+
+
+def test_judge_names_its_records_as_regions_does(
+    tiny_detector: Detector, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nlvr2 = Encoder(
+        config=EncoderConfig(checkpoint="tiny-nlvr2", head="nlvr2"),
+        model=LxmertForNLVR2(tiny_lxmert_config()).eval(),
+        tokenizer=load_tokenizer(),
+        answers=None,
+    )
+    calls: list[list[str]] = []
+    original = tiny_detector.detect
+
+    def detect(images, **kwargs):
+        calls.append([image.image_id for image in images])
+        return original(images, **kwargs)
+
+    monkeypatch.setattr(tiny_detector, "detect", detect)
+    pipe = Pipeline(detector=tiny_detector, encoder=nlvr2)
+    first, second = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+    for path in (first, second):
+        path.parent.mkdir()
+        shutil.copyfile(photo_path(photos), path)
+    pipe.judge([photo_path(photos)], [photo_path(photos).read_bytes()], ["a cat"])
+    # Two files of one name: both records are "x" (the verdicts come back by position).
+    pipe.judge([first], [second], ["a cat"])
+    assert calls == [["chelsea", "1"], ["x", "x"]]
