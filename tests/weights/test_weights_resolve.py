@@ -14,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub  # imported before the env is patched: resolution must not care
+# Its constants are frozen at import, before the env is patched: resolution must not care.
+# Imported by name, since weights no longer imports huggingface_hub just to resolve a name.
+import huggingface_hub.constants
 import pytest
 
 from weights import (
