@@ -2,7 +2,8 @@
 """Set up .venv and run the project's jobs; needs only Python 3.10+ and pip.
 
     python3 tasks.py demo    # main job on the shipped shapes-world models (examples/)
-    python3 tasks.py test    # ruff, mypy and the test suite (what CI runs)
+    python3 tasks.py test    # ruff, mypy, pylint's duplicate-code check and the test suite (CI)
+    python3 tasks.py duplicates  # only the duplicate-code check (pylint R0801)
     python3 tasks.py bench   # quick detector benchmark (prints JSON)
     python3 tasks.py screenshot  # docs/demo.png: the web page in headless Chromium
     python3 tasks.py wheel   # build the wheel, install it into another environment, run it
@@ -14,7 +15,9 @@ The venv is reinstalled when requirements*.txt or setup.py change (a stamp file 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,7 +132,66 @@ def test() -> None:
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy", *TYPED_PACKAGES)
+    duplicates()
     run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25")
+
+
+def duplicates() -> None:
+    """pylint's duplicate-code check (R0801) over the packages: 8 similar lines or more,
+    imports and docstrings ignored ([tool.pylint.similarities] in pyproject.toml). Fails on
+    any pair of modules not listed, with its reason, in [tool.lxmert-pipeline.duplicate-code];
+    runs in .venv's Python, whose TOML reader it needs."""
+    setup()
+    if Path(sys.executable).resolve() != (BIN / "python").resolve():
+        run(BIN / "python", __file__, "duplicates")
+        return
+    import json
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest's own dependency reads TOML there
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    print(f"+ pylint duplicate-code over {' '.join(TYPED_PACKAGES)}", flush=True)
+    found = subprocess.run(
+        [
+            BIN / "pylint",
+            "--disable=all",
+            "--enable=duplicate-code",
+            "--output-format=json2",
+            *TYPED_PACKAGES,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    # pylint's exit status is a bit field: 1 fatal, 32 usage error; 8 is a finding (R0801).
+    if found.returncode & (1 | 32) or not found.stdout.strip():
+        sys.exit(f"pylint failed (exit {found.returncode}):\n{found.stderr}")
+    messages = json.loads(found.stdout)["messages"]
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    accepted = {
+        tuple(sorted(entry["modules"])): entry["reason"]
+        for entry in config["tool"]["lxmert-pipeline"]["duplicate-code"]["accepted"]
+    }
+    seen: set[tuple[str, ...]] = set()
+    refused = []
+    for message in messages:
+        modules = sorted(set(re.findall(r"^==([\w.]+):\[", message["message"], re.MULTILINE)))
+        pairs = set(itertools.combinations(modules, 2))
+        seen |= pairs
+        if pairs - accepted.keys():
+            refused.append(message["message"])
+    for pair in sorted(accepted.keys() - seen):
+        print(f"+ note: {' and '.join(pair)} are no longer similar; remove their entry", flush=True)
+    if refused:
+        print("\n\n".join(refused))
+        sys.exit(
+            f"{len(refused)} duplicate-code finding(s) above: put the shared lines in one place, "
+            "or list the pair with its reason under [tool.lxmert-pipeline.duplicate-code] in "
+            "pyproject.toml"
+        )
+    print(f"+ duplicate-code: {len(messages)} finding(s), all accepted", flush=True)
 
 
 def screenshot() -> None:
@@ -243,6 +305,7 @@ JOBS = {
     "setup": setup,
     "demo": demo,
     "test": test,
+    "duplicates": duplicates,
     "bench": bench,
     "screenshot": screenshot,
     "wheel": wheel,
