@@ -18,9 +18,9 @@ from pipeline.model_flags import (
     add_encoder_flag,
     check_image_file,
     check_models,
-    device_from_args,
+    device_and_precision,
 )
-from pipeline.precision_flags import add_precision_flags, precision_from_args
+from pipeline.precision_flags import add_precision_flags
 from pipeline.question_file import QuestionRow, read_question_file
 from pipeline.text_args import non_utf8_message
 from weights.command import Command, add_verbose_flag, run_command
@@ -136,18 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _device_and_precision(args: argparse.Namespace) -> tuple[str, Precision]:
     """The models named (every one that does not resolve in one message, before torch is
-    imported), then ``--device`` and ``--precision``, checked together (a precision the device
-    cannot run is a usage error), before any model loads."""
+    imported), then ``--device`` and ``--precision`` (:func:`~pipeline.model_flags.
+    device_and_precision`)."""
     check_models([("--detector", args.detector), ("--encoder", args.encoder)], download=True)
-    device = device_from_args(args, prog="answer")
-    precision = precision_from_args(args, prog="answer")
-    from detector.precision import check_precision
-
-    try:
-        check_precision(precision, device)
-    except ValueError as error:
-        raise UsageError(f"--precision {precision}: {error}") from None
-    return str(device), precision
+    return device_and_precision(args, prog="answer")
 
 
 def _answer_file(args: argparse.Namespace) -> int:

@@ -552,6 +552,7 @@ def judge(
     channel_order: ChannelOrder = "rgb",
     max_bytes: int = DEFAULT_MAX_BYTES,
     pipeline: Pipeline | None = None,
+    precision: Precision = "fp32",
 ) -> Judgement | list[Judgement]:
     """NLVR2: is ``statement`` true of the pair (``left``, ``right``)?
 
@@ -570,6 +571,7 @@ def judge(
         device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
         top_k: 1 gives ``True``/``False``; 2 gives ``[(True, p), (False, 1 - p)]`` best first.
         pipeline: use this :class:`Pipeline` (with an NLVR2 encoder) instead of the cached one.
+        precision: the detector's precision in the cached default pipeline, as :func:`answer`.
 
     Raises:
         ValueError: no ``encoder`` (the message names ``shapes-nlvr2``), ``top_k`` not 1 or 2,
@@ -587,7 +589,7 @@ def judge(
             raise ImageError(os.fsdecode(image), f"{what} ({side} image)")
     if pipeline is None:
         chosen = DEFAULT_DETECTOR if detector is None else str(detector)
-        pipeline = default_pipeline(chosen, str(encoder), device, "fp32")
+        pipeline = default_pipeline(chosen, str(encoder), device, precision)
     return pipeline.judge(
         [left], [right], [statement], top_k=top_k, channel_order=channel_order, max_bytes=max_bytes
     )[0]

@@ -17,13 +17,15 @@ from pipeline.model_flags import (
     add_encoder_flag,
     check_image_file,
     check_models,
-    device_from_args,
+    device_and_precision,
 )
+from pipeline.precision_flags import add_precision_flags
 from pipeline.text_args import non_utf8_message
 from weights.command import Command, add_verbose_flag, run_command
 from weights.defaults import NO_NLVR2_CHECKPOINT, SHAPES_DETECTOR, SHAPES_NLVR2
 
 if TYPE_CHECKING:
+    from detector.precision import Precision
     from pipeline.api import Judgement
 
 PROG = "judge"
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lxmert-finetune train --task nlvr2 (required: there is no default)",
     )
     add_device_flag(parser)
+    add_precision_flags(parser, deprecated_autocast=False)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per statement instead of text"
     )
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _judge(args: argparse.Namespace, device: str) -> list[Judgement]:
+def _judge(args: argparse.Namespace, device: str, precision: Precision) -> list[Judgement]:
     """The verdicts; an unreadable image or a model that cannot be loaded is a usage error."""
     from detector.image import ImageError
     from pipeline.api import judge
@@ -82,6 +85,7 @@ def _judge(args: argparse.Namespace, device: str) -> list[Judgement]:
                 detector=args.detector,
                 encoder=args.encoder,
                 device=device,
+                precision=precision,
             ),
         )
     except (ImageError, *MODEL_LOAD_ERRORS) as error:  # type: ignore[misc]
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     check_image_file(args.left, role="left image")
     check_image_file(args.right, role="right image")
     check_models([("--detector", args.detector), ("--encoder", args.encoder)], download=True)
-    results = _judge(args, str(device_from_args(args, prog=PROG)))
+    results = _judge(args, *device_and_precision(args, prog=PROG))
     for statement, result in zip(args.statements, results, strict=True):
         ranked: list[tuple[bool, float | None]] = (
             [(result, None)] if isinstance(result, bool) else list(result)

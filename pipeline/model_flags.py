@@ -24,6 +24,8 @@ from weights.resolve import CheckpointNotFoundError, locate_checkpoint
 if TYPE_CHECKING:
     import torch
 
+    from detector.precision import Precision
+
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (cuda when available) (default: %(default)s)"
 
 #: What loading a model raises when the device cannot be used or the model's files are wrong
@@ -77,6 +79,22 @@ def device_from_args(args: argparse.Namespace, *, prog: str) -> torch.device:
     except DeviceError as error:
         raise UsageError(f"--device {args.device}: {error}") from None
     return device
+
+
+def device_and_precision(args: argparse.Namespace, *, prog: str) -> tuple[str, Precision]:
+    """``--device`` and ``--precision``, checked together (a precision the device cannot run
+    is a usage error naming the flag), before any model loads; imports torch."""
+    from pipeline.precision_flags import precision_from_args
+
+    device = device_from_args(args, prog=prog)
+    precision = precision_from_args(args, prog=prog)
+    from detector.precision import check_precision
+
+    try:
+        check_precision(precision, device)
+    except ValueError as error:
+        raise UsageError(f"--precision {precision}: {error}") from None
+    return str(device), precision
 
 
 def check_image_file(path: str, *, role: str = "") -> None:

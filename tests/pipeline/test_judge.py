@@ -176,3 +176,39 @@ def test_judge_command(
         assert "gone.png: no such file" in capsys.readouterr().err
     finally:
         default_pipeline.cache_clear()
+
+
+def test_judge_takes_the_detectors_precision(
+    photos: Path, tmp_path: Path, tiny_checkpoint: Path, nlvr2_encoder: Encoder, capsys
+) -> None:
+    """--precision reaches the detector as in answer: fp16 on the CPU is refused by name
+    before any model loads; fp32 judges as without the flag."""
+    model_dir = tmp_path / "nlvr2"
+    nlvr2_encoder.model.save_pretrained(model_dir)
+    cat, cup = str(_photo(photos, "cat")), str(_photo(photos, "cup"))
+    models = ["--detector", str(tiny_checkpoint), "--encoder", str(model_dir), "--device", "cpu"]
+    default_pipeline.cache_clear()
+    try:
+        assert judge_main([cat, cup, "a cat", *models, "--precision", "fp16"]) == 2
+        assert "--precision fp16: precision fp16 runs on CUDA only" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
+            judge(
+                cat,
+                cup,
+                "a cat",
+                detector=str(tiny_checkpoint),
+                encoder=str(model_dir),
+                device="cpu",
+                precision="fp16",
+            )
+        assert judge_main([cat, cup, "a cat", *models, "--top-k", "2", "--json"]) == 0
+        plain = capsys.readouterr().out
+        assert (
+            judge_main(
+                [cat, cup, "a cat", *models, "--top-k", "2", "--json", "--precision", "fp32"]
+            )
+            == 0
+        )
+        assert capsys.readouterr().out == plain
+    finally:
+        default_pipeline.cache_clear()
