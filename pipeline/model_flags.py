@@ -125,6 +125,8 @@ def check_models(models: Sequence[tuple[str, str]], *, download: bool) -> None:
             locate_checkpoint(name, download=download, verify_checksums=False)
         except (CheckpointNotFoundError, UnknownCheckpointError) as error:
             missing.append((f"{flag} {name}", str(error).splitlines()))
+        except ValueError as error:  # e.g. a damaged registry of names: the message names it
+            raise UsageError(f"{flag} {name}: {error}") from None
     if not missing:
         return
     if len(missing) == 1:
