@@ -19,24 +19,26 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from detector.config import PROPOSALS_BEFORE_THE_FIELD, DetectorConfig, get_preset
+from detector.checkpoint_config import CONFIG_METADATA_KEY, config_for
+
+# Re-exported: the config from names and headers lives where torch is not needed.
+from detector.checkpoint_config import config_from_dict as config_from_dict
+from detector.checkpoint_config import detector_config as detector_config
+from detector.checkpoint_config import read_config_metadata as read_config_metadata
+from detector.config import DetectorConfig
 from detector.model import Detector, build_detector
 from detector.options import InferenceOptions
 from detector.structures import CheckpointInfo
 from detector.vocab import load_names
 from weights.defaults import DEFAULT_DEVICE, resolve_device
 
-if TYPE_CHECKING:
-    from weights import CheckpointRecord
-
 ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 #: Keys a checkpoint may omit: the model computes them itself.
 OPTIONAL_KEYS = frozenset({ANCHORS_KEY})
-CONFIG_METADATA_KEY = "lxmert_pipeline.detector_config"
 
 _ALIASES = ((re.compile(r"\.gamma$"), ".weight"), (re.compile(r"\.beta$"), ".bias"))
 LOG = logging.getLogger("detector")
@@ -165,38 +167,6 @@ def _log_stored_anchors(
         )
 
 
-def read_config_metadata(path: str | os.PathLike[str]) -> DetectorConfig | None:
-    """The :class:`DetectorConfig` stored in our safetensors' metadata, if any."""
-    if Path(path).suffix != ".safetensors":
-        return None
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except SafetensorError as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
-    if CONFIG_METADATA_KEY not in metadata:
-        return None
-    return config_from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-
-
-def config_from_dict(fields: Mapping[str, Any]) -> DetectorConfig:
-    """Inverse of :meth:`DetectorConfig.to_dict` (lists become tuples).
-
-    A config stored before the ``proposals`` field existed ran Detectron2's proposal layer
-    (the only one then), so it gets ``proposals="detectron2"``, not the field's ``auto``:
-    the shipped shapes-detector's metadata is such a config.
-    """
-    known = DetectorConfig.__dataclass_fields__
-    unknown = set(fields) - set(known)
-    if unknown:
-        raise ValueError(f"unknown detector config fields: {sorted(unknown)}")
-    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    values.setdefault("proposals", PROPOSALS_BEFORE_THE_FIELD)
-    return DetectorConfig(**values)
-
-
 def save_detector(detector: Detector, path: str | os.PathLike[str]) -> Path:
     """Write ``detector`` as safetensors with its full config in the metadata.
 
@@ -266,7 +236,7 @@ def load_detector(
     located = locate_checkpoint(name_or_path)
     path, record = located.path, located.record
     if config is None:
-        config = _config_for(path, record, preset=preset, overrides=overrides)
+        config = config_for(path, record, preset=preset, overrides=overrides)
     object_names, attribute_names = load_names(path.parent, config)
     detector = build_detector(
         config,
@@ -284,60 +254,3 @@ def load_detector(
     if optimize:
         return detector.optimize_for_inference(requested)
     return detector.apply_options(requested).eval()
-
-
-def detector_config(
-    name_or_path: str | os.PathLike[str],
-    *,
-    preset: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> DetectorConfig:
-    """The config :func:`load_detector` builds for these arguments, from names and file
-    headers only: no weights are read or hashed and nothing is downloaded.
-
-    A registry checkpoint not on this machine yet gets its record's preset (downloaded
-    checkpoints carry no stored config).
-
-    Raises:
-        weights.CheckpointNotFoundError: a path that does not exist or an unknown name.
-        KeyError: an unknown preset. ValueError: overrides that make an invalid config.
-    """
-    from weights import CheckpointNotFoundError, locate_checkpoint
-
-    try:
-        located = locate_checkpoint(name_or_path, download=False, verify_checksums=False)
-    except CheckpointNotFoundError:
-        record = _registry_record(name_or_path)
-        if record is None:
-            raise
-        return _config_for(None, record, preset=preset, overrides=overrides)
-    return _config_for(located.path, located.record, preset=preset, overrides=overrides)
-
-
-def _registry_record(name_or_path: str | os.PathLike[str]) -> CheckpointRecord | None:
-    from weights import UnknownCheckpointError, get_record
-
-    if not isinstance(name_or_path, str):
-        return None
-    try:
-        return get_record(name_or_path)
-    except UnknownCheckpointError:
-        return None
-
-
-def _config_for(
-    path: Path | None,
-    record: CheckpointRecord | None,
-    *,
-    preset: str | None,
-    overrides: Mapping[str, Any] | None,
-) -> DetectorConfig:
-    """``preset`` if given, else the config stored in our safetensors at ``path``, else the
-    registry record's preset, else ``vg-r101-c4-attr``; then ``overrides``."""
-    if preset is not None:
-        config = get_preset(preset)
-    else:
-        stored = read_config_metadata(path) if path is not None else None
-        default = record.preset if record is not None else "vg-r101-c4-attr"
-        config = stored if stored is not None else get_preset(default)
-    return config.replace(**overrides) if overrides else config

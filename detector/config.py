@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from detector.anchors import caffe_cell_anchor_rows
+
 Selection = Literal["bottom-up", "max-class"]
 #: The test-time proposal layer (:mod:`detector.proposals`).
 ProposalMode = Literal["detectron2", "caffe"]
@@ -126,10 +128,8 @@ class DetectorConfig:
         if not self.max_class_nms_thresholds:
             raise ValueError("max_class_nms_thresholds must not be empty")
         if self.proposal_mode == "caffe":  # resolving also rejects an unknown setting
-            from detector.proposals import caffe_cell_anchors  # numpy/torch only when needed
-
             try:
-                caffe_cell_anchors(
+                caffe_cell_anchor_rows(
                     base_size=self.anchor_base_size,
                     sizes=self.anchor_sizes,
                     ratios=self.anchor_ratios,

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from detector import reference_sort
+from detector.anchors import caffe_cell_anchor_rows
 from detector.boxes import apply_deltas, clip_boxes, nonempty
 from detector.exact_math import exp_float32
 from detector.native_ops import nms
@@ -102,40 +103,8 @@ def caffe_cell_anchors(
         ValueError: a base size that is not a positive integer, a size or ratio that is not
             positive, or a ratio whose rounded reference box has a side of 0.
     """
-    if isinstance(base_size, bool) or not isinstance(base_size, int) or base_size < 1:
-        raise ValueError(f"the Caffe anchor base size must be an integer >= 1, got {base_size!r}")
-    if not sizes or not ratios or min(sizes) <= 0 or min(ratios) <= 0:
-        raise ValueError(f"need positive anchor sizes and ratios, got {sizes} x {ratios}")
-    ctr = 0.5 * (base_size - 1)
-    ratio_boxes = []
-    for ratio in ratios:
-        width = float(np.round(np.sqrt(base_size * base_size / float(ratio))))
-        height = float(np.round(width * float(ratio)))
-        if width < 1 or height < 1:
-            raise ValueError(
-                f"generate_anchors rounds the {base_size}-px reference box at ratio {ratio} to "
-                f"{width:g} x {height:g} px, an empty anchor"
-            )
-        ratio_boxes.append(_centred(ctr, ctr, width, height))
-    rows = []
-    for size in sizes:
-        scale = float(size) / base_size
-        for x1, y1, x2, y2 in ratio_boxes:
-            # _whctrs of the ratio box, then _mkanchors with the scaled sides (float64, as
-            # the reference; every value is a multiple of 0.5 for integer scales).
-            width, height = x2 - x1 + 1, y2 - y1 + 1
-            x_ctr, y_ctr = x1 + 0.5 * (width - 1), y1 + 0.5 * (height - 1)
-            rows.append(_centred(x_ctr, y_ctr, width * scale, height * scale))
-    return torch.tensor(np.array(rows, dtype=np.float64), dtype=torch.float32)
-
-
-def _centred(x_ctr: float, y_ctr: float, width: float, height: float) -> list[float]:
-    return [
-        x_ctr - 0.5 * (width - 1),
-        y_ctr - 0.5 * (height - 1),
-        x_ctr + 0.5 * (width - 1),
-        y_ctr + 0.5 * (height - 1),
-    ]
+    rows = caffe_cell_anchor_rows(base_size=base_size, sizes=sizes, ratios=ratios)
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def caffe_anchor_order(num_sizes: int, num_ratios: int) -> list[int]:
