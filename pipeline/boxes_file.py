@@ -42,14 +42,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from torch import Tensor
 
-from detector.given_boxes import check_given_boxes
 from pipeline.writers import decode_tsv_line, iter_h5
 from weights import sha256_file
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: What a boxes file is: plain JSON, COCO annotations, an obj36 TSV, our HDF5 output.
 BoxesKind = Literal["json", "coco", "obj36-tsv", "hdf5"]
@@ -114,6 +115,9 @@ class BoxesFile:
                 f"is {image_w}x{image_h} (width x height, after EXIF orientation); its boxes "
                 "belong to another picture or orientation"
             )
+        # torch: imported when a run pools boxes, not when the file is read and checked
+        from detector.given_boxes import check_given_boxes
+
         try:
             return check_given_boxes(
                 self.boxes[image_id], image_h=image_h, image_w=image_w, clip=self.clip

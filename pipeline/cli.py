@@ -363,10 +363,12 @@ def _add_run_flags(runs: argparse._ArgumentGroup) -> None:
 def run(args: argparse.Namespace) -> int:
     """Do what ``args`` (from :func:`build_parser`) asks: the steps of :mod:`pipeline.steps`."""
     from pipeline.settings import validate
-    from pipeline.steps import run_extract
 
     configure_logging(quiet=args.quiet, verbose=args.verbose)
-    return run_extract(validate(args))
+    settings = validate(args)  # its usage errors are said before torch is imported
+    from pipeline.steps import run_extract  # torch
+
+    return run_extract(settings)
 
 
 EXTRACT_COMMAND = Command(

@@ -394,13 +394,42 @@ def _expand(spec: str, found: _Found, *, depth: int = 0) -> None:
         _expand_path(spec, found)
         return
     if not _has_glob(spec):
-        raise FileNotFoundError(f"input {spec} does not exist")
+        raise FileNotFoundError(_missing(spec))
     root, parts = _split_pattern(spec)
     before = found.size()
     folders_only = spec.endswith(("/", os.sep))
     _match(root, parts, 0, _Scope(root=root, found=found), folders_only=folders_only)
     if found.size() == before:
         raise FileNotFoundError(f"input pattern {spec} matched no image files")
+
+
+#: What an empty list of inputs is told.
+NO_INPUTS = "no inputs given: pass image files, directories, globs or @list.txt"
+
+
+def _missing(spec: str) -> str:
+    return f"input {spec} does not exist"
+
+
+def check_inputs_named(specs: Sequence[str]) -> None:
+    """Refuse at once what :func:`list_inputs` would refuse without walking anything: no
+    specs, an ``@list`` that is missing, unreadable or names lists, and a path that names
+    nothing and is no pattern. One ``stat`` per spec (a list is read), so a command can say it
+    before it loads any model; folders without images and patterns that match nothing are
+    found by the listing itself.
+
+    Raises:
+        ValueError, FileNotFoundError: as :func:`list_inputs`, with its messages.
+    """
+    if not specs:
+        raise ValueError(NO_INPUTS)
+    for spec in specs:
+        inner = _read_list(Path(spec[1:])) if spec.startswith("@") else [spec]
+        for one in inner:
+            if one.startswith("@") and spec.startswith("@"):
+                raise ValueError(f"input list {one[1:]}: lists cannot name other lists (@...)")
+            if not os.path.lexists(one) and not _has_glob(one):
+                raise FileNotFoundError(_missing(one))
 
 
 def check_unique_ids(items: Iterable[InputItem]) -> None:
@@ -464,7 +493,7 @@ def list_inputs(specs: Sequence[str]) -> InputListing:
         DuplicateIdError: two different files share an id.
     """
     if not specs:
-        raise ValueError("no inputs given: pass image files, directories, globs or @list.txt")
+        raise ValueError(NO_INPUTS)
     found = _Found()
     for spec in specs:
         _expand(spec, found)

@@ -4,6 +4,9 @@
 the detector config the run will use (from the preset, the checkpoint's stored config or the
 registry record, with the flags' overrides), all without loading or hashing any weights, so a
 bad flag costs nothing. Nothing later reads ``argparse`` results.
+
+It checks the flags, then the inputs and the model names, before torch is imported (only
+``--device`` and ``--precision`` need torch), so a usage error is said at once (issue 29).
 """
 
 from __future__ import annotations
@@ -12,22 +15,25 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from detector.checkpoint import detector_config
+from detector.checkpoint_config import detector_config
 from detector.config import DetectorConfig
 from detector.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from detector.options import InferenceOptions
-from detector.precision import Precision, check_precision
 from pipeline.boxes_file import BoxesFile, read_boxes_file
 from pipeline.exits import UsageError
-from pipeline.inputs import parse_shard, shard_output_path
+from pipeline.inputs import check_inputs_named, parse_shard, shard_output_path
 from pipeline.manifest import check_name_length
+from pipeline.model_flags import check_models
 from pipeline.precision_flags import precision_from_args
 from pipeline.writers import WriteMode, output_format
 from weights.defaults import DeviceError, extra_install_hint, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from detector.options import InferenceOptions
+    from detector.precision import Precision
 
 #: Where the detector runs: this machine, or actors on a Ray cluster.
 Engine = Literal["local", "ray"]
@@ -117,6 +123,8 @@ class ExtractSettings:
     @property
     def inference_options(self) -> InferenceOptions:
         """The detector's inference options for this run (every engine loads with these)."""
+        from detector.options import InferenceOptions  # torch: imported when a run loads
+
         return InferenceOptions(
             device=self.device,
             precision=self.precision,
@@ -198,6 +206,8 @@ def _device(args: argparse.Namespace) -> torch.device:
     if args.engine == "ray" and args.device.strip().lower().startswith("cuda"):
         # The actors' device: each actor holds one GPU of its node (num_gpus=1), seen there
         # as cuda; this process, which only writes, needs none.
+        import torch
+
         return torch.device("cuda")
     try:
         on_cpu = say if args.verbose else None  # a CPU machine's normal case: quiet
@@ -209,6 +219,8 @@ def _device(args: argparse.Namespace) -> torch.device:
 def _precision(args: argparse.Namespace, device: torch.device) -> Precision:
     """``--precision`` (or the deprecated ``--autocast``), refused where the device cannot
     run it: fp16 off CUDA, bf16 on a CPU without bf16 instructions (exit 2, not a slow run)."""
+    from detector.precision import check_precision  # torch, as the device has been
+
     precision = precision_from_args(args, prog="extract_features")
     try:
         check_precision(precision, device)
@@ -220,22 +232,22 @@ def _precision(args: argparse.Namespace, device: torch.device) -> Precision:
 def validate(args: argparse.Namespace) -> ExtractSettings:
     """Check every flag of ``extract_features`` and build the run's settings.
 
+    In this order: the flags and their combinations, the inputs (named ones exist) and the
+    ``--boxes-from`` file, the ``--detector`` model (found, else downloaded as the loader would)
+    and the flags its config bounds, Ray's presence; all before torch is imported. Then
+    ``--device`` and ``--precision``, which need torch.
+
     Raises:
         UsageError: a flag or a combination of flags that cannot run, named with the remedy.
     """
+    output, shard = _check_flags(args)
     try:
-        output_format(args.out)
-        shard = parse_shard(args.shard) if args.shard is not None else None
-    except ValueError as error:
+        check_inputs_named(args.inputs)
+    except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from error
-    output = shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
-    if output.is_dir():
-        raise UsageError(f"--out {output} is a directory; give a file name ending in .tsv or .h5")
-    if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
-        raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
-    _check_boxes_from_flags(args)  # before _config, whose box-count limits it overrides
-    config = _config(args)
     boxes_from = _boxes_from(args)
+    check_models([("--detector", args.detector)], download=True)
+    config = _config(args)
     try:
         check_name_length(output)
     except ValueError as error:
@@ -243,6 +255,9 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
     ray = _ray_settings(args)
     device = _device(args)
+    precision = _precision(args, device)
+    import torch  # loaded by the device check: the default thread count is torch's
+
     return ExtractSettings(
         inputs=tuple(args.inputs),
         out=args.out,
@@ -251,7 +266,7 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
         config=config,
         device=device,
         batch_size=args.batch_size,
-        precision=_precision(args, device),
+        precision=precision,
         compile=args.compile,
         deterministic=args.deterministic,
         workers=args.workers,
@@ -270,9 +285,26 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     )
 
 
-def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
-    """The cluster flags, refused without ``--engine ray``; with it, Ray Data must import
-    (the optional extra), checked before any model loads."""
+def _check_flags(args: argparse.Namespace) -> tuple[Path, tuple[int, int] | None]:
+    """The flags alone and their combinations (nothing read): the output this run writes and
+    ``--shard``."""
+    try:
+        output_format(args.out)
+        shard = parse_shard(args.shard) if args.shard is not None else None
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    output = shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
+    if output.is_dir():
+        raise UsageError(f"--out {output} is a directory; give a file name ending in .tsv or .h5")
+    if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
+        raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
+    _check_boxes_from_flags(args)  # before _config, whose box-count limits it overrides
+    _check_ray_flags(args)
+    return output, shard
+
+
+def _check_ray_flags(args: argparse.Namespace) -> None:
+    """The cluster flags are refused without ``--engine ray``."""
     given = [
         flag
         for flag, value in (
@@ -283,9 +315,14 @@ def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
         )
         if value is not None
     ]
+    if args.engine != "ray" and given:
+        raise UsageError(f"{', '.join(given)} only apply with --engine ray")
+
+
+def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
+    """With ``--engine ray`` its flags, once Ray Data imports (the optional extra), checked
+    before any model loads; None with the local engine."""
     if args.engine != "ray":
-        if given:
-            raise UsageError(f"{', '.join(given)} only apply with --engine ray")
         return None
     try:
         import ray.data  # noqa: F401  (the [ray] extra; imported here only to check)

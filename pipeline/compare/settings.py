@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -264,7 +266,7 @@ def _configs(
     args: argparse.Namespace,
 ) -> tuple[dict[ProposalMode, DetectorConfig], dict[ProposalMode, str]]:
     """Each proposal layer's config; a layer the preset cannot express is left out, named."""
-    from detector.checkpoint import detector_config
+    from detector.checkpoint_config import detector_config
 
     configs: dict[ProposalMode, DetectorConfig] = {}
     unavailable: dict[ProposalMode, str] = {}
@@ -288,6 +290,14 @@ def _check_feature_file(path: Path, what: str) -> None:
             f"{what} {path}: give an obj36 .tsv (LXMERT's or ours) or an .h5 output of "
             "extract_features"
         )
+
+
+def _check_exists(path: Path, role: str) -> None:
+    """A file that is not there, said as the reader says it, but before torch is imported
+    (the device check and :mod:`pipeline.store` need it)."""
+    if not os.path.lexists(path):
+        error = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        raise UsageError(f"cannot read the {role} {path}: {error}")
 
 
 def _check_mode(args: argparse.Namespace) -> None:
@@ -318,6 +328,9 @@ def validate_compare(args: argparse.Namespace) -> CompareSettings | FileCompareS
 
     _check_feature_file(args.reference, "reference")
     _check_mode(args)
+    _check_exists(args.reference, "reference")
+    if args.features is not None:
+        _check_exists(args.features, "candidate (--features)")
     if args.report is not None:
         _check_report_path(args.report)
     if args.features is not None:
