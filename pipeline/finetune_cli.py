@@ -160,8 +160,7 @@ class TrainSettings:
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     """The recipe's flags, defaults :class:`~encoder.finetune.FinetuneConfig`'s."""
-    from encoder.finetune import FinetuneConfig
-    from encoder.finetune.config import LXMERT_TASK_LR
+    from encoder.finetune.config import LXMERT_TASK_LR, FinetuneConfig
 
     d = FinetuneConfig()
     parser.add_argument(
@@ -234,9 +233,8 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 def validate_train(args: argparse.Namespace) -> TrainSettings:
     """Flags -> :class:`TrainSettings`; :class:`UsageError` for anything wrong, before work."""
-    from encoder.finetune import FinetuneConfig
-    from encoder.finetune.config import lxmert_recipe_lr
-    from encoder.finetune.run import CHECKPOINT, check_out_is_ours
+    from encoder.finetune.config import FinetuneConfig, lxmert_recipe_lr
+    from encoder.finetune.layout import CHECKPOINT, check_out_is_ours
 
     try:
         recipe = FinetuneConfig(
@@ -324,11 +322,11 @@ def plan_train(
 
 def run_train(args: argparse.Namespace) -> int:
     """``train``: validate -> plan (data, answers) -> run (model, fit) -> finish."""
+    settings = validate_train(args)  # its usage errors are said before torch is imported
     from encoder.finetune import QADataset, prepare_encoder
     from encoder.finetune.run import CHECKPOINT
     from weights.defaults import resolve_device
 
-    settings = validate_train(args)
     inputs = run_inputs(settings)
     check_resume(settings, checkpoint=settings.out / CHECKPOINT, inputs=inputs)
     store = open_stores(settings.features)

@@ -13,10 +13,14 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+# torch is imported where a rank uses it: ``lxmert-finetune``'s parser and usage errors
+# import this module and must not load torch (issue 29).
+if TYPE_CHECKING:
+    import torch
 
-from encoder.finetune.distributed import SINGLE, Ranks, current_ranks
+    from encoder.finetune.distributed import Ranks
 
 
 def world_size() -> int:
@@ -41,14 +45,19 @@ def rank_device(device: torch.device) -> torch.device:
     several processes, else ``device``."""
     if world_size() == 1 or device.type != "cuda":
         return device
+    import torch
+
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def join_group(device: torch.device) -> Ranks:
     """Join torchrun's process group (gloo for CPU, NCCL for CUDA); a single process without
     torchrun. Every rank must call it: it waits until all have."""
+    from encoder.finetune.distributed import SINGLE, current_ranks
+
     if world_size() == 1:
         return SINGLE
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -66,6 +75,8 @@ def peers_lost_named(ranks: Ranks, *, remedy: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:
+        import torch.distributed
+
         # gloo raises a plain RuntimeError naming its transport, NCCL a DistBackendError.
         text = str(error)
         lost = isinstance(error, torch.distributed.DistBackendError) or "gloo" in text

@@ -5,66 +5,136 @@ into a folder, as ``lxmert-finetune train`` does it: :func:`fit_and_write`
 
 Nothing here imports ``pipeline``: regions come through :class:`RegionSource`, which a
 ``pipeline.store.FeatureStore`` satisfies.
+
+The names below are imported when first asked for (PEP 562), so that ``encoder.finetune.config``
+(the recipe's defaults, which ``lxmert-finetune train --help`` shows) imports no torch or
+transformers (issue 29).
 """
 
-from encoder.finetune.config import TRAIN_PRECISIONS, FinetuneConfig, TrainPrecision
-from encoder.finetune.data import (
-    DataError,
-    QADataset,
-    QAExample,
-    QuestionEntry,
-    RegionSource,
-    answer_table_from_labels,
-    read_question_files,
-    read_questions,
-    with_regions,
-)
-from encoder.finetune.evaluation import (
-    TASKS,
-    HumanAnswers,
-    Task,
-    prediction_records,
-    question_scores,
-    read_vqa_annotations,
-)
-from encoder.finetune.fit import FitResult, ResumeError, fit
-from encoder.finetune.loop import (
-    EpochRecord,
-    Progress,
-    TrainingState,
-    evaluate,
-    load_checkpoint,
-    predict,
-    train_epoch,
-)
-from encoder.finetune.metrics import (
-    AccuracyReport,
-    exact_match,
-    normalize_vqa_answer,
-    soft_score,
-    summarize,
-    vqa_human_accuracy,
-)
-from encoder.finetune.model import (
-    FINETUNE_FILE,
-    prepare_encoder,
-    prepare_nlvr2_encoder,
-    write_model_dir,
-)
-from encoder.finetune.pair_loop import evaluate_pairs, predict_pairs, train_pair_epoch
-from encoder.finetune.pairs import (
-    PairDataset,
-    PairEntry,
-    PairExample,
-    PairReport,
-    pair_scores,
-    pairs_with_regions,
-    prediction_csv,
-    read_pair_files,
-    statement_group,
-)
-from encoder.finetune.run import answer_table, check_out_is_ours, fit_and_write
-from encoder.finetune.surgery import transfer_answer_head
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from encoder.finetune.config import TRAIN_PRECISIONS, FinetuneConfig, TrainPrecision
+    from encoder.finetune.data import (
+        DataError,
+        QADataset,
+        QAExample,
+        QuestionEntry,
+        RegionSource,
+        answer_table_from_labels,
+        read_question_files,
+        read_questions,
+        with_regions,
+    )
+    from encoder.finetune.evaluation import (
+        TASKS,
+        HumanAnswers,
+        Task,
+        prediction_records,
+        question_scores,
+        read_vqa_annotations,
+    )
+    from encoder.finetune.fit import FitResult, ResumeError, fit
+    from encoder.finetune.loop import (
+        EpochRecord,
+        Progress,
+        TrainingState,
+        evaluate,
+        load_checkpoint,
+        predict,
+        train_epoch,
+    )
+    from encoder.finetune.metrics import (
+        AccuracyReport,
+        exact_match,
+        normalize_vqa_answer,
+        soft_score,
+        summarize,
+        vqa_human_accuracy,
+    )
+    from encoder.finetune.model import (
+        FINETUNE_FILE,
+        prepare_encoder,
+        prepare_nlvr2_encoder,
+        write_model_dir,
+    )
+    from encoder.finetune.pair_loop import evaluate_pairs, predict_pairs, train_pair_epoch
+    from encoder.finetune.pairs import (
+        PairDataset,
+        PairEntry,
+        PairExample,
+        PairReport,
+        pair_scores,
+        pairs_with_regions,
+        prediction_csv,
+        read_pair_files,
+        statement_group,
+    )
+    from encoder.finetune.run import answer_table, check_out_is_ours, fit_and_write
+    from encoder.finetune.surgery import transfer_answer_head
+
+#: Each exported name and the submodule that defines it.
+_EXPORTS = {
+    "FINETUNE_FILE": "encoder.finetune.layout",
+    "TASKS": "encoder.finetune.evaluation",
+    "TRAIN_PRECISIONS": "encoder.finetune.config",
+    "AccuracyReport": "encoder.finetune.metrics",
+    "DataError": "encoder.finetune.data",
+    "EpochRecord": "encoder.finetune.loop",
+    "FinetuneConfig": "encoder.finetune.config",
+    "FitResult": "encoder.finetune.fit",
+    "HumanAnswers": "encoder.finetune.evaluation",
+    "PairDataset": "encoder.finetune.pairs",
+    "PairEntry": "encoder.finetune.pairs",
+    "PairExample": "encoder.finetune.pairs",
+    "PairReport": "encoder.finetune.pairs",
+    "Progress": "encoder.finetune.loop",
+    "QADataset": "encoder.finetune.data",
+    "QAExample": "encoder.finetune.data",
+    "QuestionEntry": "encoder.finetune.data",
+    "RegionSource": "encoder.finetune.data",
+    "ResumeError": "encoder.finetune.fit",
+    "Task": "encoder.finetune.evaluation",
+    "TrainPrecision": "encoder.finetune.config",
+    "TrainingState": "encoder.finetune.loop",
+    "answer_table": "encoder.finetune.run",
+    "answer_table_from_labels": "encoder.finetune.data",
+    "check_out_is_ours": "encoder.finetune.layout",
+    "evaluate": "encoder.finetune.loop",
+    "evaluate_pairs": "encoder.finetune.pair_loop",
+    "exact_match": "encoder.finetune.metrics",
+    "fit": "encoder.finetune.fit",
+    "fit_and_write": "encoder.finetune.run",
+    "load_checkpoint": "encoder.finetune.loop",
+    "normalize_vqa_answer": "encoder.finetune.metrics",
+    "pair_scores": "encoder.finetune.pairs",
+    "pairs_with_regions": "encoder.finetune.pairs",
+    "predict": "encoder.finetune.loop",
+    "predict_pairs": "encoder.finetune.pair_loop",
+    "prediction_csv": "encoder.finetune.pairs",
+    "prediction_records": "encoder.finetune.evaluation",
+    "prepare_encoder": "encoder.finetune.model",
+    "prepare_nlvr2_encoder": "encoder.finetune.model",
+    "question_scores": "encoder.finetune.evaluation",
+    "read_pair_files": "encoder.finetune.pairs",
+    "read_question_files": "encoder.finetune.data",
+    "read_questions": "encoder.finetune.data",
+    "read_vqa_annotations": "encoder.finetune.evaluation",
+    "soft_score": "encoder.finetune.metrics",
+    "statement_group": "encoder.finetune.pairs",
+    "summarize": "encoder.finetune.metrics",
+    "train_epoch": "encoder.finetune.loop",
+    "train_pair_epoch": "encoder.finetune.pair_loop",
+    "transfer_answer_head": "encoder.finetune.surgery",
+    "vqa_human_accuracy": "encoder.finetune.metrics",
+    "with_regions": "encoder.finetune.data",
+    "write_model_dir": "encoder.finetune.model",
+}
 
 __all__ = [
     "FINETUNE_FILE",
@@ -122,3 +192,29 @@ __all__ = [
     "with_regions",
     "write_model_dir",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """An exported name, imported from its submodule now."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """This package, keeping :func:`fit` the function: the submodule ``encoder.finetune.fit``
+    shares its name, and importing it binds the module here (as the eager ``from
+    encoder.finetune.fit import fit`` this package used to run replaced it at once)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "fit" and isinstance(value, types.ModuleType):
+            value = value.fit  # the submodule has run: its function is there
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

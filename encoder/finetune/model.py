@@ -18,13 +18,11 @@ from encoder.answers import AnswerTable
 from encoder.build import ANSWERS_FILE, VOCAB_FILE, Encoder, load_encoder
 from encoder.config import config_for
 from encoder.finetune.config import FinetuneConfig
+from encoder.finetune.layout import FINETUNE_FILE as FINETUNE_FILE  # re-exported
 from encoder.finetune.surgery import transfer_answer_head
 from encoder.model import quiet_progress_bars
 from encoder.original import original_checkpoint_file, transfer_answer_head_lxmert_qa
 from weights.files import atomic_path, atomic_write_text
-
-#: The file of an output directory that records the recipe, the command and the history.
-FINETUNE_FILE = "finetune.json"
 
 
 def prepare_encoder(

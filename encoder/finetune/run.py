@@ -24,32 +24,21 @@ from encoder.finetune.data import DataError, QuestionEntry, answer_table_from_la
 from encoder.finetune.distributed import current_ranks
 from encoder.finetune.evaluation import Task
 from encoder.finetune.fit import FitData, FitResult, fit
+
+# CHECKPOINT, LAST_DIR and check_out_is_ours are re-exported: the run folder's layout and
+# its ownership rule live where torch is not needed (encoder.finetune.layout).
+from encoder.finetune.layout import CHECKPOINT as CHECKPOINT
+from encoder.finetune.layout import FINETUNE_FILE
+from encoder.finetune.layout import LAST_DIR as LAST_DIR
+from encoder.finetune.layout import check_out_is_ours as check_out_is_ours
 from encoder.finetune.log import epoch_reporter, write_log
-from encoder.finetune.model import FINETUNE_FILE, write_model_dir
+from encoder.finetune.model import write_model_dir
 from weights.files import atomic_write_text
-from weights.ownership import check_folder_is_ours
 
 if TYPE_CHECKING:
     from encoder.answers import AnswerTable
     from encoder.build import Encoder
     from encoder.finetune.loop import EpochRecord, Progress
-
-#: The resume checkpoint inside the run's folder.
-CHECKPOINT = Path("training") / "last.pt"
-#: The last epoch's model inside the run's folder (the folder itself holds the best one).
-LAST_DIR = "last"
-
-
-def check_out_is_ours(out: Path, *, source: str | Path | None = None, flag: str = "--out") -> None:
-    """``out`` must be new, empty, or a folder an earlier run wrote (it holds our
-    :data:`FINETUNE_FILE` or :data:`CHECKPOINT`): a model folder of someone else's, the
-    starting model ``source`` included, is never written over.
-
-    Raises:
-        weights.ownership.NotOursError: (a ``ValueError``; exit 2 in a command) naming ``flag``.
-    """
-    inputs = [("the starting model (--from)", Path(source))] if source is not None else []
-    check_folder_is_ours(out, markers=(FINETUNE_FILE, CHECKPOINT), flag=flag, inputs=inputs)
 
 
 def answer_table(

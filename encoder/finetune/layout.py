@@ -1,0 +1,31 @@
+"""The fine-tuning run folder's layout, and the rule that a run writes only its own folder.
+
+Imports no torch or transformers: ``lxmert-finetune train`` checks its ``--out`` with these
+before either is loaded, so a usage error is said at once (issue 29).
+:mod:`encoder.finetune.run` and :mod:`encoder.finetune.model` re-export the names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from weights.ownership import check_folder_is_ours
+
+#: The file of an output directory that records the recipe, the command and the history.
+FINETUNE_FILE = "finetune.json"
+#: The resume checkpoint inside the run's folder.
+CHECKPOINT = Path("training") / "last.pt"
+#: The last epoch's model inside the run's folder (the folder itself holds the best one).
+LAST_DIR = "last"
+
+
+def check_out_is_ours(out: Path, *, source: str | Path | None = None, flag: str = "--out") -> None:
+    """``out`` must be new, empty, or a folder an earlier run wrote (it holds our
+    :data:`FINETUNE_FILE` or :data:`CHECKPOINT`): a model folder of someone else's, the
+    starting model ``source`` included, is never written over.
+
+    Raises:
+        weights.ownership.NotOursError: (a ``ValueError``; exit 2 in a command) naming ``flag``.
+    """
+    inputs = [("the starting model (--from)", Path(source))] if source is not None else []
+    check_folder_is_ours(out, markers=(FINETUNE_FILE, CHECKPOINT), flag=flag, inputs=inputs)
