@@ -40,10 +40,38 @@ def test_extract_features_command_imports_no_encoder_or_compiler_stack() -> None
         "pipeline.web.cli",
         "weights",
         "weights.__main__",
+        # What the commands check their flags, inputs and model names with (issue 29).
+        "detector",
+        "detector.config",
+        "detector.checkpoint_config",
+        "pipeline.settings",
+        "pipeline.merge",
+        "pipeline.convert",
+        "pipeline.compare",
+        "pipeline.finetune_cli",
+        "encoder",
+        "encoder.finetune",
+        "encoder.finetune.config",
+        "encoder.finetune.layout",
     ],
 )
 def test_light_modules_do_not_import_torch(module: str) -> None:
-    assert modules_after(f"import {module}", ("torch",)) == set()
+    assert modules_after(f"import {module}", ("torch", "transformers")) == set()
+
+
+def test_lazy_package_exports_are_the_submodules_own() -> None:
+    """detector, encoder and encoder.finetune export their names when first asked for (so
+    that their torch-free submodules import without torch): each resolves to its own
+    submodule's object, and ``__all__`` names exactly what can be asked for."""
+    import importlib
+
+    for name in ("detector", "encoder", "encoder.finetune"):
+        package = importlib.import_module(name)
+        assert sorted(package.__all__) == sorted(package._EXPORTS), name
+        for exported, module in package._EXPORTS.items():
+            own = getattr(importlib.import_module(module), exported)
+            assert getattr(package, exported) is own, f"{name}.{exported}"
+        assert not hasattr(package, "no_such_name"), name
 
 
 def test_detector_runs_without_the_torchvision_package() -> None:
