@@ -7,8 +7,19 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+#: Variables that point the code at a user's caches, models, registry or a hub: each test
+#: starts without them (:func:`_private_caches`).
+_USER_LOCATIONS = (
+    "LXMERT_PIPELINE_WEIGHTS",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_ENDPOINT",
+)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -52,3 +63,21 @@ def _process_state_restored() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if torch is not None and threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _private_caches(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test (and every process it starts) gets its own empty Hugging Face home, cache
+    folder and config folder (where names are registered), offline: nothing reads or writes
+    the user's caches or the network, and no test sees another's cached index or download.
+    Returns the folder that holds the three."""
+    root = tmp_path_factory.mktemp("user")
+    for variable in _USER_LOCATIONS:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HOME", str(root / "hf-home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "xdg-cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(root / "xdg-config"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return root
