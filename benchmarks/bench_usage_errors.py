@@ -77,6 +77,13 @@ CASES: tuple[Case, ...] = (
     Case("extract_features", "bad number", EXTRACT, ("{img}", "-o", "{tmp}/o.tsv", "--boxes", "x")),
     Case("extract_features", "missing input", EXTRACT, ("{tmp}/none.png", "-o", "{tmp}/o.tsv")),
     Case("extract_features", "model not here", EXTRACT, ("{img}", "-o", "{tmp}/o.tsv")),
+    Case("extract_features", "bad --out suffix", EXTRACT, ("{img}", "-o", "{tmp}/o.txt")),
+    Case(
+        "extract_features",
+        "--no-clip without --boxes-from",
+        EXTRACT,
+        ("{img}", "-o", "{tmp}/o.tsv", "--no-clip"),
+    ),
     Case(
         "extract_features",
         "--device cuda:9",
