@@ -28,12 +28,7 @@ MAX_FUNCTION_LINES = 60
 LONG_MODULES: dict[str, str] = {}
 
 #: Functions allowed over :data:`MAX_FUNCTION_LINES` ("path:qualified.name"), why.
-LONG_FUNCTIONS: dict[str, str] = {
-    # Gradio wiring whose nested callbacks count as its lines; the web page's owner this round
-    # shortens them (the page is outside this change).
-    "pipeline/web/app.py:_wire": "nested Gradio callbacks; to shorten",
-    "pipeline/web/app.py:_wire_nlvr2": "nested Gradio callbacks; to shorten",
-}
+LONG_FUNCTIONS: dict[str, str] = {}
 
 
 def library_modules() -> list[Path]:

@@ -55,6 +55,7 @@ from pipeline.web.service import (
 from pipeline.web.why_view import (
     PairWhy,
     Why,
+    answer_charts,
     clicked_answer,
     clicked_verdict,
     explained,
@@ -381,18 +382,10 @@ def _wire(
         return _outputs(service, offer, image, questions, *chosen)
 
     def choices(key: Any) -> Any:
-        """The highlight picker's choices for the detection's regions, nothing picked."""
-        known = service.known(key)
-        return gr.update(choices=region_choices(known) if known else [], value=None)
+        return _region_choices(service, key)
 
-    @_shown_errors
     def redraw(key: Any, shown: Any, picked: Any) -> Any:
-        known = service.known(key)
-        if known is None:
-            return gr.skip()
-        count = bounded(shown, low=1, high=MAX_SHOWN, what="Boxes shown")
-        row = picked if isinstance(picked, int) and not isinstance(picked, bool) else None
-        return boxes_picture(known, shown=count, picked=row)
+        return _redraw(service, key, shown, picked)
 
     why_asked, explain_after = _wire_why(service, offer, page, controls=controls, status=status)
     outputs = [page.picture, page.table, status, detection]
@@ -409,7 +402,7 @@ def _wire(
             concurrency_id="models",
         ).success(choices, detection, page.picked, api_visibility="private")
         if fn is ask:
-            done.success(_charts, page.answers, list(page.charts), api_visibility="private")
+            done.success(answer_charts, page.answers, list(page.charts), api_visibility="private")
             explain_after(
                 done.success(top_answer, page.answers, why_asked, api_visibility="private")
             )
@@ -417,6 +410,24 @@ def _wire(
     page.shown.release(redraw, redraw_inputs, page.picture, api_visibility="private")
     page.picked.change(redraw, redraw_inputs, page.picture, api_visibility="private")
     page.table.select(_picked_row, None, page.picked, api_visibility="private")
+
+
+def _region_choices(service: DemoService, key: Any) -> Any:
+    """The highlight picker's choices for the detection ``key``'s regions, nothing picked."""
+    known = service.known(key)
+    return gr.update(choices=region_choices(known) if known else [], value=None)
+
+
+@_shown_errors
+def _redraw(service: DemoService, key: Any, shown: Any, picked: Any) -> Any:
+    """The detection ``key``'s picture with ``shown`` boxes and the ``picked`` row outlined;
+    nothing when the detection is no longer known."""
+    known = service.known(key)
+    if known is None:
+        return gr.skip()
+    count = bounded(shown, low=1, high=MAX_SHOWN, what="Boxes shown")
+    row = picked if isinstance(picked, int) and not isinstance(picked, bool) else None
+    return boxes_picture(known, shown=count, picked=row)
 
 
 @dataclass(frozen=True)
@@ -488,20 +499,8 @@ def _wire_nlvr2(
         selection: str,
         box_count: float,
     ) -> tuple[Any, ...]:
-        settings = settings_of(offer, detector, encoder, selection, box_count)
-        first, second, verdicts, timing = service.judge(
-            upload_of(left, offer.uploads),
-            upload_of(right, offer.uploads),
-            _text(statements),
-            settings,
-        )
-        return (
-            boxes_picture(first, shown=DEFAULT_SHOWN),
-            boxes_picture(second, shown=DEFAULT_SHOWN),
-            [verdict.as_json() for verdict in verdicts],
-            f"{len(verdicts)} statement(s) judged by {settings.encoder}; {timing.describe()}; "
-            f"{service.describe_models()}",
-        )
+        chosen = (detector, encoder, selection, box_count)
+        return _judged(service, offer, left, right, statements, chosen)
 
     @_shown_errors
     def explain_verdict(
@@ -537,6 +536,29 @@ def _wire_nlvr2(
         chart.select(clicked_verdict(number), pair.verdicts, asked, **private).success(**explaining)
 
 
+def _judged(
+    service: DemoService,
+    offer: Offer,
+    left: Any,
+    right: Any,
+    statements: Any,
+    chosen: tuple[str, str, str, float],
+) -> tuple[Any, ...]:
+    """The NLVR2 tab's outputs: both pictures, the verdicts, the status line. ``chosen``:
+    detector, encoder, selection, box count, as the page sent them."""
+    settings = settings_of(offer, *chosen)
+    first, second, verdicts, timing = service.judge(
+        upload_of(left, offer.uploads), upload_of(right, offer.uploads), _text(statements), settings
+    )
+    return (
+        boxes_picture(first, shown=DEFAULT_SHOWN),
+        boxes_picture(second, shown=DEFAULT_SHOWN),
+        [verdict.as_json() for verdict in verdicts],
+        f"{len(verdicts)} statement(s) judged by {settings.encoder}; {timing.describe()}; "
+        f"{service.describe_models()}",
+    )
+
+
 def _text(value: object) -> str:
     """A text box's value: a string, or nothing (a client may send null or a number)."""
     return value if isinstance(value, str) else ""
@@ -567,20 +589,6 @@ def _outputs(
         view.detection.key,
         [answer.as_json() for answer in view.answers],
     )
-
-
-def _charts(answers: list[dict[str, Any]] | None) -> list[Any]:
-    """One bar chart (``gr.Label``) per question, the rest hidden."""
-    shown = answers or []
-    updates = [
-        gr.update(
-            value={a["answer"]: a["probability"] for a in entry["answers"]},
-            label=entry["question"],
-            visible=True,
-        )
-        for entry in shown
-    ]
-    return updates + [gr.update(visible=False)] * (MAX_QUESTIONS - len(updates))
 
 
 def _picked_row(event: gr.SelectData) -> int:

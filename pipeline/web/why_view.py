@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from pipeline.web.models import ModelSettings
-from pipeline.web.service import DemoError, DemoService, Timing
+from pipeline.web.service import MAX_QUESTIONS, DemoError, DemoService, Timing
 from pipeline.web.why import regions_html, relevance_picture, words_html
 
 
@@ -141,6 +141,20 @@ def pair_why_layout() -> PairWhy:
         )
     text = gr.HTML(elem_id="pair-why")
     return PairWhy(statement, verdict, left, right, text)
+
+
+def answer_charts(answers: list[dict[str, Any]] | None) -> list[Any]:
+    """One bar chart (``gr.Label``) per question, the rest of the page's
+    :data:`~pipeline.web.service.MAX_QUESTIONS` charts hidden."""
+    updates = [
+        gr.update(
+            value={a["answer"]: a["probability"] for a in entry["answers"]},
+            label=entry["question"],
+            visible=True,
+        )
+        for entry in answers or []
+    ]
+    return updates + [gr.update(visible=False)] * (MAX_QUESTIONS - len(updates))
 
 
 def verdict_charts(verdicts: list[dict[str, Any]] | None, count: int) -> list[Any]:
