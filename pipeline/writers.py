@@ -25,6 +25,7 @@ from pipeline.formats.h5 import (
     H5_FORMAT_VERSION,
     H5_LAYOUT,
     H5Writer,
+    check_h5,
     h5_ids,
     iter_h5,
     journal_path,
@@ -256,15 +257,7 @@ def _h5_facts(path: Path) -> FeatureFileFacts:
     if not h5py.is_hdf5(path):
         raise ValueError(f"{path}: not an HDF5 file")
     with h5py.File(path, "r") as f:
-        layout = f.attrs.get("format")
-        if layout != H5_FORMAT_NAME:
-            raise ValueError(
-                f"{path}: an HDF5 file of another layout (root attribute format is "
-                f"{layout!r}, not {H5_FORMAT_NAME!r}); merge reads feature files of this tool"
-            )
-        version = int(f.attrs.get("format_version", -1))
-        if version != H5_FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {version}, merge reads {H5_FORMAT_VERSION}")
+        check_h5(f, path, remedy="merge reads feature files of this tool")
         ids = tuple(str(x) for x in f["img_id"].asstr()[()]) if f["img_id"].shape[0] else ()
         counts = [int(n) for n in f["num_boxes"][()]]
         dim = int(f.attrs["feature_dim"])

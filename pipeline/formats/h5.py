@@ -79,15 +79,23 @@ def _create_h5_layout(f: h5py.File, *, feature_dim: int) -> None:
         f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="<f4", chunks=(4096,))
 
 
-def check_h5(f: h5py.File, path: Path) -> None:
-    if f.attrs.get("format") != H5_FORMAT_NAME:
+def check_h5(
+    f: h5py.File, path: Path, *, remedy: str = "choose another --out or pass --overwrite"
+) -> None:
+    """``f`` is a feature file of this tool's layout and version; else a ``ValueError`` naming
+    ``path``, what it found and the caller's ``remedy`` (the one check of the layout, for the
+    writers that append and for merge)."""
+    layout = f.attrs.get("format")
+    if layout != H5_FORMAT_NAME:
         raise ValueError(
-            f"{path}: not a feature file of this tool (root attribute format != "
-            f"{H5_FORMAT_NAME!r}); choose another --out or pass --overwrite"
+            f"{path}: an HDF5 file of another layout (root attribute format is {layout!r}, not "
+            f"{H5_FORMAT_NAME!r}), not a feature file of this tool; {remedy}"
         )
     version = int(f.attrs.get("format_version", -1))
     if version != H5_FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version}, this tool reads {H5_FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format_version {version}, this tool reads {H5_FORMAT_VERSION}; {remedy}"
+        )
 
 
 def _append_h5(f: h5py.File, regions: Sequence[RegionFeatures]) -> None:
