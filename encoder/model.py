@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from transformers import (
     LxmertConfig,
@@ -19,6 +21,8 @@ from transformers.utils import logging as transformers_logging
 from encoder.config import Head, config_for
 from encoder.nlvr2 import LxmertForNLVR2
 from weights import resolve_checkpoint
+
+LOG = logging.getLogger(__name__)
 
 _HEAD_CLASSES: dict[str, type[LxmertPreTrainedModel]] = {
     "qa": LxmertForQuestionAnswering,
@@ -105,9 +109,76 @@ def build_model(
         )
     directory = checkpoint_directory(source)
     model_class = _head_class(head or saved_head(directory) or config_for(source).head)
-    with quiet_progress_bars():
-        model = model_class.from_pretrained(directory, local_files_only=True, weights_only=True)
+    shown = LOG.isEnabledFor(logging.DEBUG)
+    with quiet_progress_bars(), _transformers_load_report(shown=shown):
+        loaded: Any = model_class.from_pretrained(
+            directory, local_files_only=True, weights_only=True, output_loading_info=True
+        )
+    model, info = cast("tuple[LxmertPreTrainedModel, Mapping[str, object]]", loaded)
+    summary = load_summary(info, source=str(source), head=model_class.__name__)
+    if summary is not None:
+        LOG.log(summary[0], "%s", summary[1])
     return model.eval()
+
+
+#: Checkpoint key prefixes of LXMERT's pretraining heads (masked words, masked objects,
+#: image-text match), which a task model does not have: expected to go unused.
+PRETRAINING_HEAD_PREFIXES = ("cls.", "obj_predict_head.")
+
+
+def load_summary(info: Mapping[str, object], *, source: str, head: str) -> tuple[int, str] | None:
+    """What ``from_pretrained``'s loading info says, in one line, with its logging level:
+    pretraining-head weights a task model does not use are expected (INFO); any other unused,
+    missing or reshaped weight is a WARNING naming the first few. None when every weight was
+    used as saved."""
+
+    def keys(name: str) -> list[str]:
+        value = info.get(name) or ()
+        return sorted(str(k[0] if isinstance(k, tuple) else k) for k in value)  # type: ignore[attr-defined]
+
+    unused, missing, reshaped = (
+        keys("unexpected_keys"),
+        keys("missing_keys"),
+        keys("mismatched_keys"),
+    )
+    heads = [k for k in unused if k.startswith(PRETRAINING_HEAD_PREFIXES)]
+    others = [k for k in unused if k not in heads]
+    if not (others or missing or reshaped):
+        if not heads:
+            return None
+        return logging.INFO, f"{source}: {len(heads)} pretraining-head weights not used by {head}"
+    parts = [
+        f"{len(found)} {what} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})"
+        for found, what in (
+            (others, "unused"),
+            (missing, "newly initialised"),
+            (reshaped, "reshaped"),
+        )
+        if found
+    ]
+    return logging.WARNING, f"{source} as {head}: weights " + "; ".join(parts)
+
+
+@contextmanager
+def _transformers_load_report(*, shown: bool) -> Iterator[None]:
+    """transformers' LOAD REPORT table (a warning with ANSI codes) only when ``shown``
+    (``-v``: the ``encoder`` logger at DEBUG); :func:`load_summary` says it in one line.
+
+    A filter on its logger, not a level: transformers checks that logger's level to decide
+    whether to warn about tensor-parallel plans (``verify_tp_plan``), so raising it would add
+    a warning of its own.
+    """
+
+    def not_the_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    if not shown:
+        logger.addFilter(not_the_report)
+    try:
+        yield
+    finally:
+        logger.removeFilter(not_the_report)
 
 
 @contextmanager

@@ -21,19 +21,23 @@ __all__ = [
 ]
 
 
-def configure_logging(*, quiet: bool, verbose: bool) -> None:
-    """Messages of the ``pipeline`` loggers to stderr, plain: warnings only with ``quiet``,
-    debug with ``verbose``. Installed once per process (by name), so a process running
-    several commands logs each message once."""
+def configure_logging(
+    *, quiet: bool, verbose: bool, names: tuple[str, ...] = ("pipeline",)
+) -> None:
+    """Messages of the ``names`` loggers (and their children) to stderr, plain: warnings only
+    with ``quiet``, debug with ``verbose``. Installed once per process (by name), so a process
+    running several commands logs each message once. ``encoder`` says what a model load left
+    unused in one line, and shows transformers' own report at debug."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logger = logging.getLogger("pipeline")
-    logger.setLevel(level)
-    if not any(handler.get_name() == "lxmert-pipeline" for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name("lxmert-pipeline")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not any(handler.get_name() == "lxmert-pipeline" for handler in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.set_name("lxmert-pipeline")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
 
 
 def positive_int(text: str) -> int:

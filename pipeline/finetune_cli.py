@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.command import Command, positive_int, run_command
+from pipeline.command import Command, configure_logging, positive_int, run_command
 from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from pipeline.finetune_common import (
@@ -323,6 +323,7 @@ def plan_train(
 def run_train(args: argparse.Namespace) -> int:
     """``train``: validate -> plan (data, answers) -> run (model, fit) -> finish."""
     settings = validate_train(args)  # its usage errors are said before torch is imported
+    configure_logging(quiet=False, verbose=args.verbose, names=("encoder",))
     from encoder.finetune import QADataset, prepare_encoder
     from encoder.finetune.run import CHECKPOINT
     from weights.defaults import resolve_device

@@ -77,7 +77,12 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         "--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="tracebacks of errors, and transformers' full report of a model load",
+    )
 
 
 def existing(paths: Sequence[Path], flag: str) -> tuple[Path, ...]:

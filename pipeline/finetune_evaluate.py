@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.command import Command, positive_int
+from pipeline.command import Command, configure_logging, positive_int
 from pipeline.data_errors import data_errors_are_usage
 from pipeline.exits import EXIT_INTERRUPTED, EXIT_OK, UsageError
 from pipeline.finetune_common import (
@@ -135,6 +135,7 @@ def _prediction_text(records: list[dict[str, int | str]], path: Path) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: validate -> plan -> predict -> score and write."""
+    configure_logging(quiet=False, verbose=args.verbose, names=("encoder",))
     from encoder.build import load_encoder
     from encoder.config import config_for
     from encoder.finetune import (

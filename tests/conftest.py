@@ -47,19 +47,21 @@ def png_header_only() -> Callable[[int, int], bytes]:
 @pytest.fixture(autouse=True)
 def _process_state_restored() -> Iterator[None]:
     """What a command's ``main(argv)`` called in this process changes for the whole process,
-    put back after each test: the ``pipeline`` logger (``configure_logging`` gives it a handler
-    bound to the ``sys.stderr`` of that moment, which is a test's capture, closed after it) and
+    put back after each test: the ``pipeline`` and ``encoder`` loggers (``configure_logging``
+    gives them a handler bound to the ``sys.stderr`` of that moment, which is a test's capture,
+    closed after it) and
     torch's thread count (``--threads``, which would slow every later test). Torch is only
     looked at when a test has imported it, so that tests without it stay light."""
-    logger = logging.getLogger("pipeline")
-    saved = (logger.level, logger.propagate, list(logger.handlers))
+    loggers = [logging.getLogger(name) for name in ("pipeline", "encoder")]
+    saved = [(log.level, log.propagate, list(log.handlers)) for log in loggers]
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else None
     yield
-    logger.setLevel(saved[0])
-    logger.propagate = saved[1]
-    for handler in [h for h in logger.handlers if h not in saved[2]]:
-        logger.removeHandler(handler)
+    for logger, (level, propagate, handlers) in zip(loggers, saved, strict=True):
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for handler in [h for h in logger.handlers if h not in handlers]:
+            logger.removeHandler(handler)
     torch = sys.modules.get("torch")
     if torch is not None and threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
