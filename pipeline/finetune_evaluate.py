@@ -136,6 +136,11 @@ def _prediction_text(records: list[dict[str, int | str]], path: Path) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: validate -> plan -> predict -> score and write."""
     configure_logging(quiet=False, verbose=args.verbose, names=("encoder",))
+    # The named files first, before torch is imported: a usage error is said at once.
+    existing(args.questions, "--questions")
+    existing(args.features, "--features")
+    existing([args.annotations] if args.annotations else [], "--annotations")
+    check_evaluate_outputs(args)
     from encoder.build import load_encoder
     from encoder.config import config_for
     from encoder.finetune import (
@@ -147,7 +152,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     from weights.defaults import resolve_device
 
-    check_evaluate_outputs(args)
     record = _model_record(args.model)
     saved_task = record.get("task")
     task: Task = args.task or (saved_task if saved_task in ("gqa", "nlvr2") else "vqa")

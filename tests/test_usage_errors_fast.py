@@ -166,6 +166,17 @@ CASES = [
         ],
         "is a file; give a directory",
     ),
+    *(
+        (
+            "pipeline.finetune_cli:main",
+            ["evaluate", "--model", "shapes-lxmert", *files],
+            "{tmp}/none.json: no such file",
+        )
+        for files in (
+            ("--questions", "{tmp}/none.json", "--features", IMAGE),
+            ("--questions", IMAGE, "--features", IMAGE, "--annotations", "{tmp}/none.json"),
+        )
+    ),
 ]
 
 
