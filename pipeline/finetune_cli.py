@@ -70,7 +70,7 @@ from pipeline.finetune_export import EXPORT_COMMAND
 from pipeline.finetune_labels import check_labels
 from pipeline.finetune_resume import check_resume, run_inputs
 from pipeline.finetune_subset import Subset, add_subset_flags, first, tiny_images
-from pipeline.model_flags import MODEL_LOAD_ERRORS
+from pipeline.model_flags import MODEL_LOAD_ERRORS, check_models
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -260,7 +260,7 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
     check_out_is_ours(args.out, source=args.source)
     if args.task == "nlvr2" and args.answers is not None:
         raise UsageError("--answers is for vqa/gqa; an NLVR2 model answers True or False")
-    return TrainSettings(
+    settings = TrainSettings(
         task=args.task,
         train=existing(args.train, "--train"),
         valid=existing([args.valid], "--valid")[0] if args.valid else None,
@@ -276,6 +276,8 @@ def validate_train(args: argparse.Namespace) -> TrainSettings:
         quiet=args.quiet or launched_rank() != 0,  # under torchrun rank 0 alone speaks
         subset=Subset(tiny=args.tiny, limit_questions=args.limit_questions),
     )
+    check_models([("--from", args.source)], download=True)  # after the files, before torch
+    return settings
 
 
 def answer_table(settings: TrainSettings, entries: Sequence[QuestionEntry]) -> AnswerTable:

@@ -166,6 +166,15 @@ CASES = [
         ],
         "is a file; give a directory",
     ),
+    (
+        "pipeline.finetune_cli:main",
+        [
+            "train",
+            *("--task", "vqa", "--from", "no-such-model", "--out", "{tmp}/run"),
+            *("--train", IMAGE, "--features", IMAGE),
+        ],
+        "--from no-such-model: 'no-such-model' is neither an existing file",
+    ),
     *(
         (
             "pipeline.finetune_cli:main",
