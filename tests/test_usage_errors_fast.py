@@ -232,3 +232,14 @@ def test_extract_features_lists_its_sub_commands_as_they_describe_themselves() -
     assert {name: c.summary for name, c in commands.items()} == {
         name: summary for name, (_, summary) in pipeline.cli.SUBCOMMANDS.items()
     }
+
+
+def test_compare_names_a_missing_detector_before_torch(tmp_path: Path) -> None:
+    """compare with images checks --detector like the other commands: before the reference is
+    read (which needs torch), so a model that is not here is said at once."""
+    reference = tmp_path / "ref.tsv"
+    reference.write_text("")  # only its name and existence are checked first
+    argv = ["compare", str(reference), IMAGE, "--detector", "no-such-detector"]
+    code, said, heavy = run_entry("pipeline.cli:main", argv, tmp_path)
+    assert code == 2 and heavy == [], said
+    assert "--detector no-such-detector: 'no-such-detector' is neither an existing file" in said

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from pipeline.command import positive_int
 from pipeline.compare.metrics import IOU_LEVELS, GivenBoxTolerances, ReproduceRule
 from pipeline.exits import UsageError
-from pipeline.model_flags import add_detector_flag, add_device_flag
+from pipeline.model_flags import add_detector_flag, add_device_flag, check_models
 
 if TYPE_CHECKING:  # torch and the detector load only when the command runs
     import torch
@@ -344,6 +344,7 @@ def validate_compare(args: argparse.Namespace) -> CompareSettings | FileCompareS
             quiet=args.quiet,
             verbose=args.verbose,
         )
+    check_models([("--detector", args.detector)], download=True)  # before torch is imported
     configs, unavailable = _configs(args)
     device = device_from_args(args, prog="extract_features compare")
     return CompareSettings(
