@@ -9,8 +9,9 @@ model names with those before torch is loaded (issue 29).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from weights.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from detector.checkpoint import load_detector, save_detector
@@ -52,13 +53,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """An exported name, imported from its submodule now."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

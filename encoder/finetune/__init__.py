@@ -13,10 +13,11 @@ transformers (issue 29).
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
+
+from weights.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from encoder.finetune.config import TRAIN_PRECISIONS, FinetuneConfig, TrainPrecision
@@ -194,16 +195,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """An exported name, imported from its submodule now."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 class _Package(types.ModuleType):
