@@ -14,7 +14,9 @@ from encoder.finetune import TRAIN_PRECISIONS
 from pipeline.finetune_cli import build_evaluate_parser, build_train_parser, validate_train
 from pipeline.finetune_common import TRAIN_PRECISION_CHOICES
 
-TRAIN = ["--task", "vqa", "--train", "t.json", "--features", "f.tsv", "--from", "m", "--out", "o"]
+# --from names a shipped model: validate_train resolves it (a usage error when it does not).
+TRAIN = ["--task", "vqa", "--train", "t.json", "--features", "f.tsv", "--out", "o"]
+TRAIN += ["--from", "shapes-lxmert-pretrained"]
 EVALUATE = ["--model", "m", "--questions", "q.json", "--features", "f.tsv"]
 
 
