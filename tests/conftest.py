@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import struct
 import sys
 import zlib
@@ -20,6 +21,16 @@ _USER_LOCATIONS = (
     "TRANSFORMERS_OFFLINE",
     "HF_ENDPOINT",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C is Ctrl-C in this run and in every process it starts. A runner started in the
+    background of a non-interactive shell (``cmd &``) ignores SIGINT, and an ignored signal
+    stays ignored across ``exec``: every command a test starts could then not be interrupted,
+    and the Ctrl-C tests would test the launcher. A handler, unlike "ignored", is reset to the
+    default in a child."""
+    del config
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

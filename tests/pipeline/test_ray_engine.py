@@ -471,7 +471,10 @@ def test_killed_actor_is_replaced_and_every_image_written_once(
     try:
         run = _start(cluster, folder, "--out", out, "--actors", 2, "--batch-size", 1)
         _wait_for(lambda: len(held()) == 2 or run.poll() is not None, "both actors held")
-        titles = _actor_titles(cluster)
+        # This run's actors are the held ones: an earlier test's actors may still be on their
+        # way out (Ray reaps a finished job's workers in its own time).
+        held_pids = {int(name.removeprefix("held-")) for name in held()}
+        titles = {p: t for p, t in _actor_titles(cluster).items() if p in held_pids}
         assert len(titles) == 2 and run.poll() is None
         # Two actors at 0.5 CPU and decode tasks at 0.5: stages of equal resources, which Ray
         # Data would fuse; the actors must only detect (decoding is its own CPU stage).
