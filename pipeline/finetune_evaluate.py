@@ -133,14 +133,19 @@ def _prediction_text(records: list[dict[str, int | str]], path: Path) -> str:
     return json.dumps(records) + "\n"
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``evaluate``: validate -> plan -> predict -> score and write."""
-    configure_logging(quiet=False, verbose=args.verbose, names=("encoder",))
-    # The named files first, before torch is imported: a usage error is said at once.
+def _check_files(args: argparse.Namespace) -> None:
+    """The named files, then the outputs' ownership, before torch is imported: a usage
+    error is said at once."""
     existing(args.questions, "--questions")
     existing(args.features, "--features")
     existing([args.annotations] if args.annotations else [], "--annotations")
     check_evaluate_outputs(args)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: validate -> plan -> predict -> score and write."""
+    configure_logging(quiet=False, verbose=args.verbose, names=("encoder",))
+    _check_files(args)
     from encoder.build import load_encoder
     from encoder.config import config_for
     from encoder.finetune import (
