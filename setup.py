@@ -79,11 +79,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "extract_features=pipeline.cli:main",
-            "answer=pipeline.answer_cli:main",
-            "judge=pipeline.judge_cli:main",
-            "lxmert-finetune=pipeline.finetune_cli:main",
-            "lxmert-demo=pipeline.web.cli:main",
+            "extract_features=pipeline.commands.extract:main",
+            "answer=pipeline.commands.answer:main",
+            "judge=pipeline.commands.judge:main",
+            "lxmert-finetune=pipeline.commands.finetune.command:main",
+            "lxmert-demo=pipeline.commands.demo:main",
         ]
     },
 )

@@ -35,7 +35,7 @@ import torch
 from detector import Detector, DetectorConfig, InferenceOptions, build_detector, get_preset
 from detector.image import load_image
 from detector.preprocess import PreparedImage, prepare, preprocess_for
-from pipeline.writers import encode_tsv_line
+from pipeline.features.output import encode_tsv_line
 
 SIZES = {"600x800": (600, 800), "600x1000": (600, 1000)}
 
@@ -154,7 +154,7 @@ def bench_stages(
 ) -> dict[str, float]:
     """Seconds per stage for one image, batch 1, each stage run as ``Detector.forward_raw``
     runs it (same options: layout, precision, res5 chunk); writing is the pipeline's own TSV
-    encoder (:func:`pipeline.writers.encode_tsv_line`)."""
+    encoder (:func:`pipeline.features.output.encode_tsv_line`)."""
     config = detector.config
     options = detector.options
     times: dict[str, float] = {}

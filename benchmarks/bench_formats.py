@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from detector.structures import RegionFeatures  # noqa: E402
 from pipeline.convert import ConvertSettings, run_convert  # noqa: E402
-from pipeline.writers import encode_tsv_line, iter_tsv  # noqa: E402
+from pipeline.features.output import encode_tsv_line, iter_tsv  # noqa: E402
 
 #: (format, feature dtype, output name): what is measured.
 TARGETS = (
@@ -57,7 +57,7 @@ TARGETS = (
 
 READER = """
 import sys, time, random
-from pipeline.store import FeatureStore
+from pipeline.features.store import FeatureStore
 def rss():  # VmHWM: this process's peak since exec (ru_maxrss counts the parent's at fork)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -85,7 +85,7 @@ def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-from pipeline.writers import iter_tsv
+from pipeline.features.output import iter_tsv
 base = rss()
 try:
     data = [r.to_record() for r in iter_tsv(sys.argv[1])]

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """End-to-end figures: ``extract_features`` with 0 and 2 workers, and ``answer()`` cold and warm.
 
-``extract_features`` runs through its real entry point (``pipeline.cli.main``, in this process)
-on a folder of real photos from scikit-image written as JPEGs. Its wall time is compared with
-the detector's own compute time for the same images (``Detector.detect`` on images prepared
+``extract_features`` runs through its real entry point (``pipeline.commands.extract.main``, in this
+process) on a folder of real photos from scikit-image written as JPEGs. Its wall time is compared
+with the detector's own compute time for the same images (``Detector.detect`` on images prepared
 beforehand, same batches): with 2 workers, decoding, resizing and writing should hide behind
 compute (target: wall within 5% of detector time). Wall time includes loading the detector,
 which the small default model cannot hide; more images amortise it. The run's own manifest also
@@ -180,8 +180,8 @@ def run_extract(
 ) -> tuple[float, dict[str, float]]:
     """Wall seconds of one ``extract_features`` run (in this process) over ``folder``, and the
     seconds its manifest records (extraction loop, detector, waiting for images, writing)."""
-    from pipeline.cli import main as extract_features
-    from pipeline.manifest import manifest_path
+    from pipeline.commands.extract import main as extract_features
+    from pipeline.features.manifest import manifest_path
 
     argv = [str(folder), "--out", str(output), "--detector", checkpoint, "--overwrite", "-q"]
     argv += ["--workers", str(workers), "--batch-size", str(batch_size), "--device", device]

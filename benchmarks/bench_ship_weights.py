@@ -10,7 +10,7 @@ whose node lacks the weights. Printed as one JSON record:
 
 - ``hash_s``: sha256 of the file (an actor hashes its node's copy, or the kept one, to choose
   it, and again as it loads it);
-- ``put_s``: :func:`~pipeline.engines.ray_weights.ship_checkpoint` on the driver;
+- ``put_s``: :func:`~pipeline.extract.engines.ray_weights.ship_checkpoint` on the driver;
 - ``first_actor_s``: an actor without the file: fetch, check the digest, keep it in the node's
   cache (written and fsynced);
 - ``next_actor_s``: a later actor on that node: finds the kept copy and hashes it.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench_startup import cpu_model
 
-from pipeline.engines.ray_weights import ActorWeights, ship_checkpoint, weights_for_actor
+from pipeline.extract.engines.ray_weights import ActorWeights, ship_checkpoint, weights_for_actor
 from weights import sha256_file
 
 

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Modules whose import cost is reported, each measured after ``import torch``.
 MODULES = (
     "pipeline",
-    "pipeline.cli",
-    "pipeline.answer_cli",
+    "pipeline.commands.extract",
+    "pipeline.commands.answer",
     "pipeline.api",
     "detector",
     "encoder",
@@ -74,7 +74,7 @@ def extract_features_run() -> tuple[float, float]:
     """(process wall seconds, manifest ``seconds.detector``) of one run on ``examples/``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "examples.h5"
-        argv = [sys.executable, "-m", "pipeline.cli", "examples/", "--out", str(out)]
+        argv = [sys.executable, "-m", "pipeline.commands.extract", "examples/", "--out", str(out)]
         wall = wall_of([*argv, "--detector", "shapes-detector", "--device", "cpu"])
         manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     return wall, float(manifest["seconds"]["detector"])
@@ -82,7 +82,7 @@ def extract_features_run() -> tuple[float, float]:
 
 def first_answer_seconds() -> float:
     """Seconds from starting ``answer`` (shapes models, CPU) to its first answer line."""
-    argv = [sys.executable, "-m", "pipeline.answer_cli", "examples/scene_000.png", QUESTION]
+    argv = [sys.executable, "-m", "pipeline.commands.answer", "examples/scene_000.png", QUESTION]
     argv += ["--detector", "shapes-detector", "--encoder", "shapes-lxmert", "--device", "cpu"]
     start = time.perf_counter()
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) as child:

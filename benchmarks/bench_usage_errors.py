@@ -64,11 +64,11 @@ class Case:
     needs_torch: bool = False
 
 
-EXTRACT = "pipeline.cli:main"
-ANSWER = "pipeline.answer_cli:main"
-JUDGE = "pipeline.judge_cli:main"
-FINETUNE = "pipeline.finetune_cli:main"
-DEMO = "pipeline.web.cli:main"
+EXTRACT = "pipeline.commands.extract:main"
+ANSWER = "pipeline.commands.answer:main"
+JUDGE = "pipeline.commands.judge:main"
+FINETUNE = "pipeline.commands.finetune.command:main"
+DEMO = "pipeline.commands.demo:main"
 WEIGHTS = "weights.__main__:main"
 SHAPES = ("--detector", "shapes-detector", "--encoder", "shapes-lxmert")
 

@@ -3,7 +3,7 @@
 
 ``from pipeline import answer, judge, Pipeline`` imports the models lazily, so the
 command-line tools start without loading transformers; ``from pipeline import FeatureStore``
-(random access to feature files, :mod:`pipeline.store`) likewise.
+(random access to feature files, :mod:`pipeline.features.store`) likewise.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.api import DEFAULT_DETECTOR, DEFAULT_ENCODER, Pipeline, answer, judge
-    from pipeline.store import FeatureStore
+    from pipeline.features.store import FeatureStore
 
 __all__ = ["DEFAULT_DETECTOR", "DEFAULT_ENCODER", "FeatureStore", "Pipeline", "answer", "judge"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "FeatureStore":
-        from pipeline import store
+        from pipeline.features import store
 
         return store.FeatureStore
     if name in __all__:

@@ -172,7 +172,7 @@ class Pipeline:
                 by itself and anything else by position and kind: ``"image 2 (bytes)"``.
             ValueError: ``boxes`` is not one set per image, or a set is unusable (none, NaN,
                 degenerate, wholly outside its image); the message names the image and box.
-            pipeline.inputs.DuplicateIdError: (a ``ValueError``) without ``image_ids``, two
+            pipeline.extract.inputs.DuplicateIdError: (a ``ValueError``) without ``image_ids``, two
                 different files of one name (``a/x.png``, ``b/x.png``), which
                 ``extract_features`` refuses too; before any image is read. The same file
                 twice is one image: two records of one id.
@@ -342,7 +342,7 @@ class Pipeline:
     ) -> Explanation:
         """:meth:`explain` for a picture whose regions are already known; labelled with this
         pipeline's detector vocabulary (``"attribute object"``)."""
-        from pipeline.visualize import region_labels  # OpenCV only when explaining
+        from pipeline.extract.visualize import region_labels  # OpenCV only when explaining
 
         labels = region_labels(region, self.detector.object_names, self.detector.attribute_names)
         return explain_answer(
@@ -368,7 +368,7 @@ class Pipeline:
         """NLVR2: why ``verdict`` (default: the model's own) for ``statement`` about the pair:
         relevance per region of each picture (each summing to 1, with the picture's share)
         and per word (:func:`encoder.explain.explain_judgement`). Needs an NLVR2 encoder."""
-        from pipeline.visualize import region_labels  # OpenCV only when explaining
+        from pipeline.extract.visualize import region_labels  # OpenCV only when explaining
 
         self._check_nlvr2(1)
         check_question(statement, "statement")

@@ -2,8 +2,8 @@
 statements, and the ids its records get.
 
 Record ids (:func:`default_image_ids`) are those ``extract_features`` gives the same inputs
-(:mod:`pipeline.inputs`): a path is named as a file given by itself on the command line, by its
-file name without the extension (``photos/cat.jpg`` -> ``cat``). Encoded bytes, numpy arrays
+(:mod:`pipeline.extract.inputs`): a path is named as a file given by itself on the command line, by
+its file name without the extension (``photos/cat.jpg`` -> ``cat``). Encoded bytes, numpy arrays
 and PIL images have no name: they keep their 0-based position in the list (``"0"``, ``"1"``,
 ...). Two different files of one name (``a/x.png``, ``b/x.png``) are refused by
 ``extract_features`` as two files with one id; :func:`check_distinct_ids` refuses them the
@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from pipeline.inputs import DuplicateIdError
+from pipeline.extract.inputs import DuplicateIdError
 
 _SINGLE_IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image)
 
@@ -84,7 +84,7 @@ def check_distinct_ids(images: Sequence[object], ids: Sequence[str]) -> None:
     is one image and keeps its one name.
 
     Raises:
-        pipeline.inputs.DuplicateIdError: a ``ValueError`` naming each shared id and the
+        pipeline.extract.inputs.DuplicateIdError: a ``ValueError`` naming each shared id and the
             images that share it, and the remedy (``image_ids=``).
     """
     holders: dict[str, dict[object, str]] = defaultdict(dict)

@@ -9,7 +9,7 @@ Also runnable as ``python -m pipeline.convert``. The steps, in order:
    equal; what the target or a source cannot hold is said before anything is written.
 3. run: the output's lock is held; records stream from the inputs in order (one record, or
    one parquet row group, in memory) into the work folder ``OUT.partial`` beside the output
-   (:mod:`pipeline.formats.partial`: its ``convert.json`` says ``running`` and holds every
+   (:mod:`pipeline.features.formats.partial`: its ``convert.json`` says ``running`` and holds every
    input's sha256 and the settings); an id in two inputs stops the conversion. Only a
    complete output is moved into place (its companion files first), then its manifest is
    written with every input's sha256, and the work folder is removed.
@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from detector.structures import RegionFeatures
-from pipeline.command import Command, run_command
-from pipeline.exits import EXIT_OK, UsageError
-from pipeline.formats.common import FeatureDtype, WriteOptions
-from pipeline.formats.partial import (
+from pipeline.errors import EXIT_OK, UsageError
+from pipeline.features.formats.common import FeatureDtype, WriteOptions
+from pipeline.features.formats.partial import (
     PARTIAL_MARKER,
     Fingerprint,
     partial_differences,
@@ -45,9 +44,14 @@ from pipeline.formats.partial import (
     partial_record,
     read_partial,
 )
-from pipeline.formats.registry import FORMATS, LOSSLESS, FormatSpec, detect_format, get_format
-from pipeline.lock import hold_output_lock
-from pipeline.manifest import (
+from pipeline.features.formats.registry import (
+    FORMATS,
+    LOSSLESS,
+    FormatSpec,
+    detect_format,
+    get_format,
+)
+from pipeline.features.manifest import (
     check_name_length,
     command_line,
     manifest_path,
@@ -58,10 +62,12 @@ from pipeline.manifest import (
     settings_differences,
     write_manifest,
 )
+from pipeline.features.output import journal_path
 from pipeline.merge import MERGEABLE_STATUSES
-from pipeline.writers import journal_path
+from weights.command import Command, run_command
 from weights.defaults import extra_install_hint
 from weights.files import fsync_directory, fsync_file
+from weights.lock import hold_output_lock
 from weights.resolve import sha256_file
 
 

@@ -10,9 +10,10 @@ or lock file is left by a refusal, which exits 2):
   is an HDF5 input with a journal (records not yet folded in);
 - inputs that carry a shard ``K/N`` cover 1..N exactly once, unless ``--allow-partial`` (the
   merged manifest then lists the ``missing_shards``);
-- every :data:`~pipeline.manifest.RECORD_SETTINGS` value is equal across the inputs that have
+- every :data:`~pipeline.features.manifest.RECORD_SETTINGS` value is equal across the inputs that
+have
   a manifest (the settings of a manifest from before they were recorded are derived from its
-  detector section, as ``--resume`` does: :func:`pipeline.manifest.recorded_settings`);
+  detector section, as ``--resume`` does: :func:`pipeline.features.manifest.recorded_settings`);
 - an input without a manifest (a plain obj36 TSV) is accepted when its feature dimension
   equals the others' and its box counts lie within their ``min_boxes..max_boxes``;
 - no image id is in two inputs.
@@ -32,10 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.command import Command, run_command
-from pipeline.exits import EXIT_OK, UsageError
-from pipeline.lock import hold_output_lock
-from pipeline.manifest import (
+from pipeline.errors import EXIT_OK, UsageError
+from pipeline.features.manifest import (
     check_name_length,
     command_line,
     manifest_path,
@@ -45,13 +44,15 @@ from pipeline.manifest import (
     settings_differences,
     write_manifest,
 )
-from pipeline.writers import (
+from pipeline.features.output import (
     FeatureFileFacts,
     feature_file_facts,
     journal_path,
     merge_outputs,
     output_format,
 )
+from weights.command import Command, run_command
+from weights.lock import hold_output_lock
 from weights.resolve import sha256_file
 
 #: Manifest statuses of an input that ``merge`` accepts: a run that ended, a merge, or a
@@ -97,7 +98,7 @@ class MergeInput:
     def settings(self) -> dict[str, Any] | None:
         """The settings its manifest records; None for no manifest, ``"settings": null`` (a
         merge of files without settings); for an older manifest, those derived from its
-        detector section (:func:`pipeline.manifest.recorded_settings`)."""
+        detector section (:func:`pipeline.features.manifest.recorded_settings`)."""
         if self.manifest is None or (
             "settings" in self.manifest and self.manifest["settings"] is None
         ):

@@ -77,7 +77,7 @@ def write_split(out: Path, name: str, count: int, *, spatial_aids: bool = False)
 
 def extract_split(images: Path, features: Path, *, detector: str) -> int:
     """Run ``extract_features`` on one split's images; returns its exit code."""
-    from pipeline.cli import main as extract_features  # the command itself, in process
+    from pipeline.commands.extract import main as extract_features  # the command itself, in process
 
     features.parent.mkdir(parents=True, exist_ok=True)
     argv = [str(images), "--out", str(features), "--detector", detector, "--overwrite", "-q"]

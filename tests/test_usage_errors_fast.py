@@ -53,23 +53,31 @@ def run_entry(entry: str, argv: list[str], tmp: Path) -> tuple[int, str, list[st
 
 
 CASES = [
-    ("pipeline.cli:main", [IMAGE, "-o", "{tmp}/o.tsv", "--bogus"], "unrecognized arguments"),
-    ("pipeline.cli:main", [IMAGE, "-o", "{tmp}/o.tsv", "--boxes", "x"], "invalid positive_int"),
-    ("pipeline.answer_cli:main", [IMAGE, "q?", "--bogus"], "unrecognized arguments: --bogus"),
-    ("pipeline.answer_cli:main", [IMAGE, "q?", "-k", "x"], "invalid int value: 'x'"),
-    ("pipeline.answer_cli:main", ["{tmp}/none.png", "q?", *SHAPES], "none.png: no such file"),
     (
-        "pipeline.answer_cli:main",
+        "pipeline.commands.extract:main",
+        [IMAGE, "-o", "{tmp}/o.tsv", "--bogus"],
+        "unrecognized arguments",
+    ),
+    (
+        "pipeline.commands.extract:main",
+        [IMAGE, "-o", "{tmp}/o.tsv", "--boxes", "x"],
+        "invalid positive_int",
+    ),
+    ("pipeline.commands.answer:main", [IMAGE, "q?", "--bogus"], "unrecognized arguments: --bogus"),
+    ("pipeline.commands.answer:main", [IMAGE, "q?", "-k", "x"], "invalid int value: 'x'"),
+    ("pipeline.commands.answer:main", ["{tmp}/none.png", "q?", *SHAPES], "none.png: no such file"),
+    (
+        "pipeline.commands.answer:main",
         [IMAGE, "q?", "--detector", "shapes-detector"],
         "--encoder lxmert-vqa: checkpoint 'lxmert-vqa' (encoder) was not found",
     ),
     (
-        "pipeline.answer_cli:main",
+        "pipeline.commands.answer:main",
         ["--questions", "{tmp}/none.jsonl", *SHAPES],
         "none.jsonl: no such file",
     ),
     (
-        "pipeline.judge_cli:main",
+        "pipeline.commands.judge:main",
         [
             IMAGE,
             "{tmp}/none.png",
@@ -81,16 +89,16 @@ CASES = [
         ],
         "none.png: no such file (right image)",
     ),
-    ("pipeline.judge_cli:main", [IMAGE, IMAGE, "s", "--top-k", "3"], "--top-k must be 1"),
+    ("pipeline.commands.judge:main", [IMAGE, IMAGE, "s", "--top-k", "3"], "--top-k must be 1"),
     (
-        "pipeline.judge_cli:main",
+        "pipeline.commands.judge:main",
         [IMAGE, IMAGE, "s", "--detector", "shapes-detector", "--encoder", "no-such-model"],
         "'no-such-model' is neither an existing file or directory nor a registered",
     ),
-    ("pipeline.web.cli:main", ["--port", "x"], "invalid positive_int value: 'x'"),
-    ("pipeline.web.cli:main", ["--examples", "{tmp}/none"], "none: not a folder"),
+    ("pipeline.commands.demo:main", ["--port", "x"], "invalid positive_int value: 'x'"),
+    ("pipeline.commands.demo:main", ["--examples", "{tmp}/none"], "none: not a folder"),
     (
-        "pipeline.web.cli:main",
+        "pipeline.commands.demo:main",
         ["--encoder", "lxmert-gqa"],
         "--encoder lxmert-gqa: checkpoint 'lxmert-gqa' (encoder) was not found",
     ),
@@ -101,53 +109,81 @@ CASES = [
     ),
     ("weights.__main__:main", ["path", "no-such-model"], "no-such-model"),
     # extract_features: flags, then inputs, then the model; --device/--precision need torch.
-    ("pipeline.cli:main", ["{tmp}/none.png", "-o", "{tmp}/o.tsv"], "input {tmp}/none.png does"),
-    ("pipeline.cli:main", ["@{tmp}/none.txt", "-o", "{tmp}/o.tsv"], "none.txt does not exist"),
     (
-        "pipeline.cli:main",
+        "pipeline.commands.extract:main",
+        ["{tmp}/none.png", "-o", "{tmp}/o.tsv"],
+        "input {tmp}/none.png does",
+    ),
+    (
+        "pipeline.commands.extract:main",
+        ["@{tmp}/none.txt", "-o", "{tmp}/o.tsv"],
+        "none.txt does not exist",
+    ),
+    (
+        "pipeline.commands.extract:main",
         [IMAGE, "-o", "{tmp}/o.tsv"],
         "--detector vg-r101-c4-attr: checkpoint 'vg-r101-c4-attr' (detector) was not found",
     ),
     (
-        "pipeline.cli:main",
+        "pipeline.commands.extract:main",
         [IMAGE, "-o", "{tmp}/o.tsv", "--detector", "{tmp}/none.safetensors"],
         "none.safetensors' is neither an existing file",
     ),
-    ("pipeline.cli:main", [IMAGE, "-o", "{tmp}/o.txt"], "unknown format; name it *.tsv"),
-    ("pipeline.cli:main", [IMAGE, "-o", "{tmp}/o.tsv", "--no-clip"], "only with --boxes-from"),
-    ("pipeline.cli:main", [IMAGE, "-o", "{tmp}/o.tsv", "--actors", "2"], "only apply with"),
     (
-        "pipeline.cli:main",
+        "pipeline.commands.extract:main",
+        [IMAGE, "-o", "{tmp}/o.txt"],
+        "unknown format; name it *.tsv",
+    ),
+    (
+        "pipeline.commands.extract:main",
+        [IMAGE, "-o", "{tmp}/o.tsv", "--no-clip"],
+        "only with --boxes-from",
+    ),
+    (
+        "pipeline.commands.extract:main",
+        [IMAGE, "-o", "{tmp}/o.tsv", "--actors", "2"],
+        "only apply with",
+    ),
+    (
+        "pipeline.commands.extract:main",
         [IMAGE, "-o", "{tmp}/o.tsv", "--detector", "shapes-detector", "--boxes", "500"],
         "it can give at most 100 boxes",
     ),
     (
-        "pipeline.cli:main",
+        "pipeline.commands.extract:main",
         [IMAGE, "-o", "{tmp}/o.tsv", "--boxes-from", "{tmp}/none.json"],
         "cannot read the boxes file",
     ),
-    ("pipeline.cli:main", ["merge", "{tmp}/a.tsv", "-o", "{tmp}/m.tsv"], "a.tsv does not exist"),
     (
-        "pipeline.cli:main",
+        "pipeline.commands.extract:main",
+        ["merge", "{tmp}/a.tsv", "-o", "{tmp}/m.tsv"],
+        "a.tsv does not exist",
+    ),
+    (
+        "pipeline.commands.extract:main",
         ["compare", "{tmp}/a.tsv", "--features", "{tmp}/b.tsv"],
         "cannot read the reference",
     ),
     (
-        "pipeline.cli:main",
+        "pipeline.commands.extract:main",
         ["compare", "{tmp}/a.tsv", IMAGE, "--detector", "shapes-detector"],
         "cannot read the reference",
     ),
     (
-        "pipeline.cli:main",
+        "pipeline.commands.extract:main",
         ["convert", "{tmp}/a.tsv", "--to", "h5", "-o", "{tmp}/b.h5"],
         "a.tsv does not exist",
     ),
     # lxmert-finetune: the recipe's defaults and the run folder's layout import no torch.
-    ("pipeline.finetune_cli:main", ["train", "--bogus"], "the following arguments are required"),
-    ("pipeline.finetune_cli:main", ["train", "--epochs", "0"], "must be >= 1, got 0"),
+    (
+        "pipeline.commands.finetune.command:main",
+        ["train", "--bogus"],
+        "the following arguments are required",
+    ),
+    ("pipeline.commands.finetune.command:main", ["train", "--epochs", "0"], "must be >= 1, got 0"),
     *(
         (
-            "pipeline.finetune_cli:main",
+            "pipeline.commands.finetune.command:main",
             [
                 "train",
                 *("--task", task, "--from", "shapes-lxmert-pretrained", "--out", "{tmp}/run"),
@@ -158,7 +194,7 @@ CASES = [
         for task in ("vqa", "nlvr2")
     ),
     (
-        "pipeline.finetune_cli:main",
+        "pipeline.commands.finetune.command:main",
         [
             "train",
             *("--task", "vqa", "--from", "shapes-lxmert-pretrained", "--out", IMAGE),
@@ -167,7 +203,7 @@ CASES = [
         "is a file; give a directory",
     ),
     (
-        "pipeline.finetune_cli:main",
+        "pipeline.commands.finetune.command:main",
         [
             "train",
             *("--task", "vqa", "--from", "no-such-model", "--out", "{tmp}/run"),
@@ -177,7 +213,7 @@ CASES = [
     ),
     *(
         (
-            "pipeline.finetune_cli:main",
+            "pipeline.commands.finetune.command:main",
             ["evaluate", "--model", "shapes-lxmert", *files],
             "{tmp}/none.json: no such file",
         )
@@ -204,7 +240,7 @@ def test_a_usage_error_is_said_before_any_heavy_import(
 def test_every_missing_model_is_named_in_one_message(tmp_path: Path) -> None:
     """answer with the default detector and encoder, neither on this machine: one error that
     names both, each with where it looked and how to get it, the shipped pair said once."""
-    code, said, heavy = run_entry("pipeline.answer_cli:main", [IMAGE, "q?"], tmp_path)
+    code, said, heavy = run_entry("pipeline.commands.answer:main", [IMAGE, "q?"], tmp_path)
     assert code == 2 and heavy == [], said
     assert said.count("answer: error:") == 1, said
     assert said.startswith("answer: error: 2 models are not on this machine:"), said
@@ -218,19 +254,19 @@ def test_every_missing_model_is_named_in_one_message(tmp_path: Path) -> None:
 
 def test_judge_names_both_missing_models(tmp_path: Path) -> None:
     argv = [IMAGE, IMAGE, "s", "--encoder", "lxmert-gqa"]
-    code, said, heavy = run_entry("pipeline.judge_cli:main", argv, tmp_path)
+    code, said, heavy = run_entry("pipeline.commands.judge:main", argv, tmp_path)
     assert code == 2 and heavy == [], said
     assert "--detector vg-r101-c4-attr:" in said and "--encoder lxmert-gqa:" in said, said
 
 
 def test_extract_features_lists_its_sub_commands_as_they_describe_themselves() -> None:
-    """The sub-commands' summaries are in ``pipeline.cli`` twice, so that its --help imports
-    none of them: the copies must stay the commands' own."""
-    import pipeline.cli
+    """The sub-commands' summaries are in ``pipeline.commands.extract`` twice, so that its --help
+    imports none of them: the copies must stay the commands' own."""
+    import pipeline.commands.extract
 
-    commands = pipeline.cli.COMMANDS  # imported here, on purpose
+    commands = pipeline.commands.extract.COMMANDS  # imported here, on purpose
     assert {name: c.summary for name, c in commands.items()} == {
-        name: summary for name, (_, summary) in pipeline.cli.SUBCOMMANDS.items()
+        name: summary for name, (_, summary) in pipeline.commands.extract.SUBCOMMANDS.items()
     }
 
 
@@ -240,6 +276,6 @@ def test_compare_names_a_missing_detector_before_torch(tmp_path: Path) -> None:
     reference = tmp_path / "ref.tsv"
     reference.write_text("")  # only its name and existence are checked first
     argv = ["compare", str(reference), IMAGE, "--detector", "no-such-detector"]
-    code, said, heavy = run_entry("pipeline.cli:main", argv, tmp_path)
+    code, said, heavy = run_entry("pipeline.commands.extract:main", argv, tmp_path)
     assert code == 2 and heavy == [], said
     assert "--detector no-such-detector: 'no-such-detector' is neither an existing file" in said

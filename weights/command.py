@@ -4,13 +4,15 @@ In the base layer so that every command uses it, ``python -m weights`` too (``we
 imports no other package of the project). A :class:`Command` is a parser and a function of
 the parsed flags that returns the exit code. :func:`run_command` is the one place where a
 :class:`UsageError` becomes exit 2, Ctrl-C exit 130, a full disk and any other exception
-exit 4 (the traceback under ``-v``), each printed as ``prog: message``.
+exit 4 (the traceback under ``-v``), each printed as ``prog: message``. Also what every
+command's parser shares: ``-v``, :func:`configure_logging` and the count types of argparse.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -96,3 +98,38 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show tracebacks of unexpected errors"
     )
+
+
+def configure_logging(
+    *, quiet: bool, verbose: bool, names: tuple[str, ...] = ("pipeline",)
+) -> None:
+    """Messages of the ``names`` loggers (and their children) to stderr, plain: warnings only
+    with ``quiet``, debug with ``verbose``. Installed once per process (by name), so a process
+    running several commands logs each message once. ``encoder`` says what a model load left
+    unused in one line, and shows transformers' own report at debug."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not any(handler.get_name() == "lxmert-pipeline" for handler in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.set_name("lxmert-pipeline")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: an int >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value

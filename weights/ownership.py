@@ -9,7 +9,7 @@ before it writes over anything that already exists.
   existing file is replaced only when the writer recognises it as its own.
 
 Checked before any work, so a refusal costs nothing. The other half of ownership, one writer
-at a time (an OS lock beside an extraction output), is :mod:`pipeline.lock`. Standard library
+at a time (an OS lock beside an extraction output), is :mod:`weights.lock`. Standard library
 only: ``encoder`` and ``pipeline`` both use it. Every refusal is a :class:`NotOursError`, a
 :class:`~weights.command.UsageError` (exit 2) whose message names the flag and the remedy.
 """

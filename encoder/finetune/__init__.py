@@ -4,7 +4,7 @@ into a folder, as ``lxmert-finetune train`` does it: :func:`fit_and_write`
 (:mod:`encoder.finetune.run`).
 
 Nothing here imports ``pipeline``: regions come through :class:`RegionSource`, which a
-``pipeline.store.FeatureStore`` satisfies.
+``pipeline.features.store.FeatureStore`` satisfies.
 
 The names below are imported when first asked for (PEP 562), so that ``encoder.finetune.config``
 (the recipe's defaults, which ``lxmert-finetune train --help`` shows) imports no torch or

@@ -27,7 +27,8 @@ class DataError(ValueError):
 
 
 class RegionSource(Protocol):
-    """Regions by image id: a ``pipeline.store.FeatureStore`` or anything with these two."""
+    """Regions by image id: a ``pipeline.features.store.FeatureStore`` or anything with these
+    two."""
 
     def get(self, image_id: str) -> RegionFeatures:
         """The regions of ``image_id``; ``KeyError`` when absent."""

@@ -1,8 +1,8 @@
 """``extract_features compare REFERENCE IMAGES...``: how close our features come to a reference.
 
 The reference is any obj36 TSV (LXMERT's ``val2014_obj36.tsv``, or one of ours) or one of our
-HDF5 files, read by image id (:class:`~pipeline.store.FeatureStore`). Images are the inputs
-whose id (the project's id rule, :func:`~pipeline.inputs.list_inputs`) has a record in it.
+HDF5 files, read by image id (:class:`~pipeline.features.store.FeatureStore`). Images are the inputs
+whose id (the project's id rule, :func:`~pipeline.extract.inputs.list_inputs`) has a record in it.
 Two checks per image:
 
 - **Given-box check.** Our features, objects and attributes for the reference's own boxes (no

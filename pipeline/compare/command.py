@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from pipeline.command import Command, configure_logging, run_command
 from pipeline.compare.files import run_files
 from pipeline.compare.report import format_report, report_json, summarize
 from pipeline.compare.run import compare_images, load_detectors, plan_compare
@@ -19,6 +18,7 @@ from pipeline.compare.settings import (
     build_compare_parser,
     validate_compare,
 )
+from weights.command import Command, configure_logging, run_command
 
 LOG = logging.getLogger("pipeline.compare")
 

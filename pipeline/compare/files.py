@@ -1,7 +1,7 @@
 """``extract_features compare REFERENCE --features CANDIDATE``: two feature files, no model.
 
-Either file may be anything :class:`~pipeline.store.FeatureStore` reads (an obj36 TSV, ours or
-LXMERT's, or one of our HDF5 files): two machines' outputs, a re-run against an old run, or
+Either file may be anything :class:`~pipeline.features.store.FeatureStore` reads (an obj36 TSV, ours
+or LXMERT's, or one of our HDF5 files): two machines' outputs, a re-run against an old run, or
 ours against LXMERT's released files. Per image in both files:
 
 - **Box matching**, as the full check does it (:func:`~pipeline.compare.metrics.compare_full`:
@@ -49,12 +49,12 @@ from pipeline.compare.report import (
     reproduce_figures,
 )
 from pipeline.compare.settings import REPORT_KIND, FileCompareSettings
-from pipeline.exits import EXIT_OK, EXIT_SOME_FAILED, UsageError
-from pipeline.manifest import Failure
+from pipeline.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from pipeline.features.manifest import Failure
 
 if TYPE_CHECKING:
     from detector import RegionFeatures
-    from pipeline.store import FeatureStore
+    from pipeline.features.store import FeatureStore
 
 #: Pairs matched at or above this IoU hold the same box: their features are held to the
 #: given-box check's limits.
@@ -143,7 +143,7 @@ def compare_records(reference: RegionFeatures, candidate: RegionFeatures) -> Rec
 
 
 def _open(path: Path, role: str) -> FeatureStore:
-    from pipeline.store import FeatureStore
+    from pipeline.features.store import FeatureStore
 
     try:
         return FeatureStore.open(path)

@@ -19,8 +19,8 @@ from pipeline.compare.metrics import (
 )
 from pipeline.compare.run import ComparePlan, ImageComparison
 from pipeline.compare.settings import REPORT_KIND, CompareSettings, Require
-from pipeline.exits import EXIT_OK, EXIT_SOME_FAILED
-from pipeline.manifest import Failure
+from pipeline.errors import EXIT_OK, EXIT_SOME_FAILED
+from pipeline.features.manifest import Failure
 
 if TYPE_CHECKING:
     from detector.config import ProposalMode

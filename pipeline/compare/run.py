@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 
 from pipeline.compare.metrics import FullStats, GivenBoxStats, compare_full, compare_given
 from pipeline.compare.settings import BoxCount, CompareSettings
-from pipeline.exits import UsageError
-from pipeline.inputs import InputItem
-from pipeline.manifest import Failure
+from pipeline.errors import UsageError
+from pipeline.extract.inputs import InputItem
+from pipeline.features.manifest import Failure
 
 if TYPE_CHECKING:  # torch and the detector load only when the command runs
     from detector import Detector, RegionFeatures
     from detector.config import ProposalMode
     from detector.preprocess import PreparedImage
-    from pipeline.store import FeatureStore
+    from pipeline.features.store import FeatureStore
 
 
 # --- plan: the reference and the images in common --------------------------------------------
@@ -54,7 +54,7 @@ def _examples(ids: Sequence[str]) -> str:
 
 
 def _open_reference(path: Path) -> FeatureStore:
-    from pipeline.store import FeatureStore
+    from pipeline.features.store import FeatureStore
 
     try:
         return FeatureStore.open(path)
@@ -80,7 +80,7 @@ def _check_feature_size(plan_store: FeatureStore, image_id: str, settings: Compa
 def plan_compare(settings: CompareSettings) -> ComparePlan:
     """Open the reference, list the inputs, keep the ids in both (:class:`UsageError` when
     none is, naming examples of each side's ids)."""
-    from pipeline.inputs import list_inputs
+    from pipeline.extract.inputs import list_inputs
 
     store = _open_reference(settings.reference)
     try:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pipeline.command import positive_int
 from pipeline.compare.metrics import IOU_LEVELS, GivenBoxTolerances, ReproduceRule
-from pipeline.exits import UsageError
-from pipeline.model_flags import add_detector_flag, add_device_flag, check_models
+from pipeline.errors import UsageError
+from pipeline.flags import add_detector_flag, add_device_flag, check_models
+from weights.command import positive_int
 
 if TYPE_CHECKING:  # torch and the detector load only when the command runs
     import torch
@@ -33,7 +33,8 @@ Require = Literal["given", "full"]
 PROPOSAL_MODES: tuple[ProposalMode, ...] = ("caffe", "detectron2")
 #: ``kind`` of every JSON report (an existing ``--report`` file is replaced only if it has it).
 REPORT_KIND = "extract_features compare report"
-#: File names the reference may have (the formats :class:`~pipeline.store.FeatureStore` reads).
+#: File names the reference may have (the formats
+#: :class:`~pipeline.features.store.FeatureStore` reads).
 REFERENCE_SUFFIXES = (".tsv", ".h5", ".hdf5")
 
 # --- the command: settings -----------------------------------------------------------------------
@@ -294,7 +295,7 @@ def _check_feature_file(path: Path, what: str) -> None:
 
 def _check_exists(path: Path, role: str) -> None:
     """A file that is not there, said as the reader says it, but before torch is imported
-    (the device check and :mod:`pipeline.store` need it)."""
+    (the device check and :mod:`pipeline.features.store` need it)."""
     if not os.path.lexists(path):
         error = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
         raise UsageError(f"cannot read the {role} {path}: {error}")
@@ -324,7 +325,7 @@ def _check_mode(args: argparse.Namespace) -> None:
 
 def validate_compare(args: argparse.Namespace) -> CompareSettings | FileCompareSettings:
     """Check every flag (no weights read, no image opened); :class:`UsageError` otherwise."""
-    from pipeline.model_flags import device_from_args
+    from pipeline.flags import device_from_args
 
     _check_feature_file(args.reference, "reference")
     _check_mode(args)

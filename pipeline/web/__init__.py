@@ -10,7 +10,7 @@ extra).
 - :mod:`pipeline.web.why`: an explanation as a relevance picture and HTML (no gradio).
 - :mod:`pipeline.web.why_view`: the "why" views (answers and NLVR2 verdicts) and the
   values of the ``explain`` endpoint.
-- :mod:`pipeline.web.cli`: the ``lxmert-demo`` command.
+- :mod:`pipeline.commands.demo`: the ``lxmert-demo`` command.
 - :mod:`pipeline.web.browser`: the server as a process and headless Chromium (Playwright on
   the system's ``chromium``), for the browser test and ``python3 tasks.py screenshot``.
 

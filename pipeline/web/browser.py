@@ -86,7 +86,7 @@ def serve_demo(
             "GRADIO_ANALYTICS_ENABLED": "False",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         }
-        command = [sys.executable, "-m", "pipeline.web.cli", "--port", str(port), *args]
+        command = [sys.executable, "-m", "pipeline.commands.demo", "--port", str(port), *args]
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )

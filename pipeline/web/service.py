@@ -25,7 +25,7 @@ import numpy as np
 
 from detector.image import DEFAULT_MAX_PIXELS, ImageError, load_image
 from detector.structures import RegionFeatures
-from pipeline.visualize import draw_regions, enlarged, region_labels
+from pipeline.extract.visualize import draw_regions, enlarged, region_labels
 from pipeline.web import DEFAULT_MAX_UPLOAD_BYTES
 from pipeline.web.models import ModelCache, ModelSettings, StartModels
 
@@ -518,8 +518,8 @@ def strongest(regions: RegionFeatures, count: int) -> list[int]:
 
 def boxes_picture(detection: Detection, *, shown: int, picked: int | None = None) -> np.ndarray:
     """The image with its ``shown`` most confident boxes labelled "attribute object
-    confidence" (:func:`pipeline.visualize.draw_regions`), RGB uint8 ``[H, W, 3]``; a small
-    image is drawn enlarged (:func:`pipeline.visualize.enlarged`) so its labels fit.
+    confidence" (:func:`pipeline.extract.visualize.draw_regions`), RGB uint8 ``[H, W, 3]``; a small
+    image is drawn enlarged (:func:`pipeline.extract.visualize.enlarged`) so its labels fit.
 
     ``picked`` (a region id, shown or not) is highlighted: everything outside its box is
     dimmed and its label is drawn last, on top.

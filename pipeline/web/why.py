@@ -1,7 +1,7 @@
 """The "why" view: an explanation (:mod:`encoder.explain`) as a picture and as text.
 
 No gradio here. The picture is the image enlarged like every picture of the page
-(:func:`pipeline.visualize.enlarged`), each region's pixels as bright as its relevance
+(:func:`pipeline.extract.visualize.enlarged`), each region's pixels as bright as its relevance
 (relative to the most relevant region, so the top region is at full brightness and a region
 with no relevance stays dim), the top regions outlined and numbered, and a legend strip
 under it. Boxes are xyxy in raw-image pixels, as in :class:`encoder.explain.RegionScore`.
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from encoder.explain import ImageRelevance, RegionScore, WordScore
-from pipeline.visualize import enlarge_image
+from pipeline.extract.visualize import enlarge_image
 
 #: Regions outlined on the picture and listed beside it.
 TOP_REGIONS = 3

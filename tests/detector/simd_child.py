@@ -115,7 +115,7 @@ def synthetic(out_path: str) -> None:
 
 
 def extract(out_path: str, images: list[str]) -> None:
-    from pipeline.cli import main
+    from pipeline.commands.extract import main
 
     code = main([*images, "--detector", "shapes-detector", "-o", out_path, "-q"])
     assert code == 0, f"extract_features exited {code}"

@@ -18,7 +18,7 @@ import detector.roi_heads as roi_heads_module
 from detector import InferenceOptions, build_detector, get_preset
 from detector.precision import PRECISION_NAMES, check_precision, cpu_bf16_instructions
 from detector.preprocess import PreparedImage, prepare
-from pipeline.precision_flags import PRECISION_CHOICES
+from pipeline.flags import PRECISION_CHOICES
 
 TINY = get_preset("tiny")
 #: bf16 on any CPU: these tests check which dtype each part runs in, not speed.

@@ -28,7 +28,7 @@ from detector.proposals import (
     detectron2_proposals,
 )
 from detector.rpn import RPN, AnchorGenerator
-from pipeline.manifest import record_settings
+from pipeline.features.manifest import record_settings
 
 VG_SIZES = (64.0, 128.0, 256.0, 512.0)
 VG_RATIOS = (0.5, 1.0, 2.0)

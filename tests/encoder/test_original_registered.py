@@ -24,7 +24,7 @@ from encoder.finetune import FinetuneConfig
 from encoder.finetune.model import prepare_encoder
 from encoder.model import build_model
 from encoder.original import save_original, write_sidecars
-from pipeline.answer_cli import main as answer_main
+from pipeline.commands.answer import main as answer_main
 from weights.__main__ import main as weights_main
 from weights.registered import register
 

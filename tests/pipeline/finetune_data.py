@@ -10,7 +10,7 @@ import cv2
 import torch
 from transformers import LxmertConfig, LxmertForQuestionAnswering
 
-from pipeline.writers import encode_tsv_line
+from pipeline.features.output import encode_tsv_line
 from shapesworld.dataset import question_entries
 from shapesworld.models import load_trained_detector, prepare_scene
 from shapesworld.scenes import make_split

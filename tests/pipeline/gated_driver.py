@@ -42,7 +42,7 @@ def open_gate(gate: Path, run: subprocess.Popen[str]) -> None:
 
 
 def _hold_after(gate: Path, count: int) -> None:
-    from pipeline.engines.local import RecordSink
+    from pipeline.extract.engines.local import RecordSink
 
     put = RecordSink.put
     written = 0
@@ -60,6 +60,6 @@ def _hold_after(gate: Path, count: int) -> None:
 
 if __name__ == "__main__":
     _hold_after(Path(sys.argv[1]), int(sys.argv[2]))
-    from pipeline.cli import main
+    from pipeline.commands.extract import main
 
     sys.exit(main(sys.argv[3:]))

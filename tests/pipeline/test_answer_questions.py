@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.answer_cli import main
 from pipeline.api import Pipeline, default_pipeline
+from pipeline.commands.answer import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ["--detector", "shapes-detector", "--encoder", "shapes-lxmert", "--device", "cpu"]

@@ -22,10 +22,10 @@ from encoder.config import EncoderConfig
 from encoder.model import build_model
 from encoder.tokenizer import load_tokenizer
 from pipeline import Pipeline
-from pipeline.boxes_file import coco_image_id, read_boxes_file
-from pipeline.cli import main
-from pipeline.manifest import manifest_path, read_manifest
-from pipeline.writers import read_features
+from pipeline.commands.extract import main
+from pipeline.extract.boxes_file import coco_image_id, read_boxes_file
+from pipeline.features.manifest import manifest_path, read_manifest
+from pipeline.features.output import read_features
 
 IDS = ["astronaut", "cats/chelsea", "coffee", "gray/camera"]
 
@@ -422,7 +422,7 @@ def test_coco_boxes_is_recorded_and_resume_refuses_the_other_convention(
 
 
 def test_a_manifest_from_before_coco_boxes_reads_as_exclusive() -> None:
-    from pipeline.manifest import recorded_settings
+    from pipeline.features.manifest import recorded_settings
 
     old = {"settings": {"boxes_sha256": "ab"}, "given_boxes": {"kind": "coco"}}
     assert recorded_settings(old)["coco_boxes"] == "exclusive"
@@ -562,8 +562,8 @@ def test_the_ray_engine_counts_the_records_it_writes(photos: Path, tmp_path: Pat
     """The driver of ``--engine ray`` writes what the actors send back: it counts as the local
     engine does (the end-to-end Ray runs are in test_ray_engine.py)."""
     pytest.importorskip("ray.data")
-    from pipeline.engines.ray import _put
-    from pipeline.plan import RunStats
+    from pipeline.extract.engines.ray import _put
+    from pipeline.extract.plan import RunStats
 
     outside_boxes(photos, tmp_path / "boxes.json")
     h, w = photo_size(photos, "astronaut")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import LXMERT_FIELDS, lxmert_read_tsv
 
-from pipeline.cli import main
+from pipeline.commands.extract import main
 from pipeline.compare import box_iou, match_boxes
 
 IDS = ["astronaut", "cats/chelsea", "coffee", "gray/camera"]

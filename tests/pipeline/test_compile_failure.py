@@ -15,10 +15,10 @@ from detector import build_detector, get_preset
 from detector.model import Detector, RawOutput
 from detector.preprocess import PreparedImage, prepare
 from detector.structures import RegionFeatures
-from pipeline.cli import main
-from pipeline.engines.local import detect_or_fail, is_compile_failure
-from pipeline.exits import EXIT_ALL_FAILED, EXIT_ERROR
-from pipeline.manifest import manifest_path, read_manifest
+from pipeline.commands.extract import main
+from pipeline.errors import EXIT_ALL_FAILED, EXIT_ERROR
+from pipeline.extract.engines.local import detect_or_fail, is_compile_failure
+from pipeline.features.manifest import manifest_path, read_manifest
 
 TINY = get_preset("tiny")
 NO_COMPILER = "Failed to find C compiler. Please specify via CC environment variable"

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.exits import EXIT_OK, EXIT_USAGE
-from pipeline.manifest import manifest_path, read_manifest, recorded_settings, write_manifest
+from pipeline.commands.extract import main
+from pipeline.errors import EXIT_OK, EXIT_USAGE
+from pipeline.features.manifest import (
+    manifest_path,
+    read_manifest,
+    recorded_settings,
+    write_manifest,
+)
 
 MEANING = "deterministic (exact mode: batch-invariant, deterministic numerics (always on CPU))"
 

@@ -12,7 +12,7 @@ import pytest
 from finetune_data import make_finetune_data, train_argv
 
 from pipeline.api import answer
-from pipeline.finetune_cli import main
+from pipeline.commands.finetune.command import main
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from finetune_data import make_finetune_data
 
-from pipeline.finetune_cli import main
-from pipeline.finetune_outputs import REPORT_KIND
+from pipeline.commands.finetune.command import main
+from pipeline.commands.finetune.outputs import REPORT_KIND
 
 
 @pytest.fixture(scope="module")

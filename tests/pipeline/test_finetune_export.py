@@ -13,8 +13,8 @@ import torch
 from detector.structures import RegionFeatures
 from encoder.build import load_encoder
 from encoder.original import original_layout
-from pipeline.command import run_command
-from pipeline.finetune_export import EXPORT_COMMAND
+from pipeline.commands.finetune.export import EXPORT_COMMAND
+from weights.command import run_command
 
 
 def _regions(seed: int) -> RegionFeatures:

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from encoder.finetune import TRAIN_PRECISIONS
-from pipeline.finetune_cli import build_evaluate_parser, build_train_parser, validate_train
-from pipeline.finetune_common import TRAIN_PRECISION_CHOICES
+from pipeline.commands.finetune.command import (
+    build_evaluate_parser,
+    build_train_parser,
+    validate_train,
+)
+from pipeline.commands.finetune.common import TRAIN_PRECISION_CHOICES
 
 # --from names a shipped model: validate_train resolves it (a usage error when it does not).
 TRAIN = ["--task", "vqa", "--train", "t.json", "--features", "f.tsv", "--out", "o"]

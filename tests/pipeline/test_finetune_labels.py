@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from finetune_data import make_finetune_data, train_argv
 
-from pipeline.finetune_cli import main
+from pipeline.commands.finetune.command import main
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from encoder.finetune import EpochRecord, load_checkpoint
 from pipeline.api import answer
-from pipeline.finetune_cli import CHECKPOINT, build_train_parser, main, validate_train
+from pipeline.commands.finetune.command import CHECKPOINT, build_train_parser, main, validate_train
 from pipeline.finetune_log import render_log
 
 
@@ -106,7 +106,7 @@ def test_tiny_keeps_the_first_images_of_each_store_and_resume_repeats_it(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 512 images would take minutes to detect here: the rule is the same with 3.
-    monkeypatch.setattr("pipeline.finetune_subset.TINY_IMAGES", 3)
+    monkeypatch.setattr("pipeline.commands.finetune.subset.TINY_IMAGES", 3)
     train_tsv, held_tsv, ids = _split_features(data, tmp_path)
     kept = set(ids[:3]) | set(ids[8:11])
     out = tmp_path / "tiny"

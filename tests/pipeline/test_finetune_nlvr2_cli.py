@@ -15,8 +15,8 @@ from transformers import LxmertConfig, LxmertForPreTraining
 
 from detector.structures import RegionFeatures
 from encoder.build import load_encoder
-from pipeline.finetune_cli import main
-from pipeline.writers import encode_tsv_line
+from pipeline.commands.finetune.command import main
+from pipeline.features.output import encode_tsv_line
 
 VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "left", "image", "is", "bright")
 

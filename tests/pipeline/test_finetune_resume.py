@@ -18,7 +18,7 @@ import pytest
 from finetune_data import make_finetune_data, train_argv
 
 from encoder.finetune import load_checkpoint
-from pipeline.finetune_cli import CHECKPOINT, main
+from pipeline.commands.finetune.command import CHECKPOINT, main
 
 
 class StopInEpoch2(io.StringIO):

@@ -17,7 +17,7 @@ import pytest
 from finetune_data import make_finetune_data, train_argv
 
 from encoder.finetune import load_checkpoint
-from pipeline.finetune_cli import CHECKPOINT
+from pipeline.commands.finetune.command import CHECKPOINT
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 PROGRAM = Path(sys.executable).parent / "lxmert-finetune"

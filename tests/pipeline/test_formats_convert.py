@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from pipeline_helpers import lxmert_read_tsv
 
-from pipeline.cli import main
-from pipeline.exits import EXIT_OK, EXIT_USAGE
+from pipeline.commands.extract import main
+from pipeline.errors import EXIT_OK, EXIT_USAGE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from test_formats_convert import convert, synthetic_tsv
 
-from pipeline.exits import EXIT_OK
-from pipeline.store import FeatureStore
+from pipeline.errors import EXIT_OK
+from pipeline.features.store import FeatureStore
 
 BOXES, DIM = 36, 512
 RECORD_BYTES = BOXES * DIM * 4

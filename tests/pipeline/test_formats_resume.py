@@ -17,9 +17,9 @@ import pytest
 from convert_gated_driver import REPO, gated_convert, wait_at_gate
 from pipeline_helpers import make_region
 
-from pipeline.cli import main
-from pipeline.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from pipeline.writers import encode_tsv_line
+from pipeline.commands.extract import main
+from pipeline.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from pipeline.features.output import encode_tsv_line
 
 RECORDS = 12
 HELD_AFTER = 5
@@ -167,7 +167,7 @@ def test_resume_without_a_partial_converts_from_the_start(
 def test_a_full_disk_keeps_the_partial_and_resume_finishes_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.formats.registry as registry
+    import pipeline.features.formats.registry as registry
 
     source = write_source(tmp_path / "source.tsv")
     out = tmp_path / "out.tsv"

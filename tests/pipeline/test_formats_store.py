@@ -11,9 +11,9 @@ import pytest
 from pipeline_helpers import assert_same_region, lxmert_read_tsv
 from test_formats_convert import convert, extractions, synthetic_tsv  # noqa: F401
 
-from pipeline.exits import EXIT_OK
-from pipeline.store import FeatureStore
-from pipeline.writers import iter_tsv
+from pipeline.errors import EXIT_OK
+from pipeline.features.output import iter_tsv
+from pipeline.features.store import FeatureStore
 
 LOSSLESS = {"h5": "o.h5", "npz-dir": "o-npz", "parquet": "o.parquet", "tsv": "o.tsv"}
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from gated_driver import gated_command, open_gate
 
-from pipeline.cli import main
-from pipeline.lock import lock_path
-from pipeline.manifest import manifest_path, read_manifest
-from pipeline.writers import TsvWriter, read_features, read_ids
+from pipeline.commands.extract import main
+from pipeline.features.manifest import manifest_path, read_manifest
+from pipeline.features.output import TsvWriter, read_features, read_ids
+from weights.lock import lock_path
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -57,16 +57,16 @@ def start(argv: list[str]) -> subprocess.Popen[str]:
 
 
 #: A real extract_features process that imports everything first, says "ready", and runs
-#: pipeline.cli.main only when the trigger file appears: so it can be aimed at a run that is
-#: still going, whatever the machine's import time.
+#: pipeline.commands.extract.main only when the trigger file appears: so it can be aimed at a
+#: run that is still going, whatever the machine's import time.
 PRIMED = """
 import pathlib, sys, time
-import pipeline.cli, pipeline.steps
+import pipeline.commands.extract, pipeline.extract.steps
 print("ready", flush=True)
 trigger = pathlib.Path(sys.argv[1])
 while not trigger.exists():
     time.sleep(0.005)
-sys.exit(pipeline.cli.main(sys.argv[2:]))
+sys.exit(pipeline.commands.extract.main(sys.argv[2:]))
 """
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.inputs import DuplicateIdError, InputListing, list_inputs
+from pipeline.extract.inputs import DuplicateIdError, InputListing, list_inputs
 
 AS_ROOT = os.geteuid() == 0
 

@@ -19,7 +19,7 @@ from encoder.nlvr2 import LxmertForNLVR2
 from encoder.tokenizer import load_tokenizer
 from pipeline import Pipeline, judge
 from pipeline.api import default_pipeline
-from pipeline.judge_cli import main as judge_main
+from pipeline.commands.judge import main as judge_main
 
 STATEMENTS = ["there is a cat in the left image", "both images show a cup"]
 

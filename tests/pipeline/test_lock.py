@@ -1,4 +1,4 @@
-"""The output lock (:mod:`pipeline.lock`): real processes hold and contend for it."""
+"""The output lock (:mod:`weights.lock`): real processes hold and contend for it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.lock
-from pipeline.lock import (
+import weights.lock
+from weights.lock import (
     LockFileError,
     LockInfo,
     LockUnsupportedError,
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 HOLDER_SCRIPT = """
 import signal, sys
 from pathlib import Path
-from pipeline.lock import output_lock
+from weights.lock import output_lock
 with output_lock(Path(sys.argv[1])) as info:
     Path(sys.argv[2]).write_text(str(info.pid))
     while True:
@@ -46,7 +46,7 @@ with output_lock(Path(sys.argv[1])) as info:
 CONTENDER_SCRIPT = """
 import sys
 from pathlib import Path
-from pipeline.lock import OutputLockedError, output_lock
+from weights.lock import OutputLockedError, output_lock
 try:
     with output_lock(Path(sys.argv[1])):
         print("taken")
@@ -202,13 +202,13 @@ def test_a_locker_whose_file_was_removed_meanwhile_locks_the_path_again(
     with output_lock(out):  # A
         stale = os.open(lock, os.O_RDWR)  # B opens it before A's release
     opened = [stale]
-    real_open = pipeline.lock._open_lock_file
+    real_open = weights.lock._open_lock_file
 
     def open_as_b(*, output: Path, lock: Path) -> int:
         return opened.pop() if opened else real_open(output=output, lock=lock)
 
     with output_lock(out) as c_info:  # C: a new file at the path
-        monkeypatch.setattr(pipeline.lock, "_open_lock_file", open_as_b)
+        monkeypatch.setattr(weights.lock, "_open_lock_file", open_as_b)
         with pytest.raises(OutputLockedError) as caught, output_lock(out):  # B
             pass
         assert caught.value.holder == c_info

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from detector import get_preset
-from pipeline.manifest import recorded_settings
+from pipeline.features.manifest import recorded_settings
 
 
 def old_manifest(command: list[str], device: str) -> dict[str, object]:

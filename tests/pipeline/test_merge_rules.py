@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from pipeline_helpers import assert_same_region, make_region
 
-from pipeline.cli import main
-from pipeline.manifest import manifest_path, read_manifest
-from pipeline.writers import (
+from pipeline.commands.extract import main
+from pipeline.features.manifest import manifest_path, read_manifest
+from pipeline.features.output import (
     TsvWriter,
     journal_path,
     merge_outputs,
@@ -395,7 +395,7 @@ def test_directories_manifests_and_missing_folders_are_named(
 def test_unexpected_error_advises_v_and_v_prints_the_traceback(
     runs: Runs, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    import pipeline.writers
+    import pipeline.features.output
 
     def disk_fails(region: object) -> bytes:
         raise OSError(errno.EIO, "Input/output error")
@@ -403,7 +403,7 @@ def test_unexpected_error_advises_v_and_v_prints_the_traceback(
     shards = [copy_output(shard, tmp_path) for shard in runs.quarters]
     out = tmp_path / "out" / "all.tsv"
     out.parent.mkdir()
-    monkeypatch.setattr(pipeline.writers, "encode_tsv_line", disk_fails)
+    monkeypatch.setattr(pipeline.features.output, "encode_tsv_line", disk_fails)
     assert merge(*shards, "--out", out) == 4
     err = capsys.readouterr().err
     assert "Input/output error" in err and "(run with -v for the traceback)" in err
@@ -439,13 +439,13 @@ def test_python_m_pipeline_merge_runs_the_same_command(runs: Runs, tmp_path: Pat
 def test_a_failed_overwrite_keeps_the_old_output_and_its_manifest(
     runs: Runs, tmp_path: Path, monkeypatch
 ) -> None:
-    import pipeline.writers
+    import pipeline.features.output
 
     shards = [copy_output(shard, tmp_path) for shard in runs.quarters]
     out = tmp_path / "all.tsv"
     assert merge(*shards, "--out", out, "-q") == 0
     before = (out.read_bytes(), manifest_path(out).read_bytes())
-    real = pipeline.writers.encode_tsv_line
+    real = pipeline.features.output.encode_tsv_line
     calls = {"n": 0}
 
     def fails_midway(region: object) -> bytes:
@@ -454,7 +454,7 @@ def test_a_failed_overwrite_keeps_the_old_output_and_its_manifest(
             raise OSError("I/O error while writing")
         return real(region)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline.writers, "encode_tsv_line", fails_midway)
+    monkeypatch.setattr(pipeline.features.output, "encode_tsv_line", fails_midway)
     assert merge(*shards, "--out", out, "--overwrite", "-q") == 4
     assert (out.read_bytes(), manifest_path(out).read_bytes()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

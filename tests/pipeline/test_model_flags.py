@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.answer_cli import main as answer_main
+from pipeline.commands.answer import main as answer_main
 
 ROOT = Path(__file__).resolve().parents[2]
 

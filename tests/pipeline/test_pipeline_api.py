@@ -23,9 +23,9 @@ from encoder.model import build_model
 from encoder.nlvr2 import LxmertForNLVR2
 from encoder.tokenizer import load_tokenizer
 from pipeline import Pipeline, answer
-from pipeline.answer_cli import main as answer_main
 from pipeline.api import default_pipeline
-from pipeline.inputs import DuplicateIdError, list_inputs
+from pipeline.commands.answer import main as answer_main
+from pipeline.extract.inputs import DuplicateIdError, list_inputs
 
 ANSWERS = ("red", "blue", "green", "yes", "no", "2", "3")
 QUESTIONS = ["what color is the cat?", "is there a cup?", "how many objects are there?"]

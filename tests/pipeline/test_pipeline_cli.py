@@ -16,10 +16,10 @@ from PIL import Image
 from pipeline_helpers import assert_same_region, lxmert_read_tsv, photo_bgr
 
 from detector import load_detector
-from pipeline.cli import build_parser, main
-from pipeline.manifest import manifest_path, read_manifest
-from pipeline.visualize import MIN_PICTURE_SIDE
-from pipeline.writers import journal_path, read_features
+from pipeline.commands.extract import build_parser, main
+from pipeline.extract.visualize import MIN_PICTURE_SIDE
+from pipeline.features.manifest import manifest_path, read_manifest
+from pipeline.features.output import journal_path, read_features
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = ["astronaut", "cats/chelsea", "coffee", "gray/camera"]
@@ -97,8 +97,8 @@ def test_stopping_early_ends_the_decode_threads(photos) -> None:
     import threading
 
     from detector import get_preset
-    from pipeline.engines.local import PrepareImage, prepared_batches
-    from pipeline.inputs import gather_inputs
+    from pipeline.extract.engines.local import PrepareImage, prepared_batches
+    from pipeline.extract.inputs import gather_inputs
 
     items = gather_inputs([str(photos)])
     cv2_threads = cv2.getNumThreads()
@@ -173,7 +173,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_records(
     reference, photos, tiny_checkpoint, tmp_path
 ) -> None:
     # 16 inputs: copies of the 4 photos, so the expected records are the reference's. (Copies,
-    # not links: one real file under two ids is listed once, pipeline/inputs.py.)
+    # not links: one real file under two ids is listed once, pipeline/extract/inputs.py.)
     copies = tmp_path / "copies"
     expected = {}
     for copy in range(4):
@@ -276,12 +276,12 @@ def test_bad_inputs_are_reported_and_skipped(
 
 
 def test_duplicate_ids_stop_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
-    import pipeline.steps
+    import pipeline.extract.steps
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the detector was loaded")
 
-    monkeypatch.setattr(pipeline.steps, "load_model", refuse)
+    monkeypatch.setattr(pipeline.extract.steps, "load_model", refuse)
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "same.jpg").write_bytes(b"x")

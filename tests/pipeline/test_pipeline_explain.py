@@ -13,8 +13,8 @@ import torch
 
 from detector.boxes import pairwise_iou
 from pipeline import Pipeline
-from pipeline.answer_cli import main as answer_main
 from pipeline.api import default_pipeline
+from pipeline.commands.answer import main as answer_main
 from shapesworld.scenes import Scene, make_split
 from shapesworld.vocab import COLORS, SHAPES
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.inputs import (
+from pipeline.extract.inputs import (
     DuplicateIdError,
     gather_inputs,
     list_inputs,

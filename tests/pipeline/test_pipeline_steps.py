@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import pipeline.steps
-from pipeline import answer_cli
-from pipeline.cli import COMMANDS, build_parser, main
-from pipeline.exits import EXIT_OK, EXIT_USAGE, UsageError
-from pipeline.plan import make_plan
-from pipeline.settings import validate
-from pipeline.writers import read_ids
+import pipeline.extract.steps
+from pipeline.commands import answer as answer_cli
+from pipeline.commands.extract import COMMANDS, build_parser, main
+from pipeline.errors import EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.extract.plan import make_plan
+from pipeline.extract.settings import validate
+from pipeline.features.output import read_ids
 
 
 def parse(*args: object) -> argparse.Namespace:
@@ -28,7 +28,7 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was loaded (or a checkpoint hashed) before validation")
 
-    monkeypatch.setattr(pipeline.steps, "load_model", refuse)
+    monkeypatch.setattr(pipeline.extract.steps, "load_model", refuse)
     monkeypatch.setattr("weights.resolve.sha256_file", refuse)
     monkeypatch.setattr("weights.io.load_state_dict", refuse)
 
@@ -138,7 +138,7 @@ def test_answer_with_an_unusable_device_exits_2_before_loading(monkeypatch, caps
 def test_proposals_flag_reaches_the_config_and_resume_compares_it(
     photos, tiny_checkpoint, tmp_path, capsys
 ) -> None:
-    from pipeline.manifest import manifest_path, read_manifest
+    from pipeline.features.manifest import manifest_path, read_manifest
 
     flags = ["--detector", str(tiny_checkpoint), "--device", "cpu", "--workers", "0", "-q"]
     auto = validate(parse(photos, "--out", tmp_path / "a.tsv", *flags))
@@ -161,7 +161,7 @@ def test_ctrl_c_while_the_model_loads_is_exit_130_without_a_traceback(
     def interrupted(settings: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.steps, "load_model", interrupted)
+    monkeypatch.setattr(pipeline.extract.steps, "load_model", interrupted)
     flags = ["--detector", "shapes-detector", "--device", "cpu", "-q"]
     assert main([str(photos), "--out", str(tmp_path / "k.tsv"), *flags]) == 130
     err = capsys.readouterr().err

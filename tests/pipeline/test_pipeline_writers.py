@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import assert_same_region, lxmert_read_tsv, make_region
 
-from pipeline.writers import (
+from pipeline.features.output import (
     H5Writer,
     TsvWriter,
     encode_tsv_line,
@@ -183,7 +183,7 @@ WRITER_SCRIPT = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 from pipeline_helpers import make_region
-from pipeline.writers import open_writer
+from pipeline.features.output import open_writer
 outs, total = sys.argv[1:3], int(sys.argv[3])
 writers = [open_writer(out, mode="resume", fold_min=3) for out in outs]
 done = [writer.existing_ids() for writer in writers]
@@ -232,16 +232,17 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
 
 
 def test_pipeline_writers_re_exports_the_format_modules_names() -> None:
-    # The TSV codec and the HDF5 layout moved to pipeline.formats.tsv / .h5 (issue 28); every
-    # name other modules import from pipeline.writers is still there, and is the same object.
-    import pipeline.formats.h5
-    import pipeline.formats.tsv
-    import pipeline.writers
+    # The TSV codec and the HDF5 layout moved to pipeline.features.formats.tsv / .h5 (issue 28);
+    # every name other modules import from pipeline.features.output is still there, and is the same
+    # object.
+    import pipeline.features.formats.h5
+    import pipeline.features.formats.tsv
+    import pipeline.features.output
 
-    for name in pipeline.writers.__all__:
-        value = getattr(pipeline.writers, name)
-        for module in (pipeline.formats.tsv, pipeline.formats.h5):
+    for name in pipeline.features.output.__all__:
+        value = getattr(pipeline.features.output, name)
+        for module in (pipeline.features.formats.tsv, pipeline.features.formats.h5):
             if hasattr(module, name):
                 assert getattr(module, name) is value, name
-    assert pipeline.writers.TsvWriter is pipeline.formats.tsv.TsvWriter
-    assert pipeline.writers.H5_LAYOUT is pipeline.formats.h5.H5_LAYOUT
+    assert pipeline.features.output.TsvWriter is pipeline.features.formats.tsv.TsvWriter
+    assert pipeline.features.output.H5_LAYOUT is pipeline.features.formats.h5.H5_LAYOUT

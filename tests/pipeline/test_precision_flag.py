@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import detector.precision
-import pipeline.steps
-from pipeline import answer_cli
-from pipeline.cli import main
-from pipeline.exits import EXIT_OK, EXIT_USAGE
-from pipeline.manifest import manifest_path, read_manifest
-from pipeline.writers import read_features
+import pipeline.extract.steps
+from pipeline.commands import answer as answer_cli
+from pipeline.commands.extract import main
+from pipeline.errors import EXIT_OK, EXIT_USAGE
+from pipeline.features.manifest import manifest_path, read_manifest
+from pipeline.features.output import read_features
 
 
 def extract(*args: object) -> int:
@@ -32,7 +32,7 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model was loaded before the precision was checked")
 
-    monkeypatch.setattr(pipeline.steps, "load_model", refuse)
+    monkeypatch.setattr(pipeline.extract.steps, "load_model", refuse)
     monkeypatch.setattr("pipeline.api.answer", refuse)
 
 

@@ -29,11 +29,11 @@ pytest.importorskip("ray.data")
 
 from gated_driver import gated_command
 
-from pipeline.cli import main as extract_features
-from pipeline.engines.ray import InOrder, plan_actors
-from pipeline.exits import UsageError
-from pipeline.manifest import manifest_path
-from pipeline.settings import RaySettings
+from pipeline.commands.extract import main as extract_features
+from pipeline.errors import UsageError
+from pipeline.extract.engines.ray import InOrder, plan_actors
+from pipeline.extract.settings import RaySettings
+from pipeline.features.manifest import manifest_path
 from weights import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +178,7 @@ def _ray_command(cluster: Cluster, *args: object) -> list[str]:
     words = [str(arg) for arg in args]
     engine = ["--engine", "ray", "--ray-address", cluster.address]
     # The defaults first: a flag of the test's own comes later and wins.
-    return [sys.executable, "-m", "pipeline.cli", *DETECTOR, *engine, *words]
+    return [sys.executable, "-m", "pipeline.commands.extract", *DETECTOR, *engine, *words]
 
 
 def _env(token: str) -> dict[str, str]:

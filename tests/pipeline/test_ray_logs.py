@@ -1,6 +1,6 @@
 """Ray's own output goes to ``OUT.ray.log`` beside the manifest, not to the terminal
-(pipeline.engines.ray_logs): checked on the mechanism alone (a subprocess whose stderr is a real
-file descriptor 2, no Ray), and on one real ``extract_features --engine ray`` run that starts
+(pipeline.extract.engines.ray_logs): checked on the mechanism alone (a subprocess whose stderr is a
+real file descriptor 2, no Ray), and on one real ``extract_features --engine ray`` run that starts
 Ray on this machine, as a user's does."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import manifest_path, ray_log_path
+from pipeline.features.manifest import manifest_path, ray_log_path
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Marks the processes of the Ray run (they inherit it), so that any left are ended by id.
@@ -26,8 +26,8 @@ MARKER = "LXMERT_RAY_LOGS_TEST"
 SCRIPT = """
 import logging, os, sys
 from pathlib import Path
-from pipeline.command import configure_logging
-from pipeline.engines.ray_logs import ray_output_to
+from weights.command import configure_logging
+from pipeline.extract.engines.ray_logs import ray_output_to
 
 configure_logging(quiet=False, verbose=False)
 # As Ray's own handler of its loggers (ray._private.log.PlainRayHandler): sys.stderr at emit time.
@@ -105,7 +105,12 @@ def test_a_local_ray_run_keeps_ray_s_lines_off_the_terminal(tmp_path: Path) -> N
             "XDG_CACHE_HOME": str(tmp_path / "cache"),
         }
     )
-    command = [sys.executable, "-m", "pipeline.cli", str(ROOT / "examples" / "scene_000.png")]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.commands.extract",
+        str(ROOT / "examples" / "scene_000.png"),
+    ]
     command += ["--out", str(out), "--engine", "ray", "--detector", "shapes-detector"]
     command += ["--device", "cpu", "--threads", "1", "--workers", "0"]
     try:

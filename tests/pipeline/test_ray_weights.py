@@ -1,7 +1,8 @@
-"""Which weights file a Ray actor loads (:func:`pipeline.engines.ray_weights.weights_for_actor`),
-in this process as on a node: its node's own copy only when it is the driver's file, else the
-shipped copy (kept per sha256). Fetching from the object store is tested on a real cluster in
-``test_ray_engine.py``; nothing here starts Ray."""
+"""Which weights file a Ray actor loads
+(:func:`pipeline.extract.engines.ray_weights.weights_for_actor`), in this process as on a node: its
+node's own copy only when it is the driver's file, else the shipped copy (kept per sha256). Fetching
+from the object store is tested on a real cluster in ``test_ray_engine.py``; nothing here starts
+Ray."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from detector.structures import CheckpointInfo
-from pipeline.cli import build_parser
-from pipeline.engines.ray import ActorPlan, RayEngine
-from pipeline.engines.ray_weights import (
+from pipeline.commands.extract import build_parser
+from pipeline.extract.engines.ray import ActorPlan, RayEngine
+from pipeline.extract.engines.ray_weights import (
     ActorWeights,
     ShippedCheckpoint,
     WeightsUnavailableError,
@@ -23,7 +24,7 @@ from pipeline.engines.ray_weights import (
     shipped_cache_dir,
     weights_for_actor,
 )
-from pipeline.settings import validate
+from pipeline.extract.settings import validate
 from weights import resolve_checkpoint, sha256_file
 
 SHAPES = resolve_checkpoint("shapes-detector")

@@ -27,28 +27,28 @@ def modules_after(statement: str, names: tuple[str, ...]) -> set[str]:
 
 
 def test_extract_features_command_imports_no_encoder_or_compiler_stack() -> None:
-    assert modules_after("import pipeline.cli", NOT_FOR_EXTRACTION) == set()
+    assert modules_after("import pipeline.commands.extract", NOT_FOR_EXTRACTION) == set()
 
 
 @pytest.mark.parametrize(
     "module",
     [
         "pipeline",
-        "pipeline.cli",
-        "pipeline.answer_cli",
-        "pipeline.judge_cli",
-        "pipeline.web.cli",
+        "pipeline.commands.extract",
+        "pipeline.commands.answer",
+        "pipeline.commands.judge",
+        "pipeline.commands.demo",
         "weights",
         "weights.__main__",
         # What the commands check their flags, inputs and model names with (issue 29).
         "detector",
         "detector.config",
         "detector.checkpoint_config",
-        "pipeline.settings",
+        "pipeline.extract.settings",
         "pipeline.merge",
         "pipeline.convert",
         "pipeline.compare",
-        "pipeline.finetune_cli",
+        "pipeline.commands.finetune.command",
         "encoder",
         "encoder.finetune",
         "encoder.finetune.config",

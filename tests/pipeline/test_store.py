@@ -20,10 +20,9 @@ import torch.utils.data
 from pipeline_helpers import assert_same_region, make_region
 
 import pipeline
-import pipeline.tsv_index as tsv_index
+import pipeline.features.index as tsv_index
 from detector.structures import RegionFeatures
-from pipeline.store import FeatureStore
-from pipeline.writers import (
+from pipeline.features.output import (
     TsvWriter,
     encode_tsv_line,
     journal_path,
@@ -31,6 +30,7 @@ from pipeline.writers import (
     read_ids,
     write_h5,
 )
+from pipeline.features.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -390,13 +390,13 @@ def test_dataloader_workers_return_the_same_records(
 # Opens a TSV store and reads every record in a shuffled order in a fresh interpreter; prints
 # the resident memory before and the peak after (VmHWM of this address space, reset first where
 # the kernel allows), and each record's feature sum. With "list", holds every record read by
-# pipeline.writers.read_features instead, as LXMERT's own loader does: the control showing the
-# figure sees a file held in memory.
+# pipeline.features.output.read_features instead, as LXMERT's own loader does: the control showing
+# the figure sees a file held in memory.
 _READ_ALL_AND_MEASURE = """
 import json, random, sys
 import numpy as np
-from pipeline.store import FeatureStore
-from pipeline.writers import read_features
+from pipeline.features.store import FeatureStore
+from pipeline.features.output import read_features
 def status(field):
     with open("/proc/self/status") as handle:
         line = next(line for line in handle if line.startswith(field + ":"))

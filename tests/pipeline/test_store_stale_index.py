@@ -13,10 +13,10 @@ import torch.utils.data
 from pipeline_helpers import assert_same_region, make_region
 
 from detector.structures import RegionFeatures
-from pipeline.data_errors import data_error_text
-from pipeline.fingerprint import EDGE_BYTES, fingerprint
-from pipeline.store import FeatureDataError, FeatureStore
-from pipeline.writers import encode_tsv_line
+from pipeline.commands.finetune.data_errors import data_error_text
+from pipeline.features.fingerprint import EDGE_BYTES, fingerprint
+from pipeline.features.output import encode_tsv_line
+from pipeline.features.store import FeatureDataError, FeatureStore
 
 
 @pytest.fixture(autouse=True)

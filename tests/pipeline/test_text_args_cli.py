@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from pipeline.answer_cli import main as answer_main
-from pipeline.judge_cli import main as judge_main
-from pipeline.text_args import first_non_utf8
+from pipeline.commands.answer import main as answer_main
+from pipeline.commands.judge import main as judge_main
+from pipeline.commands.text_args import first_non_utf8
 from shapesworld.scenes import make_split
 from weights.defaults import SHAPES_DETECTOR, SHAPES_ENCODER, SHAPES_NLVR2
 

@@ -19,10 +19,9 @@ import pytest
 from PIL import Image
 from pipeline_helpers import make_region
 
-from pipeline.cli import main
-from pipeline.inputs import input_roots
-from pipeline.manifest import manifest_path
-from pipeline.visualize import (
+from pipeline.commands.extract import main
+from pipeline.extract.inputs import input_roots
+from pipeline.extract.visualize import (
     MIN_PICTURE_SIDE,
     PICTURE_MARK,
     ForeignFileError,
@@ -34,7 +33,8 @@ from pipeline.visualize import (
     mark_png,
     save_visualization,
 )
-from pipeline.writers import read_features
+from pipeline.features.manifest import manifest_path
+from pipeline.features.output import read_features
 
 IDS = ["astronaut", "cats/chelsea", "coffee", "gray/camera"]
 NAMES = {"object_names": ["thing"], "attribute_names": ["red"]}
@@ -69,12 +69,12 @@ def own_photos(photos: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if the run gets as far as loading the detector."""
-    import pipeline.steps
+    import pipeline.extract.steps
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the detector was loaded")
 
-    monkeypatch.setattr(pipeline.steps, "load_model", refuse)
+    monkeypatch.setattr(pipeline.extract.steps, "load_model", refuse)
 
 
 @pytest.fixture
@@ -204,12 +204,12 @@ def test_pictures_are_never_inputs_of_the_next_resume(
     flags = ["--detector", tiny_checkpoint, "--workers", 0, "-q"]
     assert extract(own_photos, "--out", out, "--limit", 2, *flags) == 0
     text = out.read_bytes()
-    import pipeline.steps
+    import pipeline.extract.steps
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the detector was loaded")
 
-    monkeypatch.setattr(pipeline.steps, "load_model", refuse)
+    monkeypatch.setattr(pipeline.extract.steps, "load_model", refuse)
     vis = own_photos / "vis"
     code = extract(own_photos, "--out", out, "--resume", "--visualize", vis, *flags)
     assert code == 2

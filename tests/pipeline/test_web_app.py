@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from detector.structures import RegionFeatures
-from pipeline.visualize import draw_regions, enlarged
+from pipeline.extract.visualize import draw_regions, enlarged
 from pipeline.web.models import (
     ModelCache,
     ModelSettings,
@@ -360,7 +360,7 @@ def test_command_refuses_a_named_model_that_does_not_resolve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("gradio")
-    from pipeline.web.cli import main
+    from pipeline.commands.demo import main
 
     code = main(["--detector", str(tmp_path / "none.pth"), "--encoder", "shapes-lxmert"])
     assert code == 2
@@ -599,7 +599,7 @@ def test_page_session_keeps_no_image(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_packaged_examples_from_any_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.web.cli import PACKAGED_EXAMPLES, example_images, main
+    from pipeline.commands.demo import PACKAGED_EXAMPLES, example_images, main
 
     monkeypatch.chdir(tmp_path)
     listed = example_images(None)

@@ -1,6 +1,6 @@
 """The web page in a real browser: headless Debian Chromium driven by Playwright.
 
-The server is ``python -m pipeline.web.cli`` with the shapes models, started on a free port
+The server is ``python -m pipeline.commands.demo`` with the shapes models, started on a free port
 and stopped at the end. Playwright is launched on the system's ``chromium`` executable; it
 never downloads a browser (no ``playwright install``).
 """

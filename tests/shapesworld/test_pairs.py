@@ -131,7 +131,7 @@ def test_too_few_scenes_is_a_clear_error_not_a_hang() -> None:
 
 
 def test_the_command_writes_images_statements_and_their_features(tmp_path: Path) -> None:
-    from pipeline.store import FeatureStore
+    from pipeline.features.store import FeatureStore
 
     argv = ["--out", str(tmp_path), "--train", "0", "--valid", "0", "--test", "12"]
     assert main(argv) == 0

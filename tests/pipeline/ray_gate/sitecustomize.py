@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-TARGET = "pipeline.engines.ray_stages"
+TARGET = "pipeline.extract.engines.ray_stages"
 
 
 def _gate(module: ModuleType, folder: Path) -> None:

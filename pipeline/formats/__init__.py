@@ -1,4 +1,0 @@
-"""Feature files in the formats the field uses: write, read in order, read by id.
-
-See :mod:`pipeline.formats.registry` for the table and ``docs/formats.md`` for the page.
-"""
