@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pipeline.compare.metrics import IOU_LEVELS, GivenBoxTolerances, ReproduceRule
 from pipeline.errors import UsageError
+from pipeline.features.suffixes import OUTPUT_SUFFIXES
 from pipeline.flags import add_detector_flag, add_device_flag, check_models
 from weights.command import positive_int
 
@@ -35,7 +36,7 @@ PROPOSAL_MODES: tuple[ProposalMode, ...] = ("caffe", "detectron2")
 REPORT_KIND = "extract_features compare report"
 #: File names the reference may have (the formats
 #: :class:`~pipeline.features.store.FeatureStore` reads).
-REFERENCE_SUFFIXES = (".tsv", ".h5", ".hdf5")
+REFERENCE_SUFFIXES = OUTPUT_SUFFIXES
 
 # --- the command: settings -----------------------------------------------------------------------
 

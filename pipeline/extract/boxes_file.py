@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from pipeline.features.output import decode_tsv_line, iter_h5
+from pipeline.features.suffixes import OUTPUT_SUFFIXES
 from weights import sha256_file
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def read_boxes_file(
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".json", ".tsv", ".h5", ".hdf5"):
+    if suffix not in (".json", *OUTPUT_SUFFIXES):
         raise ValueError(
             f"{path}: unknown boxes file format; give .json ({{img_id: [[x1, y1, x2, y2], ...]}}"
             " or COCO annotations), .tsv (LXMERT obj36) or .h5 (an output of this tool)"

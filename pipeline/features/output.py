@@ -44,6 +44,7 @@ from pipeline.features.formats.tsv import (
     tsv_line_id,
     unquote_id,
 )
+from pipeline.features.suffixes import H5_SUFFIXES, TSV_SUFFIXES
 from weights.files import atomic_path
 
 __all__ = [
@@ -101,9 +102,9 @@ class FeatureWriter(Protocol):
 def output_format(path: str | os.PathLike[str]) -> Format:
     """``tsv`` or ``hdf5`` from the file suffix; ``ValueError`` for anything else."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".tsv":
+    if suffix in TSV_SUFFIXES:
         return "tsv"
-    if suffix in (".h5", ".hdf5"):
+    if suffix in H5_SUFFIXES:
         return "hdf5"
     raise ValueError(f"output {path}: unknown format; name it *.tsv (LXMERT obj36) or *.h5")
 

@@ -11,7 +11,6 @@ Frames: boxes are xyxy in raw-image pixels (after EXIF orientation), as in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import threading
 import time
@@ -28,6 +27,7 @@ from detector.structures import RegionFeatures
 from pipeline.extract.visualize import draw_regions, enlarged, region_labels
 from pipeline.web import DEFAULT_MAX_UPLOAD_BYTES
 from pipeline.web.models import ModelCache, ModelSettings, StartModels
+from weights import sha256_file
 
 if TYPE_CHECKING:
     from encoder.explain import Explanation, PairExplanation
@@ -222,15 +222,6 @@ def read_image(path: str | os.PathLike[str], *, limits: Limits, name: str) -> np
         raise DemoError(f"Cannot read the upload {name}: {error.strerror or error}") from error
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes: an image's identity in the region cache."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class DemoService:
     """The page's work over one :class:`ModelCache`.
 
@@ -269,7 +260,7 @@ class DemoService:
         if path is None or not os.fspath(path):
             raise DemoError("No image: upload one, paste one, or pick an example first.")
         bgr = read_image(path, limits=self.limits, name=name)
-        key = (file_digest(path), settings.detector_key())
+        key = (sha256_file(path), settings.detector_key())  # the image's identity in the cache
         with self._lock:
             known = self._regions.get(key)
             if known is not None:

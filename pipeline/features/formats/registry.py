@@ -21,6 +21,7 @@ from pipeline.features.formats import ban_h5, lmdb_uniter, npz_dir, parquet
 from pipeline.features.formats.common import RecordPart, WriteOptions
 from pipeline.features.formats.h5 import H5_FORMAT_NAME, iter_h5, write_h5
 from pipeline.features.formats.tsv import encode_tsv_line, iter_tsv, repair_tsv, tsv_line_id
+from pipeline.features.suffixes import FILE_SUFFIXES, H5_SUFFIXES, TSV_SUFFIXES
 
 Writer = Callable[[Path, Iterable[RegionFeatures], WriteOptions], int]
 
@@ -97,7 +98,7 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec(
             name="tsv",
             folder=False,
-            suffixes=(".tsv",),
+            suffixes=TSV_SUFFIXES,
             consumer="airsplay/lxmert src/utils.py load_obj_tsv",
             loses="nothing",
             feature_dtypes=("float32",),
@@ -108,7 +109,7 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec(
             name="h5",
             folder=False,
-            suffixes=(".h5", ".hdf5"),
+            suffixes=H5_SUFFIXES,
             consumer="this tool (pipeline.features.store.FeatureStore)",
             loses="nothing",
             feature_dtypes=("float32",),
@@ -223,7 +224,7 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.exists():
-        if suffix and suffix not in (".tsv", ".h5", ".hdf5", ".parquet"):
+        if suffix and suffix not in FILE_SUFFIXES:
             raise ValueError(
                 f"{path}: unknown format (and no such file); feature files are *.tsv, "
                 "*.h5/*.hdf5, *.parquet, or folders (npz-dir, UNITER lmdb)"
@@ -279,9 +280,9 @@ def store_format(path: str | Path) -> str:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".tsv" and not path.is_dir():
+    if suffix in TSV_SUFFIXES and not path.is_dir():
         return "tsv"
-    if suffix in (".h5", ".hdf5") and not path.is_dir():
+    if suffix in H5_SUFFIXES and not path.is_dir():
         if path.is_file() and h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != H5_FORMAT_NAME and "image_features" in f:

@@ -1,0 +1,17 @@
+"""Which file names make a feature file: the one list that every command checks a name against.
+
+Standard library only: the commands check names before they import anything heavy.
+"""
+
+from __future__ import annotations
+
+TSV_SUFFIXES: tuple[str, ...] = (".tsv",)
+H5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
+
+#: The single files ``extract_features --out`` writes, and so what ``--boxes-from`` and
+#: ``compare``'s reference read as one of ours or LXMERT's.
+OUTPUT_SUFFIXES: tuple[str, ...] = TSV_SUFFIXES + H5_SUFFIXES
+
+#: Every single-file feature format read or written (``convert``, ``FeatureStore``); the
+#: folder formats (npz-dir, UNITER lmdb) are told by their contents.
+FILE_SUFFIXES: tuple[str, ...] = (*OUTPUT_SUFFIXES, ".parquet")
