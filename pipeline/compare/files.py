@@ -11,6 +11,10 @@ ours against LXMERT's released files. Per image in both files:
 - **Features of the same boxes**: on the pairs matched at IoU >= :data:`SAME_BOX_IOU`, the
   given-box check's figures and limits (:class:`~pipeline.compare.metrics.GivenBoxTolerances`),
   since only where the boxes are the same must the features be.
+- **Rounding of the same boxes' features**: ``equal`` (every value equal), ``float16`` (not
+  equal, but every value of one file is the other's rounded to float16: a float16 round trip,
+  as ``convert --feature-dtype float16`` or UNITER's lmdb makes) or ``other``
+  (:func:`feature_rounding`). Reported, not a pass condition.
 - ``--exact``: every record byte-equal (each field's dtype, shape and bytes); the first that
   differs, in id order, is named with its first differing field.
 
@@ -24,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -70,6 +74,8 @@ RECORD_FIELDS = (
     "attrs_id",
     "attrs_conf",
 )
+#: How the same boxes' features of two files relate (:func:`feature_rounding`).
+Rounding = Literal["equal", "float16", "other"]
 #: Images only in one file shown in the printed report (all of them are in the JSON one).
 SHOWN_ONLY = 10
 
@@ -91,14 +97,34 @@ def first_difference(reference: RegionFeatures, candidate: RegionFeatures) -> st
     return None
 
 
+def same_box_pairs(
+    reference: RegionFeatures, candidate: RegionFeatures, *, min_iou: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)``: the reference and candidate boxes matched at IoU >= ``min_iou``."""
+    match = match_boxes(reference.boxes, candidate.boxes)
+    keep = match.iou >= min_iou
+    return match.reference[keep], match.ours[keep]
+
+
+def feature_rounding(reference: np.ndarray, candidate: np.ndarray) -> Rounding:
+    """``equal`` when every value is equal; ``float16`` when not, but both round to the same
+    float16 everywhere (one file holds the other's values rounded to float16, whichever way the
+    round trip went); ``other`` else. ``reference`` and ``candidate`` are ``[K, D]``, paired
+    row by row."""
+    ref, cand = reference.astype(np.float32), candidate.astype(np.float32)
+    if np.array_equal(ref, cand):
+        return "equal"
+    with np.errstate(over="ignore"):  # beyond float16's range both are inf: still "rounded"
+        rounded = np.array_equal(ref.astype(np.float16), cand.astype(np.float16))
+    return "float16" if rounded else "other"
+
+
 def same_box_stats(
     reference: RegionFeatures, candidate: RegionFeatures, *, min_iou: float
 ) -> GivenBoxStats:
     """The given-box figures of the pairs matched at IoU >= ``min_iou``, each row named by its
     reference box (``box_index``)."""
-    match = match_boxes(reference.boxes, candidate.boxes)
-    keep = match.iou >= min_iou
-    rows, cols = match.reference[keep], match.ours[keep]
+    rows, cols = same_box_pairs(reference, candidate, min_iou=min_iou)
     ours, ref = candidate.features[cols], reference.features[rows]
     largest, relative = feature_differences(ours, ref)
     return GivenBoxStats(
@@ -115,12 +141,13 @@ def same_box_stats(
 
 @dataclass(frozen=True)
 class RecordComparison:
-    """One image in both files: box matching, same-box features, and its first byte
-    difference (None: byte-equal)."""
+    """One image in both files: box matching, same-box features and how they round, and its
+    first byte difference (None: byte-equal)."""
 
     image_id: str
     full: FullStats
     same_boxes: GivenBoxStats
+    rounding: Rounding
     difference: str | None
 
 
@@ -131,10 +158,12 @@ def compare_records(reference: RegionFeatures, candidate: RegionFeatures) -> Rec
             f"the reference records a {reference.image_h}x{reference.image_w} (h x w) image, "
             f"the candidate {candidate.image_h}x{candidate.image_w}: another image"
         )
+    rows, cols = same_box_pairs(reference, candidate, min_iou=SAME_BOX_IOU)
     return RecordComparison(
         image_id=reference.image_id,
         full=compare_full(candidate, reference),
         same_boxes=same_box_stats(reference, candidate, min_iou=SAME_BOX_IOU),
+        rounding=feature_rounding(reference.features[rows], candidate.features[cols]),
         difference=first_difference(reference, candidate),
     )
 
@@ -215,6 +244,7 @@ class FileResult:
     images: Sequence[RecordComparison]
     failures: Sequence[Failure]
     first_difference: tuple[str, str] | None
+    rounding: Rounding
     verdict: str
     exit_code: int
 
@@ -244,15 +274,33 @@ def summarize_files(
         demands["the same images"] = not (plan.only_reference or plan.only_candidate)
     passed = all(demands.values())
     code = EXIT_OK if passed and not failures else EXIT_SOME_FAILED
+    rounding = pooled_rounding([c.rounding for c in images])
     verdict = (
         f"verdict: the candidate {'matches' if passed else 'does not match'} the reference "
         f"({reproduce_figures(boxes, settings.rule)}; same-box features: median cosine "
         f"{_fixed(same.median_cosine)}"
+        + ("; values within float16 rounding" if rounding == "float16" else "")
         + (f"; first difference: image {first[0]!r} field {first[1]}" if first else "")
         + ")"
         + _coverage(demands, len(failures), code)
     )
-    return FileResult(boxes, same, images, failures, first, verdict, code)
+    return FileResult(boxes, same, images, failures, first, rounding, verdict, code)
+
+
+def pooled_rounding(each: Sequence[Rounding]) -> Rounding:
+    """Of all images: ``equal`` if every image's are, ``float16`` if every image's are equal
+    or within float16 rounding, ``other`` else."""
+    if all(r == "equal" for r in each):
+        return "equal"
+    return "float16" if all(r in ("equal", "float16") for r in each) else "other"
+
+
+#: The report's line for each pooled :data:`Rounding`.
+ROUNDING_LINES: dict[Rounding, str] = {
+    "equal": "equal on every same box",
+    "float16": "within float16 rounding on every same box (a float16 round trip)",
+    "other": "differ beyond float16 rounding",
+}
 
 
 def _fixed(value: float | None) -> str:
@@ -291,6 +339,7 @@ def format_files_report(settings: FileCompareSettings, plan: FilePlan, result: F
             settings.tolerances,
             title=f"same-box features (pairs matched at IoU >= {SAME_BOX_IOU}",
         ),
+        f"  values                {ROUNDING_LINES[result.rounding]}",
     ]
     if settings.verbose:
         lines += ["", "per image: matched at IoU >= 0.9 / same-box worst cosine / bytes"]
@@ -329,6 +378,7 @@ def files_report_json(
         "tolerances": {"same_boxes": asdict(settings.tolerances), "boxes": asdict(settings.rule)},
         "boxes": asdict(result.boxes),
         "same_boxes": asdict(result.same_boxes),
+        "feature_rounding": result.rounding,
         "first_difference": (
             None
             if result.first_difference is None
@@ -347,6 +397,7 @@ def _image_json(c: RecordComparison, settings: FileCompareSettings) -> dict[str,
         "image_id": c.image_id,
         "boxes": asdict(summarize_full([c.full], settings.rule)),
         "same_boxes": asdict(summarize_given([c.same_boxes], settings.tolerances)),
+        "feature_rounding": c.rounding,
         "byte_equal": c.difference is None,
         "first_difference": c.difference,
     }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pipeline.compare.metrics import IOU_LEVELS, GivenBoxTolerances, ReproduceRule
 from pipeline.errors import UsageError
-from pipeline.features.suffixes import OUTPUT_SUFFIXES
+from pipeline.features.suffixes import FILE_SUFFIXES
 from pipeline.flags import add_detector_flag, add_device_flag, check_models
 from weights.command import positive_int
 
@@ -34,9 +34,9 @@ Require = Literal["given", "full"]
 PROPOSAL_MODES: tuple[ProposalMode, ...] = ("caffe", "detectron2")
 #: ``kind`` of every JSON report (an existing ``--report`` file is replaced only if it has it).
 REPORT_KIND = "extract_features compare report"
-#: File names the reference may have (the formats
-#: :class:`~pipeline.features.store.FeatureStore` reads).
-REFERENCE_SUFFIXES = OUTPUT_SUFFIXES
+#: File names a compared file may have: every single-file format
+#: :class:`~pipeline.features.store.FeatureStore` reads (folder formats are told by contents).
+REFERENCE_SUFFIXES = FILE_SUFFIXES
 
 # --- the command: settings -----------------------------------------------------------------------
 
@@ -287,10 +287,11 @@ def _configs(
 
 
 def _check_feature_file(path: Path, what: str) -> None:
-    if path.suffix.lower() not in REFERENCE_SUFFIXES:
+    if path.suffix.lower() not in REFERENCE_SUFFIXES and not path.is_dir():
         raise UsageError(
-            f"{what} {path}: give an obj36 .tsv (LXMERT's or ours) or an .h5 output of "
-            "extract_features"
+            f"{what} {path}: give a feature file: an obj36 .tsv (LXMERT's or ours), an .h5 "
+            "output of extract_features, a .parquet, or an npz-dir or UNITER lmdb folder "
+            "(docs/formats.md)"
         )
 
 

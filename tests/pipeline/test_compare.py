@@ -16,6 +16,7 @@ from pipeline_helpers import LXMERT_FIELDS, lxmert_read_tsv
 
 from pipeline.commands.extract import main
 from pipeline.compare import box_iou, match_boxes
+from pipeline.compare.files import feature_rounding
 
 IDS = ["astronaut", "cats/chelsea", "coffee", "gray/camera"]
 MODES = ("caffe", "detectron2")
@@ -233,7 +234,7 @@ def test_a_reference_with_no_image_in_common_is_a_usage_error(
     [
         (b"not an obj36 record\nnor this\n", "garbage.tsv", "not a complete obj36 TSV record"),
         (None, "missing.tsv", "No such file"),
-        (b"{}", "features.json", "give an obj36 .tsv"),
+        (b"{}", "features.json", "give a feature file: an obj36 .tsv"),
     ],
 )
 def test_an_unreadable_reference_is_a_usage_error(
@@ -456,6 +457,7 @@ def test_a_run_against_its_rerun_in_another_format_is_exact(
     )
     assert report["same_boxes"]["worst_cosine"] == pytest.approx(1.0, abs=1e-12)
     assert capsys.readouterr().out.strip() == report["verdict"]
+    assert report["feature_rounding"] == "equal"
     assert report["verdict"].startswith("verdict: the candidate matches the reference")
     assert report["verdict"].endswith(
         "exit code 0 covers the same-box feature check (passed), the box matching (passed), "
@@ -472,6 +474,7 @@ def test_scaled_candidate_features_fail_and_exact_names_the_first_record(
     assert report is not None and (code, report["exit_code"]) == (1, 1)
     assert report["boxes"]["reproduces"] and not report["same_boxes"]["passed"]
     assert report["same_boxes"]["median_scale_difference"] == pytest.approx(6.0, rel=1e-5)
+    assert report["feature_rounding"] == "other"
     first = sorted(item["img_id"] for item in changed)[0]
     assert report["first_difference"] == {"image_id": first, "field": "features"}
     assert f"first difference: image {first!r} field features" in report["verdict"]
@@ -524,7 +527,7 @@ def test_images_in_one_file_only_are_listed_and_fail_only_with_same_images(
         (("--features", "CANDIDATE", "--require", "full"), "--require full needs IMAGES"),
         ((), "give IMAGES to check our detector, or --features CANDIDATE"),
         (("--features", "missing.tsv"), "cannot read the candidate (--features)"),
-        (("--features", "notes.json"), "--features notes.json: give an obj36 .tsv"),
+        (("--features", "notes.json"), "--features notes.json: give a feature file"),
     ],
 )
 def test_file_comparison_usage_errors_name_the_flag(
@@ -534,3 +537,34 @@ def test_file_comparison_usage_errors_name_the_flag(
     args = [candidate if f == "CANDIDATE" else f for f in flags]
     code = run("compare", references["caffe"], *args)
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_float16_round_trip_is_reported_as_such(
+    references: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """convert --feature-dtype float16 and back: features are the reference's rounded to
+    float16, and the report says so (the issue's "compare reports it as such")."""
+    half = tmp_path / "half.parquet"
+    code = run("convert", references["caffe"], "--to", "parquet", half, "--feature-dtype",
+               "float16", "-q")  # fmt: skip
+    assert code == 0
+    code, report = compare_files(references["caffe"], half, "--exact")
+    assert report is not None and code == 1  # --exact: float16 is not the reference's bytes
+    assert report["feature_rounding"] == "float16"
+    assert {image["feature_rounding"] for image in report["per_image"]} == {"float16"}
+    assert "; values within float16 rounding" in report["verdict"]
+    assert report["first_difference"]["field"] == "features"
+    run("compare", references["caffe"], "--features", half)
+    assert "within float16 rounding on every same box" in capsys.readouterr().out
+
+
+def test_feature_rounding_tells_equal_float16_and_other() -> None:
+    values = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32) * 3
+    half = values.astype(np.float16)
+    assert feature_rounding(values, values.copy()) == "equal"
+    assert feature_rounding(values, half) == "float16"
+    assert feature_rounding(half, values) == "float16"  # whichever file holds the float16
+    assert feature_rounding(values, half.astype(np.float32)) == "float16"
+    off = half.copy()
+    off[2, 3] = np.nextafter(off[2, 3], np.float16(np.inf))  # one float16 step away
+    assert feature_rounding(values, off) == "other"
