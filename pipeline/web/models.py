@@ -1,7 +1,8 @@
 """Which models the page offers, and loading each one once.
 
 A model is offered when it resolves on this machine without a download
-(:func:`weights.locate_checkpoint` with ``download=False``): the registry's records and the
+(:func:`weights.locate_checkpoint` with ``download=False``): the registry's records, the names
+registered with ``python -m weights register`` (original LXMERT checkpoints) and the
 ``--detector`` / ``--encoder`` values. The others are listed with the reason they do not.
 Loaded models are kept by identity (real path and sha256 of what a name resolves to), a
 bounded number of each, the least recently used dropped first.
@@ -15,15 +16,17 @@ import html
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weights import CheckpointNotFoundError, UnknownCheckpointError, locate_checkpoint
+from weights.command import UsageError
 from weights.defaults import SHAPES_DETECTOR, SHAPES_ENCODER
-from weights.registry import REGISTRY, CheckpointKind
+from weights.registered import all_records
+from weights.registry import CheckpointKind, CheckpointRecord
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +77,8 @@ class ModelChoice:
 
 def _checkpoint_of(name: str, kind: CheckpointKind) -> str:
     """The checkpoint an encoder name means (a preset names its checkpoint); detectors: name."""
-    if kind == "encoder":
+    record = _records().get(name)
+    if kind == "encoder" and not (record is not None and record.original is not None):
         from encoder.config import config_for
 
         return config_for(name).checkpoint
@@ -83,7 +87,7 @@ def _checkpoint_of(name: str, kind: CheckpointKind) -> str:
 
 def check_model(name: str, kind: CheckpointKind) -> ModelChoice:
     """Whether ``name`` (registry name or path) resolves here, without downloading or hashing."""
-    record = REGISTRY.get(name)
+    record = _records().get(name)
     description = record.description if record is not None else ""
     if record is not None and record.kind != kind:
         return ModelChoice(name, kind, f"{name} is a {record.kind}, not a {kind}", description)
@@ -95,9 +99,18 @@ def check_model(name: str, kind: CheckpointKind) -> ModelChoice:
     return ModelChoice(name, kind, "", description)
 
 
+def _records() -> Mapping[str, CheckpointRecord]:
+    """The built-in and the registered names; a damaged registry file is a usage error."""
+    try:
+        return all_records()
+    except ValueError as error:  # names the file and the remedy
+        raise UsageError(str(error)) from error
+
+
 def model_choices(kind: CheckpointKind, extra: Sequence[str] = ()) -> list[ModelChoice]:
-    """Every registry model of ``kind``, then the ``extra`` names or paths, each checked."""
-    names = [record.name for record in REGISTRY.values() if record.kind == kind]
+    """Every registry model of ``kind`` (built in, then registered by you), then the ``extra``
+    names or paths, each checked."""
+    names = [record.name for record in _records().values() if record.kind == kind]
     names += [name for name in extra if name not in names]
     return [check_model(name, kind) for name in names]
 
@@ -253,7 +266,9 @@ class ModelCache:
         if kind == "encoder":
             from encoder.config import config_for
 
-            settings = repr(dataclasses.replace(config_for(name), checkpoint=""))
+            record = _records().get(name)  # a registered original .pth: its kind's preset
+            preset = record.preset if record is not None and record.original else name
+            settings = repr(dataclasses.replace(config_for(preset), checkpoint=""))
         identity = (kind, str(real), digest.hexdigest(), settings)
         if len(self._identities) >= MAX_REMEMBERED_NAMES:
             self._identities.clear()

@@ -736,3 +736,43 @@ def test_nlvr2_verdicts_are_charts_and_explained_on_both_images(
     charts = verdict_charts([{"statement": "s", "true": True, "probability_true": 0.75}], 3)
     assert charts[0]["value"] == {"true": 0.75, "false": 0.25} and charts[0]["label"] == "s"
     assert [c["visible"] for c in charts] == [True, False, False]
+
+
+@pytest.mark.usefixtures("no_downloaded_weights")
+def test_names_registered_by_the_user_are_offered(tmp_path: Path) -> None:
+    """``python -m weights register`` names (original LXMERT .pth files) are in the encoder
+    list after the built-in ones: a local file as usable, a URL not yet downloaded with the
+    resolver's reason; a damaged registry file is a usage error naming it."""
+    import torch
+
+    from encoder.build import load_encoder
+    from encoder.original import save_original, write_sidecars
+    from weights.command import UsageError
+    from weights.registered import register, registry_file
+    from weights.registry import REGISTRY
+
+    ours = load_encoder("shapes-lxmert", device="cpu")
+    assert ours.answers is not None
+    path = save_original(ours.model, tmp_path / "BEST.pth", head="qa")
+    write_sidecars(ours.model, path, answers=ours.answers.answers)
+    register("my-shapes-vqa", str(path), kind="vqa")
+    register("my-remote", "http://127.0.0.1:9/BEST.pth", sha256="0" * 64, kind="gqa")
+    choices = model_choices("encoder")
+    built_in = [r.name for r in REGISTRY.values() if r.kind == "encoder"]
+    assert [c.name for c in choices] == [*built_in, "my-remote", "my-shapes-vqa"]  # name order
+    mine = {c.name: c for c in choices[len(built_in) :]}
+    assert mine["my-shapes-vqa"].available and "registered" in mine["my-shapes-vqa"].description
+    assert not mine["my-remote"].available and "my-remote" in mine["my-remote"].reason
+    assert "my-shapes-vqa" not in [c.name for c in model_choices("detector")]
+    service = DemoService(models=ModelCache(device=torch.device("cpu")))
+    asked = dataclasses.replace(SHAPES, encoder="my-shapes-vqa")
+    view = service.respond(SCENE, "what color is the circle?", asked, name="scene_000.png", shown=5)
+    expected = service.respond(
+        SCENE, "what color is the circle?", SHAPES, name="scene_000.png", shown=5
+    )
+    got, want = view.answers[0].answers, expected.answers[0].answers  # one model, converted
+    assert [a for a, _ in got] == [a for a, _ in want]
+    assert [p for _, p in got] == pytest.approx([p for _, p in want], rel=1e-4, abs=1e-9)
+    registry_file().write_text("{not json", encoding="utf-8")
+    with pytest.raises(UsageError, match=str(registry_file())):
+        model_choices("encoder")
