@@ -19,6 +19,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from encoder.config import Head, config_for
+from encoder.finetune.layout import run_model
 from encoder.nlvr2 import LxmertForNLVR2
 from weights import resolve_checkpoint
 
@@ -46,7 +47,7 @@ def checkpoint_directory(source: str | Path) -> Path:
     """
     path = Path(source)
     if path.is_dir():
-        directory = path
+        directory = run_model(path)  # a fine-tuning run's folder: its best/ model
     elif path.exists():
         raise ValueError(
             f"{path} is a file; an encoder checkpoint is the directory written by "

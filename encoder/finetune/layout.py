@@ -15,8 +15,23 @@ from weights.ownership import check_folder_is_ours
 FINETUNE_FILE = "finetune.json"
 #: The resume checkpoint inside the run's folder.
 CHECKPOINT = Path("training") / "last.pt"
-#: The last epoch's model inside the run's folder (the folder itself holds the best one).
+#: The best epoch's model inside the run's folder (vqa.py's ``BEST.pth``).
+BEST_DIR = "best"
+#: The last epoch's model inside the run's folder (vqa.py's ``LAST.pth``).
 LAST_DIR = "last"
+#: What makes a folder a model (``save_pretrained``'s file).
+MODEL_CONFIG = "config.json"
+
+
+def run_model(folder: Path) -> Path:
+    """The model a folder means. A fine-tuning run's folder means its best model,
+    ``folder/best/``; a model folder, or a run written before ``best/`` existed (whose best
+    model is the folder itself), means itself. So ``answer --encoder RUN``, ``evaluate RUN``,
+    ``export RUN`` and ``--from RUN`` take the run's best model."""
+    best = folder / BEST_DIR
+    if not (folder / MODEL_CONFIG).is_file() and (best / MODEL_CONFIG).is_file():
+        return best
+    return folder
 
 
 def check_out_is_ours(out: Path, *, source: str | Path | None = None, flag: str = "--out") -> None:

@@ -1,13 +1,15 @@
 """A training run's folder, written by :func:`fit_and_write`: the library entry point that
 ``lxmert-finetune train`` wires up, for Python users too.
 
-The folder holds the best model so far as a ``save_pretrained`` directory (``config.json``,
-``model.safetensors``, ``label2ans.json`` for QA), ``finetune.json`` (:data:`FINETUNE_FILE`:
-recipe, command, data, history), ``last/`` (:data:`LAST_DIR`: the last epoch's model, the
-same files), ``log.log`` (:mod:`encoder.finetune.log`) and ``training/last.pt``
-(:data:`CHECKPOINT`, the resume checkpoint). ``load_encoder`` reads the folder, or its
-``last/``. A folder is written over only when it is ours (:func:`check_out_is_ours`, the rule
-of :mod:`weights.ownership`).
+The folder holds ``best/`` (:data:`BEST_DIR`: the best model so far, a ``save_pretrained``
+directory: ``config.json``, ``model.safetensors``, ``label2ans.json`` for QA) and beside it
+``last/`` (:data:`LAST_DIR`: the last epoch's model, the same files), as vqa.py's
+``BEST.pth`` and ``LAST.pth``; ``finetune.json`` (:data:`FINETUNE_FILE`: recipe, command, data,
+history), ``log.log`` (:mod:`encoder.finetune.log`) and ``training/last.pt``
+(:data:`CHECKPOINT`, the resume checkpoint). ``load_encoder`` reads ``best/`` or ``last/``,
+and the folder itself as its ``best/`` (:func:`~encoder.finetune.layout.run_model`). A
+folder is written over only when it is ours (:func:`check_out_is_ours`, the rule of
+:mod:`weights.ownership`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from encoder.finetune.data import DataError, QuestionEntry, answer_table_from_la
 from encoder.finetune.distributed import current_ranks
 from encoder.finetune.evaluation import Task
 from encoder.finetune.fit import FitData, FitResult, fit
+from encoder.finetune.layout import BEST_DIR as BEST_DIR
 
-# CHECKPOINT, LAST_DIR and check_out_is_ours are re-exported: the run folder's layout and
+# CHECKPOINT, BEST_DIR, LAST_DIR and check_out_is_ours are re-exported: the run folder's layout and
 # its ownership rule live where torch is not needed (encoder.finetune.layout).
 from encoder.finetune.layout import CHECKPOINT as CHECKPOINT
 from encoder.finetune.layout import FINETUNE_FILE
@@ -98,7 +101,7 @@ def fit_and_write(
     quiet = quiet or not writes
 
     def keep_best(best: Encoder, epoch: EpochRecord) -> None:
-        write_model_dir(best, out, record={**record, "best": asdict(epoch)})
+        write_model_dir(best, out / BEST_DIR, record={**record, "best": asdict(epoch)})
 
     result = fit(
         encoder=encoder,

@@ -23,7 +23,7 @@ from encoder.finetune import (
     prepare_encoder,
     read_questions,
 )
-from encoder.finetune.run import CHECKPOINT, LAST_DIR
+from encoder.finetune.run import BEST_DIR, CHECKPOINT, LAST_DIR
 from weights.command import UsageError
 from weights.ownership import NotOursError
 
@@ -63,7 +63,13 @@ def test_fit_and_write_leaves_a_model_folder_that_loads(tmp_path: Path) -> None:
         inputs={},
     )
     assert [r.epoch for r in result.history] == [1, 2]
-    for name in (FINETUNE_FILE, "log.log", str(CHECKPOINT), f"{LAST_DIR}/model.safetensors"):
+    for name in (
+        FINETUNE_FILE,
+        "log.log",
+        str(CHECKPOINT),
+        f"{LAST_DIR}/model.safetensors",
+        f"{BEST_DIR}/model.safetensors",
+    ):
         assert (out / name).is_file(), name
     record = json.loads((out / FINETUNE_FILE).read_text())
     assert record["task"] == "vqa" and len(record["history"]) == 2

@@ -33,12 +33,13 @@ def test_train_evaluate_and_answer(
     # Our progress lines only: transformers' bars would break them (saved each epoch).
     assert "Writing model shards" not in capfd.readouterr().err
     for name in ("config.json", "model.safetensors", "label2ans.json", "vocab.txt"):
-        assert (out / name).is_file(), name
+        assert (out / "best" / name).is_file(), name
+        assert not (out / name).exists(), name  # best/ beside last/, not the folder itself
     record = json.loads((out / "finetune.json").read_text())
     assert record["command"].startswith("lxmert-finetune train --task vqa --train ")
     assert record["config"]["epochs"] == 2 and record["config"]["lr"] == 1e-3
     assert [h["epoch"] for h in record["history"]] == [1, 2]
-    labels = json.loads((out / "label2ans.json").read_text())
+    labels = json.loads((out / "best" / "label2ans.json").read_text())
     assert labels == sorted({a for e in json.loads(data["train"].read_text()) for a in e["label"]})
 
     predictions, table, report = tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "r.json"

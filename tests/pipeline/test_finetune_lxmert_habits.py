@@ -14,6 +14,7 @@ from finetune_data import make_finetune_data, train_argv
 from safetensors.torch import load_file
 
 from encoder.finetune import EpochRecord, load_checkpoint
+from encoder.finetune.layout import run_model
 from pipeline.api import answer
 from pipeline.commands.finetune.command import CHECKPOINT, build_train_parser, main, validate_train
 from pipeline.finetune_log import render_log
@@ -70,14 +71,14 @@ def test_log_last_and_epoch_lines(
         assert block in log and block in err
     assert len(re.findall(r"^Epoch \d: Train ", log, flags=re.M)) == 2
 
-    # last/ holds the last epoch's weights (those of the resume checkpoint), the folder
-    # itself the best epoch's; both load in answer() and evaluate.
+    # last/ holds the last epoch's weights (those of the resume checkpoint), best/ beside it
+    # the best epoch's; both load in answer() and evaluate, and the folder means its best/.
     checkpoint = load_checkpoint(out / CHECKPOINT)
     last = load_file(str(out / "last" / "model.safetensors"))
     for name, tensor in last.items():
         assert tensor.equal(checkpoint.model[name]), name
     assert json.loads((out / "last" / "finetune.json").read_text())["last"]["epoch"] == 2
-    for model in (out, out / "last"):
+    for model in (out, out / "best", out / "last"):
         report = tmp_path / f"{model.name}.json"
         argv = ["evaluate", "--model", str(model), "--questions", str(data["test"])]
         argv += ["--features", str(data["features"]), "--report", str(report), "-q"]
@@ -90,7 +91,7 @@ def test_log_last_and_epoch_lines(
             encoder=str(model),
             device="cpu",
         )
-        assert said in json.loads((model / "label2ans.json").read_text())
+        assert said in json.loads((run_model(model) / "label2ans.json").read_text())
 
 
 def _split_features(data: dict[str, Path], folder: Path) -> tuple[Path, Path, list[str]]:

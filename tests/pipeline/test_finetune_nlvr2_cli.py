@@ -95,7 +95,8 @@ def _one_thread():
 def test_train_evaluate_and_load(tmp_path: Path, data: dict[str, Path]) -> None:
     out = tmp_path / "model"
     assert main(_train_argv(data, out)) == 0
-    assert (out / "config.json").is_file() and not (out / "label2ans.json").exists()
+    best = out / "best"
+    assert (best / "config.json").is_file() and not (best / "label2ans.json").exists()
     record = json.loads((out / "finetune.json").read_text())
     assert record["task"] == "nlvr2" and record["command"].startswith(
         "lxmert-finetune train --task nlvr2 --train "
