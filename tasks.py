@@ -149,7 +149,10 @@ def test() -> None:
     print(said, end="", flush=True)
     if pylint.returncode != 0:
         sys.exit(pylint.returncode)
-    run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25")
+    # One worker per core, at most 4 (each imports torch: about 1 GB); whole files per worker.
+    workers = min(os.cpu_count() or 1, 4)
+    parallel = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else []
+    run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25", *parallel)
 
 
 def duplicates() -> None:
