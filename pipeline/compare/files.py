@@ -1,8 +1,9 @@
 """``extract_features compare REFERENCE --features CANDIDATE``: two feature files, no model.
 
-Either file may be anything :class:`~pipeline.features.store.FeatureStore` reads (an obj36 TSV, ours
-or LXMERT's, or one of our HDF5 files): two machines' outputs, a re-run against an old run, or
-ours against LXMERT's released files. Per image in both files:
+Either file may be anything :class:`~pipeline.features.store.FeatureStore` reads (an obj36
+TSV, ours or LXMERT's, our HDF5, or a format of docs/formats.md: ban-h5, npz-dir, lmdb,
+parquet): two machines' outputs, a re-run against an old run, a conversion against its source,
+or ours against LXMERT's released files. Per image in both files:
 
 - **Box matching**, as the full check does it (:func:`~pipeline.compare.metrics.compare_full`:
   greedy one-to-one IoU): the fraction of the reference's boxes matched at IoU >= 0.99, 0.9 and
