@@ -36,6 +36,7 @@ SUPPORTED = {
     "msgpack": ">=1.0,<2",
     "msgpack-numpy": ">=0.4.8,<0.5",
     "pytest": ">=8,<10",
+    "pytest-xdist": ">=3.5,<4",
     "scikit-image": ">=0.22,<1",
     "ruff": ">=0.17,<0.18",
     "mypy": ">=2.0,<3",
