@@ -149,9 +149,12 @@ def test() -> None:
     print(said, end="", flush=True)
     if pylint.returncode != 0:
         sys.exit(pylint.returncode)
-    # One worker per core, at most 4 (each imports torch: about 1 GB); whole files per worker.
+    # One worker per core, at most 4 (each imports torch: about 1 GB). Whole files per worker
+    # (loadfile): a file's module fixtures are made once, and the docs pages, two of which start
+    # a server on the same default port, run one after another. (xdist's loadgroup cannot mark
+    # groups under pytest 9, whose node ids xdist 3.8 no longer rewrites.)
     workers = min(os.cpu_count() or 1, 4)
-    parallel = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else []
+    parallel = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
     run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25", *parallel)
 
 

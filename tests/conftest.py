@@ -33,22 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-#: Test files that start Ray clusters: one worker runs them one after another (two local
-#: clusters at once would only compete for the same two cores).
-RAY_FILES = frozenset({"test_ray_engine.py", "test_ray_logs.py", "test_ray_weights.py"})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With ``-n N --dist loadgroup`` (``tasks.py test``), each test file runs whole on one
-    worker, so its module fixtures (a server, a detector pass, a docs page's run) are made
-    once, and the Ray files share one worker. Without xdist the marks do nothing."""
-    del config
-    for item in items:
-        name = item.path.name
-        group = "ray" if name in RAY_FILES else str(item.path.relative_to(item.config.rootpath))
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
