@@ -1,6 +1,6 @@
 """``extract_features convert IN... --to FORMAT OUT``: feature files from one format to another.
 
-Also runnable as ``python -m pipeline.convert``. The steps, in order:
+The command (flags and wiring) is :mod:`pipeline.commands.convert`. The steps, in order:
 
 1. validate: the flags, the format and its precision, every input's format (read from its name
    and content), the output's folder and name. An output that exists needs ``--overwrite``,
@@ -22,7 +22,6 @@ npz-dir) keep their complete records and go on after them; the others are writte
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
@@ -31,7 +30,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from detector.structures import RegionFeatures
 from pipeline.errors import EXIT_OK, UsageError
@@ -64,7 +63,6 @@ from pipeline.features.manifest import (
 )
 from pipeline.features.output import journal_path
 from pipeline.merge import MERGEABLE_STATUSES
-from weights.command import Command, run_command
 from weights.defaults import extra_install_hint
 from weights.files import fsync_directory, fsync_file
 from weights.lock import hold_output_lock
@@ -103,95 +101,6 @@ class ConvertPlan:
     inputs: tuple[ConvertInput, ...]
     common: dict[str, Any] | None
     notices: tuple[str, ...]
-
-
-class _IntermixedParser(argparse.ArgumentParser):
-    """Paths may stand on both sides of the flags (``IN... --to FORMAT OUT``)."""
-
-    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        return self.parse_intermixed_args(args, namespace)
-
-
-def build_convert_parser() -> argparse.ArgumentParser:
-    """The ``extract_features convert`` argument parser."""
-    parser = _IntermixedParser(
-        prog="extract_features convert",
-        description=(
-            "Convert feature files between formats, record by record with flat memory: "
-            + ", ".join(FORMATS)
-            + ". Inputs of any format (told by name and content) are joined in the order "
-            "given; an id in two inputs is refused. The output is written whole or not at "
-            "all, under a lock, with OUT.manifest.json naming every input and its sha256. "
-            "Formats that cannot hold every field say so before starting; docs/formats.md "
-            "lists what each loses and how a conversion back fills it. An input named "
-            "'convert' is given as ./convert."
-        ),
-    )
-    parser.add_argument(
-        "paths",
-        nargs="+",
-        type=Path,
-        metavar="PATH",
-        help="input files or folders, then the output (or give -o)",
-    )
-    parser.add_argument("--to", required=True, choices=tuple(FORMATS), help="output format")
-    parser.add_argument("-o", "--out", type=Path, default=None, help="the output file or folder")
-    parser.add_argument(
-        "--feature-dtype",
-        choices=("float32", "float16"),
-        default=None,
-        help="stored precision of the features where the format allows both (h5 and tsv: "
-        "float32 only; lmdb: float16 only) (default: the format's first, float32 if allowed)",
-    )
-    parser.add_argument(
-        "--ban-ids",
-        choices=("strict", "trailing-digits"),
-        default="strict",
-        help="ban-h5 keys images by int: strict (every id an integer) or trailing-digits "
-        "(the digits at the end of each id; NAME_ids.json keeps the way back)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing output, and start again rather than continue an interrupted "
-        "conversion (OUT.partial)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted conversion in OUT.partial (same inputs and settings): "
-        "tsv and npz-dir keep what was written, other formats are written again",
-    )
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="no progress, no notes")
-    verbosity.add_argument(
-        "-v", "--verbose", action="store_true", help="print the traceback of an unexpected error"
-    )
-    return parser
-
-
-def validate_convert(args: argparse.Namespace) -> ConvertSettings:
-    """The conversion's settings from its flags; ``UsageError`` for a bad combination."""
-    paths = list(args.paths)
-    out = args.out if args.out is not None else (paths.pop() if len(paths) > 1 else None)
-    if out is None or not paths:
-        raise UsageError("convert needs at least one input and an output: IN... --to FORMAT OUT")
-    spec = get_format(args.to)
-    dtype = args.feature_dtype or spec.feature_dtypes[0]
-    if dtype not in spec.feature_dtypes:
-        raise UsageError(
-            f"--feature-dtype {dtype}: {spec.name} stores {' or '.join(spec.feature_dtypes)}"
-        )
-    return ConvertSettings(
-        inputs=tuple(paths),
-        out=out,
-        to=spec.name,
-        feature_dtype=cast(FeatureDtype, dtype),
-        ban_ids=args.ban_ids,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        quiet=args.quiet,
-    )
 
 
 def check_convert_output(settings: ConvertSettings, spec: FormatSpec) -> None:
@@ -510,22 +419,3 @@ def run_convert(settings: ConvertSettings) -> int:
         f"features {settings.feature_dtype})",
     )
     return EXIT_OK
-
-
-CONVERT_COMMAND = Command(
-    name="convert",
-    summary="convert feature files between formats (tsv, h5, ban-h5, npz-dir, lmdb, parquet)",
-    build_parser=build_convert_parser,
-    run=lambda args: run_convert(validate_convert(args)),
-    disk_full_remedy="the output is written whole or not at all; free some space and finish "
-    "the conversion with --resume (the same command plus --resume)",
-)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Convert feature files; see ``extract_features convert --help``."""
-    return run_command(CONVERT_COMMAND, sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

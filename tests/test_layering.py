@@ -50,6 +50,8 @@ def modules() -> dict[str, ast.Module]:
 
 
 def layer(module: str) -> int | None:
+    if module.endswith(".__main__"):  # an entry point (python -m PACKAGE): the top
+        return max(LAYERS.values())
     best = max(
         (p for p in LAYERS if module == p or module.startswith(p + ".")), key=len, default=None
     )

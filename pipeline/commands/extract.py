@@ -388,15 +388,15 @@ EXTRACT_COMMAND = Command(
 #: ``./merge``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge": (
-        "pipeline.merge:MERGE_COMMAND",
+        "pipeline.commands.merge:MERGE_COMMAND",
         "join feature files (the shards of one run) into one",
     ),
     "compare": (
-        "pipeline.compare:COMPARE_COMMAND",
+        "pipeline.commands.compare:COMPARE_COMMAND",
         "compare with a reference feature file (e.g. LXMERT's val2014_obj36.tsv)",
     ),
     "convert": (
-        "pipeline.convert:CONVERT_COMMAND",
+        "pipeline.commands.convert:CONVERT_COMMAND",
         "convert feature files between formats (tsv, h5, ban-h5, npz-dir, lmdb, parquet)",
     ),
 }

@@ -41,13 +41,12 @@ the exit code covers.
 The package, by concern: :mod:`~pipeline.compare.metrics` (pure figures of two records and
 their summaries), :mod:`~pipeline.compare.settings` (flags), :mod:`~pipeline.compare.run` (plan
 and per-image checks), :mod:`~pipeline.compare.report` (verdict, printed and JSON report, exit
-code), :mod:`~pipeline.compare.files` (two feature files), :mod:`~pipeline.compare.command`
-(the command).
+code), :mod:`~pipeline.compare.files` (two feature files); the command (flags, wiring, exit code)
+is :mod:`pipeline.commands.compare`.
 """
 
 from __future__ import annotations
 
-from pipeline.compare.command import COMPARE_COMMAND, main, run_compare
 from pipeline.compare.files import SAME_BOX_IOU, compare_records, first_difference, run_files
 from pipeline.compare.metrics import (
     IOU_LEVELS,
@@ -97,7 +96,6 @@ from pipeline.compare.settings import (
 )
 
 __all__ = [
-    "COMPARE_COMMAND",
     "IOU_LEVELS",
     "MATCHING",
     "PROPOSAL_MODES",
@@ -131,11 +129,9 @@ __all__ = [
     "first_difference",
     "format_report",
     "load_detectors",
-    "main",
     "match_boxes",
     "plan_compare",
     "report_json",
-    "run_compare",
     "run_files",
     "summarize",
     "summarize_full",

@@ -1,7 +1,8 @@
-"""``python -m pipeline.compare``: the same as ``extract_features compare``."""
+"""``python -m pipeline.compare``: the same as ``extract_features compare`` (an entry point:
+it runs the command of :mod:`pipeline.commands.compare`)."""
 
 import sys
 
-from pipeline.compare.command import main
+from pipeline.commands.compare import main
 
 sys.exit(main())

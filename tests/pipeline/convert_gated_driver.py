@@ -62,6 +62,6 @@ def _hold_after(gate: Path, count: int) -> None:
 
 if __name__ == "__main__":
     _hold_after(Path(sys.argv[1]), int(sys.argv[2]))
-    from pipeline.convert import main
+    from pipeline.commands.convert import main
 
     sys.exit(main(sys.argv[3:]))

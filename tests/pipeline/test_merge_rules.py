@@ -416,17 +416,24 @@ def test_unexpected_error_advises_v_and_v_prints_the_traceback(
     assert listing(out.parent) == []
 
 
-def test_python_m_pipeline_merge_runs_the_same_command(runs: Runs, tmp_path: Path) -> None:
+def test_python_m_of_the_merge_command_runs_the_same_command(runs: Runs, tmp_path: Path) -> None:
     shards = [copy_output(shard, tmp_path) for shard in runs.halves]
     out = tmp_path / "all.tsv"
-    command = [sys.executable, "-m", "pipeline.merge", *map(str, shards), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.commands.merge",
+        *map(str, shards),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "4 records from 2 files" in done.stderr
     assert out.read_bytes() == runs.reference.read_bytes()
     half = tmp_path / "half.tsv"
     refusal = subprocess.run(
-        [sys.executable, "-m", "pipeline.merge", str(shards[0]), "--out", str(half)],
+        [sys.executable, "-m", "pipeline.commands.merge", str(shards[0]), "--out", str(half)],
         cwd=REPO,
         capture_output=True,
         text=True,

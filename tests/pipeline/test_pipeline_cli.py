@@ -146,7 +146,7 @@ def test_shards_to_hdf5_then_merge_equal_the_single_run(
 
 
 def subprocess_free_merge(shards: list[Path], out: Path) -> int:
-    from pipeline.merge import main as merge_main
+    from pipeline.commands.merge import main as merge_main
 
     return merge_main([*map(str, shards), "--out", str(out), "-q"])
 
