@@ -6,6 +6,7 @@ import logging
 import signal
 import struct
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,6 +77,15 @@ def _process_state_restored() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if torch is not None and threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_is_ctrl_c() -> None:
+    """Before every test, as at the start (:func:`pytest_configure`): a library an earlier
+    test ran in this process (a server, a cluster client) may have left SIGINT ignored, and
+    every process a later test starts would inherit that. Worker threads cannot set it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -54,12 +54,29 @@ def killed_midway(tmp_path: Path, *args: object, sig: int = signal.SIGKILL) -> i
         text=True,
     )
     fd = wait_at_gate(gate, run)
+    ignored = _ignored_signals(run.pid)  # said if the run does not stop
     try:
         run.send_signal(sig)
-        run.communicate(timeout=300)
+        try:
+            run.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            _, err = run.communicate()
+            raise AssertionError(
+                f"the conversion did not stop on signal {sig} (its ignored signals: {ignored}):"
+                f"\n{err}"
+            ) from None
     finally:
         os.close(fd)
     return run.returncode
+
+
+def _ignored_signals(pid: int) -> str:
+    """The ``SigIgn`` mask of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return line.split()[1]
+    return "unknown"
 
 
 def convert(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
