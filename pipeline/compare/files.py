@@ -121,11 +121,10 @@ def feature_rounding(reference: np.ndarray, candidate: np.ndarray) -> Rounding:
 
 
 def same_box_stats(
-    reference: RegionFeatures, candidate: RegionFeatures, *, min_iou: float
+    reference: RegionFeatures, candidate: RegionFeatures, rows: np.ndarray, cols: np.ndarray
 ) -> GivenBoxStats:
-    """The given-box figures of the pairs matched at IoU >= ``min_iou``, each row named by its
-    reference box (``box_index``)."""
-    rows, cols = same_box_pairs(reference, candidate, min_iou=min_iou)
+    """The given-box figures of the pairs ``(rows, cols)`` (:func:`same_box_pairs`), each row
+    named by its reference box (``box_index``)."""
     ours, ref = candidate.features[cols], reference.features[rows]
     largest, relative = feature_differences(ours, ref)
     return GivenBoxStats(
@@ -163,7 +162,7 @@ def compare_records(reference: RegionFeatures, candidate: RegionFeatures) -> Rec
     return RecordComparison(
         image_id=reference.image_id,
         full=compare_full(candidate, reference),
-        same_boxes=same_box_stats(reference, candidate, min_iou=SAME_BOX_IOU),
+        same_boxes=same_box_stats(reference, candidate, rows, cols),
         rounding=feature_rounding(reference.features[rows], candidate.features[cols]),
         difference=first_difference(reference, candidate),
     )
