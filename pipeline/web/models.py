@@ -75,24 +75,34 @@ class ModelChoice:
         return first
 
 
-def _checkpoint_of(name: str, kind: CheckpointKind) -> str:
-    """The checkpoint an encoder name means (a preset names its checkpoint); detectors: name."""
-    record = _records().get(name)
-    if kind == "encoder" and not (record is not None and record.original is not None):
+def _is_original(record: CheckpointRecord | None) -> bool:
+    """Whether a name's record is one original LXMERT ``.pth`` (registered by you): no preset
+    of its own, its kind's ``lxmert-original-*`` preset instead."""
+    return record is not None and record.original is not None
+
+
+def _checkpoint_of(name: str, kind: CheckpointKind, record: CheckpointRecord | None) -> str:
+    """The checkpoint an encoder name means (a preset names its checkpoint); detectors and
+    original ``.pth`` names: the name. ``record``: the name's registry record, if any."""
+    if kind == "encoder" and not _is_original(record):
         from encoder.config import config_for
 
         return config_for(name).checkpoint
     return name
 
 
-def check_model(name: str, kind: CheckpointKind) -> ModelChoice:
-    """Whether ``name`` (registry name or path) resolves here, without downloading or hashing."""
-    record = _records().get(name)
+def check_model(
+    name: str, kind: CheckpointKind, records: Mapping[str, CheckpointRecord] | None = None
+) -> ModelChoice:
+    """Whether ``name`` (registry name or path) resolves here, without downloading or hashing.
+    ``records``: the registry as already read (default: read it now)."""
+    record = (_records() if records is None else records).get(name)
     description = record.description if record is not None else ""
     if record is not None and record.kind != kind:
         return ModelChoice(name, kind, f"{name} is a {record.kind}, not a {kind}", description)
     try:
-        locate_checkpoint(_checkpoint_of(name, kind), download=False, verify_checksums=False)
+        checkpoint = _checkpoint_of(name, kind, record)
+        locate_checkpoint(checkpoint, download=False, verify_checksums=False)
     except (CheckpointNotFoundError, UnknownCheckpointError, KeyError, ValueError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         return ModelChoice(name, kind, message.strip(), description)
@@ -110,9 +120,10 @@ def _records() -> Mapping[str, CheckpointRecord]:
 def model_choices(kind: CheckpointKind, extra: Sequence[str] = ()) -> list[ModelChoice]:
     """Every registry model of ``kind`` (built in, then registered by you), then the ``extra``
     names or paths, each checked."""
-    names = [record.name for record in _records().values() if record.kind == kind]
+    records = _records()
+    names = [record.name for record in records.values() if record.kind == kind]
     names += [name for name in extra if name not in names]
-    return [check_model(name, kind) for name in names]
+    return [check_model(name, kind, records) for name in names]
 
 
 def nlvr2_choices(extra: Sequence[str] = ()) -> list[ModelChoice]:
@@ -121,7 +132,8 @@ def nlvr2_choices(extra: Sequence[str] = ()) -> list[ModelChoice]:
 
     names = [name for name, config in PRESETS.items() if config.head == "nlvr2"]
     names += [name for name in extra if name not in names]
-    return [check_model(name, "encoder") for name in names]
+    records = _records()
+    return [check_model(name, "encoder", records) for name in names]
 
 
 @dataclass(frozen=True)
@@ -250,8 +262,9 @@ class ModelCache:
         """
         from weights import sha256_file
 
+        record = _records().get(name)
         found = locate_checkpoint(
-            _checkpoint_of(name, kind), download=False, verify_checksums=False
+            _checkpoint_of(name, kind, record), download=False, verify_checksums=False
         )
         real = Path(os.path.realpath(found.path))
         files = _files_of(real)
@@ -266,8 +279,7 @@ class ModelCache:
         if kind == "encoder":
             from encoder.config import config_for
 
-            record = _records().get(name)  # a registered original .pth: its kind's preset
-            preset = record.preset if record is not None and record.original else name
+            preset = record.preset if record is not None and _is_original(record) else name
             settings = repr(dataclasses.replace(config_for(preset), checkpoint=""))
         identity = (kind, str(real), digest.hexdigest(), settings)
         if len(self._identities) >= MAX_REMEMBERED_NAMES:
