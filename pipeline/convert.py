@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -43,6 +42,7 @@ from pipeline.features.formats.partial import (
     partial_record,
     read_partial,
 )
+from pipeline.features.formats.place import move_into_place, remove_output
 from pipeline.features.formats.registry import (
     FORMATS,
     LOSSLESS,
@@ -64,7 +64,7 @@ from pipeline.features.manifest import (
 from pipeline.features.output import journal_path
 from pipeline.merge import MERGEABLE_STATUSES
 from weights.defaults import extra_install_hint
-from weights.files import fsync_directory, fsync_file
+from weights.files import fsync_directory
 from weights.lock import hold_output_lock
 from weights.resolve import sha256_file
 
@@ -243,29 +243,6 @@ def stream_inputs(inputs: Sequence[ConvertInput]) -> Iterator[RegionFeatures]:
             yield record
 
 
-def _move_into_place(tmp: Path, out: Path, spec: FormatSpec, stale: Path) -> None:
-    """Move the written output (companions first) over ``out``; an old folder goes to
-    ``stale`` (inside the work folder, removed with it)."""
-    for companion in spec.companions(tmp):
-        target = out.with_name(companion.name)
-        if companion.exists():
-            fsync_file(companion)
-            os.replace(companion, target)
-        else:
-            target.unlink(missing_ok=True)  # a stale table of an overwritten output
-    if spec.folder:
-        for item in tmp.rglob("*"):
-            if item.is_file():
-                fsync_file(item)
-        if out.exists():
-            shutil.rmtree(stale, ignore_errors=True)  # left by a kill during an earlier move
-            os.replace(out, stale)
-    else:
-        fsync_file(tmp)
-    os.replace(tmp, out)
-    fsync_directory(out.parent)
-
-
 def partial_settings(settings: ConvertSettings) -> dict[str, Any]:
     """The settings a resumed conversion must share with the interrupted one."""
     return {"to": settings.to, "feature_dtype": settings.feature_dtype, "ban_ids": settings.ban_ids}
@@ -318,11 +295,7 @@ def kept_ids(spec: FormatSpec, target: Path) -> frozenset[str]:
                 f"convert --resume: the partial output {target} is damaged ({error}); pass "
                 "--overwrite instead of --resume to start again"
             ) from None
-    for path in (target, *spec.companions(target)):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    remove_output(target, spec)
     return frozenset()
 
 
@@ -408,7 +381,7 @@ def run_convert(settings: ConvertSettings) -> int:
             shutil.rmtree(work, ignore_errors=True)  # a refusal leaves nothing behind
             raise
         manifest_path(out).unlink(missing_ok=True)  # it described the old output
-        _move_into_place(target, out, plan.spec, work / "replaced")
+        move_into_place(target, out, plan.spec, work / "replaced")
         digests = [item.sha256 for item in fingerprints]
         write_manifest(manifest_path(out), converted_manifest(plan, count, digests))
         shutil.rmtree(work)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import EXIT_CODES
+from pipeline.features.suffixes import OUTPUT_FORMATS
 from pipeline.flags import add_precision_flags
 from weights.command import Command, configure_logging, non_negative_int, positive_int, run_command
 from weights.defaults import DEFAULT_DETECTOR, DEFAULT_DEVICE
@@ -60,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Detect regions with the bottom-up-attention Faster R-CNN and write LXMERT's\n"
-            "region features: --out X.tsv (LXMERT obj36 TSV, readable by load_obj_tsv) or\n"
-            "--out X.h5 (HDF5). A manifest X.<ext>.manifest.json is written beside it.\n\n"
+            "region features: --out X.tsv (LXMERT obj36 TSV, readable by load_obj_tsv),\n"
+            "--out X.h5 (HDF5), X.parquet, or a folder with --format npz-dir|lmdb.\n"
+            "A manifest OUT.manifest.json is written beside it.\n\n"
             "sub-commands (extract_features COMMAND --help):\n"
             + "".join(f"  {name:<8} {summary}\n" for name, (_, summary) in SUBCOMMANDS.items())
             + "An input folder named like a sub-command is given as ./merge."
@@ -86,7 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         type=Path,
-        help="output file: *.tsv (LXMERT obj36) or *.h5 / *.hdf5",
+        help="output: *.tsv (LXMERT obj36), *.h5 / *.hdf5, *.parquet, or a folder with "
+        "--format npz-dir or lmdb",
+    )
+    parser.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        default=None,
+        help="the output's format (default: from --out's suffix). npz-dir, lmdb and parquet "
+        "are written through a TSV in OUT.partial/ and converted when every image is done "
+        "(docs/formats.md: what each holds and who reads it)",
+    )
+    parser.add_argument(
+        "--feature-dtype",
+        choices=("float32", "float16"),
+        default=None,
+        help="stored precision of the features: float16 only for npz-dir and parquet (lmdb "
+        "is always float16, tsv and h5 float32) (default: the format's own)",
     )
 
     _add_model_flags(parser.add_argument_group("model and box selection"))

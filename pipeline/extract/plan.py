@@ -20,6 +20,12 @@ from pipeline.errors import UsageError
 from pipeline.extract.boxes_file import BoxesFile
 from pipeline.extract.inputs import InputItem, input_roots, list_inputs, select_shard
 from pipeline.extract.settings import ExtractSettings
+from pipeline.extract.staged import (
+    FinishedOutput,
+    check_can_extend,
+    check_staged_output,
+    finished_output,
+)
 from pipeline.extract.visualize import check_visualize_dir
 from pipeline.features.manifest import (
     Failure,
@@ -38,13 +44,18 @@ class ExtractPlan:
     """What a run will do.
 
     Attributes:
-        output: the file written (the shard's own file with ``--shard``).
+        output: the file the records are written to (the shard's own file with ``--shard``;
+            the work folder's TSV for a staged format, :mod:`pipeline.extract.staged`).
         selected: every image of the run (after ``--shard`` and ``--limit``), in id order.
         todo: those not yet in the output (all of them unless ``--resume``), in id order.
         previous: with ``--resume``, the manifest of the run that wrote the output (None when
             there is none: a file written elsewhere, or a first run).
         boxes_not_among_inputs: with ``--boxes-from``, the ids of the boxes file that no input
             has (sorted; ignored, and counted in the summary).
+        destination: for a staged format, the output the user named (converted from
+            ``output`` when the run has been through every image); else None.
+        finished: with ``--resume`` of a finished staged output (no work folder), what it
+            holds: written back into ``output`` before any record is added.
         input_failures: files found but not usable as inputs (a FIFO, a broken link, an id
             that would leave its root ...), each named with its reason; they count as failed
             inputs of the run. With ``--shard`` each failure belongs to one shard, by the same
@@ -57,6 +68,13 @@ class ExtractPlan:
     input_failures: tuple[Failure, ...] = ()
     previous: Manifest | None = None
     boxes_not_among_inputs: tuple[str, ...] = ()
+    destination: Path | None = None
+    finished: FinishedOutput | None = None
+
+    @property
+    def result(self) -> Path:
+        """What the user gets: ``destination`` for a staged format, else ``output``."""
+        return self.destination or self.output
 
     @property
     def already_done(self) -> int:
@@ -87,6 +105,16 @@ class RunStats:
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("loop", "detector", "waiting", "writing"), 0.0)
     )
+
+    @classmethod
+    def starting(cls, plan: ExtractPlan) -> RunStats:
+        """A run's counts before its first image: what is selected, what the output holds,
+        and the inputs that failed while listing."""
+        return cls(
+            selected=len(plan.selected) + len(plan.input_failures),
+            already_done=plan.already_done,
+            failures=list(plan.input_failures),
+        )
 
     @property
     def records(self) -> int:
@@ -131,15 +159,15 @@ def make_plan(settings: ExtractSettings) -> ExtractPlan:
             )
         except (OSError, ValueError) as error:
             raise UsageError(str(error)) from error
-    output = settings.output
+    output = settings.written
     _check_not_an_input(output, listing.items)
-    try:
-        check_output_policy(output, settings.mode)
-    except (OSError, ValueError) as error:
-        raise UsageError(str(error)) from error
-    previous = own_manifest(output) if settings.mode == "resume" else None
-    done = resumable_ids(output, previous) if settings.mode == "resume" else set()
+    previous, done, finished = _recorded(settings)
     todo = tuple(item for item in items if item.image_id not in done)
+    if finished is not None and todo:
+        try:
+            check_can_extend(finished)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
     return ExtractPlan(
         output=output,
         selected=tuple(items),
@@ -147,7 +175,32 @@ def make_plan(settings: ExtractSettings) -> ExtractPlan:
         input_failures=tuple(failures),
         previous=previous,
         boxes_not_among_inputs=_boxes_not_among(settings.boxes_from, listing.items),
+        destination=settings.output if settings.staging is not None else None,
+        finished=finished,
     )
+
+
+def _recorded(settings: ExtractSettings) -> tuple[Manifest | None, set[str], FinishedOutput | None]:
+    """After the output policy's check: the manifest of the run that wrote what ``--resume``
+    keeps, the ids it keeps, and a finished staged output it adds to (nothing otherwise)."""
+    output = settings.written
+    try:
+        if settings.staging is None:
+            check_output_policy(output, settings.mode)
+        else:
+            check_staged_output(settings.output, settings.format, settings.mode)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    if settings.mode != "resume":
+        return None, set(), None
+    if settings.staging is not None and not output.exists() and settings.output.exists():
+        try:
+            finished = finished_output(settings.output, settings.format)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from error
+        return finished.manifest, set(finished.ids), finished
+    previous = own_manifest(output)
+    return previous, resumable_ids(output, previous), None
 
 
 def _boxes_not_among(boxes: BoxesFile | None, items: tuple[InputItem, ...]) -> tuple[str, ...]:

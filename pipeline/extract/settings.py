@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from detector.checkpoint_config import detector_config
 from detector.config import DetectorConfig
@@ -23,8 +23,10 @@ from detector.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from pipeline.errors import UsageError
 from pipeline.extract.boxes_file import BoxesFile, read_boxes_file
 from pipeline.extract.inputs import check_inputs_named, parse_shard, shard_output_path
+from pipeline.extract.staged import STAGED_FORMATS, output_format_of, staging_path
+from pipeline.features.formats.common import FeatureDtype
 from pipeline.features.manifest import check_name_length
-from pipeline.features.output import WriteMode, output_format
+from pipeline.features.output import WriteMode
 from pipeline.flags import check_models, precision_from_args
 from weights.defaults import DeviceError, extra_install_hint, resolve_device
 
@@ -93,6 +95,10 @@ class ExtractSettings:
             applies it explicitly; recorded in the manifest's ``engine`` section.
         engine: ``local`` (this machine) or ``ray`` (:mod:`pipeline.extract.engines.ray`).
         ray: the Ray engine's cluster flags (None with the local engine).
+        format: the output's format (``tsv``, ``h5``, or one of
+            :data:`~pipeline.extract.staged.STAGED_FORMATS`, written through a TSV).
+        feature_dtype: stored precision of the features (float16 only where the format
+            holds it: npz-dir, parquet; lmdb always).
     """
 
     inputs: tuple[str, ...]
@@ -118,6 +124,8 @@ class ExtractSettings:
     engine: Engine = "local"
     ray: RaySettings | None = None
     deterministic: bool = False
+    format: str = "tsv"
+    feature_dtype: FeatureDtype = "float32"
 
     @property
     def inference_options(self) -> InferenceOptions:
@@ -139,6 +147,16 @@ class ExtractSettings:
             return self.out
         index, count = self.shard
         return shard_output_path(self.out, index=index, count=count)
+
+    @property
+    def staging(self) -> Path | None:
+        """The TSV a run into a staged format writes (in ``OUT.partial/``), else None."""
+        return staging_path(self.out) if self.format in STAGED_FORMATS else None
+
+    @property
+    def written(self) -> Path:
+        """The file the engine writes records to: :attr:`staging`, else :attr:`output`."""
+        return self.staging or self.output
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -239,7 +257,7 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     Raises:
         UsageError: a flag or a combination of flags that cannot run, named with the remedy.
     """
-    output, shard = _check_flags(args)
+    output, shard, fmt = _check_flags(args)
     try:
         check_inputs_named(args.inputs)
     except (ValueError, FileNotFoundError) as error:
@@ -249,9 +267,12 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
     config = _config(args)
     try:
         check_name_length(output)
+        if fmt in STAGED_FORMATS:
+            check_name_length(staging_path(output))
     except ValueError as error:
         raise UsageError(str(error)) from error
     mode: WriteMode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
+    feature_dtype = _feature_dtype(args, fmt)
     ray = _ray_settings(args)
     device = _device(args)
     precision = _precision(args, device)
@@ -281,25 +302,54 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
         threads=args.threads or torch.get_num_threads(),
         engine=args.engine,
         ray=ray,
+        format=fmt,
+        feature_dtype=feature_dtype,
     )
 
 
-def _check_flags(args: argparse.Namespace) -> tuple[Path, tuple[int, int] | None]:
-    """The flags alone and their combinations (nothing read): the output this run writes and
-    ``--shard``."""
+def _check_flags(args: argparse.Namespace) -> tuple[Path, tuple[int, int] | None, str]:
+    """The flags alone and their combinations (nothing read): the output this run writes,
+    ``--shard`` and the output's format."""
     try:
-        output_format(args.out)
+        fmt = output_format_of(args.out, args.format)
         shard = parse_shard(args.shard) if args.shard is not None else None
     except ValueError as error:
         raise UsageError(str(error)) from error
+    if shard is not None and fmt in STAGED_FORMATS:
+        raise UsageError(
+            f"--shard writes .tsv or .h5 shards, not {fmt}: extract the shards into "
+            f"*.tsv, join them with `extract_features merge`, then `extract_features convert "
+            f"... --to {fmt}`"
+        )
     output = shard_output_path(args.out, index=shard[0], count=shard[1]) if shard else args.out
-    if output.is_dir():
-        raise UsageError(f"--out {output} is a directory; give a file name ending in .tsv or .h5")
+    if output.is_dir() and fmt not in STAGED_FORMATS:
+        raise UsageError(
+            f"--out {output} is a directory; give a file name ending in .tsv, .h5 or "
+            ".parquet, or --format npz-dir/lmdb for a folder output"
+        )
     if args.boxes is not None and (args.min_boxes is not None or args.max_boxes is not None):
         raise UsageError("--boxes N fixes the box count; do not combine it with --min/max-boxes")
     _check_boxes_from_flags(args)  # before _config, whose box-count limits it overrides
     _check_ray_flags(args)
-    return output, shard
+    return output, shard, fmt
+
+
+def _feature_dtype(args: argparse.Namespace, fmt: str) -> FeatureDtype:
+    """``--feature-dtype``, checked against the format (default: the format's first)."""
+    from pipeline.features.formats.registry import FORMATS
+
+    spec = FORMATS[fmt]
+    dtype = args.feature_dtype or spec.feature_dtypes[0]
+    if dtype not in spec.feature_dtypes:
+        raise UsageError(
+            f"--feature-dtype {dtype}: a {fmt} output stores {' or '.join(spec.feature_dtypes)}"
+        )
+    missing = spec.missing_modules()
+    if missing:
+        raise UsageError(
+            f"--format {fmt} needs {', '.join(missing)}: {extra_install_hint('formats')}"
+        )
+    return cast(FeatureDtype, dtype)
 
 
 def _check_ray_flags(args: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ from pipeline.extract.boxes_file import BoxesFile
 from pipeline.extract.engines.local import RecordSink, run_local
 from pipeline.extract.plan import ExtractPlan, RunStats, check_resume_settings, make_plan
 from pipeline.extract.settings import ExtractSettings
+from pipeline.extract.staged import finish_staged, unstage
 from pipeline.features.manifest import (
     Status,
     command_line,
@@ -286,12 +287,8 @@ def extract(
     """Run the plan on ``engine``, keeping the manifest up to date; returns the stats and
     how the run ended. Exceptions other than Ctrl-C propagate after the manifest says ``error``
     (with the reason: ``disk full`` for ENOSPC)."""
-    stats = RunStats(
-        selected=len(plan.selected) + len(plan.input_failures),
-        already_done=plan.already_done,
-        failures=list(plan.input_failures),
-        clipped_boxes=clipped_in_output(plan, settings.boxes_from),
-    )
+    stats = RunStats.starting(plan)
+    stats.clipped_boxes = clipped_in_output(plan, settings.boxes_from)
     for failure in plan.input_failures:
         LOG.warning("failed: %s: %s", failure.path, failure.reason)
     manifest = manifest_path(plan.output)
@@ -302,6 +299,8 @@ def extract(
         )
         write_manifest(manifest, {**data, "error": error} if error else data)
 
+    if plan.destination is not None:
+        plan.output.parent.mkdir(exist_ok=True)  # the work folder of a staged format
     # The manifest says "running" before --overwrite empties the old output, so a run that
     # dies in between never leaves an emptied file under a manifest that says "finished".
     save_manifest("running")
@@ -310,7 +309,7 @@ def extract(
         "%d images selected, %d already in %s, %d to do",
         len(plan.selected),
         plan.already_done,
-        plan.output,
+        plan.result,
         len(plan.todo),
     )
     sink = RecordSink(
@@ -401,7 +400,7 @@ def finish(settings: ExtractSettings, plan: ExtractPlan, stats: RunStats, status
         print(
             f"extract_features: {stats.selected} selected: {stats.written} written, "
             f"{stats.already_done} already done (skipped), {len(stats.failures)} failed "
-            f"-> {plan.output} ({rate:.2f} img/s)" + _unused_boxes(settings, plan),
+            f"-> {plan.result} ({rate:.2f} img/s)" + _unused_boxes(settings, plan),
             file=sys.stderr,
         )
     if stats.failures:
@@ -449,5 +448,13 @@ def run_extract(settings: ExtractSettings) -> int:
             )
         if plan.todo:  # last check, as it may ship the weights; nothing to ship for no work
             engine = engine.prepare(model.detector.checkpoint)
+        if plan.finished is not None:  # --resume of a finished staged output
+            if not plan.todo:
+                return finish(settings, plan, RunStats.starting(plan), "finished")
+            unstage(plan.finished)
         stats, status = extract(settings, plan, model, started=started, engine=engine)
+        if plan.destination is not None and status == "finished":
+            finish_staged(
+                plan.destination, settings.format, settings.feature_dtype, quiet=settings.quiet
+            )
     return finish(settings, plan, stats, status)

@@ -21,7 +21,7 @@ from pipeline.features.formats import ban_h5, lmdb_uniter, npz_dir, parquet
 from pipeline.features.formats.common import RecordPart, WriteOptions
 from pipeline.features.formats.h5 import H5_FORMAT_NAME, iter_h5, write_h5
 from pipeline.features.formats.tsv import encode_tsv_line, iter_tsv, repair_tsv, tsv_line_id
-from pipeline.features.suffixes import FILE_SUFFIXES, H5_SUFFIXES, TSV_SUFFIXES
+from pipeline.features.suffixes import FILE_SUFFIXES, H5_SUFFIXES, PARQUET_SUFFIXES, TSV_SUFFIXES
 
 Writer = Callable[[Path, Iterable[RegionFeatures], WriteOptions], int]
 
@@ -186,7 +186,7 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec(
             name="parquet",
             folder=False,
-            suffixes=(".parquet",),
+            suffixes=PARQUET_SUFFIXES,
             consumer="pyarrow.parquet.read_table; Hugging Face datasets "
             'load_dataset("parquet", data_files=...)',
             loses="nothing",
