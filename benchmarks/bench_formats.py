@@ -159,6 +159,7 @@ def measure_target(
         feature_dtype=dtype,  # type: ignore[arg-type]
         ban_ids="strict",
         overwrite=False,
+        resume=False,
         quiet=True,
     )
     start = time.perf_counter()

@@ -127,7 +127,10 @@ def write_parquet(path: Path, regions: Iterable[RegionFeatures], options: WriteO
         nonlocal writer, schema
         if schema is None:
             schema = parquet_schema(dim or 0, options.feature_dtype)
-            writer = pq.ParquetWriter(str(path), schema, compression="snappy")
+            # No dictionary encoding: ids are unique and features near-unique, so pyarrow's
+            # trial of a dictionary per column page cost 4/5 of the writing time, for a
+            # larger file (measured in benchmarks/RESULTS.md).
+            writer = pq.ParquetWriter(str(path), schema, compression="snappy", use_dictionary=False)
         writer.write_batch(_batch(pending, schema, dim or 0), row_group_size=ROW_GROUP)
         pending.clear()
 
