@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.features.formats.common import FeatureDtype, WriteOptions
+from pipeline.features.formats.common import WriteOptions
 from pipeline.features.formats.partial import partial_path
 from pipeline.features.formats.registry import FORMATS, LOSSLESS, detect_format
 from pipeline.features.manifest import manifest_path, now_utc, own_manifest, write_manifest
@@ -185,7 +185,7 @@ def unstage(finished: FinishedOutput) -> None:
             stream.write(encode_tsv_line(record))
 
 
-def finish_staged(out: Path, fmt: str, feature_dtype: FeatureDtype, *, quiet: bool) -> int:
+def finish_staged(out: Path, fmt: str, options: WriteOptions, *, quiet: bool) -> int:
     """Convert the work folder's finished TSV into ``out`` (``fmt``), move it into place,
     write its manifest and remove the work folder; returns the record count. Interrupted,
     it leaves the work folder, which ``--resume`` finishes."""
@@ -200,7 +200,7 @@ def finish_staged(out: Path, fmt: str, feature_dtype: FeatureDtype, *, quiet: bo
     remove_output(target, spec)  # what an interrupted conversion left
     records = tqdm(iter_tsv(staging), disable=quiet, unit="rec", desc=f"to {fmt}", file=sys.stderr)
     with records as bar:
-        count = spec.write(target, bar, WriteOptions(feature_dtype=feature_dtype))
+        count = spec.write(target, bar, options)
     manifest = own_manifest(staging)
     assert manifest is not None  # the run just wrote it
     manifest_path(out).unlink(missing_ok=True)  # it described the old output
@@ -209,7 +209,7 @@ def finish_staged(out: Path, fmt: str, feature_dtype: FeatureDtype, *, quiet: bo
         **manifest,
         "output": str(out),
         "format": fmt,
-        "feature_dtype": feature_dtype,
+        "feature_dtype": options.feature_dtype,
         "updated": now_utc(),
         "staged": {"format": "tsv", "path": str(staging), "records": count},
     }

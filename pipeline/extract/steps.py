@@ -33,6 +33,7 @@ from pipeline.extract.engines.local import RecordSink, run_local
 from pipeline.extract.plan import ExtractPlan, RunStats, check_resume_settings, make_plan
 from pipeline.extract.settings import ExtractSettings
 from pipeline.extract.staged import finish_staged, unstage
+from pipeline.features.formats.common import WriteOptions
 from pipeline.features.manifest import (
     Status,
     command_line,
@@ -454,7 +455,8 @@ def run_extract(settings: ExtractSettings) -> int:
             unstage(plan.finished)
         stats, status = extract(settings, plan, model, started=started, engine=engine)
         if plan.destination is not None and status == "finished":
-            finish_staged(
-                plan.destination, settings.format, settings.feature_dtype, quiet=settings.quiet
+            options = WriteOptions(
+                feature_dtype=settings.feature_dtype, feature_dim=settings.config.feature_dim
             )
+            finish_staged(plan.destination, settings.format, options, quiet=settings.quiet)
     return finish(settings, plan, stats, status)

@@ -220,3 +220,25 @@ def test_ctrl_c_midway_then_resume(run_args: list[object], reference: Path, tmp_
     assert read_manifest(manifest_path(staging))["status"] == "interrupted"
     assert extract(*run_args, "--out", out, "--resume") == EXIT_OK
     assert tsv_of(out, tmp_path) == reference.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "out_name"), [("npz-dir", "n"), ("lmdb", "u"), ("parquet", "p.parquet")]
+)
+def test_a_run_without_records_gives_an_empty_output(
+    fmt: str, out_name: str, run_args: list[object], tmp_path: Path
+) -> None:
+    """The detector's feature dimension types an output that holds no box (parquet's schema
+    needs one); a conversion of an empty file to parquet, which has none, says so."""
+    from pipeline.features.store import FeatureStore
+
+    out = tmp_path / out_name
+    assert extract(*run_args, "--out", out, "--format", fmt, "--limit", "0") == EXIT_OK
+    with FeatureStore.open(out) as store:
+        assert len(store) == 0
+    if fmt == "parquet":
+        empty = tmp_path / "empty.tsv"
+        empty.write_bytes(b"")
+        again = tmp_path / "again.parquet"
+        assert main(["convert", str(empty), "--to", "parquet", str(again), "-q"]) == EXIT_USAGE
+        assert not again.exists() and not partial_path(again).exists()

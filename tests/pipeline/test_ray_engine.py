@@ -226,7 +226,9 @@ def reference(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     return outputs
 
 
-@pytest.mark.parametrize(("ext", "actors"), [("tsv", 1), ("tsv", 2), ("h5", 1), ("h5", 2)])
+#: Each format once and each actor count once: the driver alone writes the file (the same
+#: sink as the local engine), so the format does not depend on the actors, nor they on it.
+@pytest.mark.parametrize(("ext", "actors"), [("tsv", 2), ("h5", 1)])
 def test_ray_output_is_byte_identical_to_local(
     cluster: Cluster,
     inputs: Path,

@@ -39,10 +39,14 @@ class WriteOptions:
         feature_dtype: stored precision of ``features`` where the format allows a choice.
         ban_ids: ban-h5 only: ``strict`` (every id an integer) or ``trailing-digits`` (the
             digits at the end of each id; the table back to the ids is stored beside).
+        feature_dim: ``D`` of a file whose records may hold no box at all (an extraction
+            knows it from its detector); 0 when unknown, and then a parquet file without
+            boxes is refused (its schema fixes ``D``).
     """
 
     feature_dtype: FeatureDtype = "float32"
     ban_ids: Literal["strict", "trailing-digits"] = "strict"
+    feature_dim: int = 0
 
 
 class RecordPart(Protocol):

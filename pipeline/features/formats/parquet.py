@@ -126,12 +126,18 @@ def write_parquet(path: Path, regions: Iterable[RegionFeatures], options: WriteO
     def flush() -> None:
         nonlocal writer, schema
         if schema is None:
-            schema = parquet_schema(dim or 0, options.feature_dtype)
+            if not (dim or options.feature_dim):
+                raise ValueError(
+                    "no record has a box, so the feature dimension that a parquet schema "
+                    "fixes is unknown; a parquet file needs at least one box"
+                )
+            schema = parquet_schema(dim or options.feature_dim, options.feature_dtype)
             # No dictionary encoding: ids are unique and features near-unique, so pyarrow's
             # trial of a dictionary per column page cost 4/5 of the writing time, for a
             # larger file (measured in benchmarks/RESULTS.md).
             writer = pq.ParquetWriter(str(path), schema, compression="snappy", use_dictionary=False)
-        writer.write_batch(_batch(pending, schema, dim or 0), row_group_size=ROW_GROUP)
+        width = dim or options.feature_dim
+        writer.write_batch(_batch(pending, schema, width), row_group_size=ROW_GROUP)
         pending.clear()
 
     try:
