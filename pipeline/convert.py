@@ -126,7 +126,10 @@ def check_convert_output(settings: ConvertSettings, spec: FormatSpec) -> None:
     existing = [p for p in (out, *spec.companions(out)) if p.exists()]
     if existing and not settings.overwrite:
         raise UsageError(f"convert output {existing[0]} already exists; pass --overwrite")
-    if spec.folder and out.exists() and own_manifest(out) is None:
+    # A folder is ours by its manifest, or by our work folder beside it: a kill between
+    # moving a first output into place and writing its manifest leaves just that.
+    unclaimed = own_manifest(out) is None and read_partial(partial_path(out)) is None
+    if spec.folder and out.exists() and unclaimed:
         raise UsageError(
             f"convert output {out} is a folder this tool did not write (no manifest "
             f"{manifest_path(out)}); it is never replaced: choose another output"
@@ -380,8 +383,7 @@ def run_convert(settings: ConvertSettings) -> int:
         except UsageError:
             shutil.rmtree(work, ignore_errors=True)  # a refusal leaves nothing behind
             raise
-        manifest_path(out).unlink(missing_ok=True)  # it described the old output
-        move_into_place(target, out, plan.spec, work / "replaced")
+        move_into_place(target, out, plan.spec)  # the old manifest stays until replaced
         digests = [item.sha256 for item in fingerprints]
         write_manifest(manifest_path(out), converted_manifest(plan, count, digests))
         shutil.rmtree(work)

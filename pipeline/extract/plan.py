@@ -260,7 +260,7 @@ def check_resume_settings(
         differences = settings_differences(ours, theirs)
         if differences:
             raise UsageError(
-                f"--resume {plan.output}: this run's settings differ from those its records "
+                f"--resume {plan.result}: this run's settings differ from those its records "
                 "were made with (this run vs the output):\n  "
                 + "\n  ".join(differences)
                 + "\nA different setting is a different output file: choose another --out."
@@ -273,7 +273,7 @@ def check_resume_settings(
         count_fits = given_boxes or config.min_boxes <= region.num_boxes <= config.max_boxes
         if dim != config.feature_dim or not count_fits:
             raise UsageError(
-                f"--resume {plan.output}: record {region.image_id!r} has {region.num_boxes} "
+                f"--resume {plan.result}: record {region.image_id!r} has {region.num_boxes} "
                 f"boxes of dimension {dim}, but this run makes {config.min_boxes}.."
                 f"{config.max_boxes} boxes of dimension {config.feature_dim}; a different "
                 "setting is a different output file: choose another --out"

@@ -310,6 +310,8 @@ def validate(args: argparse.Namespace) -> ExtractSettings:
 def _check_flags(args: argparse.Namespace) -> tuple[Path, tuple[int, int] | None, str]:
     """The flags alone and their combinations (nothing read): the output this run writes,
     ``--shard`` and the output's format."""
+    if args.out.name in ("", ".", ".."):
+        raise UsageError(f"--out {args.out}: name the output file or folder, e.g. out/feats.tsv")
     try:
         fmt = output_format_of(args.out, args.format)
         shard = parse_shard(args.shard) if args.shard is not None else None

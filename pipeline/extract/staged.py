@@ -82,41 +82,53 @@ def staging_path(out: Path) -> Path:
 
 
 def check_staged_output(out: Path, fmt: str, mode: str) -> None:
-    """Whether a run in ``mode`` may write ``out`` in staged format ``fmt`` (nothing written).
+    """Whether a run in ``mode`` may write ``out`` in staged format ``fmt`` (nothing written):
+    the output and its work folder must be this tool's, then ``create`` needs both absent.
 
     Raises:
         FileExistsError: ``create`` and the output or its work folder exists.
         FileNotFoundError: the output's folder does not exist.
-        ValueError: a file where a folder goes (or the reverse), an output or work folder
-            this tool did not write.
+        ValueError: a symbolic link, a file where a folder goes (or the reverse), an output
+            or work folder this tool did not write.
     """
     spec = FORMATS[fmt]
     work = partial_path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output directory {out.parent} does not exist; create it first")
+    if out.is_symlink():
+        raise ValueError(
+            f"--out {out} is a symbolic link; name the output itself (its work folder and "
+            "manifest are written beside the name given)"
+        )
     if out.exists() and out.is_dir() != spec.folder:
         kind = "folder" if spec.folder else "file"
         raise ValueError(f"--out {out}: --format {fmt} writes a {kind}, and {out} is not one")
+    if (work.exists() or work.is_symlink()) and not _is_our_work_folder(work, out):
+        raise ValueError(
+            f"{work} is in the way and is not the work folder of an extraction into {out} "
+            f"(no {manifest_path(staging_path(out)).name} of this tool in it); move it away"
+        )
+    # An output is ours by its manifest, or by our work folder (a kill between moving a
+    # first output into place and writing its manifest leaves just that).
+    claimed = own_manifest(out) is not None or own_manifest(staging_path(out)) is not None
+    if out.exists() and not claimed:
+        raise ValueError(
+            f"--out {out} exists and no manifest of this tool says it wrote it "
+            f"({manifest_path(out)}); it is never replaced or added to: choose another --out"
+        )
     if mode == "create" and (out.exists() or work.exists()):
         found = out if out.exists() else work
         raise FileExistsError(
             f"output {found} already exists; pass --resume to finish that run or "
             "--overwrite to replace it"
         )
-    if out.exists() and own_manifest(out) is None:
-        raise ValueError(
-            f"--out {out} exists and no manifest of this tool says it wrote it "
-            f"({manifest_path(out)}); it is never replaced or added to: choose another --out"
-        )
-    if (work.exists() or work.is_symlink()) and not _is_our_work_folder(work, out):
-        raise ValueError(
-            f"{work} is in the way and is not the work folder of an extraction into {out} "
-            f"(no {manifest_path(staging_path(out)).name} of this tool in it); move it away"
-        )
 
 
 def _is_our_work_folder(work: Path, out: Path) -> bool:
-    return work.is_dir() and not work.is_symlink() and own_manifest(staging_path(out)) is not None
+    """``work`` holds our staging manifest, or nothing (a kill right after making it)."""
+    if not work.is_dir() or work.is_symlink():
+        return False
+    return own_manifest(staging_path(out)) is not None or not any(work.iterdir())
 
 
 @dataclass(frozen=True)
@@ -203,15 +215,14 @@ def finish_staged(out: Path, fmt: str, options: WriteOptions, *, quiet: bool) ->
         count = spec.write(target, bar, options)
     manifest = own_manifest(staging)
     assert manifest is not None  # the run just wrote it
-    manifest_path(out).unlink(missing_ok=True)  # it described the old output
-    move_into_place(target, out, spec, work / "replaced")
+    move_into_place(target, out, spec)  # the old manifest stays until replaced
     final = {
         **manifest,
         "output": str(out),
         "format": fmt,
         "feature_dtype": options.feature_dtype,
         "updated": now_utc(),
-        "staged": {"format": "tsv", "path": str(staging), "records": count},
+        "staged": {"format": "tsv", "records": count},
     }
     write_manifest(manifest_path(out), final)
     shutil.rmtree(work)

@@ -242,3 +242,75 @@ def test_a_run_without_records_gives_an_empty_output(
         again = tmp_path / "again.parquet"
         assert main(["convert", str(empty), "--to", "parquet", str(again), "-q"]) == EXIT_USAGE
         assert not again.exists() and not partial_path(again).exists()
+
+
+@pytest.mark.parametrize("old_output", [False, True])
+def test_a_run_stopped_while_moving_its_output_into_place_resumes(
+    old_output: bool,
+    run_args: list[object],
+    reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped right after the new output took its place, before its manifest: the output
+    has no manifest of its own (a first run) or the old one, and ``--resume`` finishes."""
+    import pipeline.features.formats.place as place
+
+    out = tmp_path / "feats"
+    flags = ("--out", out, "--format", "npz-dir")
+    if old_output:
+        assert extract(*run_args, *flags, "--limit", "1") == EXIT_OK
+    move = place.move_into_place
+
+    def move_then_stop(*args: object) -> None:
+        move(*args)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(place, "move_into_place", move_then_stop)
+    mode = ("--overwrite",) if old_output else ()
+    assert extract(*run_args, *flags, *mode) == 130
+    assert partial_path(out).is_dir()
+    monkeypatch.setattr(place, "move_into_place", move)
+    assert extract(*run_args, *flags) == EXIT_USAGE  # neither flag: refused, says --resume
+    assert extract(*run_args, *flags, "--resume") == EXIT_OK
+    assert not partial_path(out).exists()
+    assert tsv_of(out, tmp_path) == reference.read_bytes()
+    assert read_manifest(manifest_path(out))["counts"]["records_in_output"] == 4
+
+
+def test_an_output_named_like_the_work_folder_s_files_keeps_every_record(
+    run_args: list[object], reference: Path, tmp_path: Path
+) -> None:
+    """The old folder is moved aside under a name no output can have."""
+    out = tmp_path / "replaced"
+    flags = ("--out", out, "--format", "npz-dir")
+    assert extract(*run_args, *flags, "--limit", "2") == EXIT_OK
+    assert extract(*run_args, *flags, "--resume") == EXIT_OK
+    assert tsv_of(out, tmp_path) == reference.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "said"),
+    [
+        ("link", ["--out", "{tmp}/dang", "--format", "npz-dir"], "is a symbolic link"),
+        ("none", ["--out", ".", "--format", "npz-dir"], "--out .: name the output"),
+        ("dir", ["--out", "{tmp}/made", "--format", "npz-dir"], "never replaced"),
+    ],
+)
+def test_links_bare_folders_and_foreign_outputs_are_refused_first(
+    make: str,
+    args: list[str],
+    said: str,
+    run_args: list[object],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if make == "link":
+        (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    elif make == "dir":
+        (tmp_path / "made").mkdir()  # the user's: a plain run must not advise --overwrite
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert extract(*run_args, *[a.format(tmp=tmp_path) for a in args]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert said in err and "--overwrite" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

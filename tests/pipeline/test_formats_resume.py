@@ -206,3 +206,32 @@ def test_a_full_disk_keeps_the_partial_and_resume_finishes_it(
     code, err = convert(capsys, source, "--to", "tsv", out, "--resume")
     assert code == EXIT_OK and "3 records kept" in err
     assert out.read_bytes() == source.read_bytes()
+
+
+def test_a_conversion_stopped_while_moving_into_place_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after a first output took its place, before its manifest: the work folder
+    claims it, and ``--resume --overwrite`` finishes (an existing output always needs
+    ``--overwrite``). An output named ``replaced`` (the name the old
+    folder once went aside under) keeps every record when overwritten."""
+    import pipeline.convert as convert
+
+    source = write_source(tmp_path / "in.tsv")
+    out = tmp_path / "replaced"
+    move = convert.move_into_place
+
+    def move_then_stop(*args: object) -> None:
+        move(*args)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "move_into_place", move_then_stop)
+    assert main(["convert", str(source), "--to", "npz-dir", str(out), "-q"]) == EXIT_INTERRUPTED
+    monkeypatch.setattr(convert, "move_into_place", move)
+    resume = ["convert", str(source), "--to", "npz-dir", str(out), "-q", "--resume"]
+    assert main([*resume, "--overwrite"]) == EXIT_OK
+    again = ["convert", str(source), "--to", "npz-dir", str(out), "-q", "--overwrite"]
+    assert main(again) == EXIT_OK
+    back = tmp_path / "back.tsv"
+    assert main(["convert", str(out), "--to", "tsv", str(back), "-q"]) == EXIT_OK
+    assert back.read_bytes() == source.read_bytes()

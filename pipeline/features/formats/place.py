@@ -12,10 +12,15 @@ from pipeline.features.formats.registry import FormatSpec
 from weights.files import fsync_directory, fsync_file
 
 
-def move_into_place(tmp: Path, out: Path, spec: FormatSpec, stale: Path) -> None:
-    """Move the written output ``tmp`` (companions first) over ``out``; an old folder goes to
-    ``stale`` (inside the work folder, removed with it). Every file reaches the disk before
-    its rename, so ``out`` is the old output or the whole new one."""
+def move_into_place(tmp: Path, out: Path, spec: FormatSpec) -> None:
+    """Move the written output ``tmp`` (companions first) over ``out``. An old folder is
+    moved aside beside ``tmp`` first (``NAME.replaced``: no output name can be it, as the
+    output itself is ``tmp``'s name) and removed with ``tmp``'s work folder. Every file
+    reaches the disk before its rename, so ``out`` is the old output or the whole new one.
+
+    The manifest beside ``out`` is the caller's: it is left as it is, so a kill before the
+    caller writes the new one leaves an output this tool still owns (the work folder,
+    which the caller removes last, says the move may be incomplete)."""
     for companion in spec.companions(tmp):
         target = out.with_name(companion.name)
         if companion.exists():
@@ -28,6 +33,7 @@ def move_into_place(tmp: Path, out: Path, spec: FormatSpec, stale: Path) -> None
             if item.is_file():
                 fsync_file(item)
         if out.exists():
+            stale = tmp.with_name(tmp.name + ".replaced")
             shutil.rmtree(stale, ignore_errors=True)  # left by a kill during an earlier move
             os.replace(out, stale)
     else:
