@@ -58,23 +58,26 @@ TARGETS = (
 READER = """
 import sys, time, random
 from pipeline.features.store import FeatureStore
-def rss():  # VmHWM: this process's peak since exec (ru_maxrss counts the parent's at fork)
+def status(field):  # VmHWM: this process's peak since exec (ru_maxrss counts the parent's)
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-base = rss()
+base, anon_base = status("VmHWM"), status("RssAnon")
+anon = anon_base
 store = FeatureStore.open(sys.argv[1])
 ids = list(store.ids())
 for index in range(len(store)):
     store[index]
-full = rss()
+    if index % 100 == 0:  # private memory, sampled: what the reader holds
+        anon = max(anon, status("RssAnon"))
+full, anon = status("VmHWM"), max(anon, status("RssAnon"))
 random.seed(0)
 probes = random.sample(ids, min(int(sys.argv[2]), len(ids)))
 start = time.perf_counter()
 for image_id in probes:
     store.get(image_id)
 per = (time.perf_counter() - start) / max(len(probes), 1)
-print(base, full, per * 1000)
+print(base, full, per * 1000, anon_base, anon)
 """
 
 LOAD_ALL = """
@@ -139,10 +142,14 @@ def measure_reader(path: Path, probes: int) -> dict[str, float]:
         text=True,
         check=True,
     ).stdout.split()
-    base, full, per = (float(v) for v in output)
+    base, full, per, anon_base, anon = (float(v) for v in output)
     return {
         "reader_rss_after_import_mb": round(base, 1),
         "reader_peak_rss_mb": round(full, 1),
+        # RSS counts the pages of a memory-mapped file (lmdb) that were read; the private
+        # (anonymous) memory is what the reader itself holds.
+        "reader_anon_after_import_mb": round(anon_base, 1),
+        "reader_anon_peak_mb": round(anon, 1),
         "random_access_ms": round(per, 3),
     }
 
