@@ -112,6 +112,11 @@ def check_convert_output(settings: ConvertSettings, spec: FormatSpec) -> None:
         check_name_length(out)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    if out.name == PARTIAL_MARKER:  # the output is written beside the marker, by name
+        raise UsageError(
+            f"convert output {out}: {PARTIAL_MARKER} is the name of the conversion's own "
+            "record in its work folder; name the output otherwise"
+        )
     known = {suffix for other in FORMATS.values() for suffix in other.suffixes}
     if out.suffix.lower() in known and out.suffix.lower() not in spec.suffixes:
         raise UsageError(

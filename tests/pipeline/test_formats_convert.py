@@ -211,6 +211,7 @@ def test_refusals_leave_nothing(extractions: dict[str, Path], tmp_path: Path) ->
         ("--to", "lmdb", "--feature-dtype", "float32", tmp_path / "c"),
         ("--to", "h5", tmp_path / "f.tsv"),  # would be read back as a TSV
         ("--to", "npz-dir", tmp_path / "g.parquet"),
+        ("--to", "npz-dir", tmp_path / "convert.json"),  # the work folder's own record
     ]
     for flags in cases:
         assert convert(source, *flags) == EXIT_USAGE
