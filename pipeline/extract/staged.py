@@ -165,7 +165,11 @@ def finished_output(out: Path, fmt: str) -> FinishedOutput:
     finally:
         part.close()
     manifest = own_manifest(out)
-    assert manifest is not None  # check_staged_output refused an output without one
+    if manifest is None:  # claimed only by a work folder that lost its TSV
+        raise ValueError(
+            f"--resume {out}: no manifest of this tool beside it ({manifest_path(out)}), so "
+            "its records cannot be added to; pass --overwrite to extract it again"
+        )
     return FinishedOutput(path=out, format=fmt, ids=ids, manifest=dict(manifest))
 
 
