@@ -9,7 +9,7 @@ setup demo test bench:
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy detector encoder pipeline weights shapesworld
+	.venv/bin/mypy detector encoder pipeline weights shapesworld benchmarks
 
 clean:
 	rm -rf .venv out .pytest_cache

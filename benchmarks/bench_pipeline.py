@@ -238,7 +238,12 @@ def bench_extract(
     }
     outputs = []
     for workers in worker_counts:
-        common = {"checkpoint": checkpoint, "preset": preset, "workers": workers, "device": device}
+        common: dict[str, Any] = {
+            "checkpoint": checkpoint,
+            "preset": preset,
+            "workers": workers,
+            "device": device,
+        }
         output = work / f"features_w{workers}.tsv"
         fixed, _ = run_extract(
             **common,

@@ -94,7 +94,7 @@ def bench_speed(
             (result,) = detector.detect([image])
             seconds[precision].append(time.perf_counter() - start)
             regions[precision].append(result)
-    report = {
+    report: dict[str, Any] = {
         p: {"seconds_per_image": round(float(np.mean(s)), 3), "each": [round(x, 3) for x in s]}
         for p, s in seconds.items()
     }

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from detector.select import _surviving_max_conf, select_bottom_up
 try:
     from detector.reference_sort import argsort
 except ImportError:  # a commit before the reference sort
-    argsort = np.argsort
+    argsort = np.argsort  # type: ignore[assignment]  # (numpy's wider signature)
 
 NUM_PROPOSALS = 300
 NUM_CLASSES = 1600
@@ -85,7 +86,12 @@ def full_selection(boxes: torch.Tensor, probs: torch.Tensor, low: int, high: int
 def measure(images: int, repeats: int, low: int, high: int) -> dict[str, object]:
     times: dict[str, list[float]] = {"shortcut_ms": [], "full_ms": [], "tie_heavy_ms": []}
     same = True
-    kwargs = {"conf_thresh": 0.2, "nms_thresh": 0.3, "min_boxes": low, "max_boxes": high}
+    kwargs: dict[str, Any] = {
+        "conf_thresh": 0.2,
+        "nms_thresh": 0.3,
+        "min_boxes": low,
+        "max_boxes": high,
+    }
     for _ in range(repeats):
         for seed in range(images):
             boxes, probs = photo_like(seed)
