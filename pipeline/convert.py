@@ -63,7 +63,6 @@ from pipeline.features.manifest import (
 )
 from pipeline.features.output import journal_path
 from pipeline.merge import MERGEABLE_STATUSES
-from weights.defaults import extra_install_hint
 from weights.files import fsync_directory
 from weights.lock import hold_output_lock
 from weights.resolve import sha256_file
@@ -205,11 +204,10 @@ def notices(spec: FormatSpec, inputs: Sequence[ConvertInput]) -> tuple[str, ...]
 def plan_convert(settings: ConvertSettings) -> ConvertPlan:
     """Check every rule (module docstring) without creating anything."""
     spec = get_format(settings.to)
-    missing = spec.missing_modules()
-    if missing:
-        raise UsageError(
-            f"--to {spec.name} needs {', '.join(missing)}: {extra_install_hint('formats')}"
-        )
+    try:
+        spec.check_installed("--to")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     check_convert_output(settings, spec)
     seen: set[Path] = set()
     for path in settings.inputs:

@@ -8,11 +8,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pipeline.convert import ConvertSettings, run_convert
 from pipeline.errors import UsageError
-from pipeline.features.formats.common import FeatureDtype
 from pipeline.features.formats.registry import FORMATS, get_format
 from weights.command import Command, run_command
 
@@ -89,16 +88,15 @@ def validate_convert(args: argparse.Namespace) -> ConvertSettings:
     if out is None or not paths:
         raise UsageError("convert needs at least one input and an output: IN... --to FORMAT OUT")
     spec = get_format(args.to)
-    dtype = args.feature_dtype or spec.feature_dtypes[0]
-    if dtype not in spec.feature_dtypes:
-        raise UsageError(
-            f"--feature-dtype {dtype}: {spec.name} stores {' or '.join(spec.feature_dtypes)}"
-        )
+    try:
+        dtype = spec.stored_dtype(args.feature_dtype)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return ConvertSettings(
         inputs=tuple(paths),
         out=out,
         to=spec.name,
-        feature_dtype=cast(FeatureDtype, dtype),
+        feature_dtype=dtype,
         ban_ids=args.ban_ids,
         overwrite=args.overwrite,
         resume=args.resume,

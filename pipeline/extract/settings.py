@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
 from detector.checkpoint_config import detector_config
 from detector.config import DetectorConfig
@@ -337,21 +337,16 @@ def _check_flags(args: argparse.Namespace) -> tuple[Path, tuple[int, int] | None
 
 
 def _feature_dtype(args: argparse.Namespace, fmt: str) -> FeatureDtype:
-    """``--feature-dtype``, checked against the format (default: the format's first)."""
+    """``--feature-dtype``, checked against the format (default: the format's first), whose
+    modules must be installed."""
     from pipeline.features.formats.registry import FORMATS
 
     spec = FORMATS[fmt]
-    dtype = args.feature_dtype or spec.feature_dtypes[0]
-    if dtype not in spec.feature_dtypes:
-        raise UsageError(
-            f"--feature-dtype {dtype}: a {fmt} output stores {' or '.join(spec.feature_dtypes)}"
-        )
-    missing = spec.missing_modules()
-    if missing:
-        raise UsageError(
-            f"--format {fmt} needs {', '.join(missing)}: {extra_install_hint('formats')}"
-        )
-    return cast(FeatureDtype, dtype)
+    try:
+        spec.check_installed("--format")
+        return spec.stored_dtype(args.feature_dtype)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _check_ray_flags(args: argparse.Namespace) -> None:

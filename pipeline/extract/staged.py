@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.features.formats.common import WriteOptions
 from pipeline.features.formats.partial import partial_path
-from pipeline.features.formats.registry import FORMATS, LOSSLESS, detect_format
+from pipeline.features.formats.registry import FORMATS, LOSSLESS, detect_format, open_part
 from pipeline.features.manifest import manifest_path, now_utc, own_manifest, write_manifest
 from pipeline.features.suffixes import (
     H5_SUFFIXES,
@@ -154,8 +154,6 @@ def finished_output(out: Path, fmt: str) -> FinishedOutput:
     Raises:
         ValueError: not of the format ``--format`` names, or unreadable.
     """
-    from pipeline.features.formats.registry import open_part
-
     found = detect_format(out)
     if found != fmt:
         raise ValueError(f"--resume {out}: it is a {found} output, not {fmt}")
@@ -190,15 +188,12 @@ def unstage(finished: FinishedOutput) -> None:
     so the run resumes it as a TSV; the output itself is not touched. The manifest comes
     first and the TSV appears whole, so a kill in between leaves a work folder that the next
     ``--resume`` unstages again."""
-    from pipeline.features.formats.tsv import encode_tsv_line
-
     staging = staging_path(finished.path)
     staging.parent.mkdir(exist_ok=True)
     manifest = {**finished.manifest, "output": str(staging), "format": "tsv"}
     write_manifest(manifest_path(staging), manifest)
-    with atomic_path(staging) as tmp, open(tmp, "wb") as stream:
-        for record in FORMATS[finished.format].iterate(finished.path):
-            stream.write(encode_tsv_line(record))
+    with atomic_path(staging) as tmp:
+        FORMATS["tsv"].write(tmp, FORMATS[finished.format].iterate(finished.path), WriteOptions())
 
 
 def finish_staged(out: Path, fmt: str, options: WriteOptions, *, quiet: bool) -> int:

@@ -13,15 +13,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import h5py
 
 from detector.structures import RegionFeatures
 from pipeline.features.formats import ban_h5, lmdb_uniter, npz_dir, parquet
-from pipeline.features.formats.common import RecordPart, WriteOptions
+from pipeline.features.formats.common import FeatureDtype, RecordPart, WriteOptions
 from pipeline.features.formats.h5 import H5_FORMAT_NAME, iter_h5, write_h5
 from pipeline.features.formats.tsv import encode_tsv_line, iter_tsv, repair_tsv, tsv_line_id
 from pipeline.features.suffixes import FILE_SUFFIXES, H5_SUFFIXES, PARQUET_SUFFIXES, TSV_SUFFIXES
+from weights.defaults import extra_install_hint
 
 Writer = Callable[[Path, Iterable[RegionFeatures], WriteOptions], int]
 
@@ -66,6 +68,26 @@ class FormatSpec:
     def missing_modules(self) -> tuple[str, ...]:
         """The modules of :attr:`requires` that are not installed."""
         return tuple(name for name in self.requires if importlib.util.find_spec(name) is None)
+
+    def check_installed(self, flag: str) -> None:
+        """``ValueError`` naming the missing modules and the extra, for ``flag`` (the flag
+        that chose this format: ``--to``, ``--format``)."""
+        missing = self.missing_modules()
+        if missing:
+            raise ValueError(
+                f"{flag} {self.name} needs {', '.join(missing)}: {extra_install_hint('formats')}"
+            )
+
+    def stored_dtype(self, given: str | None) -> FeatureDtype:
+        """The features' stored precision for ``--feature-dtype given`` (None: the format's
+        first); ``ValueError`` naming the ones it holds."""
+        dtype = given or self.feature_dtypes[0]
+        if dtype not in self.feature_dtypes:
+            raise ValueError(
+                f"--feature-dtype {dtype}: a {self.name} output stores "
+                + " or ".join(self.feature_dtypes)
+            )
+        return cast(FeatureDtype, dtype)
 
 
 def _write_tsv(path: Path, regions: Iterable[RegionFeatures], options: WriteOptions) -> int:
