@@ -184,6 +184,9 @@ def duplicates() -> None:
             "--disable=all",
             "--enable=duplicate-code",
             "--output-format=json2",
+            # The check compares lines; astroid's inference into the modules the packages
+            # import (gradio, torch, ...) only costs time: 3.5 of 3.7 minutes, same findings.
+            f"--ignored-modules={','.join(imported_from_outside())}",
             *TYPED_PACKAGES,
         ],
         cwd=ROOT,
@@ -217,6 +220,23 @@ def duplicates() -> None:
             "pyproject.toml"
         )
     print(f"+ duplicate-code: {len(messages)} finding(s), all accepted", flush=True)
+
+
+def imported_from_outside() -> list[str]:
+    """Every module (dotted, and each package above it) that the packages import by absolute
+    name from outside themselves: the standard library's and the dependencies'."""
+    import ast
+
+    names: set[str] = set()
+    for package in TYPED_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module)
+    parents = {name.rsplit(".", up)[0] for name in names for up in range(1, name.count(".") + 1)}
+    return sorted(name for name in names | parents if name.partition(".")[0] not in TYPED_PACKAGES)
 
 
 def screenshot() -> None:
