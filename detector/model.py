@@ -357,7 +357,7 @@ class Detector(nn.Module):
         self, batch: Sequence[PreparedImage], boxes: Sequence[CheckedBoxes] | None
     ) -> list[RegionFeatures]:
         device = self.device
-        stacked = torch.stack([image.tensor for image in batch])
+        stacked = torch.from_numpy(np.stack([image.pixels for image in batch]))
         if device.type == "cuda":
             stacked = stacked.pin_memory().to(device, non_blocking=True)
         else:

@@ -1,4 +1,4 @@
-"""Turn a decoded BGR image into the detector's input tensor, exactly as the Caffe extractor did.
+"""Turn a decoded BGR image into the detector's input, exactly as the Caffe extractor did.
 
 The reference (``_get_image_blob`` in ``lib/fast_rcnn/test.py`` of the original
 bottom-up-attention, called from ``tools/generate_tsv.py``) does, for one scale:
@@ -12,6 +12,9 @@ bottom-up-attention, called from ``tools/generate_tsv.py``) does, for one scale:
    maps pixels with the given factor itself (not the rounded size ratio).
 
 Boxes found on the resized image map back to raw pixels by dividing by ``scale``.
+
+NumPy and OpenCV only: torch is imported when a :class:`PreparedImage` becomes a tensor, so a
+process that only decodes (the Ray engine's decode tasks) never loads it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from detector.image import (
     DEFAULT_MAX_BYTES,
@@ -35,18 +37,20 @@ from detector.image import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from detector.config import DetectorConfig
 
 
 @dataclass(frozen=True, eq=False)
 class PreparedImage:
-    """One image ready for the detector. Picklable (DataLoader workers return it)."""
+    """One image ready for the detector. Picklable without torch (Ray's decode tasks send it)."""
 
     image_id: str
     """The caller's id for this image (file stem, relative path, ...)."""
-    tensor: torch.Tensor
-    """float32 ``[3, h, w]``, contiguous: BGR minus ``pixel_mean``, divided by ``pixel_std``,
-    resized by ``scale``."""
+    pixels: np.ndarray
+    """float32 ``[3, h, w]``, C-contiguous: BGR minus ``pixel_mean``, divided by
+    ``pixel_std``, resized by ``scale``."""
     scale: float
     """Resized size / raw size (the Caffe ``im_scale``); raw pixels = resized pixels / scale."""
     raw_h: int
@@ -56,8 +60,17 @@ class PreparedImage:
 
     @property
     def resized_size(self) -> tuple[int, int]:
-        """``(h, w)`` of :attr:`tensor`, in resized-image pixels."""
-        return int(self.tensor.shape[1]), int(self.tensor.shape[2])
+        """``(h, w)`` of :attr:`pixels`, in resized-image pixels."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """:attr:`pixels` as a float32 ``Tensor[3, h, w]`` sharing their memory; a read-only
+        array (as Ray hands one over) is copied first, since torch tensors are writable."""
+        import torch
+
+        pixels = self.pixels if self.pixels.flags.writeable else self.pixels.copy()
+        return torch.from_numpy(pixels)
 
 
 def compute_scale(raw_h: int, raw_w: int, *, min_size: int, max_size: int) -> float:
@@ -139,8 +152,8 @@ def preprocess(
         )
     if np.any(std != 1.0):
         np.divide(resized, std.astype(np.float32), out=resized)
-    tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-    return PreparedImage(image_id=image_id, tensor=tensor, scale=scale, raw_h=raw_h, raw_w=raw_w)
+    pixels = np.ascontiguousarray(resized.transpose(2, 0, 1))
+    return PreparedImage(image_id=image_id, pixels=pixels, scale=scale, raw_h=raw_h, raw_w=raw_w)
 
 
 def prepare(

@@ -99,9 +99,8 @@ def test_no_clip_pools_the_scaled_boxes_unclipped_as_the_original(tiny, coffee) 
 def test_no_clip_has_no_far_edge_rule() -> None:
     # raw 47 x 30 at scale 0.5, resized 24 x 15: clipped, the raw far edge 47 goes to the
     # resized far edge 24; unclipped it is 47 * 0.5 = 23.5, as the original computed it.
-    image = PreparedImage(
-        image_id="x", tensor=torch.zeros(3, 15, 24), scale=0.5, raw_h=30, raw_w=47
-    )
+    pixels = np.zeros((3, 15, 24), dtype=np.float32)
+    image = PreparedImage(image_id="x", pixels=pixels, scale=0.5, raw_h=30, raw_w=47)
     boxes = torch.tensor([[3.0, 5.0, 47.0, 30.0], [-4.0, 2.0, 60.0, 41.0]])
     assert given_box_rois(check_given_boxes(boxes, image_h=30, image_w=47), image).tolist() == [
         [1.5, 2.5, 24.0, 15.0],

@@ -97,7 +97,8 @@ def test_stopping_early_ends_the_decode_threads(photos) -> None:
     import threading
 
     from detector import get_preset
-    from pipeline.extract.engines.local import PrepareImage, prepared_batches
+    from pipeline.extract.decode import PrepareImage
+    from pipeline.extract.engines.local import prepared_batches
     from pipeline.extract.inputs import gather_inputs
 
     items = gather_inputs([str(photos)])

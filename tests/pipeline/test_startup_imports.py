@@ -86,3 +86,34 @@ def test_detector_runs_without_the_torchvision_package() -> None:
     )
     loaded = modules_after(statement, ("torchvision", "torch._dynamo", "transformers"))
     assert loaded == set()
+
+
+def test_the_ray_decode_stage_decodes_without_torch(tmp_path: Path) -> None:
+    """A Ray decode task imports its stage, decodes and pickles its outcomes (as Ray does to
+    send them on) without loading torch; the pixels are those the local engine prepares."""
+    import pickle
+
+    from detector.config import get_preset
+    from detector.preprocess import prepare
+
+    image, bad = ROOT / "examples" / "scene_000.png", tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    sent = tmp_path / "outcomes.pickle"
+    statement = (
+        "import pickle\n"
+        "import numpy as np\n"
+        "from detector.config import get_preset\n"
+        "from pipeline.extract.engines.ray_decode import DecodeImages\n"
+        "decode = DecodeImages(config=get_preset('shapes'), max_pixels=10**8, "
+        "max_bytes=10**8, boxes=None)\n"
+        "files = np.array([" + repr(str(image)) + ", " + repr(str(bad)) + "], dtype=object)\n"
+        "batch = {'index': np.arange(2), 'image_id': np.array(['a', 'b'], dtype=object), "
+        "'path': files, 'file': files}\n"
+        f"open({str(sent)!r}, 'wb').write(pickle.dumps(decode(batch)['outcome']))"
+    )
+    assert modules_after(statement, ("torch",)) == set()
+    decoded, failed = pickle.loads(sent.read_bytes())
+    local = prepare(str(image), config=get_preset("shapes"), image_id="a")
+    assert (decoded.image_id, decoded.scale) == (local.image_id, local.scale)
+    assert decoded.pixels.tobytes() == local.pixels.tobytes()
+    assert (failed.image_id, failed.path) == ("b", str(bad))

@@ -2,12 +2,12 @@
 
 This process (the driver) has already listed the inputs, applied ``--resume``, ``--shard`` and
 ``--limit`` and loaded the checkpoint's facts (:mod:`pipeline.extract.steps`). Here the images to do
-flow through a Ray Dataset: decode + resize as CPU tasks (:func:`~pipeline.extract.engines.
-ray_stages.DecodeImages`), the detector in a pool of actors that each load the model once
-(:class:`~pipeline.extract.engines.ray_stages.DetectRegions`). Records stream back to the driver,
-which puts them back in plan order and writes them with the local engine's sink, so the
-output is byte-identical to a local run at the same torch thread count, whatever the number
-of actors or the order in which they finish.
+flow through a Ray Dataset: decode + resize as CPU tasks that import no torch
+(:class:`~pipeline.extract.engines.ray_decode.DecodeImages`), the detector in a pool of actors
+that each load the model once (:class:`~pipeline.extract.engines.ray_stages.DetectRegions`).
+Records stream back to the driver, which puts them back in plan order and writes them with the
+local engine's sink, so the output is byte-identical to a local run at the same torch thread
+count, whatever the number of actors or the order in which they finish.
 
 Faults: Ray Data restarts a dead actor and retries its batches (``max_restarts`` and
 ``max_task_retries`` of its actor pool); an image that arrives twice is written once. Ray is
@@ -35,8 +35,9 @@ from detector.structures import CheckpointInfo
 from pipeline.errors import UsageError
 from pipeline.extract.boxes_file import BoxesFile
 from pipeline.extract.engines.local import RecordSink
+from pipeline.extract.engines.ray_decode import DecodeImages
 from pipeline.extract.engines.ray_logs import RayLog, progress_logging, ray_output_to
-from pipeline.extract.engines.ray_stages import ActorSpec, DecodeImages, DetectRegions, NoWeights
+from pipeline.extract.engines.ray_stages import ActorSpec, DetectRegions, NoWeights
 from pipeline.extract.engines.ray_weights import (
     ActorWeights,
     WeightsUnavailableError,

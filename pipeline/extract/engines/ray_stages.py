@@ -1,29 +1,18 @@
-"""The two stages of the Ray engine, as they run on the cluster's workers.
+"""The detector stage of the Ray engine, as it runs in the cluster's actors.
 
-:class:`DecodeImages` runs as Ray Data CPU tasks: it decodes and resizes images with the local
-engine's :class:`~pipeline.extract.engines.local.PrepareImage`. :class:`DetectRegions` runs in the
-detector actors: its ``__init__`` loads the model once, its ``__call__`` detects a batch with
-the local engine's :func:`~pipeline.extract.engines.local.detect_or_fail` (the weights reach it as
-:mod:`~pipeline.extract.engines.ray_weights` says). Neither imports Ray: Ray Data calls them with
-batches, dicts of equal-length numpy columns:
-
-    index    int64 [B]   position of the image in the plan's ``todo`` (the driver's order)
-    image_id str   [B]   its id (before decode)
-    path     str   [B]   the image file as listed (messages name it so)
-    file     str   [B]   the same, absolute: readable at this path on every node (before decode)
-    outcome  object[B]   after decode: PreparedImage | Failure;
-                         after detect: RegionFeatures | Failure | NoWeights
-    seconds  float64[B]  after detect: this batch's detector seconds, shared out per image
+:class:`DetectRegions` loads the model once in its ``__init__`` (the weights reach it as
+:mod:`~pipeline.extract.engines.ray_weights` says) and detects a batch of decoded images per
+``__call__`` with the local engine's :func:`~pipeline.extract.engines.local.detect_or_fail`.
+It does not import Ray: Ray Data calls it with the batches the decode stage
+(:mod:`~pipeline.extract.engines.ray_decode`, whose docstring lists the columns) returns, and
+it returns them with ``outcome`` (RegionFeatures | Failure | NoWeights) and ``seconds``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,63 +23,15 @@ from detector.model import BatchLimits, auto_batch_size
 from detector.options import InferenceOptions
 from detector.preprocess import PreparedImage
 from pipeline.extract.boxes_file import BoxesFile
-from pipeline.extract.engines.local import Prepared, PrepareImage, detect_or_fail
+from pipeline.extract.engines.local import detect_or_fail
+from pipeline.extract.engines.ray_decode import Batch, objects
 from pipeline.extract.engines.ray_weights import (
     ActorWeights,
     WeightsUnavailableError,
     file_state,
     weights_for_actor,
 )
-from pipeline.extract.inputs import InputItem
 from pipeline.features.manifest import Failure
-
-#: One batch as Ray Data hands it over (``batch_format="numpy"``).
-Batch = dict[str, np.ndarray]
-
-
-def objects(values: Sequence[object]) -> np.ndarray:
-    """``values`` as a 1-D object array (element by element: numpy would otherwise try to
-    unpack any value that looks like a sequence)."""
-    array = np.empty(len(values), dtype=object)
-    for index, value in enumerate(values):
-        array[index] = value
-    return array
-
-
-@dataclass(frozen=True)
-class DecodeImages:
-    """The decode stage (Ray Data CPU tasks): the run's decode settings, sent once with the
-    dataset, applied to a batch of rows at a time."""
-
-    config: DetectorConfig
-    max_pixels: int
-    max_bytes: int
-    boxes: BoxesFile | None
-
-    def __call__(self, batch: Batch) -> Batch:
-        """Decode and resize the images of ``batch`` (columns ``index``, ``image_id``,
-        ``path``, ``file``); a bad file becomes a :class:`Failure` with its reason, as
-        locally, naming the file as listed."""
-        items = [
-            InputItem(image_id=str(image_id), path=Path(str(file)))
-            for image_id, file in zip(batch["image_id"], batch["file"], strict=True)
-        ]
-        prepare_one = PrepareImage(
-            items=items,
-            config=self.config,
-            max_pixels=self.max_pixels,
-            max_bytes=self.max_bytes,
-            boxes=self.boxes,
-        )
-        outcomes: list[Prepared] = [
-            _as_listed(prepare_one(index), str(path)) for index, path in enumerate(batch["path"])
-        ]
-        return {"index": batch["index"], "path": batch["path"], "outcome": objects(outcomes)}
-
-
-def _as_listed(outcome: Prepared, path: str) -> Prepared:
-    """A failure names the file as the driver listed it (the worker read its absolute path)."""
-    return dataclasses.replace(outcome, path=path) if isinstance(outcome, Failure) else outcome
 
 
 @dataclass(frozen=True)
