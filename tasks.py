@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 import venv
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -44,8 +46,7 @@ TYPED_SCRIPTS = ("benchmarks",)
 
 
 def run(*command: str | os.PathLike[str]) -> None:
-    printable = " ".join(str(part) for part in command)
-    print(f"+ {printable}", flush=True)
+    print(f"+ {printable(command)}", flush=True)
     result = subprocess.run([str(part) for part in command], cwd=ROOT)
     if result.returncode != 0:
         sys.exit(result.returncode)
@@ -134,31 +135,73 @@ def test() -> None:
     ensure_chromium()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
-    # pylint's duplicate check runs beside mypy: each keeps one core busy for minutes.
-    print(f"+ {BIN / 'python'} {__file__} duplicates (beside mypy)", flush=True)
-    pylint = subprocess.Popen(
-        [BIN / "python", __file__, "duplicates"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        run(BIN / "mypy", *TYPED_PACKAGES, *TYPED_SCRIPTS)
-    except BaseException:  # mypy failed or Ctrl-C: pylint's answer is not wanted
-        pylint.kill()
-        raise
-    said, _ = pylint.communicate()
-    print(said, end="", flush=True)
-    if pylint.returncode != 0:
-        sys.exit(pylint.returncode)
+    # mypy (1.5 minutes on a fresh clone) and pylint's duplicate check each keep one core busy:
+    # they run beside pytest, whose workers use the cores they leave, and say their results
+    # after it.
+    beside: dict[str, list[Path | str]] = {
+        "mypy": [BIN / "mypy", *TYPED_PACKAGES, *TYPED_SCRIPTS],
+        "duplicates": [BIN / "python", __file__, "duplicates"],
+    }
     # One worker per core, at most 4 (each imports torch: about 1 GB). Whole files per worker
     # (loadfile): a file's module fixtures are made once, and the docs pages, two of which start
     # a server on the same default port, run one after another. (xdist's loadgroup cannot mark
     # groups under pytest 9, whose node ids xdist 3.8 no longer rewrites.)
     workers = min(os.cpu_count() or 1, 4)
     parallel = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
-    run(BIN / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25", *parallel)
+    pytest: list[Path | str] = [
+        BIN / "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--durations=25",
+    ]
+    failed = run_beside(beside, [*pytest, *parallel])
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+def run_beside(beside: dict[str, list[Path | str]], main: list[Path | str]) -> list[str]:
+    """Run ``main`` with the commands of ``beside`` started first: ``main``'s output goes to
+    the terminal as it comes, theirs after it, each under its command line. Returns the names
+    of those that failed (``main`` as ``pytest``); Ctrl-C or an error stops them all."""
+    import contextlib
+    import tempfile
+
+    started: dict[str, subprocess.Popen[bytes]] = {}
+    with contextlib.ExitStack() as files:
+        logs = {name: files.enter_context(tempfile.TemporaryFile("w+")) for name in beside}
+        try:
+            return _run_main_then_report(beside, main, logs, started)
+        finally:
+            for process in started.values():
+                process.kill()  # still running only after Ctrl-C or an error
+
+
+def _run_main_then_report(
+    beside: dict[str, list[Path | str]],
+    main: list[Path | str],
+    logs: Mapping[str, IO[str]],
+    started: dict[str, subprocess.Popen[bytes]],
+) -> list[str]:
+    """:func:`run_beside`'s steps; ``started`` is filled as each process starts."""
+    for name, command in beside.items():
+        started[name] = subprocess.Popen(command, cwd=ROOT, stdout=logs[name], stderr=logs[name])
+    print(f"+ {printable(main)}  (beside it: {', '.join(beside)})", flush=True)
+    failed = [] if subprocess.run(main, cwd=ROOT).returncode == 0 else ["pytest"]
+    for name, process in started.items():
+        print(f"+ {printable(beside[name])}", flush=True)
+        process.wait()
+        logs[name].seek(0)
+        print(logs[name].read(), end="", flush=True)
+        if process.returncode != 0:
+            failed.append(name)
+    return failed
+
+
+def printable(command: Sequence[object]) -> str:
+    return " ".join(str(part) for part in command)
 
 
 def duplicates() -> None:
