@@ -165,7 +165,7 @@ def test_far_edges_map_to_the_resized_far_edges() -> None:
     # raw 47 x 30 at scale 0.5: resized 24 x 15 (OpenCV rounds 23.5 to 24), so the raw right
     # edge 47 goes to 24, not 23.5 (RoIPool would round 23.5 / 16 down and 24 / 16 up).
     image = PreparedImage(
-        image_id="x", tensor=torch.zeros(3, 15, 24), scale=0.5, raw_h=30, raw_w=47
+        image_id="x", pixels=np.zeros((3, 15, 24), np.float32), scale=0.5, raw_h=30, raw_w=47
     )
     boxes = torch.tensor([[3.0, 5.0, 47.0, 30.0], [1.0, 2.0, 45.0, 29.0]])
     rois = given_box_rois(boxes, image)
@@ -251,7 +251,11 @@ def test_a_runs_own_integer_coordinates_come_back_exactly_at_half_cell_edges() -
     for raw_h, raw_w, scale, n in cases:
         h, w = resized_size(raw_h, raw_w, scale)
         image = PreparedImage(
-            image_id="x", tensor=torch.zeros(3, h, w), scale=scale, raw_h=raw_h, raw_w=raw_w
+            image_id="x",
+            pixels=np.zeros((3, h, w), np.float32),
+            scale=scale,
+            raw_h=raw_h,
+            raw_w=raw_w,
         )
         # Caffe-clipped proposals: 0 and the far edges W - 1, H - 1, and other integers.
         assert n - 1 in (w - 1, h - 1)

@@ -480,7 +480,7 @@ def test_select_regions_maps_selection_to_raw_pixels(selection: str) -> None:
     resized_h, resized_w = 150, 200
     image = PreparedImage(
         image_id="img",
-        tensor=torch.zeros(3, resized_h, resized_w),
+        pixels=np.zeros((3, resized_h, resized_w), dtype=np.float32),
         scale=0.4,
         raw_h=375,
         raw_w=500,
