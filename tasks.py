@@ -147,7 +147,8 @@ def test() -> None:
     # a server on the same default port, run one after another. (xdist's loadgroup cannot mark
     # groups under pytest 9, whose node ids xdist 3.8 no longer rewrites.)
     workers = min(os.cpu_count() or 1, 4)
-    parallel = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+    parallel = ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder"]
+    # ... in the order tests/conftest.py gives: the files that take minutes first.
     pytest: list[Path | str] = [
         BIN / "python",
         "-m",
@@ -157,7 +158,7 @@ def test() -> None:
         "no:cacheprovider",
         "--durations=25",
     ]
-    failed = run_beside(beside, [*pytest, *parallel])
+    failed = run_beside(beside, [*pytest, *(parallel if workers > 1 else [])])
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 
