@@ -543,6 +543,27 @@ def test_every_block_is_fenced_with_a_known_language(page: str) -> None:
     assert not unnamed + indented
 
 
+#: A skip marker that names where the same block runs: ``[text](PAGE) runs this same block``.
+_RUN_THERE = re.compile(r"\]\(([\w./-]+\.md)[^)]*\) runs this\s+same block")
+
+
+def test_a_block_run_on_another_page_runs_there() -> None:
+    """A block skipped because another page runs it (README's demo server, run and used by
+    docs/web.md) is there, the same code, run by these tests."""
+    checked = []
+    for page in PAGES:
+        for block in parse_page(page, TEXTS[page]):
+            there = _RUN_THERE.search(block.mark)
+            if block.kind != "skip" or there is None:
+                continue
+            other = os.path.normpath(os.path.join(os.path.dirname(page), there.group(1)))
+            assert other in TEXTS, f"{block.id}: no page {other}"
+            runs = [b for b in parse_page(other, TEXTS[other]) if b.code == block.code]
+            assert any(b.kind in ("run", "server") for b in runs), f"{block.id}: not run in {other}"
+            checked.append(block.id)
+    assert checked, "no block is marked as run on another page; README's demo server was"
+
+
 def test_the_parser_reads_markers_and_outputs() -> None:
     """A marker above, a marker below an opening block, an output and an example output."""
     page = (
