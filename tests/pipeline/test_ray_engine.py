@@ -33,6 +33,7 @@ from pipeline.commands.extract import main as extract_features
 from pipeline.errors import UsageError
 from pipeline.extract.engines.ray import InOrder, plan_actors
 from pipeline.extract.settings import RaySettings
+from pipeline.features.formats.h5 import h5_ids
 from pipeline.features.manifest import manifest_path
 from weights import sha256_file
 
@@ -215,32 +216,23 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """The local engine's output on ``inputs``, per format."""
-    folder = tmp_path_factory.mktemp("local")
-    outputs = {}
-    for ext in ("tsv", "h5"):
-        out = folder / f"local.{ext}"
-        assert run_local(inputs, "--out", out) == 1  # the two bad files fail
-        outputs[ext] = out.read_bytes()
-    return outputs
+def reference(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The local engine's TSV of ``inputs``."""
+    out = tmp_path_factory.mktemp("local") / "local.tsv"
+    assert run_local(inputs, "--out", out) == 1  # the two bad files fail
+    return out.read_bytes()
 
 
-#: Each format once and each actor count once: the driver alone writes the file (the same
-#: sink as the local engine), so the format does not depend on the actors, nor they on it.
-@pytest.mark.parametrize(("ext", "actors"), [("tsv", 2), ("h5", 1)])
+#: Each format once and each actor count once, here TSV with 2 actors and in
+#: test_shard_and_limit HDF5 with 1: the driver alone writes the file (the same sink as the
+#: local engine), so the format does not depend on the actors, nor they on it.
 def test_ray_output_is_byte_identical_to_local(
-    cluster: Cluster,
-    inputs: Path,
-    reference: dict[str, bytes],
-    tmp_path: Path,
-    ext: str,
-    actors: int,
+    cluster: Cluster, inputs: Path, reference: bytes, tmp_path: Path
 ) -> None:
-    out = tmp_path / f"ray.{ext}"
+    out, actors = tmp_path / "ray.tsv", 2
     done = run_ray(cluster, inputs, "--out", out, "--actors", actors)
     assert done.returncode == 1, done.stderr[-3000:]
-    assert out.read_bytes() == reference[ext]
+    assert out.read_bytes() == reference
     # The bad files are per-image failures named with their reasons, as locally.
     manifest = json.loads(manifest_path(out).read_text())
     failed = {failure["image_id"]: failure["reason"] for failure in manifest["failures"]}
@@ -256,17 +248,20 @@ def test_ray_output_is_byte_identical_to_local(
 
 
 def test_shard_and_limit(cluster: Cluster, tmp_path: Path) -> None:
-    local, ray = tmp_path / "local.tsv", tmp_path / "ray.tsv"
+    """In HDF5 with one actor (the byte-identity test above writes TSV with two)."""
+    local, ray = tmp_path / "local.h5", tmp_path / "ray.h5"
     flags = ("--shard", "2/3", "--limit", "2")
     assert run_local(ROOT / "examples", "--out", local, *flags) == 0
     # A relative input: the workers (started from this test's directory) must not read it
     # relative to their own working directory.
-    done = run_ray(cluster, ".", "--out", ray, *flags, "-q", cwd=ROOT / "examples")
+    done = run_ray(cluster, ".", "--out", ray, *flags, "--actors", 1, "-q", cwd=ROOT / "examples")
     assert done.returncode == 0, done.stderr[-3000:]
-    shard = tmp_path / "ray.shard-2-of-3.tsv"
+    shard = tmp_path / "ray.shard-2-of-3.h5"
     expected = [path.stem for path in EXAMPLES[1::3][:2]]
-    assert [line.split("\t")[0] for line in shard.read_text().splitlines()] == expected
-    assert shard.read_bytes() == (tmp_path / "local.shard-2-of-3.tsv").read_bytes()
+    assert h5_ids(shard) == expected
+    assert shard.read_bytes() == (tmp_path / "local.shard-2-of-3.h5").read_bytes()
+    engine = json.loads(manifest_path(shard).read_text())["engine"]
+    assert (engine["name"], engine["actors"]) == ("ray", 1)
 
 
 #: A registry name that only the driver resolves here: the shapes detector's weights as
