@@ -19,6 +19,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -135,9 +136,8 @@ def test() -> None:
     ensure_chromium()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
-    # mypy (1.5 minutes on a fresh clone) and pylint's duplicate check each keep one core busy:
-    # they run beside pytest, whose workers use the cores they leave, and say their results
-    # after it.
+    # mypy (1.5 minutes of one core on a fresh clone) and pylint's duplicate check (10 s) run
+    # beside pytest, whose workers use the cores they leave, and say their results after it.
     beside: dict[str, list[Path | str]] = {
         "mypy": [BIN / "mypy", *TYPED_PACKAGES, *TYPED_SCRIPTS],
         "duplicates": [BIN / "python", __file__, "duplicates"],
@@ -160,13 +160,15 @@ def test() -> None:
     ]
     failed = run_beside(beside, [*pytest, *(parallel if workers > 1 else [])])
     if failed:
-        sys.exit(f"failed: {', '.join(failed)}")
+        print(f"+ failed: {', '.join(failed)}", flush=True)
+        sys.exit(failed.get("pytest") or next(iter(failed.values())))
 
 
-def run_beside(beside: dict[str, list[Path | str]], main: list[Path | str]) -> list[str]:
+def run_beside(beside: dict[str, list[Path | str]], main: list[Path | str]) -> dict[str, int]:
     """Run ``main`` with the commands of ``beside`` started first: ``main``'s output goes to
-    the terminal as it comes, theirs after it, each under its command line. Returns the names
-    of those that failed (``main`` as ``pytest``); Ctrl-C or an error stops them all."""
+    the terminal as it comes, theirs after it, each under its command line. Returns the exit
+    status of each that failed, by name (``main`` as ``pytest``); Ctrl-C or an error stops
+    them all, with the processes they started."""
     import contextlib
     import tempfile
 
@@ -176,8 +178,10 @@ def run_beside(beside: dict[str, list[Path | str]], main: list[Path | str]) -> l
         try:
             return _run_main_then_report(beside, main, logs, started)
         finally:
-            for process in started.values():
-                process.kill()  # still running only after Ctrl-C or an error
+            for process in started.values():  # still running only after Ctrl-C or an error
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)  # pylint's child with it
+                    process.wait()
 
 
 def _run_main_then_report(
@@ -185,19 +189,24 @@ def _run_main_then_report(
     main: list[Path | str],
     logs: Mapping[str, IO[str]],
     started: dict[str, subprocess.Popen[bytes]],
-) -> list[str]:
+) -> dict[str, int]:
     """:func:`run_beside`'s steps; ``started`` is filled as each process starts."""
     for name, command in beside.items():
-        started[name] = subprocess.Popen(command, cwd=ROOT, stdout=logs[name], stderr=logs[name])
+        log = logs[name]
+        # A session of its own: stopped with what it started (tasks.py duplicates -> pylint).
+        started[name] = subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
+        )
     print(f"+ {printable(main)}  (beside it: {', '.join(beside)})", flush=True)
-    failed = [] if subprocess.run(main, cwd=ROOT).returncode == 0 else ["pytest"]
+    status = subprocess.run(main, cwd=ROOT).returncode
+    failed = {"pytest": status} if status != 0 else {}
     for name, process in started.items():
         print(f"+ {printable(beside[name])}", flush=True)
         process.wait()
         logs[name].seek(0)
         print(logs[name].read(), end="", flush=True)
         if process.returncode != 0:
-            failed.append(name)
+            failed[name] = process.returncode
     return failed
 
 

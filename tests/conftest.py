@@ -31,9 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
     stays ignored across ``exec``: every command a test starts could then not be interrupted,
     and the Ctrl-C tests would test the launcher. A handler, unlike "ignored", is reset to the
     default in a child."""
-    del config
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _share_the_cores()
+    _share_the_cores(config)
 
 
 #: The test files that take minutes (measured on 2 cores), slowest first. They run first: a
@@ -55,12 +54,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
 
 
-def _share_the_cores() -> None:
+def _share_the_cores(config: pytest.Config) -> None:
     """Each test runner (a pytest-xdist worker, or pytest alone) and every process it starts
     use their share of the cores: OpenMP threads beyond it spin-wait for the cores of the
     others, and on 2 cores with 2 workers that doubled the suite's CPU time (205 s against
-    107 s for the same eight test files). A value the user set is kept."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    107 s for the same eight test files). Set in xdist's controller, before it starts the
+    workers, which inherit it; a value the user set is kept."""
+    workers = getattr(config.option, "numprocesses", None) or int(
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (cores or 1) // workers)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -3,8 +3,9 @@ workers, and the batches both stages pass on.
 
 :class:`DecodeImages` decodes and resizes images with :class:`~pipeline.extract.decode.
 PrepareImage`, as the local engine's threads do. This module imports no torch, nor does
-anything it imports (a test checks it): a decode worker then
-starts in about a second instead of four, without torch's 300 MB. Neither stage imports Ray:
+anything it imports (a test checks it): a decode worker costs about 3 s of CPU where it cost
+6-7 (``benchmarks/bench_ray_cpu.py``), and holds no torch. Only ``--boxes-from`` loads torch
+there, to check each image's boxes. Neither stage imports Ray:
 Ray Data calls them with batches, dicts of equal-length numpy columns:
 
     index    int64 [B]   position of the image in the plan's ``todo`` (the driver's order)
