@@ -34,11 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "LXMERT_BENCH_RAY_CPU"
 TICKS = os.sysconf("SC_CLK_TCK")
-#: Titles of Ray's own processes (its actors, agents and daemons), by a part of the command.
-RAY_OWN = (
-    *("_StatsActor", "Autoscaling", "ActorLocation", "Dashboard", "RuntimeEnv"),
-    *("raylet", "gcs_server", "log_monitor", "monitor.py"),
-)
+#: Process titles (``ray::NAME``) of Ray's own actors and agents.
+RAY_OWN = ("_StatsActor", "Autoscaling", "ActorLocation", "DashboardAgent", "RuntimeEnvAgent")
 
 
 def _marked(marker: str) -> dict[int, tuple[str, float]]:
@@ -59,15 +56,16 @@ def _marked(marker: str) -> dict[int, tuple[str, float]]:
 
 
 def _role(pid: int, titles: set[str], driver: int) -> str:
+    """What a process was, by the titles it showed (a Ray worker's title is its command line
+    until Ray names it ``ray::...``)."""
+    named = {title for title in titles if title.startswith("ray::")}
     if pid == driver:
         return "driver"
-    if any("DetectRegions" in title for title in titles):
+    if any(part in title for title in named for part in RAY_OWN) or not named:
+        return "ray_own"  # its actors and agents, or a daemon (raylet, gcs_server, monitors)
+    if any("DetectRegions" in title for title in named):
         return "detector_actors"
-    if any(part in title for title in titles for part in RAY_OWN):
-        return "ray_own"
-    if any(title.startswith("ray::") for title in titles):
-        return "decode_workers"
-    return "other"
+    return "decode_workers"  # ray::IDLE between Ray Data's decode tasks
 
 
 def measure(actors: int) -> dict[str, object]:

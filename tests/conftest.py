@@ -35,21 +35,45 @@ def pytest_configure(config: pytest.Config) -> None:
     _share_the_cores(config)
 
 
-#: The test files that take minutes (measured on 2 cores), slowest first. They run first: a
-#: worker left alone with one of them at the end would idle the other cores. (xdist orders
-#: files by their number of tests unless told not to; tasks.py passes --no-loadscope-reorder.)
+#: The test files that take 10 s or more on 2 cores (`--durations`, December 2026), slowest
+#: first. They run first, so that only short files are left for the end and the workers
+#: finish together; a worker left alone with a long one would idle the other cores. (xdist
+#: orders files by their number of tests unless told not to: tasks.py passes
+#: --no-loadscope-reorder.)
 SLOW_FILES = (
     "tests/pipeline/test_ray_engine.py",
     "tests/test_docs.py",
     "tests/pipeline/test_finetune_torchrun.py",
     "tests/pipeline/test_web_browser.py",
-    "tests/shapesworld/test_quality.py",
     "tests/pipeline/test_ray_logs.py",
+    "tests/shapesworld/test_quality.py",
+    "tests/pipeline/test_hostile.py",
+    "tests/pipeline/test_store.py",
+    "tests/pipeline/test_web_server_stop.py",
+    "tests/pipeline/test_web_server.py",
+    "tests/encoder/test_finetune_distributed.py",
+    "tests/detector/test_simd_independence.py",
+    "tests/encoder/test_finetune_train.py",
+    "tests/pipeline/test_formats_memory.py",
+    "tests/detector/test_checkpoint.py",
+    "tests/pipeline/test_startup_imports.py",
+    "tests/pipeline/test_extract_formats.py",
+    "tests/shapesworld/test_shapes_imports.py",
+    "tests/test_usage_errors_fast.py",
+    "tests/pipeline/test_pipeline_cli.py",
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """:data:`SLOW_FILES` first, in that order; every other test keeps its place."""
+    """:data:`SLOW_FILES` first, in that order; every other test keeps its place.
+
+    Raises:
+        pytest.UsageError: a file named there does not exist (renamed: say so there).
+    """
+    root = Path(__file__).resolve().parents[1]
+    missing = [path for path in SLOW_FILES if not (root / path).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SLOW_FILES: no such file: {missing}")
     rank = {path: index for index, path in enumerate(SLOW_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
 
