@@ -148,7 +148,7 @@ def test() -> None:
     # groups under pytest 9, whose node ids xdist 3.8 no longer rewrites.)
     workers = min(os.cpu_count() or 1, 4)
     parallel = ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder"]
-    # ... in the order tests/conftest.py gives: the files that take minutes first.
+    # ... in the order tests/conftest.py gives: the files of 10 s or more first.
     pytest: list[Path | str] = [
         BIN / "python",
         "-m",
@@ -180,7 +180,10 @@ def run_beside(beside: dict[str, list[Path | str]], main: list[Path | str]) -> d
         finally:
             for process in started.values():  # still running only after Ctrl-C or an error
                 if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGKILL)  # pylint's child with it
+                    if os.name == "posix":
+                        os.killpg(process.pid, signal.SIGKILL)  # pylint's child with it
+                    else:
+                        process.kill()
                     process.wait()
 
 
