@@ -23,9 +23,8 @@ import signal
 import subprocess
 import sys
 import venv
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -176,7 +175,22 @@ def run_beside(beside: dict[str, list[Path | str]], main: list[Path | str]) -> d
     with contextlib.ExitStack() as files:
         logs = {name: files.enter_context(tempfile.TemporaryFile("w+")) for name in beside}
         try:
-            return _run_main_then_report(beside, main, logs, started)
+            for name, command in beside.items():
+                # A session of its own: stopped with what it started (duplicates -> pylint).
+                started[name] = subprocess.Popen(
+                    command, cwd=ROOT, stdout=logs[name], stderr=logs[name], start_new_session=True
+                )
+            print(f"+ {printable(main)}  (beside it: {', '.join(beside)})", flush=True)
+            status = subprocess.run(main, cwd=ROOT).returncode
+            failed = {"pytest": status} if status != 0 else {}
+            for name, process in started.items():
+                print(f"+ {printable(beside[name])}", flush=True)
+                process.wait()
+                logs[name].seek(0)
+                print(logs[name].read(), end="", flush=True)
+                if process.returncode != 0:
+                    failed[name] = process.returncode
+            return failed
         finally:
             for process in started.values():  # still running only after Ctrl-C or an error
                 if process.poll() is None:
@@ -185,32 +199,6 @@ def run_beside(beside: dict[str, list[Path | str]], main: list[Path | str]) -> d
                     else:
                         process.kill()
                     process.wait()
-
-
-def _run_main_then_report(
-    beside: dict[str, list[Path | str]],
-    main: list[Path | str],
-    logs: Mapping[str, IO[str]],
-    started: dict[str, subprocess.Popen[bytes]],
-) -> dict[str, int]:
-    """:func:`run_beside`'s steps; ``started`` is filled as each process starts."""
-    for name, command in beside.items():
-        log = logs[name]
-        # A session of its own: stopped with what it started (tasks.py duplicates -> pylint).
-        started[name] = subprocess.Popen(
-            command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
-        )
-    print(f"+ {printable(main)}  (beside it: {', '.join(beside)})", flush=True)
-    status = subprocess.run(main, cwd=ROOT).returncode
-    failed = {"pytest": status} if status != 0 else {}
-    for name, process in started.items():
-        print(f"+ {printable(beside[name])}", flush=True)
-        process.wait()
-        logs[name].seek(0)
-        print(logs[name].read(), end="", flush=True)
-        if process.returncode != 0:
-            failed[name] = process.returncode
-    return failed
 
 
 def printable(command: Sequence[object]) -> str:
