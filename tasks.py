@@ -135,7 +135,7 @@ def test() -> None:
     ensure_chromium()
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
-    # mypy (1.5 minutes of one core on a fresh clone) and pylint's duplicate check (10 s) run
+    # mypy (a minute of one core on a fresh clone) and pylint's duplicate check (10 s) run
     # beside pytest, whose workers use the cores they leave, and say their results after it.
     beside: dict[str, list[Path | str]] = {
         "mypy": [BIN / "mypy", *TYPED_PACKAGES, *TYPED_SCRIPTS],
