@@ -438,7 +438,7 @@ def _measure(path: Path, mode: str, cache: Path) -> dict:
 
 def test_memory_stays_flat_while_reading_a_large_tsv(tmp_path: Path) -> None:
     # 1500 records of 4 boxes x 2048-d: ~66 MB of TSV, 49 MB of features (a store's growth
-    # was measured at about 1 MB, a list's at 0.8 of the file). Encoded by the writer's own
+    # was measured at 0.5-0.7 MB, a list's at 0.8 of the file). Encoded by the writer's own
     # encode_tsv_line; written without TsvWriter's fsync per line, for speed.
     path = tmp_path / "large.tsv"
     expected: dict[str, float] = {}

@@ -2,6 +2,11 @@
 a hostile client would (issue 26, items 1, 2, 4 and 5), then driven in a real browser, and
 last stopped with Ctrl-C. One server for the module: each start costs about 18 CPU-seconds.
 
+The Ctrl-C test must run last, as it does in file order (plain pytest, and pytest-xdist's
+``--dist loadfile`` that tasks.py uses). An order that puts it earlier (``--ff`` after it
+failed, ``--dist worksteal``, a random order) fails the tests after it, loudly: every test
+gets the server through :func:`server`, which checks that it still runs.
+
 Every request goes through ``/gradio_api/call/<name>``: a POST that queues it, then the
 event stream that ends with ``complete`` (the outputs) or ``error`` (the page error).
 """
@@ -41,10 +46,11 @@ class Served:
     page: Page
     examples: Path
     secret: Path
+    log: Path
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     pytest.importorskip("gradio", reason="pip install 'lxmert-pipeline[web]'")
     base = tmp_path_factory.mktemp("web-server")
     examples = base / "examples"
@@ -61,14 +67,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     args = [*SHAPES_ARGS, "--examples", str(examples)]
     try:
         with serve_demo(log=base / "server.log", args=args, cwd=base) as served:
-            yield Served(page=Page(served=served), examples=examples, secret=secret)
+            yield Served(
+                page=Page(served=served), examples=examples, secret=secret, log=base / "server.log"
+            )
     except RuntimeError as error:
         pytest.fail(str(error))
 
 
 @pytest.fixture
+def server(module_server: Served) -> Served:
+    """The module's server, still running."""
+    status = module_server.page.served.process.poll()
+    if status is not None:
+        pytest.fail(
+            f"the module's server has exited ({status}): it crashed, or the Ctrl-C test ran "
+            f"before this one; its log: {module_server.log}"
+        )
+    return module_server
+
+
+@pytest.fixture
 def page(server: Served) -> Page:
-    assert server.page.served.process.poll() is None, "the server was stopped: Ctrl-C runs last"
     return server.page
 
 
@@ -361,14 +380,20 @@ def test_page_answers_shows_boxes_and_survives_a_bad_upload(page: Page, tmp_path
 STOP_S = 120
 
 
-def test_ctrl_c_exits_130_and_leaves_no_files(page: Page) -> None:
+def test_ctrl_c_exits_130_and_leaves_no_files(page: Page, tmp_path: Path) -> None:
     """Exit 130, as ``lxmert-demo --help`` says, and none of its uploads or outputs left in its
     temporary folder. Last in this module: it stops the module's server."""
     served = page.served
-    kind, _ = page.call("detect", [page.upload(SCENE), *CONTROLS])
+    # An image new to the server: gradio keeps files by their content's hash, and the tests
+    # before this one uploaded the scene.
+    pixels = np.array(Image.open(SCENE).convert("RGB"))
+    pixels[0, 0] = (1, 2, 3)
+    Image.fromarray(pixels).save(tmp_path / "unseen.png")
+    before = {p for p in served.temp_dir.rglob("*") if p.is_file()}
+    kind, _ = page.call("detect", [page.upload(tmp_path / "unseen.png"), *CONTROLS])
     assert kind == "complete"
-    left = [p for p in served.temp_dir.rglob("*") if p.is_file()]
-    assert len(left) >= 2  # the upload and the boxes picture, while it serves
+    new = {p for p in served.temp_dir.rglob("*") if p.is_file()} - before
+    assert len(new) >= 2  # the upload and the boxes picture, while it serves
     served.process.send_signal(signal.SIGINT)
     assert served.process.wait(timeout=STOP_S) == 130
     assert list(served.temp_dir.rglob("*")) == []
