@@ -99,11 +99,9 @@ def serve_demo(
 
 
 @contextmanager
-def demo_server(
-    *, log: Path, args: Sequence[str] = SHAPES_ARGS, cwd: Path | None = None
-) -> Iterator[str]:
+def demo_server(*, log: Path, args: Sequence[str] = SHAPES_ARGS) -> Iterator[str]:
     """:func:`serve_demo`, yielding only the page's URL."""
-    with serve_demo(log=log, args=args, cwd=cwd) as served:
+    with serve_demo(log=log, args=args) as served:
         yield served.url
 
 

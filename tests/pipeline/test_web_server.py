@@ -64,12 +64,10 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     secret = base / "private" / "secret.png"
     secret.parent.mkdir()
     Image.fromarray(np.full((64, 96, 3), (12, 200, 34), dtype=np.uint8)).save(secret)
-    args = [*SHAPES_ARGS, "--examples", str(examples)]
+    args, log = [*SHAPES_ARGS, "--examples", str(examples)], base / "server.log"
     try:
-        with serve_demo(log=base / "server.log", args=args, cwd=base) as served:
-            yield Served(
-                page=Page(served=served), examples=examples, secret=secret, log=base / "server.log"
-            )
+        with serve_demo(log=log, args=args, cwd=base) as served:
+            yield Served(page=Page(served=served), examples=examples, secret=secret, log=log)
     except RuntimeError as error:
         pytest.fail(str(error))
 
@@ -292,7 +290,6 @@ def chromium_path() -> str:
     if found is None:
         pytest.skip(f"no chromium executable: {INSTALL_CHROMIUM}")
     pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-test.txt")
-    pytest.importorskip("gradio", reason="pip install 'lxmert-pipeline[web]'")
     return found
 
 
